@@ -1,0 +1,361 @@
+<?php
+
+declare(strict_types=1);
+
+namespace Sessiond;
+
+use Sessiond\Exception\ConnectionException;
+use Sessiond\Exception\ServerException;
+
+/**
+ * A minimal RESP2 client on a PHP stream socket (no extension needed).
+ *
+ * Requests are sent as arrays of bulk strings; replies are decoded to PHP
+ * values: simple string → string, bulk → string|null, integer → int,
+ * array → list (null for a nil array), error → ServerException (thrown by
+ * command(), returned in place by pipeline()). RESP3 types are decoded as
+ * well in case a server answers with them.
+ *
+ * Any I/O error, timeout or unparsable reply closes the socket and throws
+ * ConnectionException: after a half-read reply the stream cannot be framed
+ * any more, and closing it also makes the server release every lock this
+ * connection held (locks are connection-scoped).
+ */
+final class Connection
+{
+    /** @var resource|null */
+    private $sock = null;
+    private string $buf = '';
+    private bool $reused = false;
+
+    /**
+     * @param string $address   tcp://host:port or unix:///path
+     */
+    public function __construct(
+        private string $address,
+        private ?string $password = null,
+        private float $connectTimeout = 2.0,
+        private float $timeout = 5.0,
+        private bool $persistent = false,
+        private ?string $clientName = null,
+    ) {
+    }
+
+    /**
+     * Parses `tcp://[user:password@]host:port[?k=v&…]`, `unix:///path[?…]`,
+     * `redis://…` (treated as tcp) or a bare `host:port`.
+     *
+     * @return array{address: string, password: ?string, query: array<string,string>, display: string}
+     */
+    public static function parseUri(string $uri): array
+    {
+        $uri = trim($uri);
+        if ($uri === '') {
+            throw new \InvalidArgumentException('sessiond: empty server URI');
+        }
+        if (!str_contains($uri, '://')) {
+            $uri = 'tcp://' . $uri;
+        }
+        $query = [];
+        $q = strpos($uri, '?');
+        if ($q !== false) {
+            parse_str(substr($uri, $q + 1), $query);
+            $uri = substr($uri, 0, $q);
+        }
+        $scheme = strtolower(substr($uri, 0, strpos($uri, '://')));
+        if ($scheme === 'unix') {
+            $path = substr($uri, 7);
+            return ['address' => 'unix://' . $path, 'password' => null, 'query' => $query, 'display' => 'unix://' . $path];
+        }
+        if (!in_array($scheme, ['tcp', 'redis', 'sessiond'], true)) {
+            throw new \InvalidArgumentException("sessiond: unsupported URI scheme '$scheme' (use tcp:// or unix://)");
+        }
+        $p = parse_url('tcp://' . substr($uri, strlen($scheme) + 3));
+        if ($p === false || !isset($p['host'])) {
+            throw new \InvalidArgumentException('sessiond: cannot parse server URI');
+        }
+        $host = $p['host'];
+        $port = $p['port'] ?? 6380;
+        $password = isset($p['pass']) ? rawurldecode($p['pass']) : null;
+        $addr = "tcp://$host:$port";
+        return ['address' => $addr, 'password' => $password, 'query' => $query, 'display' => $addr];
+    }
+
+    public function address(): string
+    {
+        return $this->address;
+    }
+
+    public function isConnected(): bool
+    {
+        return $this->sock !== null;
+    }
+
+    /** True when the connection is a persistent socket that an earlier request already used. */
+    public function wasReused(): bool
+    {
+        return $this->reused;
+    }
+
+    public function connect(): void
+    {
+        if ($this->sock !== null) {
+            return;
+        }
+        $flags = STREAM_CLIENT_CONNECT;
+        $ctx = stream_context_create(['socket' => ['tcp_nodelay' => true]]);
+        if ($this->persistent) {
+            $flags |= STREAM_CLIENT_PERSISTENT;
+            // A distinct persistent socket per (address, name) so that
+            // different handlers do not share one.
+            $addr = $this->address . '/sessiond-php' . ($this->clientName !== null ? '-' . $this->clientName : '');
+        } else {
+            $addr = $this->address;
+        }
+        $errno = 0;
+        $errstr = '';
+        $sock = @stream_socket_client($addr, $errno, $errstr, $this->connectTimeout, $flags, $ctx);
+        if ($sock === false) {
+            $why = $errstr !== '' ? $errstr : 'unknown error';
+            throw new ConnectionException("sessiond: cannot connect to {$this->address}: $why (errno $errno)");
+        }
+        $this->sock = $sock;
+        $this->buf = '';
+        stream_set_blocking($sock, true);
+        stream_set_write_buffer($sock, 0);
+
+        if ($this->persistent && ftell($sock) > 0) {
+            // ftell on a socket counts bytes read on this stream: > 0 means an
+            // earlier request already used this persistent socket.
+            $this->reused = true;
+            if (!$this->checkIdle()) {
+                // Peer closed it, or it holds unread bytes (a request died
+                // mid-reply): never reuse such a socket.
+                @fclose($sock);
+                $this->sock = null;
+                $this->reused = false;
+                $this->persistent = false; // fall back to a fresh non-persistent socket
+                $this->connect();
+                return;
+            }
+            return; // AUTH/SETNAME were done when it was opened
+        }
+        $init = [];
+        if ($this->password !== null && $this->password !== '') {
+            $init[] = ['AUTH', $this->password];
+        }
+        if ($this->clientName !== null && $this->clientName !== '') {
+            $init[] = ['CLIENT', 'SETNAME', $this->clientName];
+        }
+        if ($init !== []) {
+            foreach ($this->pipeline($init) as $r) {
+                if ($r instanceof ServerException) {
+                    $this->close();
+                    throw new ConnectionException("sessiond: connection setup failed on {$this->address}: " . $r->getMessage());
+                }
+            }
+        }
+    }
+
+    /** A reused persistent socket must be open and have nothing pending. */
+    private function checkIdle(): bool
+    {
+        $sock = $this->sock;
+        stream_set_blocking($sock, false);
+        $data = @fread($sock, 1);
+        $eof = feof($sock);
+        stream_set_blocking($sock, true);
+        return ($data === '' || $data === false) && !$eof;
+    }
+
+    public function close(): void
+    {
+        if ($this->sock !== null) {
+            @fclose($this->sock);
+        }
+        $this->sock = null;
+        $this->buf = '';
+    }
+
+    /**
+     * Sends one command and returns its reply; an error reply is thrown.
+     *
+     * @param float $extraWait seconds to add to the read timeout (lock waits)
+     */
+    public function command(array $args, float $extraWait = 0.0): mixed
+    {
+        $r = $this->pipeline([$args], $extraWait)[0];
+        if ($r instanceof ServerException) {
+            throw $r;
+        }
+        return $r;
+    }
+
+    /**
+     * Sends several commands in one write and reads all replies (one round
+     * trip). Error replies are returned as ServerException objects in place.
+     *
+     * @param list<list<string|int|float>> $commands
+     * @return list<mixed>
+     */
+    public function pipeline(array $commands, float $extraWait = 0.0): array
+    {
+        $this->connect();
+        $out = '';
+        foreach ($commands as $args) {
+            $out .= '*' . count($args) . "\r\n";
+            foreach ($args as $a) {
+                $a = (string) $a;
+                $out .= '$' . strlen($a) . "\r\n" . $a . "\r\n";
+            }
+        }
+        $this->writeAll($out);
+        $deadline = microtime(true) + $this->timeout + $extraWait;
+        $replies = [];
+        foreach ($commands as $_) {
+            $replies[] = $this->readReply($deadline);
+        }
+        return $replies;
+    }
+
+    private function writeAll(string $data): void
+    {
+        $len = strlen($data);
+        $done = 0;
+        stream_set_timeout($this->sock, (int) $this->timeout, (int) (fmod($this->timeout, 1.0) * 1e6));
+        while ($done < $len) {
+            $n = @fwrite($this->sock, $done === 0 ? $data : substr($data, $done));
+            if ($n === false || $n === 0) {
+                $meta = stream_get_meta_data($this->sock);
+                $this->close();
+                $why = !empty($meta['timed_out']) ? 'write timed out' : 'connection closed while writing';
+                throw new ConnectionException("sessiond: $why ({$this->address})");
+            }
+            $done += $n;
+        }
+    }
+
+    private function fill(float $deadline): void
+    {
+        $left = $deadline - microtime(true);
+        if ($left <= 0) {
+            $this->close();
+            throw new ConnectionException("sessiond: no reply from {$this->address} within the timeout");
+        }
+        stream_set_timeout($this->sock, (int) $left, (int) (fmod($left, 1.0) * 1e6));
+        $chunk = @fread($this->sock, 65536);
+        if ($chunk === false || $chunk === '') {
+            $meta = stream_get_meta_data($this->sock);
+            $timedOut = !empty($meta['timed_out']);
+            $this->close();
+            if ($timedOut) {
+                throw new ConnectionException("sessiond: no reply from {$this->address} within the timeout");
+            }
+            throw new ConnectionException("sessiond: connection to {$this->address} closed by the server");
+        }
+        $this->buf .= $chunk;
+    }
+
+    private function readLine(float $deadline): string
+    {
+        while (($p = strpos($this->buf, "\r\n")) === false) {
+            if (strlen($this->buf) > 1 << 20) {
+                $this->close();
+                throw new ConnectionException('sessiond: protocol error: reply line too long');
+            }
+            $this->fill($deadline);
+        }
+        $line = substr($this->buf, 0, $p);
+        $this->buf = substr($this->buf, $p + 2);
+        return $line;
+    }
+
+    private function readBytes(int $n, float $deadline): string
+    {
+        while (strlen($this->buf) < $n + 2) {
+            $this->fill($deadline);
+        }
+        $data = substr($this->buf, 0, $n);
+        if (substr($this->buf, $n, 2) !== "\r\n") {
+            $this->close();
+            throw new ConnectionException('sessiond: protocol error: bulk string not terminated by CRLF');
+        }
+        $this->buf = substr($this->buf, $n + 2);
+        return $data;
+    }
+
+    private function readReply(float $deadline): mixed
+    {
+        $line = $this->readLine($deadline);
+        if ($line === '') {
+            $this->close();
+            throw new ConnectionException('sessiond: protocol error: empty reply line');
+        }
+        $type = $line[0];
+        $rest = substr($line, 1);
+        switch ($type) {
+            case '+':
+                return $rest;
+            case '-':
+            case '!':
+                if ($type === '!') {
+                    $rest = $this->readBytes($this->intOf($rest), $deadline);
+                }
+                return new ServerException($rest);
+            case ':':
+                return $this->intOf($rest);
+            case '$':
+            case '=':
+                $n = $this->intOf($rest);
+                if ($n < 0) {
+                    return null;
+                }
+                $s = $this->readBytes($n, $deadline);
+                return $type === '=' ? substr($s, 4) : $s;
+            case '*':
+            case '~':
+            case '>':
+                $n = $this->intOf($rest);
+                if ($n < 0) {
+                    return null;
+                }
+                $a = [];
+                for ($i = 0; $i < $n; $i++) {
+                    $a[] = $this->readReply($deadline);
+                }
+                return $a;
+            case '%':
+            case '|':
+                $n = $this->intOf($rest);
+                $a = [];
+                for ($i = 0; $i < $n; $i++) {
+                    $k = $this->readReply($deadline);
+                    $a[is_scalar($k) ? (string) $k : (string) $i] = $this->readReply($deadline);
+                }
+                if ($type === '|') {
+                    return $this->readReply($deadline); // attribute: skip, return the value that follows
+                }
+                return $a;
+            case '_':
+                return null;
+            case '#':
+                return $rest === 't';
+            case ',':
+                return (float) $rest;
+            case '(':
+                return $rest;
+            default:
+                $this->close();
+                throw new ConnectionException('sessiond: protocol error: unexpected reply type ' . json_encode($type));
+        }
+    }
+
+    private function intOf(string $s): int
+    {
+        if (!preg_match('/^-?[0-9]+$/', $s)) {
+            $this->close();
+            throw new ConnectionException('sessiond: protocol error: bad integer ' . json_encode($s));
+        }
+        return (int) $s;
+    }
+}

@@ -1,0 +1,1034 @@
+<?php
+
+declare(strict_types=1);
+
+namespace Sessiond;
+
+use Sessiond\Exception\ConnectionException;
+use Sessiond\Exception\LockLostException;
+use Sessiond\Exception\ServerException;
+use Sessiond\Exception\SessiondException;
+
+/**
+ * PHP session save handler for sessiond.
+ *
+ *     Sessiond\SessionHandler::register('tcp://127.0.0.1:6380', ['lock_mode' => 'session']);
+ *
+ * Each top-level $_SESSION key is one server field with its own version, and
+ * only changed or removed keys are sent back. Lock modes (option 'lock_mode',
+ * per request SessionHandler::setMode()):
+ *
+ *  - session  (default) the session lock is taken at read (LOCK.ACQUIRE …
+ *             returns the data in the same round trip) and released at
+ *             close; the delta goes as one SESSION.COMMIT … FENCE t UNLOCK.
+ *  - readonly never waits, never writes (SESSION.READ; write() is a no-op).
+ *  - none     no lock; the delta is conditional (IFVER <version read>) so
+ *             requests changing different keys all survive; a same-key
+ *             conflict is reported and resolved by 'conflict_policy'.
+ *
+ * See clients/php/README.md for every option and for how PHP's call
+ * sequences (regenerate, destroy, strict mode, lazy_write) map to commands.
+ */
+class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \SessionUpdateTimestampHandlerInterface
+{
+    public const MODES = ['session', 'readonly', 'none'];
+
+    /** Server session ids: [A-Za-z0-9,._:-]{1,128} (docs/protocol.md). */
+    private const ID_PATTERN = '/^[A-Za-z0-9,._:-]{1,128}$/';
+
+    private const DEFAULTS = [
+        'lock_mode' => 'session',
+        'lock_wait_ms' => 30000,
+        'lease_ms' => null,           // LEASE for session/key locks; null: server's --lock-max-hold bounds it
+        'connect_timeout' => 2.0,     // seconds
+        'timeout' => 5.0,             // seconds to wait for a reply (lock waits add their WAIT)
+        'persistent' => false,        // persistent socket for lock-free commands (locks never use it)
+        'password' => null,
+        'name' => null,               // CLIENT SETNAME, shown in LOCK.INFO / `sessiond locks`
+        'ttl' => null,                // idle TTL in seconds; null: session.gc_maxlifetime
+        'lifetime' => null,           // absolute lifetime of new sessions in seconds; null: none
+        'regenerate_grace' => null,   // seconds the old id stays an alias; null: server default (30 s)
+        'conflict_policy' => 'theirs',// none mode: 'theirs' or 'mine'
+        'on_conflict' => null,        // callable(array $keys, array $details, string $sessionId): ?string
+        'strict' => true,             // set session.use_strict_mode=1 on register()
+        'follow_regenerate' => true,  // re-send the cookie when a request arrives with an alias id
+    ];
+
+    private static ?self $instance = null;
+    private static ?string $modeOverride = null;
+
+    /** @var array<string, mixed> */
+    private array $opt;
+    private string $display;
+    private Connection $conn;
+    private Connection $lockConn;
+
+    private string $mode = 'session';
+    /** The id PHP uses for the current session (set by read()). */
+    private ?string $id = null;
+    /** The session's id on the server (differs from $id while $id is a regenerate alias). */
+    private ?string $serverId = null;
+    /** Session lock: fencing token and the id it was acquired on. */
+    private ?int $token = null;
+    private ?string $lockedId = null;
+    /** True while session_regenerate_id() hands the old session over to create_sid(). */
+    private bool $regenerating = false;
+    private bool $sessionMissing = false;
+    /** @var array<string, array{0:int,1:string}> key => [version, canonical encoding] as last seen */
+    private array $readSet = [];
+    /** @var array<string, true> ids this request created (strict mode must not reject them) */
+    private array $createdIds = [];
+    /** @var array<string, int|string> key => token of a key lock held through the API ('session' = covered by the session lock) */
+    private array $keyLocks = [];
+    private bool $active = false;
+    private bool $broken = false;
+    private ?Session $facade = null;
+
+    /**
+     * @param string $uri tcp://[:password@]host:port[?option=value&…] or unix:///path
+     * @param array<string, mixed> $options see DEFAULTS; options given here win over URI query options
+     */
+    public function __construct(string $uri, array $options = [])
+    {
+        $u = Connection::parseUri($uri);
+        $opt = array_merge(self::DEFAULTS, self::castQuery($u['query']), $options);
+        if ($u['password'] !== null && $opt['password'] === null) {
+            $opt['password'] = $u['password'];
+        }
+        if (!in_array($opt['lock_mode'], self::MODES, true)) {
+            throw new \InvalidArgumentException("sessiond: unknown lock_mode '{$opt['lock_mode']}' (session, readonly or none)");
+        }
+        if (!in_array($opt['conflict_policy'], ['theirs', 'mine'], true)) {
+            throw new \InvalidArgumentException("sessiond: unknown conflict_policy '{$opt['conflict_policy']}' (theirs or mine)");
+        }
+        if ($opt['on_conflict'] !== null && !is_callable($opt['on_conflict'])) {
+            throw new \InvalidArgumentException('sessiond: on_conflict must be callable');
+        }
+        $this->opt = $opt;
+        $this->display = $u['display'];
+        $this->lockConn = new Connection(
+            $u['address'],
+            $opt['password'],
+            (float) $opt['connect_timeout'],
+            (float) $opt['timeout'],
+            false,
+            $opt['name'],
+        );
+        $this->conn = $opt['persistent']
+            ? new Connection($u['address'], $opt['password'], (float) $opt['connect_timeout'], (float) $opt['timeout'], true, $opt['name'])
+            : $this->lockConn;
+        $this->mode = $opt['lock_mode'];
+        register_shutdown_function([$this, 'onShutdown']);
+    }
+
+    /**
+     * Installs the handler: `Sessiond\SessionHandler::register('tcp://127.0.0.1:6380');`
+     *
+     * @param array<string, mixed> $options
+     */
+    public static function register(string $uri, array $options = []): static
+    {
+        $h = new static($uri, $options);
+        if ($h->opt['strict'] && session_status() !== PHP_SESSION_ACTIVE) {
+            ini_set('session.use_strict_mode', '1');
+        }
+        if (!session_set_save_handler($h, true)) {
+            throw new SessiondException('sessiond: session_set_save_handler() failed (is a session already active?)');
+        }
+        self::$instance = $h;
+        return $h;
+    }
+
+    /**
+     * Installs the handler from the environment or php.ini, for an
+     * auto_prepend_file bootstrap (src/bootstrap.php). Returns null when no
+     * server URI is configured. See README "Configuration without code".
+     */
+    public static function registerFromEnvironment(): ?static
+    {
+        $get = static function (string $name): ?string {
+            $env = getenv('SESSIOND_' . strtoupper($name));
+            if ($env !== false && $env !== '') {
+                return $env;
+            }
+            $cfg = get_cfg_var('sessiond.' . $name);
+            if ($cfg !== false && $cfg !== '') {
+                return (string) $cfg;
+            }
+            return null;
+        };
+        $uri = $get('uri');
+        if ($uri === null) {
+            $path = (string) ini_get('session.save_path');
+            if (preg_match('#^(tcp|unix|sessiond)://#', $path)) {
+                $uri = $path;
+            }
+        }
+        if ($uri === null) {
+            return null;
+        }
+        $options = [];
+        foreach (array_keys(self::DEFAULTS) as $k) {
+            if ($k === 'on_conflict') {
+                continue;
+            }
+            $v = $get($k);
+            if ($v !== null) {
+                $options[$k] = $v;
+            }
+        }
+        return static::register($uri, self::castQuery($options));
+    }
+
+    /** The handler installed by register(), if any. */
+    public static function instance(): ?self
+    {
+        return self::$instance;
+    }
+
+    /**
+     * Chooses the lock mode for the sessions this request starts from now
+     * on (call before session_start()); null goes back to the 'lock_mode' option.
+     */
+    public static function setMode(?string $mode): void
+    {
+        if ($mode !== null && !in_array($mode, self::MODES, true)) {
+            throw new \InvalidArgumentException("sessiond: unknown lock mode '$mode' (session, readonly or none)");
+        }
+        if (session_status() === PHP_SESSION_ACTIVE) {
+            throw new \LogicException('sessiond: setMode() must be called before session_start()');
+        }
+        self::$modeOverride = $mode;
+    }
+
+    /** The mode of the current (or next) session of this request. */
+    public function mode(): string
+    {
+        return $this->active ? $this->mode : (self::$modeOverride ?? $this->opt['lock_mode']);
+    }
+
+    /** The per-key API for the current session. */
+    public function session(): Session
+    {
+        return $this->facade ??= new Session($this);
+    }
+
+    /** @return array<string, mixed> */
+    public function options(): array
+    {
+        return $this->opt;
+    }
+
+    // ---------------------------------------------------------------------
+    // SessionHandlerInterface
+    // ---------------------------------------------------------------------
+
+    public function open(string $path, string $name): bool
+    {
+        $this->mode = self::$modeOverride ?? $this->opt['lock_mode'];
+        $this->broken = false;
+        try {
+            $this->conn->connect();
+            if ($this->mode === 'session') {
+                $this->lockConn->connect();
+            }
+        } catch (SessiondException $e) {
+            $this->warn($e->getMessage());
+            $this->broken = true;
+            return false;
+        }
+        return true;
+    }
+
+    public function close(): bool
+    {
+        $this->active = false;
+        if ($this->regenerating) {
+            return true; // create_sid() moves the session and releases the old lock
+        }
+        if ($this->token !== null) {
+            $this->releaseSessionLock();
+        }
+        return true;
+    }
+
+    public function read(string $id): string|false
+    {
+        $this->active = false;
+        $this->sessionMissing = false;
+        if ($this->broken) {
+            $this->warn('sessiond: no connection to the server; session not started');
+            return false;
+        }
+        if ($this->token !== null && $this->lockedId !== $id) {
+            $this->releaseSessionLock();
+        }
+        if (!preg_match(self::ID_PATTERN, $id)) {
+            $this->warn('sessiond: session id contains characters outside [A-Za-z0-9,._:-] or is longer than 128; enable session.use_strict_mode so PHP replaces it');
+            return false;
+        }
+        $handler = (string) ini_get('session.serialize_handler');
+        if (!in_array($handler, Codec::HANDLERS, true)) {
+            $this->warn("sessiond: session.serialize_handler '$handler' is not supported (use php, php_serialize or php_binary)");
+            return false;
+        }
+        $create = !$this->strict() || isset($this->createdIds[$id]);
+        try {
+            if ($this->mode === 'readonly') {
+                $reply = $this->conn->command(['SESSION.READ', $id]);
+            } elseif ($this->mode === 'none') {
+                $cmd = ['SESSION.READ', $id];
+                if ($create) {
+                    $cmd[] = 'CREATE';
+                    array_push($cmd, ...$this->lifetimeArgs());
+                }
+                array_push($cmd, 'TTL', $this->ttl());
+                $reply = $this->conn->command($cmd);
+            } elseif ($this->token !== null) {
+                // session_reset() or a second read under the lock we hold
+                $reply = $this->lockConn->command(['SESSION.READ', $id]);
+            } else {
+                $wait = max(0, (int) $this->opt['lock_wait_ms']);
+                $cmd = ['LOCK.ACQUIRE', $id, 'WAIT', $wait];
+                if ($this->opt['lease_ms'] !== null) {
+                    array_push($cmd, 'LEASE', (int) $this->opt['lease_ms']);
+                }
+                if ($create) {
+                    $cmd[] = 'CREATE';
+                }
+                try {
+                    $r = $this->lockConn->command($cmd, $wait / 1000);
+                } catch (ServerException $e) {
+                    if ($e->is('TIMEOUT') || $e->is('DEADLOCK')) {
+                        $this->warn(sprintf(
+                            'sessiond: could not acquire the lock on session %s within %d ms (%s); session not started',
+                            self::shortId($id),
+                            $wait,
+                            $e->getMessage(),
+                        ));
+                        return false;
+                    }
+                    throw $e;
+                }
+                if (!is_array($r) || count($r) !== 2 || !is_int($r[0])) {
+                    throw new ConnectionException('sessiond: protocol error: unexpected LOCK.ACQUIRE reply');
+                }
+                $this->token = $r[0];
+                $this->lockedId = $id;
+                $reply = $r[1];
+            }
+        } catch (SessiondException $e) {
+            $this->warn($e->getMessage() . '; session not started');
+            return false;
+        }
+
+        try {
+            $data = $this->absorbRead($id, $reply);
+            $out = Codec::encodeSession($data, $handler);
+        } catch (SessiondException $e) {
+            $this->warn($e->getMessage() . '; session not started');
+            $this->releaseSessionLock();
+            return false;
+        }
+        $this->id = $id;
+        $this->active = true;
+        return $out;
+    }
+
+    public function write(string $id, string $data): bool
+    {
+        if ($this->mode === 'readonly') {
+            return true;
+        }
+        $regen = self::calledFrom('session_regenerate_id');
+        if ($regen) {
+            $this->regenerating = true;
+        }
+        $handler = (string) ini_get('session.serialize_handler');
+        $new = Codec::decodeSession($data, $handler);
+        if ($new === null) {
+            $this->warn('sessiond: cannot decode the session data PHP handed to write(); nothing was written');
+            if (!$regen) {
+                $this->releaseSessionLock();
+            }
+            return false;
+        }
+        if ($data === '' && isset($_SESSION) && is_array($_SESSION) && $_SESSION !== []) {
+            // PHP encodes to '' when encoding fails (e.g. a key containing '|'
+            // with serialize_handler=php): never turn that into "delete all".
+            $this->warn('sessiond: PHP could not encode $_SESSION (a key containing "|" with serialize_handler=php?); nothing was written');
+            if (!$regen) {
+                $this->releaseSessionLock();
+            }
+            return false;
+        }
+        if ($id !== $this->id) {
+            $this->readSet = [];
+        }
+        $ops = $this->delta($new);
+
+        try {
+            if ($this->mode === 'session' && $this->token !== null) {
+                return $this->writeLocked($id, $ops, $regen);
+            }
+            if ($this->mode === 'session' && $this->token === null) {
+                // Must not happen (read() fails without the lock); never write unlocked.
+                $this->warn('sessiond: write() without the session lock; nothing was written');
+                return false;
+            }
+            if ($ops === []) {
+                $this->conn->command(['SESSION.TOUCH', $id, 'TTL', $this->ttl()]);
+                return true;
+            }
+            return $this->commitConditional($id, $ops);
+        } catch (SessiondException $e) {
+            $this->warn($e->getMessage() . '; session data not saved');
+            if (!$regen) {
+                $this->releaseSessionLock();
+            }
+            return false;
+        }
+    }
+
+    public function destroy(string $id): bool
+    {
+        if (self::calledFrom('session_regenerate_id')) {
+            // session_regenerate_id(true): the old id becomes an alias for the
+            // grace period instead of disappearing under concurrent requests;
+            // create_sid() does the move. See README.
+            $this->regenerating = true;
+            return true;
+        }
+        try {
+            $conn = $this->token !== null ? $this->lockConn : $this->conn;
+            $cmds = [['SESSION.DESTROY', $id]];
+            if ($this->token !== null) {
+                $cmds[] = ['LOCK.RELEASE', $this->lockedId, $this->token];
+            }
+            $r = $conn->pipeline($cmds);
+            $this->token = null;
+            $this->lockedId = null;
+            $this->readSet = [];
+            if ($r[0] instanceof ServerException) {
+                throw $r[0];
+            }
+            return true;
+        } catch (SessiondException $e) {
+            $this->warn($e->getMessage() . '; session not destroyed');
+            return false;
+        }
+    }
+
+    public function gc(int $max_lifetime): int|false
+    {
+        return 0; // the server expires sessions itself
+    }
+
+    // ---------------------------------------------------------------------
+    // SessionIdInterface / SessionUpdateTimestampHandlerInterface
+    // ---------------------------------------------------------------------
+
+    public function create_sid(): string
+    {
+        try {
+            if ($this->regenerating || (self::calledFrom('session_regenerate_id') && $this->id !== null)) {
+                return $this->regenerate();
+            }
+            $cmd = ['SESSION.NEW', 'TTL', $this->ttl()];
+            array_push($cmd, ...$this->lifetimeArgs());
+            $id = $this->conn->command($cmd);
+            if (!is_string($id) || !preg_match(self::ID_PATTERN, $id)) {
+                throw new ConnectionException('sessiond: protocol error: unexpected SESSION.NEW reply');
+            }
+            $this->createdIds[$id] = true;
+            return $id;
+        } catch (SessiondException $e) {
+            // PHP requires a string here; read() will fail on the broken
+            // connection, so session_start() returns false.
+            $this->warn($e->getMessage());
+            $this->broken = true;
+            return bin2hex(random_bytes(20));
+        }
+    }
+
+    public function validateId(string $id): bool
+    {
+        if (isset($this->createdIds[$id])) {
+            return false; // created by this request: "does not collide"
+        }
+        if (!preg_match(self::ID_PATTERN, $id)) {
+            return false;
+        }
+        try {
+            return $this->conn->command(['SESSION.EXISTS', $id]) === 1;
+        } catch (SessiondException $e) {
+            $this->warn($e->getMessage());
+            $this->broken = true;
+            return false;
+        }
+    }
+
+    public function updateTimestamp(string $id, string $data): bool
+    {
+        if ($this->mode === 'readonly') {
+            return true;
+        }
+        try {
+            if ($this->mode === 'session' && $this->token !== null) {
+                $r = $this->lockConn->pipeline([
+                    ['SESSION.TOUCH', $id, 'TTL', $this->ttl()],
+                    ['LOCK.RELEASE', $this->lockedId, $this->token],
+                ]);
+                $this->token = null;
+                $this->lockedId = null;
+                foreach ($r as $x) {
+                    if ($x instanceof ServerException) {
+                        throw $x;
+                    }
+                }
+                return true;
+            }
+            $this->conn->command(['SESSION.TOUCH', $id, 'TTL', $this->ttl()]);
+            return true;
+        } catch (SessiondException $e) {
+            $this->warn($e->getMessage());
+            $this->releaseSessionLock();
+            return false;
+        }
+    }
+
+    // ---------------------------------------------------------------------
+    // Shutdown
+    // ---------------------------------------------------------------------
+
+    /**
+     * First shutdown pass: queue the real cleanup behind every other
+     * shutdown function, including the session_write_close() that
+     * session_set_save_handler() queues.
+     *
+     * @internal
+     */
+    public function onShutdown(): void
+    {
+        register_shutdown_function([$this, 'releaseAll']);
+    }
+
+    /**
+     * Releases every lock this request still holds (uncaught exception,
+     * fatal error, exit, forgotten unlock()). The lock connection is a plain
+     * per-request socket, so even if this never runs PHP closes it at the end
+     * of the request and the server releases the locks.
+     *
+     * @internal
+     */
+    public function releaseAll(): void
+    {
+        if (session_status() === PHP_SESSION_ACTIVE && $this->active) {
+            // the session is still open (a shutdown function ran exit):
+            // write it like PHP's own shutdown would
+            @session_write_close();
+        }
+        $cmds = [];
+        foreach ($this->keyLocks as $key => $tok) {
+            if (is_int($tok) && $this->id !== null) {
+                $cmds[] = ['LOCK.RELEASE', $this->id, 'KEY', (string) $key, $tok];
+            }
+        }
+        $this->keyLocks = [];
+        if ($this->token !== null) {
+            $cmds[] = ['LOCK.RELEASE', $this->lockedId, $this->token];
+            $this->token = null;
+            $this->lockedId = null;
+        }
+        if ($cmds !== [] && $this->lockConn->isConnected()) {
+            try {
+                $this->lockConn->pipeline($cmds);
+            } catch (SessiondException) {
+                // the connection is closed by now, which releases them too
+            }
+        }
+        $this->lockConn->close();
+    }
+
+    // ---------------------------------------------------------------------
+    // Internals shared with Session (the per-key API)
+    // ---------------------------------------------------------------------
+
+    /** @internal */
+    public function currentId(): string
+    {
+        $id = $this->id ?? (session_id() !== '' ? session_id() : null);
+        if ($id === null || $id === false) {
+            throw new \LogicException('sessiond: no session; call session_start() first');
+        }
+        return $id;
+    }
+
+    /** @internal the session lock token when this request holds the lock on $id */
+    public function sessionToken(string $id): ?int
+    {
+        return $this->token !== null && $this->lockedId === $id ? $this->token : null;
+    }
+
+    /** @internal */
+    public function lockConnection(): Connection
+    {
+        return $this->lockConn;
+    }
+
+    /** @internal connection for lock-free commands (may be persistent) */
+    public function connection(): Connection
+    {
+        return $this->conn;
+    }
+
+    /** @internal */
+    public function lockWaitMs(): int
+    {
+        return max(0, (int) $this->opt['lock_wait_ms']);
+    }
+
+    /** @internal */
+    public function leaseMs(): ?int
+    {
+        return $this->opt['lease_ms'] === null ? null : (int) $this->opt['lease_ms'];
+    }
+
+    /** @internal @return array<string, int|string> */
+    public function &keyLocks(): array
+    {
+        return $this->keyLocks;
+    }
+
+    /** @internal version of $key this request last saw (0: absent) */
+    public function versionOf(string $key): int
+    {
+        return $this->readSet[$key][0] ?? 0;
+    }
+
+    /** @internal canonical encoding of $key this request last saw */
+    public function seenEncoding(string $key): ?string
+    {
+        return $this->readSet[$key][1] ?? null;
+    }
+
+    /**
+     * @internal Records a value the server confirmed (a read or a commit
+     * through the API): updates the read-set so the end-of-request write does
+     * not send it again, and $_SESSION so this request sees it.
+     */
+    public function remember(string $key, int $version, ?string $raw): mixed
+    {
+        if ($raw === null || $version === 0) {
+            unset($this->readSet[$key]);
+            if (isset($_SESSION) && is_array($_SESSION)) {
+                unset($_SESSION[$key]);
+            }
+            return null;
+        }
+        $value = Codec::decodeValue($raw);
+        $this->readSet[$key] = [$version, Codec::encodeValue($value)];
+        if (isset($_SESSION) && is_array($_SESSION)) {
+            $_SESSION[$key] = $value;
+        }
+        return $value;
+    }
+
+    /** @internal */
+    public function warn(string $message, int $level = E_USER_WARNING): void
+    {
+        trigger_error($message, $level);
+    }
+
+    // ---------------------------------------------------------------------
+    // Private helpers
+    // ---------------------------------------------------------------------
+
+    /** @return array<string|int, mixed> */
+    private function absorbRead(string $id, mixed $reply): array
+    {
+        $this->readSet = [];
+        $this->serverId = $id;
+        if ($reply === null) {
+            // strict mode and the session is gone (destroyed or expired
+            // between validation and read): start empty, never recreate it
+            $this->sessionMissing = true;
+            $this->warn(sprintf('sessiond: session %s no longer exists (destroyed or expired); starting empty, changes in this request will not be saved', self::shortId($id)), E_USER_NOTICE);
+            return [];
+        }
+        if (!is_array($reply) || count($reply) < 4 || !is_array($reply[3])) {
+            throw new ConnectionException('sessiond: protocol error: unexpected session read reply');
+        }
+        [$sid, , , $fields] = $reply;
+        $this->serverId = (string) $sid;
+        if ($this->serverId !== $id) {
+            $this->followRegenerate($this->serverId);
+        }
+        $data = [];
+        for ($i = 0, $n = count($fields); $i + 3 <= $n; $i += 3) {
+            $key = (string) $fields[$i];
+            $ver = (int) $fields[$i + 1];
+            $raw = $fields[$i + 2];
+            if ($raw === null || $ver === 0) {
+                continue;
+            }
+            $value = Codec::decodeValue($raw);
+            $this->readSet[$key] = [$ver, Codec::encodeValue($value)];
+            $data[$key] = $value;
+        }
+        return $data;
+    }
+
+    /**
+     * A request arrived with an old id that is now a regenerate alias: the
+     * data is served through it, and the client gets the new id (unless
+     * headers are out already) so it stops using the old one before the
+     * grace period ends.
+     */
+    private function followRegenerate(string $newId): void
+    {
+        if (!$this->opt['follow_regenerate'] || headers_sent() || !ini_get('session.use_cookies')) {
+            return;
+        }
+        $p = session_get_cookie_params();
+        $opts = [
+            'expires' => $p['lifetime'] > 0 ? time() + $p['lifetime'] : 0,
+            'path' => $p['path'],
+            'domain' => $p['domain'],
+            'secure' => $p['secure'],
+            'httponly' => $p['httponly'],
+        ];
+        if (!empty($p['samesite'])) {
+            $opts['samesite'] = $p['samesite'];
+        }
+        @setcookie(session_name(), $newId, $opts);
+    }
+
+    /**
+     * @param array<string|int, mixed> $new
+     * @return list<array{0:string,1:string,2:?string,3:int,4:mixed}> [op, key, encoded value, version read, value]
+     */
+    private function delta(array $new): array
+    {
+        $ops = [];
+        foreach ($new as $k => $v) {
+            $k = (string) $k;
+            $enc = Codec::encodeValue($v);
+            $seen = $this->readSet[$k] ?? null;
+            if ($seen === null || $seen[1] !== $enc) {
+                $ops[] = ['SET', $k, $enc, $seen[0] ?? 0, $v];
+            }
+        }
+        foreach ($this->readSet as $k => $seen) {
+            if (!array_key_exists($k, $new)) {
+                $ops[] = ['DEL', (string) $k, null, $seen[0], null];
+            }
+        }
+        return $ops;
+    }
+
+    /** @param list<array{0:string,1:string,2:?string,3:int,4:mixed}> $ops */
+    private function writeLocked(string $id, array $ops, bool $regen): bool
+    {
+        if ($ops === []) {
+            if ($regen) {
+                return true;
+            }
+            $r = $this->lockConn->pipeline([
+                ['SESSION.TOUCH', $id, 'TTL', $this->ttl()],
+                ['LOCK.RELEASE', $this->lockedId, $this->token],
+            ]);
+            $this->token = null;
+            $this->lockedId = null;
+            foreach ($r as $x) {
+                if ($x instanceof ServerException) {
+                    throw $x;
+                }
+            }
+            return true;
+        }
+        $cmd = ['SESSION.COMMIT', $id, 'TTL', $this->ttl(), 'FENCE', $this->token];
+        if (!$regen) {
+            $cmd[] = 'UNLOCK';
+        }
+        foreach ($ops as [$op, $key, $enc]) {
+            $cmd[] = $op;
+            $cmd[] = $key;
+            if ($op === 'SET') {
+                $cmd[] = $enc;
+            }
+        }
+        try {
+            $r = $this->lockConn->command($cmd);
+        } catch (ServerException $e) {
+            if ($e->is('FENCED')) {
+                // Our lock ran out (lease / --lock-max-hold) or was broken.
+                // Fall back to a commit that only applies where nobody else
+                // changed the keys since we read them; report it.
+                $this->token = null;
+                $this->lockedId = null;
+                $this->warn(sprintf(
+                    'sessiond: the lock on session %s was lost before the write (%s); saving the changed keys only where no other request changed them',
+                    self::shortId($id),
+                    $e->getMessage(),
+                ));
+                return $this->commitConditional($id, $ops);
+            }
+            if ($e->is('NOSESSION')) {
+                $this->releaseSessionLock();
+                $this->warn(sprintf('sessiond: session %s was destroyed or expired while this request held it; %d changed key(s) not saved', self::shortId($id), count($ops)), E_USER_NOTICE);
+                return true;
+            }
+            throw $e;
+        }
+        if (!$regen) {
+            $this->token = null;
+            $this->lockedId = null;
+        }
+        $this->absorbCommit($ops, $r);
+        return true;
+    }
+
+    /**
+     * Commit of the delta with `IFVER <version read>` on every op; on CONFLICT
+     * the conflicting keys are reported and resolved by the conflict policy.
+     *
+     * @param list<array{0:string,1:string,2:?string,3:int,4:mixed}> $ops
+     */
+    private function commitConditional(string $id, array $ops): bool
+    {
+        $unconditional = [];
+        for ($attempt = 0; $attempt < 8 && $ops !== []; $attempt++) {
+            $cmd = ['SESSION.COMMIT', $id, 'TTL', $this->ttl()];
+            foreach ($ops as [$op, $key, $enc, $ver]) {
+                $cmd[] = $op;
+                $cmd[] = $key;
+                if ($op === 'SET') {
+                    $cmd[] = $enc;
+                }
+                if (!isset($unconditional[$key])) {
+                    $cmd[] = 'IFVER';
+                    $cmd[] = $ver;
+                }
+            }
+            try {
+                $r = $this->conn->command($cmd);
+                $this->absorbCommit($ops, $r);
+                return true;
+            } catch (ServerException $e) {
+                if ($e->is('NOSESSION')) {
+                    $this->warn(sprintf('sessiond: session %s was destroyed or expired meanwhile; %d changed key(s) not saved', self::shortId($id), count($ops)), E_USER_NOTICE);
+                    return true;
+                }
+                if (!$e->is('CONFLICT')) {
+                    throw $e;
+                }
+            }
+            // Find out which keys conflict by reading their current versions
+            // (robust whatever the quoting of keys in the error message).
+            $keys = array_values(array_unique(array_map(static fn ($o) => $o[1], $ops)));
+            $cur = $this->conn->command(array_merge(['SESSION.READ', $id, 'KEYS'], $keys));
+            if ($cur === null) {
+                $this->warn(sprintf('sessiond: session %s was destroyed or expired meanwhile; %d changed key(s) not saved', self::shortId($id), count($ops)), E_USER_NOTICE);
+                return true;
+            }
+            $now = [];
+            $fields = $cur[3] ?? [];
+            for ($i = 0; $i + 3 <= count($fields); $i += 3) {
+                $now[(string) $fields[$i]] = [(int) $fields[$i + 1], $fields[$i + 2]];
+            }
+            $conflicts = [];
+            $details = [];
+            foreach ($ops as $o) {
+                [, $key, , $ver, $value] = $o;
+                if (isset($unconditional[$key])) {
+                    continue;
+                }
+                $nowVer = $now[$key][0] ?? 0;
+                if ($nowVer !== $ver) {
+                    $conflicts[] = $key;
+                    $details[$key] = [
+                        'mine' => $o[0] === 'DEL' ? null : $value,
+                        'mine_deleted' => $o[0] === 'DEL',
+                        'theirs' => Codec::decodeValue($now[$key][1] ?? null),
+                        'theirs_deleted' => $nowVer === 0,
+                        'base_version' => $ver,
+                        'their_version' => $nowVer,
+                    ];
+                }
+            }
+            if ($conflicts === []) {
+                continue; // raced with another change that is gone again: retry
+            }
+            $policy = $this->opt['conflict_policy'];
+            if ($this->opt['on_conflict'] !== null) {
+                try {
+                    $choice = ($this->opt['on_conflict'])($conflicts, $details, $id);
+                    if ($choice === 'mine' || $choice === 'theirs') {
+                        $policy = $choice;
+                    }
+                } catch (\Throwable $t) {
+                    $this->warn('sessiond: on_conflict callback threw ' . get_class($t) . ': ' . $t->getMessage());
+                }
+            }
+            $this->warn(sprintf(
+                'sessiond: concurrent update conflict in session %s on key(s) %s: %s',
+                self::shortId($id),
+                implode(', ', array_map(static fn ($k) => json_encode((string) $k, JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE), $conflicts)),
+                $policy === 'theirs'
+                    ? "kept the other request's value (conflict_policy=theirs)"
+                    : "overwrote the other request's value (conflict_policy=mine)",
+            ));
+            if ($policy === 'theirs') {
+                $drop = array_flip($conflicts);
+                $ops = array_values(array_filter($ops, static fn ($o) => !isset($drop[$o[1]])));
+                foreach ($conflicts as $k) {
+                    $this->rememberQuiet($k, $now[$k][0] ?? 0, $now[$k][1] ?? null);
+                }
+            } else {
+                foreach ($conflicts as $k) {
+                    $unconditional[$k] = true;
+                }
+            }
+            if ($ops === []) {
+                return true;
+            }
+        }
+        if ($ops !== []) {
+            $this->warn(sprintf('sessiond: giving up after repeated conflicts in session %s; %d key(s) not saved', self::shortId($id), count($ops)));
+            return false;
+        }
+        return true;
+    }
+
+    /** Read-set update without touching $_SESSION (after write()). */
+    private function rememberQuiet(string $key, int $version, ?string $raw): void
+    {
+        if ($raw === null || $version === 0) {
+            unset($this->readSet[$key]);
+            return;
+        }
+        $this->readSet[$key] = [$version, Codec::canonical($raw)];
+    }
+
+    /** @param list<array{0:string,1:string,2:?string,3:int,4:mixed}> $ops */
+    private function absorbCommit(array $ops, mixed $reply): void
+    {
+        $versions = is_array($reply) && isset($reply[1]) && is_array($reply[1]) ? $reply[1] : [];
+        foreach ($ops as $i => [$op, $key, $enc]) {
+            if ($op === 'DEL') {
+                unset($this->readSet[$key]);
+            } else {
+                $this->readSet[$key] = [(int) ($versions[$i] ?? 0), (string) $enc];
+            }
+        }
+    }
+
+    private function regenerate(): string
+    {
+        $old = $this->id;
+        $this->regenerating = false;
+        $cmd = ['SESSION.REGENERATE', $old];
+        if ($this->opt['regenerate_grace'] !== null) {
+            array_push($cmd, 'GRACE', (int) $this->opt['regenerate_grace']);
+        }
+        $holding = $this->token !== null;
+        $conn = $holding ? $this->lockConn : $this->conn;
+        $cmds = [$cmd];
+        if ($holding) {
+            // move the session while we still hold its lock, then release it
+            $cmds[] = ['LOCK.RELEASE', $this->lockedId, $this->token];
+        }
+        $r = $conn->pipeline($cmds);
+        $this->token = null;
+        $this->lockedId = null;
+        if ($r[0] instanceof ServerException) {
+            if (!$r[0]->is('NOSESSION')) {
+                throw $r[0];
+            }
+            // the old session is gone (destroyed concurrently): start a new one
+            $new = $this->conn->command(array_merge(['SESSION.NEW', 'TTL', $this->ttl()], $this->lifetimeArgs()));
+        } else {
+            $new = $r[0];
+        }
+        if (!is_string($new) || !preg_match(self::ID_PATTERN, $new)) {
+            throw new ConnectionException('sessiond: protocol error: unexpected SESSION.REGENERATE reply');
+        }
+        $this->createdIds[$new] = true;
+        return $new;
+    }
+
+    private function releaseSessionLock(): void
+    {
+        if ($this->token === null) {
+            return;
+        }
+        $tok = $this->token;
+        $id = $this->lockedId;
+        $this->token = null;
+        $this->lockedId = null;
+        try {
+            $this->lockConn->command(['LOCK.RELEASE', $id, $tok]);
+        } catch (SessiondException) {
+            // closing the connection releases it server-side
+            $this->lockConn->close();
+        }
+    }
+
+    private function ttl(): int
+    {
+        $ttl = $this->opt['ttl'] ?? ini_get('session.gc_maxlifetime');
+        return max(1, (int) $ttl);
+    }
+
+    /** @return list<string|int> */
+    private function lifetimeArgs(): array
+    {
+        return $this->opt['lifetime'] !== null ? ['LIFETIME', (int) $this->opt['lifetime']] : [];
+    }
+
+    private function strict(): bool
+    {
+        return (bool) ini_get('session.use_strict_mode');
+    }
+
+    private static function calledFrom(string $function): bool
+    {
+        foreach (debug_backtrace(DEBUG_BACKTRACE_IGNORE_ARGS, 8) as $f) {
+            if (!isset($f['class']) && ($f['function'] ?? '') === $function) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /** Session ids are secrets: log only a prefix. */
+    public static function shortId(string $id): string
+    {
+        return '"' . substr($id, 0, 8) . (strlen($id) > 8 ? '…' : '') . '"';
+    }
+
+    /**
+     * @param array<string, mixed> $q
+     * @return array<string, mixed>
+     */
+    private static function castQuery(array $q): array
+    {
+        $out = [];
+        foreach ($q as $k => $v) {
+            if (!array_key_exists($k, self::DEFAULTS) || !is_string($v)) {
+                if (array_key_exists($k, self::DEFAULTS)) {
+                    $out[$k] = $v;
+                }
+                continue;
+            }
+            $out[$k] = match ($k) {
+                'lock_wait_ms', 'lease_ms', 'ttl', 'lifetime', 'regenerate_grace' => $v === '' ? null : (int) $v,
+                'connect_timeout', 'timeout' => (float) $v,
+                'persistent', 'strict', 'follow_regenerate' => filter_var($v, FILTER_VALIDATE_BOOLEAN),
+                default => $v,
+            };
+        }
+        return $out;
+    }
+}

@@ -1,0 +1,16 @@
+<?php
+// CLI: a server that does not answer: session_start() must return false with a warning.
+ob_start();
+require dirname(__DIR__, 2) . '/src/autoload.php';
+$errors = [];
+set_error_handler(static function (int $no, string $str) use (&$errors): bool {
+    $errors[] = [$no, $str];
+    return true;
+});
+ini_set('session.use_cookies', '0');
+Sessiond\SessionHandler::register($argv[1], ['connect_timeout' => 1, 'timeout' => 1, 'lock_mode' => $argv[2] ?? 'session']);
+if (isset($argv[3])) {
+    session_id($argv[3]);
+}
+$ok = session_start();
+fwrite(STDOUT, json_encode(['ok' => $ok, 'errors' => $errors, 'session' => $_SESSION ?? null]));

@@ -1,0 +1,40 @@
+<?php
+// session_start(), optionally set keys (?set[k]=v) / delete keys (?del[]=k),
+// sleep ?sleep= ms, optionally exit or throw in the middle, then close.
+require __DIR__ . '/_init.php';
+$t0 = now_ms();
+$ok = session_start();
+$t1 = now_ms();
+$seen = $_SESSION ?? [];
+if ($ok) {
+    foreach ($_GET['set'] ?? [] as $k => $v) {
+        $_SESSION[$k] = is_numeric($v) && (string) (int) $v === $v ? (int) $v : $v;
+    }
+    foreach ($_GET['del'] ?? [] as $k) {
+        unset($_SESSION[$k]);
+    }
+    if (isset($_GET['incr'])) {
+        $_SESSION[$_GET['incr']] = ($_SESSION[$_GET['incr']] ?? 0) + 1;
+    }
+}
+usleep((int) ($_GET['sleep'] ?? 0) * 1000);
+if (isset($_GET['exit'])) {
+    echo json_encode(['exited' => true]);
+    exit(0); // the shutdown sequence writes the session and releases the lock
+}
+if (isset($_GET['throw'])) {
+    throw new RuntimeException('boom');
+}
+$gc = null;
+if ($ok && isset($_GET['gc'])) {
+    $gc = session_gc();
+}
+if ($ok && isset($_GET['destroy'])) {
+    $destroyed = session_destroy();
+    out(['ok' => $ok, 'destroyed' => $destroyed]);
+    exit;
+}
+$t2 = now_ms();
+$wrote = $ok ? session_write_close() : false;
+$t3 = now_ms();
+out(['ok' => $ok, 'id' => session_id(), 't0' => $t0, 't1' => $t1, 't2' => $t2, 't3' => $t3, 'seen' => $seen, 'wrote' => $wrote, 'gc' => $gc]);

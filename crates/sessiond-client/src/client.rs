@@ -1,0 +1,433 @@
+//! The connection and the typed command methods.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, ToSocketAddrs};
+
+use crate::cmd::{Cmd, ms_ceil};
+use crate::error::{Error, Result};
+use crate::types::{
+    self, CasResult, Commit, CommitResult, IncrOptions, LockGrant, LockInfo, LockOptions,
+    NewOptions, OnceResult, ReadOptions, SessionData,
+};
+use crate::value::{Decoded, Value, decode};
+
+/// How to set up a connection; see [`Client::connect_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// Password for the `default` user (`HELLO 3 AUTH default …` or `AUTH`).
+    pub password: Option<String>,
+    /// Client name (`HELLO 3 … SETNAME` or `CLIENT SETNAME`).
+    pub client_name: Option<String>,
+    /// Switch the connection to RESP3 with `HELLO 3` (default `true`); with
+    /// `false` it stays RESP2. Replies decode to the same types either way.
+    pub resp3: bool,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> ConnectOptions {
+        ConnectOptions {
+            password: None,
+            client_name: None,
+            resp3: true,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+}
+
+/// Drops the connection unless the exchange completed: a request that failed
+/// mid-flight or whose future was dropped (e.g. by `tokio::time::timeout`)
+/// leaves an unread or half-written frame on the stream, so the stream cannot
+/// be reused. Dropping it also makes the server release this connection's
+/// locks.
+struct Exchange<'a> {
+    conn: &'a mut Option<Conn>,
+    done: bool,
+}
+
+impl Drop for Exchange<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            *self.conn = None;
+        }
+    }
+}
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// An async connection to a sessiond server.
+///
+/// One request is in flight at a time (methods take `&mut self`); use one
+/// `Client` per task, or a pool. Locks are owned by the connection: dropping
+/// the `Client` closes it, and the server releases its locks.
+#[derive(Debug)]
+pub struct Client {
+    conn: Option<Conn>,
+    resp3: bool,
+}
+
+impl Client {
+    /// Connects with default [`ConnectOptions`] (RESP3, no auth, no name).
+    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client> {
+        Client::connect_with(addr, ConnectOptions::default()).await
+    }
+
+    /// Connects, sets `TCP_NODELAY`, and performs the handshake: `HELLO 3
+    /// [AUTH default password] [SETNAME name]` when `opts.resp3`, else
+    /// `AUTH default password` and `CLIENT SETNAME name` as needed.
+    pub async fn connect_with(addr: impl ToSocketAddrs, opts: ConnectOptions) -> Result<Client> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut client = Client {
+            conn: Some(Conn {
+                stream,
+                rbuf: BytesMut::with_capacity(READ_CHUNK),
+                wbuf: BytesMut::with_capacity(1024),
+            }),
+            resp3: opts.resp3,
+        };
+        if opts.resp3 {
+            let mut cmd = Cmd::new("HELLO");
+            cmd.arg("3");
+            if let Some(password) = &opts.password {
+                cmd.arg("AUTH").arg("default").arg(password);
+            }
+            if let Some(name) = &opts.client_name {
+                cmd.arg("SETNAME").arg(name);
+            }
+            client.request(&cmd).await?;
+        } else {
+            if let Some(password) = &opts.password {
+                let mut cmd = Cmd::new("AUTH");
+                cmd.arg("default").arg(password);
+                types::ok(client.request(&cmd).await?, "AUTH")?;
+            }
+            if let Some(name) = &opts.client_name {
+                let mut cmd = Cmd::new("CLIENT");
+                cmd.arg("SETNAME").arg(name);
+                types::ok(client.request(&cmd).await?, "CLIENT SETNAME")?;
+            }
+        }
+        Ok(client)
+    }
+
+    /// True when the connection was switched to RESP3 at connect.
+    pub fn is_resp3(&self) -> bool {
+        self.resp3
+    }
+
+    /// True once the connection is gone (closed by the server, or dropped
+    /// after an I/O error, a framing error, or a cancelled request). Every
+    /// call then returns [`Error::Closed`].
+    pub fn is_closed(&self) -> bool {
+        self.conn.is_none()
+    }
+
+    /// Sends `QUIT`, waits for its reply (or for the server to close), and
+    /// closes the connection.
+    pub async fn close(mut self) -> Result<()> {
+        if self.conn.is_none() {
+            return Ok(());
+        }
+        match self.request(&Cmd::new("QUIT")).await {
+            Ok(_) | Err(Error::Closed) => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(mut conn) = self.conn.take() {
+            // The server closes its side after `OK`; a failed shutdown of ours
+            // changes nothing.
+            let _ = conn.stream.shutdown().await;
+        }
+        Ok(())
+    }
+
+    /// Sends one request and reads its reply. Server error replies become
+    /// `Err`; the connection is dropped on anything that breaks framing.
+    async fn request(&mut self, cmd: &Cmd) -> Result<Value> {
+        let mut ex = Exchange {
+            conn: &mut self.conn,
+            done: false,
+        };
+        let conn = ex.conn.as_mut().ok_or(Error::Closed)?;
+        conn.wbuf.clear();
+        cmd.encode_into(&mut conn.wbuf);
+        conn.stream.write_all(&conn.wbuf).await?;
+        if conn.wbuf.capacity() > 1 << 20 {
+            conn.wbuf = BytesMut::with_capacity(1024);
+        }
+        let reply = loop {
+            match decode(&mut conn.rbuf)? {
+                Some(Decoded::Reply(reply)) => break reply,
+                Some(Decoded::Push) => continue,
+                None => {}
+            }
+            if conn.rbuf.capacity() - conn.rbuf.len() < READ_CHUNK / 4 {
+                conn.rbuf.reserve(READ_CHUNK);
+            }
+            if conn.stream.read_buf(&mut conn.rbuf).await? == 0 {
+                return Err(Error::Closed);
+            }
+        };
+        ex.done = true;
+        reply
+    }
+
+    /// Sends any command and returns its raw reply, e.g.
+    /// `client.command(&["CLIENT", "GETNAME"])`. Server errors are returned
+    /// as [`Error`]s.
+    pub async fn command<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<Value> {
+        let mut it = args.iter();
+        let Some(name) = it.next() else {
+            return Err(Error::Protocol("empty command".into()));
+        };
+        let mut cmd = Cmd::default();
+        cmd.arg(name);
+        for a in it {
+            cmd.arg(a);
+        }
+        self.request(&cmd).await
+    }
+
+    /// `PING`; succeeds on `PONG`.
+    pub async fn ping(&mut self) -> Result<()> {
+        let v = self.request(&Cmd::new("PING")).await?;
+        match v.as_bytes() {
+            Some(b"PONG") => Ok(()),
+            _ => Err(Error::Protocol(format!("PING: expected PONG, got {v:?}"))),
+        }
+    }
+
+    /// `SESSION.NEW [TTL s] [LIFETIME s]`: creates an empty session, returns
+    /// its fresh id.
+    pub async fn new_session(&mut self, opts: NewOptions) -> Result<String> {
+        let mut cmd = Cmd::new("SESSION.NEW");
+        cmd.opt_secs("TTL", opts.ttl)
+            .opt_secs("LIFETIME", opts.lifetime);
+        types::string(self.request(&cmd).await?, "SESSION.NEW")
+    }
+
+    /// `SESSION.READ id [CREATE] [TTL s] [LIFETIME s] [KEYS k …]`: the
+    /// session, or `None` if it does not exist (and `create` is false).
+    pub async fn read(&mut self, id: &str, opts: &ReadOptions) -> Result<Option<SessionData>> {
+        let mut cmd = Cmd::new("SESSION.READ");
+        cmd.arg(id)
+            .flag("CREATE", opts.create)
+            .opt_secs("TTL", opts.ttl)
+            .opt_secs("LIFETIME", opts.lifetime);
+        if let Some(keys) = &opts.keys {
+            cmd.arg("KEYS");
+            for k in keys {
+                cmd.arg(k);
+            }
+        }
+        types::session(self.request(&cmd).await?, "SESSION.READ")
+    }
+
+    /// `SESSION.COMMIT id …`: applies the delta atomically.
+    ///
+    /// Fails with [`Error::NoSession`] (no `create`), [`Error::Conflict`] (an
+    /// `IFVER` condition failed; nothing applied) or [`Error::Fenced`].
+    pub async fn commit(&mut self, id: &str, commit: &Commit) -> Result<CommitResult> {
+        let mut cmd = Cmd::new("SESSION.COMMIT");
+        cmd.arg(id);
+        commit.write_args(&mut cmd);
+        types::commit_result(self.request(&cmd).await?)
+    }
+
+    /// `SESSION.DESTROY id`: true if the session existed.
+    pub async fn destroy(&mut self, id: &str) -> Result<bool> {
+        let mut cmd = Cmd::new("SESSION.DESTROY");
+        cmd.arg(id);
+        types::flag(&self.request(&cmd).await?, "SESSION.DESTROY")
+    }
+
+    /// `SESSION.EXISTS id` (does not slide the expiry).
+    pub async fn exists(&mut self, id: &str) -> Result<bool> {
+        let mut cmd = Cmd::new("SESSION.EXISTS");
+        cmd.arg(id);
+        types::flag(&self.request(&cmd).await?, "SESSION.EXISTS")
+    }
+
+    /// `SESSION.TOUCH id [TTL s]`: slides the idle expiry (and sets a new idle
+    /// TTL if given); false if the session does not exist.
+    pub async fn touch(&mut self, id: &str, ttl: Option<Duration>) -> Result<bool> {
+        let mut cmd = Cmd::new("SESSION.TOUCH");
+        cmd.arg(id).opt_secs("TTL", ttl);
+        types::flag(&self.request(&cmd).await?, "SESSION.TOUCH")
+    }
+
+    /// `SESSION.TTL id`: milliseconds until expiry, -2 if the session does not
+    /// exist.
+    pub async fn ttl_ms(&mut self, id: &str) -> Result<i64> {
+        let mut cmd = Cmd::new("SESSION.TTL");
+        cmd.arg(id);
+        types::int(&self.request(&cmd).await?, "SESSION.TTL")
+    }
+
+    /// `SESSION.INCR id key delta [CREATE] [FENCE t]`: returns
+    /// `(new_value, version)`.
+    pub async fn incr(
+        &mut self,
+        id: &str,
+        key: impl AsRef<[u8]>,
+        delta: i64,
+        opts: &IncrOptions,
+    ) -> Result<(i64, u64)> {
+        let mut cmd = Cmd::new("SESSION.INCR");
+        cmd.arg(id)
+            .arg(key)
+            .arg_i64(delta)
+            .flag("CREATE", opts.create)
+            .opt_fence(opts.fence);
+        types::incr_result(self.request(&cmd).await?)
+    }
+
+    /// `SESSION.CAS id key expected new [FENCE t]`.
+    pub async fn cas(
+        &mut self,
+        id: &str,
+        key: impl AsRef<[u8]>,
+        expected: impl AsRef<[u8]>,
+        new: impl AsRef<[u8]>,
+        fence: Option<u64>,
+    ) -> Result<CasResult> {
+        let mut cmd = Cmd::new("SESSION.CAS");
+        cmd.arg(id).arg(key).arg(expected).arg(new).opt_fence(fence);
+        types::cas_result(self.request(&cmd).await?)
+    }
+
+    /// `SESSION.REGENERATE id [GRACE s] [TO newid]`: returns the new id.
+    pub async fn regenerate(
+        &mut self,
+        id: &str,
+        grace: Option<Duration>,
+        to: Option<&str>,
+    ) -> Result<String> {
+        let mut cmd = Cmd::new("SESSION.REGENERATE");
+        cmd.arg(id).opt_secs("GRACE", grace);
+        if let Some(to) = to {
+            cmd.arg("TO").arg(to);
+        }
+        types::string(self.request(&cmd).await?, "SESSION.REGENERATE")
+    }
+
+    /// `LOCK.ACQUIRE id [KEY k] [WAIT ms] [LEASE ms] [REQID rid] [CREATE]`.
+    ///
+    /// Fails with [`Error::Timeout`] when the wait runs out and
+    /// [`Error::Deadlock`] when waiting would deadlock. `WAIT` is sent only
+    /// when `opts.wait` is non-zero (zero is the server default: try once).
+    ///
+    /// The call blocks for up to `opts.wait`. Wrapping it in a client-side
+    /// timeout that fires first drops the connection (see [`Error::Closed`]).
+    pub async fn lock(&mut self, id: &str, opts: &LockOptions) -> Result<LockGrant> {
+        let mut cmd = Cmd::new("LOCK.ACQUIRE");
+        cmd.arg(id).opt_key(opts.key.as_deref());
+        if !opts.wait.is_zero() {
+            cmd.arg("WAIT").arg_u64(ms_ceil(opts.wait));
+        }
+        cmd.opt_ms("LEASE", opts.lease);
+        if let Some(reqid) = &opts.reqid {
+            cmd.arg("REQID").arg(reqid);
+        }
+        cmd.flag("CREATE", opts.create);
+        types::lock_grant(self.request(&cmd).await?)
+    }
+
+    /// `LOCK.RELEASE id [KEY k] token`: true if released, false if `token` was
+    /// no longer current.
+    pub async fn unlock(&mut self, id: &str, key: Option<&[u8]>, token: u64) -> Result<bool> {
+        let mut cmd = Cmd::new("LOCK.RELEASE");
+        cmd.arg(id).opt_key(key).arg_u64(token);
+        types::flag(&self.request(&cmd).await?, "LOCK.RELEASE")
+    }
+
+    /// `LOCK.RENEW id [KEY k] token LEASE ms`: extends the lease. Fails with
+    /// [`Error::Fenced`] when `token` is no longer current.
+    pub async fn renew(
+        &mut self,
+        id: &str,
+        key: Option<&[u8]>,
+        token: u64,
+        lease: Duration,
+    ) -> Result<()> {
+        let mut cmd = Cmd::new("LOCK.RENEW");
+        cmd.arg(id)
+            .opt_key(key)
+            .arg_u64(token)
+            .arg("LEASE")
+            .arg_u64(ms_ceil(lease));
+        let v = self.request(&cmd).await?;
+        if types::flag(&v, "LOCK.RENEW")? {
+            Ok(())
+        } else {
+            Err(Error::Protocol(
+                "LOCK.RENEW: replied 0 instead of 1 or FENCED".into(),
+            ))
+        }
+    }
+
+    /// `LOCK.ONCE id key [IFVER v] [WAIT ms] [LEASE ms]`: single-flight
+    /// computation of one value. `if_version` 0 (the server default, not
+    /// sent) means "compute if the key is absent"; `wait` zero is not sent.
+    pub async fn once(
+        &mut self,
+        id: &str,
+        key: impl AsRef<[u8]>,
+        if_version: u64,
+        wait: Duration,
+        lease: Option<Duration>,
+    ) -> Result<OnceResult> {
+        let mut cmd = Cmd::new("LOCK.ONCE");
+        cmd.arg(id).arg(key);
+        if if_version != 0 {
+            cmd.arg("IFVER").arg_u64(if_version);
+        }
+        if !wait.is_zero() {
+            cmd.arg("WAIT").arg_u64(ms_ceil(wait));
+        }
+        cmd.opt_ms("LEASE", lease);
+        types::once_result(self.request(&cmd).await?)
+    }
+
+    /// `LOCK.INFO [id]`: the locks of one session, or of all sessions.
+    pub async fn lock_info(&mut self, id: Option<&str>) -> Result<Vec<LockInfo>> {
+        let mut cmd = Cmd::new("LOCK.INFO");
+        if let Some(id) = id {
+            cmd.arg(id);
+        }
+        types::lock_infos(self.request(&cmd).await?)
+    }
+
+    /// `LOCK.BREAK id [KEY k]` (admin): true if a lock was held and is now
+    /// released; its holder is fenced.
+    pub async fn break_lock(&mut self, id: &str, key: Option<&[u8]>) -> Result<bool> {
+        let mut cmd = Cmd::new("LOCK.BREAK");
+        cmd.arg(id).opt_key(key);
+        types::flag(&self.request(&cmd).await?, "LOCK.BREAK")
+    }
+
+    /// `INFO [section]`: the server's text report.
+    pub async fn info(&mut self, section: Option<&str>) -> Result<String> {
+        let mut cmd = Cmd::new("INFO");
+        if let Some(section) = section {
+            cmd.arg(section);
+        }
+        let b = types::bytes(self.request(&cmd).await?, "INFO")?;
+        Ok(String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// `CLIENT ID`.
+    pub async fn client_id(&mut self) -> Result<i64> {
+        let mut cmd = Cmd::new("CLIENT");
+        cmd.arg("ID");
+        types::int(&self.request(&cmd).await?, "CLIENT ID")
+    }
+}

@@ -1,0 +1,39 @@
+//! # sessiond-core
+//!
+//! The state machine of sessiond, with no I/O: sessions with per-key
+//! versions ([`Store`]), their expiry ([`ExpiryIndex`]), and the lock table
+//! ([`LockTable`]). Time comes in as an argument (milliseconds, read by the
+//! caller from a [`Clock`]), so every behaviour here is tested with a fake
+//! clock and no sleeping.
+//!
+//! ## Layout
+//! - [`clock`]: [`Clock`], [`SystemClock`], [`ManualClock`].
+//! - [`id`]: [`SessionId`], validated ids.
+//! - [`session`]: [`Session`], [`Field`], [`SessionMeta`] and the deadline rule.
+//! - [`expiry`]: [`ExpiryIndex`], deadlines ordered by time.
+//! - [`store`]: [`Store`], every operation on sessions, and the outbox of
+//!   [`Mutation`]s the server persists.
+//! - [`locks`]: [`LockTable`], session and key locks with FIFO hand-off,
+//!   leases, fencing tokens and deadlock detection.
+//! - [`error`]: [`StoreError`], one enum the server maps to RESP error codes.
+#![deny(clippy::unwrap_used)]
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod error;
+pub mod expiry;
+pub mod id;
+pub mod locks;
+pub mod session;
+pub mod store;
+
+pub use clock::{Clock, ManualClock, Millis, SystemClock};
+pub use error::StoreError;
+pub use expiry::ExpiryIndex;
+pub use id::SessionId;
+pub use locks::LockTable;
+pub use session::{Field, Session, SessionMeta};
+pub use store::{
+    Alias, CasOutcome, CommitOutcome, CommitRequest, Limits, Mutation, Op, ReadField, ReadOptions,
+    ReadResult, Store, StoreConfig, StoreStats,
+};

@@ -1,0 +1,925 @@
+//! The session store: every session, its expiry, and regenerate aliases.
+//!
+//! [`Store`] is a plain state machine. Every operation takes `now` from the
+//! caller and returns a result; changes that must reach disk are appended to
+//! an outbox of [`Mutation`]s that the server drains, in order, under the same
+//! lock that guards the store, so the disk sees changes in the order they
+//! were made.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use crate::expiry::ExpiryIndex;
+use crate::session::{Field, Session, SessionMeta};
+use crate::{Millis, SessionId, StoreError};
+
+/// How many alias hops a lookup follows. A session regenerated twice within
+/// one grace period leaves a chain `a → b → c`; longer chains need many
+/// regenerates inside one grace period and end at this bound.
+const MAX_ALIAS_HOPS: usize = 8;
+
+/// Limits on what clients may store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest value in bytes.
+    pub max_value_bytes: usize,
+    /// Most keys in one session.
+    pub max_keys_per_session: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_value_bytes: 1024 * 1024,
+            max_keys_per_session: 10_000,
+        }
+    }
+}
+
+/// Store-wide settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Idle TTL of a session created without one (PHP's default
+    /// `session.gc_maxlifetime`, 1440 s).
+    pub default_ttl_ms: u64,
+    /// How long an old id keeps answering after a regenerate, by default.
+    pub regenerate_grace_ms: u64,
+    /// Limits on values and keys.
+    pub limits: Limits,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl_ms: 1_440_000,
+            regenerate_grace_ms: 30_000,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A change the storage must make, in the order the store made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mutation {
+    /// Write the session's metadata (creates it on disk if new).
+    PutMeta {
+        /// The session.
+        id: SessionId,
+        /// Its metadata now.
+        meta: SessionMeta,
+    },
+    /// Write one field.
+    PutField {
+        /// The session.
+        id: SessionId,
+        /// The key.
+        key: Bytes,
+        /// The field.
+        field: Field,
+    },
+    /// Delete one field.
+    DelField {
+        /// The session.
+        id: SessionId,
+        /// The key.
+        key: Bytes,
+    },
+    /// Delete the session's metadata and the listed fields (all it had).
+    DelSession {
+        /// The session.
+        id: SessionId,
+        /// Every key it had.
+        keys: Vec<Bytes>,
+    },
+    /// Record that `old` answers for `new` until `until`.
+    PutAlias {
+        /// The old id.
+        old: SessionId,
+        /// The new id.
+        new: SessionId,
+        /// End of the grace period.
+        until: Millis,
+    },
+    /// Forget an alias.
+    DelAlias {
+        /// The old id.
+        old: SessionId,
+    },
+}
+
+/// An old id answering for a regenerated session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alias {
+    /// Where the session went.
+    pub target: SessionId,
+    /// When the old id stops answering.
+    pub until: Millis,
+}
+
+/// Options of [`Store::read`].
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// Create the session empty when it does not exist.
+    pub create: bool,
+    /// Set the idle TTL (ms).
+    pub ttl_ms: Option<u64>,
+    /// Absolute lifetime (ms), for a session created here.
+    pub lifetime_ms: Option<u64>,
+    /// Only these keys (all when `None`).
+    pub keys: Option<Vec<Bytes>>,
+}
+
+/// A field as a read returns it; `value` is `None` for an absent key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadField {
+    /// The key.
+    pub key: Bytes,
+    /// Its version, 0 when absent.
+    pub version: u64,
+    /// Its value, `None` when absent.
+    pub value: Option<Bytes>,
+}
+
+/// What a read returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    /// The session's current id (the new one when read through an alias).
+    pub id: SessionId,
+    /// The session version.
+    pub version: u64,
+    /// Whether this read created the session.
+    pub created: bool,
+    /// The fields asked for, sorted by key when all were asked for.
+    pub fields: Vec<ReadField>,
+}
+
+/// One operation of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Set `key` to `value`, if its version is `if_version` when given.
+    Set {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+        /// The version the key must have (0: absent).
+        if_version: Option<u64>,
+    },
+    /// Delete `key`, if its version is `if_version` when given.
+    Del {
+        /// The key.
+        key: Bytes,
+        /// The version the key must have (0: absent).
+        if_version: Option<u64>,
+    },
+}
+
+impl Op {
+    /// The key the op touches.
+    pub fn key(&self) -> &Bytes {
+        match self {
+            Op::Set { key, .. } | Op::Del { key, .. } => key,
+        }
+    }
+
+    fn if_version(&self) -> Option<u64> {
+        match self {
+            Op::Set { if_version, .. } | Op::Del { if_version, .. } => *if_version,
+        }
+    }
+}
+
+/// A delta to apply atomically.
+#[derive(Debug, Clone, Default)]
+pub struct CommitRequest {
+    /// Create the session if it does not exist.
+    pub create: bool,
+    /// Set the idle TTL (ms).
+    pub ttl_ms: Option<u64>,
+    /// Absolute lifetime (ms), for a session created here.
+    pub lifetime_ms: Option<u64>,
+    /// The operations, applied in order.
+    pub ops: Vec<Op>,
+}
+
+/// What a successful commit returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitOutcome {
+    /// The session version after the commit.
+    pub version: u64,
+    /// Per op, the key's version after it (0 for a delete).
+    pub op_versions: Vec<u64>,
+}
+
+/// What a compare-and-set returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The value matched and was replaced; the key's new version.
+    Swapped {
+        /// The new version.
+        version: u64,
+    },
+    /// The value did not match; the key's current version and value.
+    Mismatch {
+        /// Current version (0: absent).
+        version: u64,
+        /// Current value.
+        value: Option<Bytes>,
+    },
+}
+
+/// Counters the server exports as metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Sessions removed because they expired.
+    pub expired: u64,
+    /// Sessions created.
+    pub created: u64,
+    /// Sessions destroyed by clients.
+    pub destroyed: u64,
+}
+
+/// Every session, its expiry, and regenerate aliases.
+///
+/// ```
+/// use sessiond_core::{CommitRequest, Op, ReadOptions, SessionId, Store, StoreConfig};
+/// let mut store = Store::new(StoreConfig::default());
+/// let id = SessionId::parse(b"s1").unwrap();
+/// let commit = CommitRequest {
+///     create: true,
+///     ops: vec![Op::Set { key: "user".into(), value: "alice".into(), if_version: None }],
+///     ..Default::default()
+/// };
+/// store.commit(1_000, &id, commit).unwrap();
+/// let read = store.read(2_000, &id, ReadOptions::default()).unwrap().unwrap();
+/// assert_eq!(read.fields[0].value.as_deref(), Some(&b"alice"[..]));
+/// ```
+#[derive(Debug)]
+pub struct Store {
+    config: StoreConfig,
+    sessions: HashMap<SessionId, Session>,
+    // Invariant: exactly one entry per session, at `meta.deadline()`.
+    expiry: ExpiryIndex<SessionId>,
+    aliases: HashMap<SessionId, Alias>,
+    // Invariant: exactly one entry per alias, at `until`.
+    alias_expiry: ExpiryIndex<SessionId>,
+    // The last version handed out; versions only grow, across restarts too
+    // (the storage keeps the high-water mark).
+    last_version: u64,
+    outbox: Vec<Mutation>,
+    stats: StoreStats,
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new(config: StoreConfig) -> Self {
+        Self {
+            config,
+            sessions: HashMap::new(),
+            expiry: ExpiryIndex::default(),
+            aliases: HashMap::new(),
+            alias_expiry: ExpiryIndex::default(),
+            last_version: 0,
+            outbox: Vec::new(),
+            stats: StoreStats::default(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> StoreStats {
+        self.stats
+    }
+
+    /// Number of sessions held (some may have expired and not been purged yet).
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether no session is held.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Number of regenerate aliases held.
+    pub fn alias_count(&self) -> usize {
+        self.aliases.len()
+    }
+
+    /// The last version handed out.
+    pub fn last_version(&self) -> u64 {
+        self.last_version
+    }
+
+    /// Takes the changes made since the last call, oldest first.
+    pub fn take_mutations(&mut self) -> Vec<Mutation> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    // ---- loading -------------------------------------------------------
+
+    /// Puts a session loaded from storage back. Used only at startup.
+    pub fn restore_session(&mut self, id: SessionId, session: Session) {
+        self.last_version = self.last_version.max(session.meta.version);
+        for field in session.fields.values() {
+            self.last_version = self.last_version.max(field.version);
+        }
+        let deadline = session.meta.deadline();
+        if let Some(old) = self.sessions.insert(id.clone(), session) {
+            self.expiry.remove(old.meta.deadline(), &id);
+        }
+        self.expiry.insert(deadline, id);
+    }
+
+    /// Puts an alias loaded from storage back. Used only at startup.
+    pub fn restore_alias(&mut self, old: SessionId, alias: Alias) {
+        self.alias_expiry.insert(alias.until, old.clone());
+        if let Some(prev) = self.aliases.insert(old.clone(), alias) {
+            self.alias_expiry.remove(prev.until, &old);
+        }
+    }
+
+    /// Raises the version counter to at least `floor` (the high-water mark
+    /// kept by the storage, which covers versions of destroyed sessions).
+    pub fn raise_version_floor(&mut self, floor: u64) {
+        self.last_version = self.last_version.max(floor);
+    }
+
+    // ---- lookups -------------------------------------------------------
+
+    /// The live session `id` answers for at `now`: itself, or the target of a
+    /// live alias. `None` when neither exists.
+    pub fn resolve(&self, now: Millis, id: &SessionId) -> Option<SessionId> {
+        let mut current = id.clone();
+        for _ in 0..=MAX_ALIAS_HOPS {
+            if let Some(s) = self.sessions.get(&current) {
+                return (!s.meta.is_expired(now)).then_some(current);
+            }
+            match self.aliases.get(&current) {
+                Some(alias) if now < alias.until => current = alias.target.clone(),
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// Whether `id` (or an alias of it) names a live session at `now`.
+    pub fn exists(&self, now: Millis, id: &SessionId) -> bool {
+        self.resolve(now, id).is_some()
+    }
+
+    /// Whether `id` is taken at `now`, as a session or as a live alias.
+    fn id_taken(&self, now: Millis, id: &SessionId) -> bool {
+        self.sessions
+            .get(id)
+            .is_some_and(|s| !s.meta.is_expired(now))
+            || self.aliases.get(id).is_some_and(|a| now < a.until)
+    }
+
+    /// Milliseconds until `id` expires, without sliding it.
+    pub fn ttl(&self, now: Millis, id: &SessionId) -> Option<u64> {
+        let id = self.resolve(now, id)?;
+        self.sessions
+            .get(&id)
+            .map(|s| s.meta.deadline().saturating_sub(now))
+    }
+
+    /// A session by canonical id, without sliding it. For the lock table and
+    /// the inspector.
+    pub fn get(&self, now: Millis, id: &SessionId) -> Option<&Session> {
+        self.sessions.get(id).filter(|s| !s.meta.is_expired(now))
+    }
+
+    // ---- operations ----------------------------------------------------
+
+    /// Creates an empty session under `id`.
+    ///
+    /// # Errors
+    /// [`StoreError::Exists`] if `id` is taken.
+    pub fn create(
+        &mut self,
+        now: Millis,
+        id: &SessionId,
+        ttl_ms: Option<u64>,
+        lifetime_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
+        if self.id_taken(now, id) {
+            return Err(StoreError::Exists(id.to_string()));
+        }
+        self.insert_new(now, id, ttl_ms, lifetime_ms);
+        Ok(())
+    }
+
+    /// Reads a session and slides its expiry.
+    ///
+    /// # Errors
+    /// Only those of creating it.
+    pub fn read(
+        &mut self,
+        now: Millis,
+        id: &SessionId,
+        opts: ReadOptions,
+    ) -> Result<Option<ReadResult>, StoreError> {
+        let (canonical, created) = match self.resolve(now, id) {
+            Some(c) => (c, false),
+            None if opts.create => {
+                self.insert_new(now, id, opts.ttl_ms, opts.lifetime_ms);
+                (id.clone(), true)
+            }
+            None => return Ok(None),
+        };
+        if !created {
+            self.slide(now, &canonical, opts.ttl_ms);
+        }
+        Ok(self.snapshot(&canonical, created, opts.keys.as_deref()))
+    }
+
+    /// The read result for a live canonical id, without sliding it.
+    pub fn snapshot(
+        &self,
+        canonical: &SessionId,
+        created: bool,
+        keys: Option<&[Bytes]>,
+    ) -> Option<ReadResult> {
+        let session = self.sessions.get(canonical)?;
+        let fields = match keys {
+            Some(keys) => keys
+                .iter()
+                .map(|k| match session.fields.get(k) {
+                    Some(f) => ReadField {
+                        key: k.clone(),
+                        version: f.version,
+                        value: Some(f.value.clone()),
+                    },
+                    None => ReadField {
+                        key: k.clone(),
+                        version: 0,
+                        value: None,
+                    },
+                })
+                .collect(),
+            None => {
+                let mut all: Vec<ReadField> = session
+                    .fields
+                    .iter()
+                    .map(|(k, f)| ReadField {
+                        key: k.clone(),
+                        version: f.version,
+                        value: Some(f.value.clone()),
+                    })
+                    .collect();
+                all.sort_by(|a, b| a.key.cmp(&b.key));
+                all
+            }
+        };
+        Some(ReadResult {
+            id: canonical.clone(),
+            version: session.meta.version,
+            created,
+            fields,
+        })
+    }
+
+    /// Applies a delta atomically: every condition holds and every limit is
+    /// respected, or nothing changes.
+    ///
+    /// # Errors
+    /// [`StoreError::NoSession`] when the session does not exist and `create`
+    /// is not set; [`StoreError::Conflict`] listing every key whose version
+    /// differs from its condition; the limit errors.
+    pub fn commit(
+        &mut self,
+        now: Millis,
+        id: &SessionId,
+        req: CommitRequest,
+    ) -> Result<CommitOutcome, StoreError> {
+        let limits = self.config.limits;
+        let existing = self.resolve(now, id);
+        let canonical = existing.clone().unwrap_or_else(|| id.clone());
+        let empty = Session {
+            meta: self.new_meta(now, req.ttl_ms, req.lifetime_ms),
+            fields: HashMap::new(),
+        };
+        let session = match &existing {
+            Some(c) => self.sessions.get(c).unwrap_or(&empty),
+            None if req.create => &empty,
+            None => return Err(StoreError::NoSession(id.to_string())),
+        };
+
+        // Check everything before changing anything.
+        let mut conflicts: Vec<Bytes> = Vec::new();
+        for op in &req.ops {
+            if let Some(expected) = op.if_version()
+                && session.key_version(op.key()) != expected
+                && !conflicts.contains(op.key())
+            {
+                conflicts.push(op.key().clone());
+            }
+            if let Op::Set { key, value, .. } = op
+                && value.len() > limits.max_value_bytes
+            {
+                return Err(StoreError::ValueTooLarge {
+                    key: key.clone(),
+                    size: value.len(),
+                    limit: limits.max_value_bytes,
+                });
+            }
+        }
+        if !conflicts.is_empty() {
+            return Err(StoreError::Conflict(conflicts));
+        }
+        let count = key_count_after(session, &req.ops);
+        if count > limits.max_keys_per_session {
+            return Err(StoreError::TooManyKeys {
+                count,
+                limit: limits.max_keys_per_session,
+            });
+        }
+
+        if existing.is_none() {
+            self.insert_new(now, &canonical, req.ttl_ms, req.lifetime_ms);
+        }
+        let version = self.bump_version();
+        let session = self
+            .sessions
+            .get_mut(&canonical)
+            .ok_or_else(|| StoreError::NoSession(id.to_string()))?;
+        let mut op_versions = Vec::with_capacity(req.ops.len());
+        for op in req.ops {
+            match op {
+                Op::Set { key, value, .. } => {
+                    let field = Field { value, version };
+                    self.outbox.push(Mutation::PutField {
+                        id: canonical.clone(),
+                        key: key.clone(),
+                        field: field.clone(),
+                    });
+                    session.fields.insert(key, field);
+                    op_versions.push(version);
+                }
+                Op::Del { key, .. } => {
+                    if session.fields.remove(&key).is_some() {
+                        self.outbox.push(Mutation::DelField {
+                            id: canonical.clone(),
+                            key,
+                        });
+                    }
+                    op_versions.push(0);
+                }
+            }
+        }
+        session.meta.version = version;
+        self.slide_and_record(now, &canonical, req.ttl_ms, true);
+        Ok(CommitOutcome {
+            version,
+            op_versions,
+        })
+    }
+
+    /// Adds `delta` to the decimal integer in `key` (absent counts as 0).
+    ///
+    /// # Errors
+    /// [`StoreError::NoSession`], [`StoreError::NotInteger`],
+    /// [`StoreError::Overflow`].
+    pub fn incr(
+        &mut self,
+        now: Millis,
+        id: &SessionId,
+        key: &Bytes,
+        delta: i64,
+        create: bool,
+    ) -> Result<(i64, u64), StoreError> {
+        let current = match self.resolve(now, id) {
+            Some(c) => self.sessions.get(&c).and_then(|s| s.fields.get(key)),
+            None if create => None,
+            None => return Err(StoreError::NoSession(id.to_string())),
+        };
+        let base = match current {
+            Some(f) => parse_i64(&f.value).ok_or_else(|| StoreError::NotInteger(key.clone()))?,
+            None => 0,
+        };
+        let value = base
+            .checked_add(delta)
+            .ok_or_else(|| StoreError::Overflow(key.clone()))?;
+        let outcome = self.commit(
+            now,
+            id,
+            CommitRequest {
+                create,
+                ops: vec![Op::Set {
+                    key: key.clone(),
+                    value: Bytes::from(value.to_string()),
+                    if_version: None,
+                }],
+                ..Default::default()
+            },
+        )?;
+        Ok((value, outcome.version))
+    }
+
+    /// Sets `key` to `new` if its value is exactly `expected`.
+    ///
+    /// # Errors
+    /// [`StoreError::NoSession`] and the limit errors.
+    pub fn cas(
+        &mut self,
+        now: Millis,
+        id: &SessionId,
+        key: &Bytes,
+        expected: &[u8],
+        new: Bytes,
+    ) -> Result<CasOutcome, StoreError> {
+        let canonical = self
+            .resolve(now, id)
+            .ok_or_else(|| StoreError::NoSession(id.to_string()))?;
+        let current = self
+            .sessions
+            .get(&canonical)
+            .and_then(|s| s.fields.get(key))
+            .cloned();
+        match current {
+            Some(f) if f.value.as_ref() == expected => {
+                let outcome = self.commit(
+                    now,
+                    &canonical,
+                    CommitRequest {
+                        ops: vec![Op::Set {
+                            key: key.clone(),
+                            value: new,
+                            if_version: Some(f.version),
+                        }],
+                        ..Default::default()
+                    },
+                )?;
+                Ok(CasOutcome::Swapped {
+                    version: outcome.version,
+                })
+            }
+            other => {
+                self.slide(now, &canonical, None);
+                Ok(CasOutcome::Mismatch {
+                    version: other.as_ref().map_or(0, |f| f.version),
+                    value: other.map(|f| f.value),
+                })
+            }
+        }
+    }
+
+    /// Slides the expiry of `id` (and sets its TTL when given). Returns
+    /// whether the session exists.
+    pub fn touch(&mut self, now: Millis, id: &SessionId, ttl_ms: Option<u64>) -> bool {
+        match self.resolve(now, id) {
+            Some(c) => {
+                self.slide(now, &c, ttl_ms);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Destroys the session `id` answers for. Returns whether it existed.
+    pub fn destroy(&mut self, now: Millis, id: &SessionId) -> bool {
+        match self.resolve(now, id) {
+            Some(c) => {
+                self.remove_session(&c);
+                self.stats.destroyed += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Moves the session `id` answers for to `new_id`; the old id answers for
+    /// `grace_ms` (the configured default when `None`).
+    ///
+    /// # Errors
+    /// [`StoreError::NoSession`], or [`StoreError::Exists`] when `new_id` is
+    /// taken.
+    pub fn regenerate(
+        &mut self,
+        now: Millis,
+        id: &SessionId,
+        new_id: &SessionId,
+        grace_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let old = self
+            .resolve(now, id)
+            .ok_or_else(|| StoreError::NoSession(id.to_string()))?;
+        if self.id_taken(now, new_id) {
+            return Err(StoreError::Exists(new_id.to_string()));
+        }
+        let Some(mut session) = self.sessions.remove(&old) else {
+            return Err(StoreError::NoSession(id.to_string()));
+        };
+        self.expiry.remove(session.meta.deadline(), &old);
+        self.outbox.push(Mutation::DelSession {
+            id: old.clone(),
+            keys: session.fields.keys().cloned().collect(),
+        });
+        // A dead alias of the same name may linger until purged.
+        if let Some(stale) = self.aliases.remove(new_id) {
+            self.alias_expiry.remove(stale.until, new_id);
+            self.outbox.push(Mutation::DelAlias {
+                old: new_id.clone(),
+            });
+        }
+        session.meta.last_access = now;
+        self.outbox.push(Mutation::PutMeta {
+            id: new_id.clone(),
+            meta: session.meta,
+        });
+        for (key, field) in &session.fields {
+            self.outbox.push(Mutation::PutField {
+                id: new_id.clone(),
+                key: key.clone(),
+                field: field.clone(),
+            });
+        }
+        self.expiry.insert(session.meta.deadline(), new_id.clone());
+        self.sessions.insert(new_id.clone(), session);
+
+        let grace = grace_ms.unwrap_or(self.config.regenerate_grace_ms);
+        if grace > 0 {
+            let until = now.saturating_add(grace);
+            let alias = Alias {
+                target: new_id.clone(),
+                until,
+            };
+            if let Some(prev) = self.aliases.insert(old.clone(), alias) {
+                self.alias_expiry.remove(prev.until, &old);
+            }
+            self.alias_expiry.insert(until, old.clone());
+            self.outbox.push(Mutation::PutAlias {
+                old,
+                new: new_id.clone(),
+                until,
+            });
+        }
+        Ok(())
+    }
+
+    // ---- expiry --------------------------------------------------------
+
+    /// Removes up to `max` sessions and aliases that are due at `now`.
+    /// Returns how many were removed. Costs O(removed · log n).
+    pub fn purge_expired(&mut self, now: Millis, max: usize) -> usize {
+        let mut removed = 0;
+        for (deadline, id) in self.expiry.pop_due(now, max) {
+            // The index holds exactly the session's deadline (invariant), so
+            // a due entry is an expired session.
+            if let Some(session) = self.sessions.remove(&id) {
+                debug_assert_eq!(session.meta.deadline(), deadline);
+                self.outbox.push(Mutation::DelSession {
+                    id,
+                    keys: session.fields.into_keys().collect(),
+                });
+                self.stats.expired += 1;
+                removed += 1;
+            }
+        }
+        for (_, old) in self.alias_expiry.pop_due(now, max.saturating_sub(removed)) {
+            if self.aliases.remove(&old).is_some() {
+                self.outbox.push(Mutation::DelAlias { old });
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// The earliest instant something expires.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        match (
+            self.expiry.next_deadline(),
+            self.alias_expiry.next_deadline(),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ---- internals -----------------------------------------------------
+
+    fn new_meta(&self, now: Millis, ttl_ms: Option<u64>, lifetime_ms: Option<u64>) -> SessionMeta {
+        SessionMeta {
+            version: 0,
+            created: now,
+            last_access: now,
+            ttl_ms: ttl_ms.unwrap_or(self.config.default_ttl_ms),
+            lifetime_deadline: lifetime_ms.map(|l| now.saturating_add(l)),
+        }
+    }
+
+    fn insert_new(
+        &mut self,
+        now: Millis,
+        id: &SessionId,
+        ttl_ms: Option<u64>,
+        lifetime_ms: Option<u64>,
+    ) {
+        // An expired session or alias of the same id may still be waiting
+        // for the purge; it is dead, so the new one replaces it.
+        if self.sessions.contains_key(id) {
+            self.remove_session(id);
+        }
+        if let Some(stale) = self.aliases.remove(id) {
+            self.alias_expiry.remove(stale.until, id);
+            self.outbox.push(Mutation::DelAlias { old: id.clone() });
+        }
+        let meta = self.new_meta(now, ttl_ms, lifetime_ms);
+        self.expiry.insert(meta.deadline(), id.clone());
+        self.sessions.insert(
+            id.clone(),
+            Session {
+                meta,
+                fields: HashMap::new(),
+            },
+        );
+        self.outbox.push(Mutation::PutMeta {
+            id: id.clone(),
+            meta,
+        });
+        self.stats.created += 1;
+    }
+
+    fn remove_session(&mut self, id: &SessionId) {
+        if let Some(session) = self.sessions.remove(id) {
+            self.expiry.remove(session.meta.deadline(), id);
+            self.outbox.push(Mutation::DelSession {
+                id: id.clone(),
+                keys: session.fields.into_keys().collect(),
+            });
+        }
+    }
+
+    /// Marks an access at `now`: moves the deadline and records the new
+    /// metadata for the storage.
+    fn slide(&mut self, now: Millis, id: &SessionId, ttl_ms: Option<u64>) {
+        self.slide_and_record(now, id, ttl_ms, false);
+    }
+
+    /// [`Self::slide`], recording the metadata for the storage when it
+    /// changed or when `force` (a commit changed the version in place).
+    fn slide_and_record(&mut self, now: Millis, id: &SessionId, ttl_ms: Option<u64>, force: bool) {
+        let Some(session) = self.sessions.get_mut(id) else {
+            return;
+        };
+        let before = session.meta;
+        // `max`: a clock step backwards must never shorten a session.
+        session.meta.last_access = before.last_access.max(now);
+        if let Some(ttl) = ttl_ms {
+            session.meta.ttl_ms = ttl;
+        }
+        if force || session.meta != before {
+            self.expiry
+                .reschedule(before.deadline(), session.meta.deadline(), id);
+            self.outbox.push(Mutation::PutMeta {
+                id: id.clone(),
+                meta: session.meta,
+            });
+        }
+    }
+
+    fn bump_version(&mut self) -> u64 {
+        self.last_version += 1;
+        self.last_version
+    }
+}
+
+/// How many keys a session has after `ops`.
+fn key_count_after(session: &Session, ops: &[Op]) -> usize {
+    let mut added: Vec<&Bytes> = Vec::new();
+    let mut removed: Vec<&Bytes> = Vec::new();
+    for op in ops {
+        let key = op.key();
+        let exists_before = session.fields.contains_key(key);
+        match op {
+            Op::Set { .. } => {
+                removed.retain(|k| *k != key);
+                if !exists_before && !added.contains(&key) {
+                    added.push(key);
+                }
+            }
+            Op::Del { .. } => {
+                added.retain(|k| *k != key);
+                if exists_before && !removed.contains(&key) {
+                    removed.push(key);
+                }
+            }
+        }
+    }
+    session.fields.len() + added.len() - removed.len()
+}
+
+/// Parses a strict decimal i64: an optional `-`, then digits, nothing else.
+pub fn parse_i64(raw: &[u8]) -> Option<i64> {
+    let digits = raw.strip_prefix(b"-").unwrap_or(raw);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(raw).ok()?.parse().ok()
+}

@@ -1,0 +1,275 @@
+//! Connection and server commands: PING, ECHO, HELLO, AUTH, CLIENT, INFO,
+//! SELECT, COMMAND, QUIT.
+
+use bytes::Bytes;
+use subtle::ConstantTimeEq;
+
+use super::{Args, CmdError};
+use crate::connection::ConnState;
+use crate::protocol::{Protocol, Reply};
+use crate::state::Shared;
+
+/// A connection or server command.
+#[derive(Debug)]
+pub enum ConnCommand {
+    /// PING [msg]
+    Ping(Option<Bytes>),
+    /// ECHO msg
+    Echo(Bytes),
+    /// HELLO [ver [AUTH user pass] [SETNAME name]]
+    Hello {
+        /// Protocol version.
+        version: Option<i64>,
+        /// Credentials.
+        auth: Option<(Bytes, Bytes)>,
+        /// Client name.
+        name: Option<String>,
+    },
+    /// AUTH [user] pass
+    Auth(Option<Bytes>, Bytes),
+    /// INFO [section]
+    Info(Option<String>),
+    /// CLIENT subcommand
+    Client(ClientSub),
+    /// SELECT db
+    Select(i64),
+    /// COMMAND [sub …]
+    Command(Option<String>),
+    /// QUIT
+    Quit,
+}
+
+/// CLIENT subcommands.
+#[derive(Debug)]
+pub enum ClientSub {
+    /// CLIENT ID
+    Id,
+    /// CLIENT SETNAME
+    SetName(String),
+    /// CLIENT GETNAME
+    GetName,
+    /// CLIENT SETINFO attr value
+    SetInfo(String, String),
+    /// CLIENT INFO
+    Info,
+}
+
+/// Commands allowed before AUTH.
+pub fn allowed_unauthenticated(cmd: &ConnCommand) -> bool {
+    matches!(
+        cmd,
+        ConnCommand::Auth(..) | ConnCommand::Hello { .. } | ConnCommand::Quit
+    )
+}
+
+impl ConnCommand {
+    /// Parses `name` if it is a connection command.
+    ///
+    /// # Errors
+    /// Arity and syntax.
+    pub fn parse(name: &str, a: &mut Args) -> Result<Option<Self>, CmdError> {
+        Ok(Some(match name {
+            "PING" => ConnCommand::Ping(a.maybe_bytes()),
+            "ECHO" => ConnCommand::Echo(a.bytes()?),
+            "HELLO" => {
+                let version = if a.remaining() > 0 {
+                    Some(a.i64()?)
+                } else {
+                    None
+                };
+                let (mut auth, mut name) = (None, None);
+                while let Some(kw) = a.keyword() {
+                    match kw.as_str() {
+                        "AUTH" => auth = Some((a.bytes()?, a.bytes()?)),
+                        "SETNAME" => name = Some(client_name(a)?),
+                        other => {
+                            return Err(CmdError::Syntax(format!(
+                                "unknown option {other:?} for HELLO"
+                            )));
+                        }
+                    }
+                }
+                ConnCommand::Hello {
+                    version,
+                    auth,
+                    name,
+                }
+            }
+            "AUTH" => match a.remaining() {
+                1 => ConnCommand::Auth(None, a.bytes()?),
+                2 => ConnCommand::Auth(Some(a.bytes()?), a.bytes()?),
+                _ => return Err(CmdError::Arity("AUTH".into())),
+            },
+            "INFO" => ConnCommand::Info(a.keyword()),
+            "CLIENT" => ConnCommand::Client(match a.keyword().as_deref() {
+                Some("ID") => ClientSub::Id,
+                Some("SETNAME") => ClientSub::SetName(client_name(a)?),
+                Some("GETNAME") => ClientSub::GetName,
+                Some("SETINFO") => {
+                    ClientSub::SetInfo(a.string()?.to_ascii_lowercase(), a.string()?)
+                }
+                Some("INFO") => ClientSub::Info,
+                Some(other) => {
+                    return Err(CmdError::Syntax(format!(
+                        "unknown CLIENT subcommand {other:?}"
+                    )));
+                }
+                None => return Err(CmdError::Arity("CLIENT".into())),
+            }),
+            "SELECT" => ConnCommand::Select(a.i64()?),
+            "COMMAND" => {
+                let sub = a.keyword();
+                while a.maybe_bytes().is_some() {}
+                ConnCommand::Command(sub)
+            }
+            "QUIT" => ConnCommand::Quit,
+            _ => return Ok(None),
+        }))
+    }
+
+    /// The command's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ConnCommand::Ping(_) => "PING",
+            ConnCommand::Echo(_) => "ECHO",
+            ConnCommand::Hello { .. } => "HELLO",
+            ConnCommand::Auth(..) => "AUTH",
+            ConnCommand::Info(_) => "INFO",
+            ConnCommand::Client(_) => "CLIENT",
+            ConnCommand::Select(_) => "SELECT",
+            ConnCommand::Command(_) => "COMMAND",
+            ConnCommand::Quit => "QUIT",
+        }
+    }
+
+    /// Applies the command to the connection.
+    pub fn execute(self, shared: &Shared, conn: &mut ConnState) -> Reply {
+        match self {
+            ConnCommand::Ping(None) => Reply::Simple("PONG".into()),
+            ConnCommand::Ping(Some(m)) | ConnCommand::Echo(m) => Reply::Bulk(m),
+            ConnCommand::Hello {
+                version,
+                auth,
+                name,
+            } => {
+                let proto = match version {
+                    None => conn.proto,
+                    Some(2) => Protocol::Resp2,
+                    Some(3) => Protocol::Resp3,
+                    Some(_) => return Reply::error("NOPROTO", "unsupported protocol version"),
+                };
+                if let Some((user, pass)) = auth {
+                    if let Err(e) = check_password(shared, Some(&user), &pass) {
+                        return e;
+                    }
+                    conn.authed = true;
+                }
+                if !conn.authed {
+                    return Reply::error(
+                        "NOAUTH",
+                        "HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+                    );
+                }
+                conn.proto = proto;
+                if let Some(n) = name {
+                    conn.set_name(shared, Some(n));
+                }
+                Reply::Map(vec![
+                    (Reply::bulk("server"), Reply::bulk("sessiond")),
+                    (
+                        Reply::bulk("version"),
+                        Reply::bulk(env!("CARGO_PKG_VERSION")),
+                    ),
+                    (
+                        Reply::bulk("proto"),
+                        Reply::Int(if proto == Protocol::Resp3 { 3 } else { 2 }),
+                    ),
+                    (Reply::bulk("id"), Reply::uint(conn.id)),
+                    (Reply::bulk("mode"), Reply::bulk("standalone")),
+                    (Reply::bulk("role"), Reply::bulk("master")),
+                    (Reply::bulk("modules"), Reply::Array(vec![])),
+                ])
+            }
+            ConnCommand::Auth(user, pass) => match check_password(shared, user.as_ref(), &pass) {
+                Ok(()) => {
+                    conn.authed = true;
+                    Reply::ok()
+                }
+                Err(e) => e,
+            },
+            ConnCommand::Info(section) => {
+                Reply::bulk(crate::info::render(shared, section.as_deref()))
+            }
+            ConnCommand::Client(sub) => match sub {
+                ClientSub::Id => Reply::uint(conn.id),
+                ClientSub::SetName(n) => {
+                    conn.set_name(shared, (!n.is_empty()).then_some(n));
+                    Reply::ok()
+                }
+                ClientSub::GetName => conn.name.clone().map_or(Reply::Nil, Reply::bulk),
+                ClientSub::SetInfo(attr, value) => match attr.as_str() {
+                    "lib-name" | "lib-ver" => {
+                        conn.set_lib(shared, &attr, value);
+                        Reply::ok()
+                    }
+                    _ => Reply::error("ERR", format!("Unrecognized option '{attr}'")),
+                },
+                ClientSub::Info => Reply::bulk(format!(
+                    "id={} addr={} name={} lib={}\n",
+                    conn.id,
+                    conn.addr,
+                    conn.name.as_deref().unwrap_or(""),
+                    conn.lib.as_deref().unwrap_or("")
+                )),
+            },
+            ConnCommand::Select(0) => Reply::ok(),
+            ConnCommand::Select(_) => Reply::error(
+                "ERR",
+                "DB index is out of range (sessiond has one database)",
+            ),
+            ConnCommand::Command(Some(sub)) if sub == "COUNT" => Reply::Int(0),
+            ConnCommand::Command(Some(sub)) if sub == "DOCS" => Reply::Map(vec![]),
+            ConnCommand::Command(_) => Reply::Array(vec![]),
+            ConnCommand::Quit => {
+                conn.quit = true;
+                Reply::ok()
+            }
+        }
+    }
+}
+
+fn client_name(a: &mut Args) -> Result<String, CmdError> {
+    let name = a.string()?;
+    if name.bytes().any(|b| b == b' ' || b.is_ascii_control()) {
+        return Err(CmdError::Other(
+            "ERR",
+            "Client names cannot contain spaces, newlines or special characters.".into(),
+        ));
+    }
+    Ok(name)
+}
+
+/// Compares in constant time, so the time to fail says nothing about how
+/// much of the password matched.
+fn check_password(shared: &Shared, user: Option<&Bytes>, pass: &[u8]) -> Result<(), Reply> {
+    let wrong = || {
+        Reply::error(
+            "WRONGPASS",
+            "invalid username-password pair or user is disabled.",
+        )
+    };
+    let Some(expected) = shared.config.requirepass.as_deref() else {
+        return Err(Reply::error(
+            "ERR",
+            "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        ));
+    };
+    if user.is_some_and(|u| u.as_ref() != b"default") {
+        return Err(wrong());
+    }
+    if bool::from(expected.as_bytes().ct_eq(pass)) {
+        Ok(())
+    } else {
+        Err(wrong())
+    }
+}

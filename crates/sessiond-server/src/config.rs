@@ -1,0 +1,323 @@
+//! Settings: defaults, then an optional TOML file, then environment
+//! variables, then flags; later sources win.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+/// When an acknowledged write is on disk; the names are Redis's `appendfsync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Reply only after the write is on disk. Concurrent writes share one
+    /// fsync (group commit).
+    Always,
+    /// Reply at once; what was written is on disk within about a second.
+    Everysec,
+    /// Reply at once; sync every 30 s and at shutdown.
+    No,
+}
+
+/// Where sessions are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// redb, an embedded ACID B-tree store, in `data_dir/sessions.redb`.
+    Redb,
+    /// Memory only: nothing survives a restart. For tests and benchmarks.
+    Memory,
+}
+
+/// Every flag of `sessiond serve`. Each may also come from an environment
+/// variable (`SESSIOND_<NAME>`) or the TOML file given by `--config`, whose
+/// keys are the flag names with `_` for `-`.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with settings (flags and environment variables override it).
+    #[arg(long, env = "SESSIOND_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, env = "SESSIOND_BIND")]
+    pub bind: Option<IpAddr>,
+    /// Port for RESP clients; 0 picks a free one [default: 6380].
+    #[arg(long, env = "SESSIOND_PORT")]
+    pub port: Option<u16>,
+    /// Directory for the data file [default: ./data].
+    #[arg(long, env = "SESSIOND_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Storage engine [default: redb].
+    #[arg(long, env = "SESSIOND_STORAGE")]
+    pub storage: Option<StorageKind>,
+    /// When writes reach the disk [default: everysec].
+    #[arg(long, env = "SESSIOND_DURABILITY")]
+    pub durability: Option<Durability>,
+    /// Password clients must give with AUTH or HELLO (Redis's requirepass).
+    #[arg(long, env = "SESSIOND_REQUIREPASS", hide_env_values = true)]
+    pub requirepass: Option<String>,
+    /// Listen on a non-loopback address without a password. Sessions hold
+    /// login tokens: only for networks you trust completely.
+    #[arg(long, env = "SESSIOND_ALLOW_REMOTE_WITHOUT_PASSWORD")]
+    pub allow_remote_without_password: Option<bool>,
+    /// Address for Prometheus metrics over HTTP; "off" disables
+    /// [default: 127.0.0.1:9380].
+    #[arg(long, env = "SESSIOND_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+    /// Idle TTL of a session created without one, in seconds [default: 1440].
+    #[arg(long, env = "SESSIOND_DEFAULT_TTL")]
+    pub default_ttl: Option<u64>,
+    /// How long an old id answers after SESSION.REGENERATE, in seconds [default: 30].
+    #[arg(long, env = "SESSIOND_REGENERATE_GRACE")]
+    pub regenerate_grace: Option<u64>,
+    /// Largest value, in bytes [default: 1048576].
+    #[arg(long, env = "SESSIOND_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<usize>,
+    /// Most keys in one session [default: 10000].
+    #[arg(long, env = "SESSIOND_MAX_KEYS_PER_SESSION")]
+    pub max_keys_per_session: Option<usize>,
+    /// Largest request, in bytes [default: 16777216].
+    #[arg(long, env = "SESSIOND_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Most client connections at once [default: 10000].
+    #[arg(long, env = "SESSIOND_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Longest any lock may be held, in seconds [default: 300].
+    #[arg(long, env = "SESSIOND_LOCK_MAX_HOLD")]
+    pub lock_max_hold: Option<u64>,
+    /// TCP keepalive idle time, in seconds, to find dead peers [default: 30].
+    #[arg(long, env = "SESSIOND_TCP_KEEPALIVE")]
+    pub tcp_keepalive: Option<u64>,
+    /// How long shutdown waits for in-flight commands, in seconds [default: 10].
+    #[arg(long, env = "SESSIOND_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Option<u64>,
+}
+
+/// The settings the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// RESP listen address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Storage engine.
+    pub storage: StorageKind,
+    /// Durability policy.
+    pub durability: Durability,
+    /// Password, if any.
+    pub requirepass: Option<String>,
+    /// Metrics listen address, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Default idle TTL.
+    pub default_ttl: Duration,
+    /// Default regenerate grace.
+    pub regenerate_grace: Duration,
+    /// Value size limit.
+    pub max_value_bytes: usize,
+    /// Keys per session limit.
+    pub max_keys_per_session: usize,
+    /// Request size limit.
+    pub max_request_bytes: usize,
+    /// Connection limit.
+    pub max_connections: usize,
+    /// Longest lock hold.
+    pub lock_max_hold: Duration,
+    /// TCP keepalive idle time.
+    pub tcp_keepalive: Duration,
+    /// Shutdown drain deadline.
+    pub shutdown_timeout: Duration,
+}
+
+/// Why the settings are unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML file is not valid.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// A setting has a bad value.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ServeArgs {
+    /// Resolves flags, environment and the TOML file into a [`Config`].
+    ///
+    /// # Errors
+    /// [`ConfigError`] for an unreadable file or an unsafe combination (a
+    /// non-loopback address without a password).
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<ServeArgs>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source: Box::new(source),
+                })?
+            }
+            None => ServeArgs::default(),
+        };
+        let s = self.merge(file);
+        let bind = s.bind.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let requirepass = s.requirepass.filter(|p| !p.is_empty());
+        if !bind.is_loopback()
+            && requirepass.is_none()
+            && !s.allow_remote_without_password.unwrap_or(false)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to listen on {bind} without a password: set --requirepass \
+                 (or --allow-remote-without-password true on a network you trust)"
+            )));
+        }
+        let metrics_addr = match s.metrics_addr.as_deref() {
+            Some("off") | Some("") => None,
+            Some(a) => Some(a.parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "--metrics-addr {a:?} is not an address like 127.0.0.1:9380"
+                ))
+            })?),
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9380))),
+        };
+        let positive = |name: &str, v: usize| {
+            if v == 0 {
+                Err(ConfigError::Invalid(format!("--{name} must be at least 1")))
+            } else {
+                Ok(v)
+            }
+        };
+        Ok(Config {
+            listen: SocketAddr::new(bind, s.port.unwrap_or(6380)),
+            data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from("data")),
+            storage: s.storage.unwrap_or(StorageKind::Redb),
+            durability: s.durability.unwrap_or(Durability::Everysec),
+            requirepass,
+            metrics_addr,
+            default_ttl: Duration::from_secs(s.default_ttl.unwrap_or(1440)),
+            regenerate_grace: Duration::from_secs(s.regenerate_grace.unwrap_or(30)),
+            max_value_bytes: positive("max-value-bytes", s.max_value_bytes.unwrap_or(1 << 20))?,
+            max_keys_per_session: positive(
+                "max-keys-per-session",
+                s.max_keys_per_session.unwrap_or(10_000),
+            )?,
+            max_request_bytes: positive(
+                "max-request-bytes",
+                s.max_request_bytes.unwrap_or(16 << 20),
+            )?,
+            max_connections: positive("max-connections", s.max_connections.unwrap_or(10_000))?,
+            lock_max_hold: Duration::from_secs(s.lock_max_hold.unwrap_or(300)),
+            tcp_keepalive: Duration::from_secs(s.tcp_keepalive.unwrap_or(30).max(1)),
+            shutdown_timeout: Duration::from_secs(s.shutdown_timeout.unwrap_or(10)),
+        })
+    }
+
+    fn merge(self, file: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            config: self.config,
+            bind: self.bind.or(file.bind),
+            port: self.port.or(file.port),
+            data_dir: self.data_dir.or(file.data_dir),
+            storage: self.storage.or(file.storage),
+            durability: self.durability.or(file.durability),
+            requirepass: self.requirepass.or(file.requirepass),
+            allow_remote_without_password: self
+                .allow_remote_without_password
+                .or(file.allow_remote_without_password),
+            metrics_addr: self.metrics_addr.or(file.metrics_addr),
+            default_ttl: self.default_ttl.or(file.default_ttl),
+            regenerate_grace: self.regenerate_grace.or(file.regenerate_grace),
+            max_value_bytes: self.max_value_bytes.or(file.max_value_bytes),
+            max_keys_per_session: self.max_keys_per_session.or(file.max_keys_per_session),
+            max_request_bytes: self.max_request_bytes.or(file.max_request_bytes),
+            max_connections: self.max_connections.or(file.max_connections),
+            lock_max_hold: self.lock_max_hold.or(file.lock_max_hold),
+            tcp_keepalive: self.tcp_keepalive.or(file.tcp_keepalive),
+            shutdown_timeout: self.shutdown_timeout.or(file.shutdown_timeout),
+        }
+    }
+}
+
+impl Config {
+    /// Settings for tests: loopback port 0, memory storage, no metrics.
+    pub fn for_tests() -> Self {
+        ServeArgs {
+            port: Some(0),
+            storage: Some(StorageKind::Memory),
+            metrics_addr: Some("off".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_or_else(|e| unreachable!("test defaults are valid: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_remote_without_password() {
+        let args = ServeArgs {
+            bind: Some("0.0.0.0".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(matches!(args.resolve(), Err(ConfigError::Invalid(_))));
+        let with_pass = ServeArgs {
+            bind: Some("0.0.0.0".parse().unwrap()),
+            requirepass: Some("s3cret".into()),
+            ..Default::default()
+        };
+        assert!(with_pass.resolve().is_ok());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessiond.toml");
+        std::fs::write(
+            &path,
+            "port = 7000\ndurability = \"always\"\ndefault_ttl = 60\n",
+        )
+        .unwrap();
+        let cfg = ServeArgs {
+            config: Some(path),
+            port: Some(7001),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 7001);
+        assert_eq!(cfg.durability, Durability::Always);
+        assert_eq!(cfg.default_ttl, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "prot = 1\n").unwrap();
+        let err = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve();
+        assert!(matches!(err, Err(ConfigError::Parse { .. })));
+    }
+}

@@ -1,0 +1,102 @@
+//! The text of INFO.
+
+use std::fmt::Write;
+
+use crate::state::Shared;
+
+/// INFO's text for `section` (all sections when `None`, `ALL` or `EVERYTHING`).
+pub fn render(shared: &Shared, section: Option<&str>) -> String {
+    let want = |name: &str| {
+        section.is_none_or(|s| {
+            s.eq_ignore_ascii_case(name)
+                || s.eq_ignore_ascii_case("all")
+                || s.eq_ignore_ascii_case("everything")
+                || s.eq_ignore_ascii_case("default")
+        })
+    };
+    let (sessions, aliases, store_stats, (held, waiting), lock_stats) = shared.read(|st, _| {
+        (
+            st.store.len(),
+            st.store.alias_count(),
+            st.store.stats(),
+            st.locks.counts(),
+            st.locks.stats(),
+        )
+    });
+    let (policy, progress) = shared.persistence();
+    let m = &shared.metrics;
+    let mut out = String::new();
+    let mut section_text = |name: &str, body: String| {
+        if want(name) {
+            let _ = write!(out, "# {name}\r\n{body}\r\n");
+        }
+    };
+    section_text(
+        "Server",
+        format!(
+            "sessiond_version:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            shared.config.listen.port(),
+            shared.started.elapsed().as_secs()
+        ),
+    );
+    section_text(
+        "Clients",
+        format!(
+            "connected_clients:{}\r\nmaxclients:{}\r\n",
+            shared.clients.lock().len(),
+            shared.config.max_connections
+        ),
+    );
+    section_text("Memory", format!("used_memory_rss:{}\r\n", rss_bytes()));
+    section_text(
+        "Sessions",
+        format!(
+            "sessions:{sessions}\r\naliases:{aliases}\r\nsessions_created:{}\r\nsessions_destroyed:{}\r\nsessions_expired:{}\r\n",
+            store_stats.created, store_stats.destroyed, store_stats.expired
+        ),
+    );
+    section_text(
+        "Locks",
+        format!(
+            "locks_held:{held}\r\nlock_waiters:{waiting}\r\nlock_grants:{}\r\nlock_deadlocks:{}\r\nlock_expired:{}\r\nlock_fenced:{}\r\nlock_broken:{}\r\n",
+            lock_stats.grants,
+            lock_stats.deadlocks,
+            lock_stats.expired,
+            lock_stats.fenced,
+            lock_stats.broken
+        ),
+    );
+    section_text(
+        "Persistence",
+        format!(
+            "storage:{:?}\r\ndurability:{:?}\r\nstorage_transactions:{}\r\nstorage_syncs:{}\r\nstorage_failed:{}\r\n",
+            shared.config.storage, policy, progress.transactions, progress.syncs, u8::from(progress.failed)
+        )
+        .to_lowercase(),
+    );
+    section_text(
+        "Stats",
+        format!(
+            "total_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n",
+            m.connections_total.get(),
+            m.commands_total(),
+            m.rejected_connections.get()
+        ),
+    );
+    section_text("Commandstats", m.command_stats());
+    out
+}
+
+/// The process's resident memory, from /proc (0 where there is none).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}

@@ -1,0 +1,297 @@
+//! Prometheus metrics, and the HTTP endpoint that serves them.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::Shared;
+
+/// A label set of one command name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabel {
+    /// The command, e.g. `SESSION.READ`.
+    pub command: String,
+}
+
+/// A label set of one command name and an outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// The command.
+    pub command: String,
+    /// `ok` or the error code.
+    pub outcome: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs … ~20 s.
+    Histogram::new(exponential_buckets(0.00001, 2.0, 22))
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    /// Commands by name and outcome.
+    pub commands: Family<OutcomeLabel, Counter>,
+    /// Command latency by name (seconds), including waits.
+    pub latency: Family<CommandLabel, Histogram, fn() -> Histogram>,
+    /// Connections accepted.
+    pub connections_total: Counter,
+    /// Connections refused at the limit.
+    pub rejected_connections: Counter,
+    /// Connections open now.
+    pub connections: Gauge,
+    /// Lock waits that ended in a grant (seconds).
+    pub lock_wait: Histogram,
+    /// How long locks were held (seconds), measured at release by their holder.
+    pub lock_hold: Histogram,
+    /// Lock waits that timed out.
+    pub lock_timeouts: Counter,
+    sessions: Gauge,
+    sessions_expired: Gauge<u64, AtomicU64>,
+    locks_held: Gauge,
+    lock_waiters: Gauge,
+    lock_deadlocks: Gauge<u64, AtomicU64>,
+    lock_fenced: Gauge<u64, AtomicU64>,
+    lock_expired: Gauge<u64, AtomicU64>,
+    rss: Gauge<u64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            commands: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            connections_total: Counter::default(),
+            rejected_connections: Counter::default(),
+            connections: Gauge::default(),
+            lock_wait: latency_histogram(),
+            lock_hold: latency_histogram(),
+            lock_timeouts: Counter::default(),
+            sessions: Gauge::default(),
+            sessions_expired: Gauge::default(),
+            locks_held: Gauge::default(),
+            lock_waiters: Gauge::default(),
+            lock_deadlocks: Gauge::default(),
+            lock_fenced: Gauge::default(),
+            lock_expired: Gauge::default(),
+            rss: Gauge::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one command.
+    pub fn record(&self, command: &str, outcome: &str, took: Duration) {
+        self.commands
+            .get_or_create(&OutcomeLabel {
+                command: command.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&CommandLabel {
+                command: command.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Commands processed in all.
+    pub fn commands_total(&self) -> u64 {
+        let mut total = 0;
+        self.for_each_command(|_, _, n| total += n);
+        total
+    }
+
+    fn for_each_command(&self, mut f: impl FnMut(&str, &str, u64)) {
+        // Family has no iterator; the encoded text is the one view of it.
+        let mut reg = Registry::default();
+        reg.register("c", "", self.commands.clone());
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &reg).is_ok() {
+            for line in text.lines().filter(|l| l.starts_with("c_total{")) {
+                let cmd = between(line, "command=\"", "\"");
+                let outcome = between(line, "outcome=\"", "\"");
+                let n = line
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                f(cmd, outcome, n);
+            }
+        }
+    }
+
+    /// INFO's Commandstats section.
+    pub fn command_stats(&self) -> String {
+        let mut by_cmd: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        self.for_each_command(|cmd, outcome, n| {
+            let e = by_cmd.entry(cmd.to_lowercase()).or_default();
+            if outcome == "ok" {
+                e.0 += n;
+            } else {
+                e.1 += n;
+            }
+        });
+        by_cmd
+            .into_iter()
+            .map(|(c, (ok, failed))| {
+                format!(
+                    "cmdstat_{c}:calls={},failed_calls={failed}\r\n",
+                    ok + failed
+                )
+            })
+            .collect()
+    }
+
+    fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("sessiond");
+        r.register(
+            "commands",
+            "Commands processed, by command and outcome",
+            self.commands.clone(),
+        );
+        r.register(
+            "command_duration_seconds",
+            "Command latency including lock and disk waits",
+            self.latency.clone(),
+        );
+        r.register(
+            "connections_accepted",
+            "Connections accepted",
+            self.connections_total.clone(),
+        );
+        r.register(
+            "connections_rejected",
+            "Connections refused at max-connections",
+            self.rejected_connections.clone(),
+        );
+        r.register("connections", "Connections open", self.connections.clone());
+        r.register("sessions", "Sessions held", self.sessions.clone());
+        r.register(
+            "sessions_expired",
+            "Sessions removed by expiry",
+            self.sessions_expired.clone(),
+        );
+        r.register(
+            "lock_wait_seconds",
+            "Time from a queued acquire to its grant",
+            self.lock_wait.clone(),
+        );
+        r.register(
+            "lock_hold_seconds",
+            "Time a lock was held, at its release by the holder",
+            self.lock_hold.clone(),
+        );
+        r.register(
+            "lock_timeouts",
+            "Lock waits that ran out",
+            self.lock_timeouts.clone(),
+        );
+        r.register("locks_held", "Locks held now", self.locks_held.clone());
+        r.register(
+            "lock_waiters",
+            "Lock waiters queued now",
+            self.lock_waiters.clone(),
+        );
+        r.register(
+            "lock_deadlocks",
+            "Waits refused for deadlock",
+            self.lock_deadlocks.clone(),
+        );
+        r.register(
+            "lock_fenced_writes",
+            "Writes refused for a stale fencing token",
+            self.lock_fenced.clone(),
+        );
+        r.register(
+            "lock_expired",
+            "Locks taken away by lease or max hold",
+            self.lock_expired.clone(),
+        );
+        r.register("resident_memory_bytes", "Resident memory", self.rss.clone());
+        r
+    }
+}
+
+fn between<'a>(s: &'a str, start: &str, end: &str) -> &'a str {
+    s.split_once(start)
+        .and_then(|(_, rest)| rest.split_once(end))
+        .map_or("", |(v, _)| v)
+}
+
+/// The metrics as Prometheus text, with gauges read from the state now.
+pub fn render(shared: &Shared) -> String {
+    let m = &shared.metrics;
+    let (sessions, store_stats, (held, waiting), lock_stats) = shared.read(|st, _| {
+        (
+            st.store.len(),
+            st.store.stats(),
+            st.locks.counts(),
+            st.locks.stats(),
+        )
+    });
+    m.sessions.set(i64::try_from(sessions).unwrap_or(i64::MAX));
+    m.sessions_expired.set(store_stats.expired);
+    m.locks_held.set(i64::try_from(held).unwrap_or(i64::MAX));
+    m.lock_waiters
+        .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    m.lock_deadlocks.set(lock_stats.deadlocks);
+    m.lock_fenced.set(lock_stats.fenced);
+    m.lock_expired.set(lock_stats.expired);
+    m.rss.set(crate::info::rss_bytes());
+    let mut text = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut text, &m.registry());
+    text
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`. A deliberately
+/// small HTTP/1.0 responder: one request per connection, read up to 8 KiB.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let (mut sock, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            let mut n = 0;
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while n < buf.len() {
+                    match sock.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            })
+            .await;
+            if read.is_err() {
+                return;
+            }
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ")
+            {
+                ("200 OK", render(&shared))
+            } else {
+                ("404 Not Found", "not found; try /metrics\n".to_owned())
+            };
+            let resp = format!(
+                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,226 @@
+//! The server: load state, listen, run connections and background work,
+//! shut down in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sessiond_core::{Clock, LockTable, Store, StoreConfig, SystemClock};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cmd::lock;
+use crate::config::{Config, StorageKind};
+use crate::persist::Persistence;
+use crate::state::{Shared, State};
+use crate::storage::{MemoryStorage, RedbStorage, Storage};
+
+/// Sessions removed per turn of the expiry loop: the state lock is released
+/// between turns, so a mass expiry never stalls requests for long.
+const PURGE_BATCH: usize = 1_000;
+
+/// A bound server, ready to run.
+pub struct Server {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+}
+
+impl Server {
+    /// Opens storage, loads every session, and binds the listeners.
+    ///
+    /// # Errors
+    /// Storage that cannot be opened or read; addresses that cannot be bound.
+    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        let storage: Box<dyn Storage> = match config.storage {
+            StorageKind::Redb => {
+                std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                    format!("creating data directory {}", config.data_dir.display())
+                })?;
+                let path = config.data_dir.join("sessions.redb");
+                Box::new(
+                    RedbStorage::open(&path)
+                        .with_context(|| format!("opening {}", path.display()))?,
+                )
+            }
+            StorageKind::Memory => Box::new(MemoryStorage::default()),
+        };
+        Self::bind_with(config, storage, Arc::new(SystemClock)).await
+    }
+
+    /// Like [`Server::bind`] with a given storage and clock (tests).
+    ///
+    /// # Errors
+    /// As [`Server::bind`].
+    pub async fn bind_with(
+        config: Config,
+        mut storage: Box<dyn Storage>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Server> {
+        let started = std::time::Instant::now();
+        let loaded = storage.load().context("loading sessions")?;
+        // A new epoch per start, on disk before the first grant: fencing
+        // tokens never go backwards across restarts.
+        let epoch = loaded.fence_epoch + 1;
+        storage
+            .set_fence_epoch(epoch)
+            .context("recording the fencing epoch")?;
+        let mut store = Store::new(StoreConfig {
+            default_ttl_ms: config.default_ttl.as_millis() as u64,
+            regenerate_grace_ms: config.regenerate_grace.as_millis() as u64,
+            limits: sessiond_core::Limits {
+                max_value_bytes: config.max_value_bytes,
+                max_keys_per_session: config.max_keys_per_session,
+            },
+        });
+        let count = loaded.sessions.len();
+        for (id, session) in loaded.sessions {
+            store.restore_session(id, session);
+        }
+        for (old, alias) in loaded.aliases {
+            store.restore_alias(old, alias);
+        }
+        store.raise_version_floor(loaded.version_floor);
+        let state = State {
+            store,
+            locks: LockTable::new(epoch, config.lock_max_hold.as_millis() as u64),
+            waiters: Default::default(),
+        };
+        tracing::info!(
+            sessions = count,
+            took_ms = started.elapsed().as_millis() as u64,
+            "loaded"
+        );
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let metrics = match config.metrics_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding metrics {addr}"))?,
+            ),
+            None => None,
+        };
+        let persist = Persistence::start(storage, config.durability);
+        Ok(Server {
+            shared: Arc::new(Shared::new(config, clock, state, persist)),
+            listener,
+            metrics,
+        })
+    }
+
+    /// The RESP address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The metrics address actually bound.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The shared state (tests and benchmarks look inside).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled; then stops accepting, lets
+    /// in-flight commands finish (up to the shutdown timeout), and flushes
+    /// storage.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Server {
+            shared,
+            listener,
+            metrics,
+        } = self;
+        let tracker = TaskTracker::new();
+        if let Some(m) = metrics {
+            tracker.spawn(crate::metrics::serve(m, shared.clone(), shutdown.clone()));
+        }
+        tracker.spawn(timekeeper(shared.clone(), shutdown.clone()));
+        let permits = Arc::new(Semaphore::new(shared.config.max_connections));
+        loop {
+            let (stream, addr) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off
+                        // briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            shared.metrics.connections_total.inc();
+            let _ = stream.set_nodelay(true);
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(shared.config.tcp_keepalive)
+                .with_interval(Duration::from_secs(5))
+                .with_retries(3);
+            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                shared.metrics.rejected_connections.inc();
+                tracker.spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let mut stream = stream;
+                    let _ = stream
+                        .write_all(b"-LIMIT max number of clients reached\r\n")
+                        .await;
+                });
+                continue;
+            };
+            let (shared, shutdown) = (shared.clone(), shutdown.clone());
+            tracker.spawn(async move {
+                crate::connection::run(stream, addr, shared, shutdown).await;
+                drop(permit);
+            });
+        }
+        tracker.close();
+        if tokio::time::timeout(shared.config.shutdown_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not finish within the shutdown timeout");
+        }
+        shared.shutdown_persistence();
+        tracing::info!("stopped; storage flushed");
+    }
+}
+
+/// Removes expired sessions and takes away locks whose lease or maximum
+/// hold ran out. Sleeps until the earliest deadline (at most a second), or
+/// until woken because an earlier one appeared.
+async fn timekeeper(shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let next =
+            shared.read(
+                |st, _| match (st.store.next_deadline(), st.locks.next_deadline()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
+            );
+        let now = shared.clock.now();
+        let sleep = next.map_or(1_000, |d| d.saturating_sub(now)).min(1_000);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = shared.timer.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(sleep)) => {}
+        }
+        loop {
+            let (removed, _) = shared.apply(|st, now| {
+                lock::expire_due(st, now);
+                st.store.purge_expired(now, PURGE_BATCH)
+            });
+            if removed < PURGE_BATCH {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The state every connection shares.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use sessiond_core::locks::{Grant, WaiterId};
+use sessiond_core::{Clock, LockTable, Millis, Store};
+use tokio::sync::{Notify, oneshot};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::persist::{DurabilityError, Persistence, Seq, wait_durable};
+
+/// The core state machine: sessions and locks.
+pub struct State {
+    /// Every session.
+    pub store: Store,
+    /// Every lock.
+    pub locks: LockTable,
+    /// Connections waiting for a lock, by waiter id: the release that frees
+    /// the lock sends the grant here.
+    pub waiters: HashMap<WaiterId, oneshot::Sender<Grant>>,
+}
+
+// Why one lock for the store, the lock table and the persistence queue: a
+// lock grant returns the data it covers, a fenced commit checks the lock and
+// writes the data, and the changes must reach the writer in the order they
+// were made. One mutex makes each of those one atomic step; operations are
+// short and do no I/O under it. Shard only when a benchmark shows contention.
+struct Guarded {
+    state: State,
+    persist: Persistence,
+}
+
+/// What one connected client is, for CLIENT, INFO and the lock inspector.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// Connection id (CLIENT ID).
+    pub id: u64,
+    /// Peer address.
+    pub addr: SocketAddr,
+    /// CLIENT SETNAME.
+    pub name: Option<String>,
+    /// CLIENT SETINFO lib-name / lib-ver.
+    pub lib: Option<String>,
+    /// When it connected.
+    pub connected: Instant,
+}
+
+/// Shared by every connection and background task.
+pub struct Shared {
+    /// The settings.
+    pub config: Config,
+    /// Where time comes from.
+    pub clock: Arc<dyn Clock>,
+    guarded: Mutex<Guarded>,
+    /// Connected clients by id.
+    pub clients: Mutex<HashMap<u64, ClientInfo>>,
+    next_client_id: AtomicU64,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// When the server started.
+    pub started: Instant,
+    /// Wakes the timekeeper when a deadline earlier than its sleep appears.
+    pub timer: Notify,
+}
+
+impl Shared {
+    /// Wraps the loaded state.
+    pub fn new(config: Config, clock: Arc<dyn Clock>, state: State, persist: Persistence) -> Self {
+        Self {
+            config,
+            clock,
+            guarded: Mutex::new(Guarded { state, persist }),
+            clients: Mutex::new(HashMap::new()),
+            next_client_id: AtomicU64::new(1),
+            metrics: Metrics::default(),
+            started: Instant::now(),
+            timer: Notify::new(),
+        }
+    }
+
+    /// A fresh connection id.
+    pub fn next_client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs `f` on the state at the current time, then queues the changes it
+    /// made for the disk. Returns `f`'s result and the changes' position.
+    pub fn apply<R>(&self, f: impl FnOnce(&mut State, Millis) -> R) -> (R, Option<Seq>) {
+        let mut g = self.guarded.lock();
+        let now = self.clock.now();
+        let r = f(&mut g.state, now);
+        let mutations = g.state.store.take_mutations();
+        let floor = g.state.store.last_version();
+        let seq = g.persist.submit(mutations, floor);
+        (r, seq)
+    }
+
+    /// Reads the state without changing it.
+    pub fn read<R>(&self, f: impl FnOnce(&State, Millis) -> R) -> R {
+        let g = self.guarded.lock();
+        let now = self.clock.now();
+        f(&g.state, now)
+    }
+
+    /// Waits, when the durability policy says replies wait, until `seq` is
+    /// on disk.
+    ///
+    /// # Errors
+    /// [`DurabilityError`] when storage failed.
+    pub async fn durable(&self, seq: Option<Seq>) -> Result<(), DurabilityError> {
+        let waiter = self.guarded.lock().persist.waiter(seq);
+        match waiter {
+            Some((seq, rx)) => wait_durable(seq, rx).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Persistence progress and policy, for INFO.
+    pub fn persistence(&self) -> (crate::config::Durability, crate::persist::Progress) {
+        let g = self.guarded.lock();
+        (g.persist.policy(), g.persist.progress())
+    }
+
+    /// Flushes and stops the writer. Called once, last, at shutdown.
+    pub fn shutdown_persistence(&self) {
+        self.guarded.lock().persist.shutdown();
+    }
+}

@@ -1,0 +1,178 @@
+//! Durable storage behind a narrow trait.
+//!
+//! The in-memory [`sessiond_core::Store`] is the authority while the server
+//! runs; storage is its durable copy. At startup the server loads everything
+//! from storage; while it runs, it hands storage the store's [`Mutation`]s in
+//! batches. One conformance suite (`tests` below) runs against every
+//! implementation.
+
+mod memory;
+mod redb_store;
+
+use std::collections::HashMap;
+
+pub use memory::MemoryStorage;
+pub use redb_store::RedbStorage;
+use sessiond_core::{Alias, Mutation, Session, SessionId};
+
+/// Why storage failed. Storage failures are not the client's fault; the
+/// server reports them as `ERR storage: …` and keeps serving from memory.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The engine reported an error.
+    #[error("storage engine: {0}")]
+    Engine(String),
+    /// Stored data that does not decode.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// What is on disk, as loaded at startup.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Every stored session with its fields.
+    pub sessions: HashMap<SessionId, Session>,
+    /// Every stored alias.
+    pub aliases: HashMap<SessionId, Alias>,
+    /// The highest version ever handed out.
+    pub version_floor: u64,
+    /// The fencing epoch of the previous run (0 for a new store).
+    pub fence_epoch: u64,
+}
+
+/// A durable copy of the store.
+pub trait Storage: Send + 'static {
+    /// Reads everything.
+    ///
+    /// # Errors
+    /// Engine failures and undecodable records.
+    fn load(&mut self) -> Result<Loaded, StorageError>;
+
+    /// Applies `batch` atomically, in order, and records `version_floor`.
+    /// When `sync` is true the batch (and every one before it) is on disk
+    /// when this returns; otherwise it may be lost in a crash until a later
+    /// synced call.
+    ///
+    /// # Errors
+    /// Engine failures; the batch is then not applied.
+    fn apply(
+        &mut self,
+        batch: &[Mutation],
+        version_floor: u64,
+        sync: bool,
+    ) -> Result<(), StorageError>;
+
+    /// Durably records the fencing epoch of this run.
+    ///
+    /// # Errors
+    /// Engine failures.
+    fn set_fence_epoch(&mut self, epoch: u64) -> Result<(), StorageError>;
+}
+
+#[cfg(test)]
+mod conformance {
+    //! Runs the same checks against every [`Storage`].
+
+    use super::*;
+    use bytes::Bytes;
+    use sessiond_core::{Field, SessionMeta};
+
+    fn id(s: &str) -> SessionId {
+        SessionId::parse(s.as_bytes()).unwrap()
+    }
+
+    fn meta(version: u64) -> SessionMeta {
+        SessionMeta {
+            version,
+            created: 10,
+            last_access: 20,
+            ttl_ms: 1000,
+            lifetime_deadline: Some(5000),
+        }
+    }
+
+    fn put_field(s: &str, key: &str, value: &str, version: u64) -> Mutation {
+        Mutation::PutField {
+            id: id(s),
+            key: Bytes::from(key.to_owned()),
+            field: Field {
+                value: Bytes::from(value.to_owned()),
+                version,
+            },
+        }
+    }
+
+    fn suite(mut open: impl FnMut() -> Box<dyn Storage>) {
+        let mut st = open();
+        let empty = st.load().unwrap();
+        assert!(empty.sessions.is_empty());
+        assert_eq!(empty.fence_epoch, 0);
+
+        st.apply(
+            &[
+                Mutation::PutMeta {
+                    id: id("a"),
+                    meta: meta(2),
+                },
+                put_field("a", "k1", "v1", 1),
+                put_field("a", "k2", "v2", 2),
+                Mutation::PutMeta {
+                    id: id("b"),
+                    meta: meta(3),
+                },
+                put_field("b", "k", "x", 3),
+                Mutation::PutAlias {
+                    old: id("old"),
+                    new: id("a"),
+                    until: 99,
+                },
+            ],
+            3,
+            true,
+        )
+        .unwrap();
+        st.apply(
+            &[
+                Mutation::DelField {
+                    id: id("a"),
+                    key: Bytes::from("k1"),
+                },
+                Mutation::DelSession {
+                    id: id("b"),
+                    keys: vec![Bytes::from("k")],
+                },
+            ],
+            7,
+            false,
+        )
+        .unwrap();
+        st.set_fence_epoch(4).unwrap();
+        drop(st);
+
+        let mut st = open();
+        let loaded = st.load().unwrap();
+        assert_eq!(loaded.sessions.len(), 1);
+        let a = &loaded.sessions[&id("a")];
+        assert_eq!(a.meta, meta(2));
+        assert_eq!(a.fields.len(), 1);
+        assert_eq!(a.fields[&Bytes::from("k2")].value, Bytes::from("v2"));
+        assert_eq!(a.fields[&Bytes::from("k2")].version, 2);
+        assert_eq!(loaded.aliases[&id("old")].target, id("a"));
+        assert_eq!(loaded.aliases[&id("old")].until, 99);
+        assert_eq!(loaded.version_floor, 7);
+        assert_eq!(loaded.fence_epoch, 4);
+    }
+
+    #[test]
+    fn memory_storage_conforms() {
+        let shared = MemoryStorage::default();
+        suite(|| Box::new(shared.clone()));
+    }
+
+    #[test]
+    fn redb_storage_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        suite(|| Box::new(RedbStorage::open(&path).unwrap()));
+    }
+}
