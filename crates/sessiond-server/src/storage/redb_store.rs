@@ -20,7 +20,9 @@ use super::{Loaded, Storage, StorageError};
 
 type MetaRow = (u64, u64, u64, u64, u64);
 const SESSIONS: TableDefinition<&str, MetaRow> = TableDefinition::new("sessions");
-const FIELDS: TableDefinition<(&str, &[u8]), (u64, &[u8])> = TableDefinition::new("fields");
+type FieldKey<'a> = (&'a str, &'a [u8]);
+type FieldRow<'a> = (u64, &'a [u8]);
+const FIELDS: TableDefinition<FieldKey, FieldRow> = TableDefinition::new("fields");
 const ALIASES: TableDefinition<&str, (&str, u64)> = TableDefinition::new("aliases");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 

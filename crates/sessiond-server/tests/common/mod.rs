@@ -1,0 +1,111 @@
+//! Starting real servers for tests: in-process on port 0, or as a child
+//! process of the built binary.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use sessiond_server::{Config, Server};
+use tokio_util::sync::CancellationToken;
+
+/// A server running inside the test process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(Config::for_tests()).await
+    }
+
+    pub async fn start_with(config: Config) -> Self {
+        let server = Server::bind(config).await.expect("bind");
+        let addr = server.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(server.run(shutdown.clone()));
+        Self {
+            addr,
+            shutdown,
+            handle,
+        }
+    }
+
+    pub async fn client(&self) -> sessiond_client::Client {
+        sessiond_client::Client::connect(self.addr)
+            .await
+            .expect("connect")
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.handle.await;
+    }
+}
+
+/// The `sessiond` binary as a child process.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sessiond"))
+            .args([
+                "serve",
+                "--port",
+                "0",
+                "--metrics-addr",
+                "off",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .env("SESSIOND_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sessiond");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("ready line");
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("resp="))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .parse()
+            .expect("address");
+        Self { child, addr }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    pub fn kill(mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

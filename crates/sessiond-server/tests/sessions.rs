@@ -1,0 +1,400 @@
+//! Session commands over real TCP against a real server.
+
+mod common;
+
+use std::time::Duration;
+
+use sessiond_client::{Bytes, Client, Commit, Error, ReadOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn create() -> ReadOptions {
+    ReadOptions {
+        create: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn read_commit_round_trip_with_versions() {
+    let server = common::TestServer::start().await;
+    let mut c = server.client().await;
+    let s = c.read("rt", &create()).await.unwrap().unwrap();
+    assert!(s.created);
+    let out = c
+        .commit(
+            "rt",
+            &Commit::new()
+                .set("a", "1")
+                .set("b", Bytes::from_static(b"\x00\xff")),
+        )
+        .await
+        .unwrap();
+    let s = c
+        .read("rt", &ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.version, out.version);
+    assert_eq!(s.get(b"a").map(|v| v.as_ref()), Some(&b"1"[..]));
+    assert_eq!(s.get(b"b").map(|v| v.as_ref()), Some(&b"\x00\xff"[..]));
+    assert_eq!(s.version_of(b"a"), out.version);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_condition_applies_nothing_and_names_every_conflicting_key() {
+    let server = common::TestServer::start().await;
+    let mut c = server.client().await;
+    let v = c
+        .commit("cc", &Commit::new().create().set("a", "1").set("b", "1"))
+        .await
+        .unwrap()
+        .version;
+    c.commit("cc", &Commit::new().set("a", "2")).await.unwrap();
+    c.commit("cc", &Commit::new().set("b", "2")).await.unwrap();
+    let err = c
+        .commit(
+            "cc",
+            &Commit::new()
+                .set_if("a", "x", v)
+                .set_if("b", "x", v)
+                .set("c", "new"),
+        )
+        .await
+        .unwrap_err();
+    match err {
+        Error::Conflict { keys, .. } => assert_eq!(keys, vec!["a".to_owned(), "b".to_owned()]),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let s = c
+        .read("cc", &ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.get(b"a").unwrap().as_ref(), b"2");
+    assert!(
+        s.get(b"c").is_none(),
+        "nothing of a failed commit is applied"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_delta_commits_to_different_keys_all_survive() {
+    let server = common::TestServer::start().await;
+    server.client().await.read("par", &create()).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let addr = server.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await.unwrap();
+            // Each "request" reads everything, then writes back only its key.
+            let _ = c.read("par", &ReadOptions::default()).await.unwrap();
+            c.commit("par", &Commit::new().set(format!("k{i}"), format!("v{i}")))
+                .await
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let s = server
+        .client()
+        .await
+        .read("par", &ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.fields.len(), 20);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn increments_from_50_concurrent_clients_lose_nothing() {
+    let server = common::TestServer::start().await;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let addr = server.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await.unwrap();
+            for _ in 0..10 {
+                c.incr(
+                    "ctr",
+                    "n",
+                    1,
+                    &sessiond_client::IncrOptions {
+                        create: true,
+                        fence: None,
+                    },
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let s = server
+        .client()
+        .await
+        .read("ctr", &ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.get(b"n").unwrap().as_ref(), b"500");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_late_write_after_destroy_does_not_resurrect_the_session() {
+    let server = common::TestServer::start().await;
+    let mut c = server.client().await;
+    c.commit("gone", &Commit::new().create().set("token", "t"))
+        .await
+        .unwrap();
+    assert!(c.destroy("gone").await.unwrap());
+    let err = c
+        .commit("gone", &Commit::new().set("token", "late"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NoSession(_)), "{err:?}");
+    assert!(c.incr("gone", "n", 1, &Default::default()).await.is_err());
+    assert!(
+        c.read("gone", &ReadOptions::default())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!c.exists("gone").await.unwrap());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_expires_after_its_idle_ttl_and_touch_slides_it() {
+    let server = common::TestServer::start().await;
+    let mut c = server.client().await;
+    c.read(
+        "short",
+        &ReadOptions {
+            create: true,
+            ttl: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let ttl = c.ttl_ms("short").await.unwrap();
+    assert!(ttl > 0 && ttl <= 1000, "{ttl}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(c.touch("short", None).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(c.exists("short").await.unwrap(), "touch slid the deadline");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(!c.exists("short").await.unwrap());
+    assert_eq!(c.ttl_ms("short").await.unwrap(), -2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn regenerate_keeps_the_old_id_answering_during_grace() {
+    let server = common::TestServer::start().await;
+    let mut c = server.client().await;
+    c.commit("old", &Commit::new().create().set("user", "bob"))
+        .await
+        .unwrap();
+    let new = c
+        .regenerate("old", Some(Duration::from_secs(30)), None)
+        .await
+        .unwrap();
+    assert_eq!(new.len(), 40);
+    // An in-flight request still using the old id reads and writes the session.
+    let s = c
+        .read("old", &ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.id, new);
+    c.commit("old", &Commit::new().set("cart", "1"))
+        .await
+        .unwrap();
+    let s = c
+        .read(&new, &ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.get(b"cart").unwrap().as_ref(), b"1");
+    assert_eq!(s.get(b"user").unwrap().as_ref(), b"bob");
+    // With no grace the old id is gone at once.
+    let newer = c
+        .regenerate(&new, Some(Duration::ZERO), None)
+        .await
+        .unwrap();
+    assert!(
+        c.read(&new, &ReadOptions::default())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(c.exists(&newer).await.unwrap());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn auth_is_required_when_a_password_is_set() {
+    let mut config = sessiond_server::Config::for_tests();
+    config.requirepass = Some("s3cret".into());
+    let server = common::TestServer::start_with(config).await;
+    let mut raw = Client::connect_with(
+        server.addr,
+        sessiond_client::ConnectOptions {
+            resp3: false,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let err = raw.read("x", &ReadOptions::default()).await.unwrap_err();
+    assert!(matches!(err, Error::Auth(_)), "{err:?}");
+    assert!(raw.command(&["AUTH", "wrong"]).await.is_err());
+    raw.command(&["AUTH", "s3cret"]).await.unwrap();
+    assert!(
+        raw.read("x", &ReadOptions::default())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut c = Client::connect_with(
+        server.addr,
+        sessiond_client::ConnectOptions {
+            password: Some("s3cret".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    c.ping().await.unwrap();
+    server.stop().await;
+}
+
+async fn raw_exchange(addr: std::net::SocketAddr, input: &[u8]) -> (Vec<u8>, bool) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(input).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await {
+            Ok(Ok(0)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(_)) => break true,
+            Err(_) => break false,
+        }
+    };
+    (out, closed)
+}
+
+#[tokio::test]
+async fn bad_input_gets_errors_and_the_connection_survives_where_it_can() {
+    let mut config = sessiond_server::Config::for_tests();
+    config.max_value_bytes = 100;
+    config.max_request_bytes = 4096;
+    let server = common::TestServer::start_with(config).await;
+    let a = server.addr;
+
+    // Unknown command, wrong arity, bad number, bad id, unknown option: error, then PING still works.
+    let (out, closed) = raw_exchange(
+        a,
+        b"NOPE\r\n*1\r\n$12\r\nSESSION.READ\r\n*4\r\n$12\r\nSESSION.INCR\r\n$1\r\ns\r\n$1\r\nk\r\n$3\r\nabc\r\nSESSION.READ bad/id\r\nSESSION.READ s FROB\r\nPING\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(!closed, "{text}");
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    assert!(lines[0].starts_with("-ERR unknown command"), "{text}");
+    assert!(
+        lines[1].starts_with("-ERR wrong number of arguments"),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with("-ERR value is not an integer"),
+        "{text}"
+    );
+    assert!(lines[3].starts_with("-BADID"), "{text}");
+    assert!(lines[4].starts_with("-ERR syntax error"), "{text}");
+    assert_eq!(lines[5], "+PONG");
+
+    // An oversized value: LIMIT, nothing stored, connection open.
+    let big = "x".repeat(200);
+    let (out, closed) = raw_exchange(
+        a,
+        format!("SESSION.COMMIT big CREATE SET k {big}\r\nSESSION.EXISTS big\r\n").as_bytes(),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("-LIMIT"), "{text}");
+    assert!(text.ends_with(":0\r\n"), "{text}");
+    assert!(!closed);
+
+    // Hostile length prefixes and broken framing: an error, then the connection closes.
+    for input in [
+        &b"*1\r\n$999999999999\r\n"[..],
+        b"*99999999\r\n",
+        b"*1\r\n*1\r\n*1\r\n",
+        b"*1\r\n$4\r\nPINGxx",
+        b"*x\r\n",
+    ] {
+        let (out, closed) = raw_exchange(a, input).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("-LIMIT") || text.starts_with("-ERR Protocol error"),
+            "{input:?} → {text}"
+        );
+        assert!(closed, "{input:?} should close the connection");
+    }
+
+    // A client that dies mid-request loses nothing and harms nobody.
+    {
+        let mut s = TcpStream::connect(a).await.unwrap();
+        s.write_all(b"*5\r\n$14\r\nSESSION.COMMIT\r\n$4\r\nhalf\r\n$6\r\nCREATE\r\n$3\r\nSET")
+            .await
+            .unwrap();
+    }
+    let mut c = server.client().await;
+    assert!(!c.exists("half").await.unwrap());
+    c.ping().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn resp3_after_hello_and_resp2_by_default() {
+    let server = common::TestServer::start().await;
+    let (out, _) = raw_exchange(
+        server.addr,
+        b"SESSION.READ nope\r\nHELLO 3\r\nSESSION.READ nope\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("$-1\r\n%7\r\n"), "{text}");
+    assert!(text.ends_with("_\r\n"), "{text}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_refused_with_an_error() {
+    let mut config = sessiond_server::Config::for_tests();
+    config.max_connections = 2;
+    let server = common::TestServer::start_with(config).await;
+    let mut a = server.client().await;
+    let mut b = server.client().await;
+    a.ping().await.unwrap();
+    b.ping().await.unwrap();
+    let (out, closed) = raw_exchange(server.addr, b"PING\r\n").await;
+    assert!(String::from_utf8_lossy(&out).starts_with("-LIMIT max number of clients"));
+    assert!(closed);
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (out, _) = raw_exchange(server.addr, b"PING\r\n").await;
+    assert_eq!(&out, b"+PONG\r\n");
+    server.stop().await;
+}
