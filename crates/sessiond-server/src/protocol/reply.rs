@@ -114,7 +114,7 @@ mod tests {
         leaf.prop_recursive(3, 32, 6, |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..6).prop_map(Reply::Array),
-                proptest::collection::vec(("[a-z]{1,6}".prop_map(|s| Reply::bulk(s)), inner), 0..4)
+                proptest::collection::vec(("[a-z]{1,6}".prop_map(Reply::bulk), inner), 0..4)
                     .prop_map(Reply::Map),
             ]
         })
