@@ -1,0 +1,319 @@
+//! The store with a fake clock: expiry boundaries, sliding TTL, absolute
+//! lifetime, regenerate grace, conditions and limits.
+
+use bytes::Bytes;
+use sessiond_core::{
+    Clock, CommitRequest, Limits, ManualClock, Mutation, Op, ReadOptions, SessionId, Store,
+    StoreConfig, StoreError,
+};
+
+fn id(s: &str) -> SessionId {
+    SessionId::parse(s.as_bytes()).unwrap()
+}
+
+fn set(k: &str, v: &str) -> Op {
+    Op::Set {
+        key: Bytes::from(k.to_owned()),
+        value: Bytes::from(v.to_owned()),
+        if_version: None,
+    }
+}
+
+fn store() -> Store {
+    Store::new(StoreConfig {
+        default_ttl_ms: 1_000,
+        regenerate_grace_ms: 500,
+        limits: Limits::default(),
+    })
+}
+
+fn create(s: &mut Store, now: u64, name: &str, ttl: Option<u64>, lifetime: Option<u64>) {
+    s.read(
+        now,
+        &id(name),
+        ReadOptions {
+            create: true,
+            ttl_ms: ttl,
+            lifetime_ms: lifetime,
+            keys: None,
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_session_lives_until_the_millisecond_before_its_deadline() {
+    let clock = ManualClock::new(10_000);
+    let mut s = store();
+    create(&mut s, clock.now(), "a", None, None);
+    clock.advance(999);
+    assert!(
+        s.exists(clock.now(), &id("a")),
+        "alive 1 ms before the deadline"
+    );
+    clock.advance(1);
+    assert!(!s.exists(clock.now(), &id("a")), "gone at the deadline");
+    assert!(
+        s.read(clock.now(), &id("a"), ReadOptions::default())
+            .unwrap()
+            .is_none()
+    );
+    let late = CommitRequest {
+        ops: vec![set("k", "v")],
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.commit(clock.now(), &id("a"), late),
+        Err(StoreError::NoSession(_))
+    ));
+}
+
+#[test]
+fn every_access_slides_the_idle_deadline() {
+    let clock = ManualClock::new(0);
+    let mut s = store();
+    create(&mut s, 0, "a", None, None);
+    for _ in 0..5 {
+        clock.advance(900);
+        assert!(
+            s.read(clock.now(), &id("a"), ReadOptions::default())
+                .unwrap()
+                .is_some()
+        );
+    }
+    assert_eq!(s.ttl(clock.now(), &id("a")), Some(1_000));
+    clock.advance(999);
+    assert!(s.touch(clock.now(), &id("a"), None));
+    clock.advance(999);
+    assert!(s.exists(clock.now(), &id("a")));
+    // EXISTS and TTL do not slide.
+    clock.advance(1);
+    assert!(!s.exists(clock.now(), &id("a")));
+}
+
+#[test]
+fn the_absolute_lifetime_ends_a_session_however_active() {
+    let clock = ManualClock::new(0);
+    let mut s = store();
+    create(&mut s, 0, "a", Some(1_000), Some(2_500));
+    for _ in 0..4 {
+        clock.advance(600);
+        assert!(s.touch(clock.now(), &id("a"), None));
+    }
+    clock.set(2_499);
+    assert!(s.exists(clock.now(), &id("a")));
+    clock.set(2_500);
+    assert!(!s.exists(clock.now(), &id("a")));
+}
+
+#[test]
+fn purge_removes_only_what_expired_and_records_it_for_disk() {
+    let mut s = store();
+    create(&mut s, 0, "early", Some(100), None);
+    create(&mut s, 0, "late", Some(10_000), None);
+    s.take_mutations();
+    assert_eq!(s.purge_expired(99, 100), 0);
+    assert_eq!(s.purge_expired(100, 100), 1);
+    assert_eq!(s.len(), 1);
+    assert!(
+        matches!(&s.take_mutations()[..], [Mutation::DelSession { id, .. }] if id.as_str() == "early")
+    );
+    assert_eq!(s.stats().expired, 1);
+    assert_eq!(s.next_deadline(), Some(10_000));
+}
+
+#[test]
+fn regenerate_grace_ends_on_the_millisecond() {
+    let clock = ManualClock::new(0);
+    let mut s = store();
+    s.commit(
+        0,
+        &id("old"),
+        CommitRequest {
+            create: true,
+            ops: vec![set("u", "bob")],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    s.regenerate(100, &id("old"), &id("new"), None).unwrap();
+    clock.set(599);
+    let r = s
+        .read(clock.now(), &id("old"), ReadOptions::default())
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.id, id("new"));
+    // Writes through the old id land in the new session.
+    s.commit(
+        clock.now(),
+        &id("old"),
+        CommitRequest {
+            ops: vec![set("cart", "1")],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    clock.set(600);
+    assert!(
+        s.read(clock.now(), &id("old"), ReadOptions::default())
+            .unwrap()
+            .is_none()
+    );
+    let r = s
+        .read(clock.now(), &id("new"), ReadOptions::default())
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.fields.len(), 2);
+    // The target must be free.
+    create(&mut s, 600, "other", None, None);
+    assert!(matches!(
+        s.regenerate(600, &id("new"), &id("other"), None),
+        Err(StoreError::Exists(_))
+    ));
+}
+
+#[test]
+fn conditions_check_versions_and_versions_never_repeat() {
+    let mut s = store();
+    let a = id("a");
+    let v1 = s
+        .commit(
+            0,
+            &a,
+            CommitRequest {
+                create: true,
+                ops: vec![set("k", "1")],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    s.commit(
+        1,
+        &a,
+        CommitRequest {
+            ops: vec![Op::Del {
+                key: Bytes::from("k"),
+                if_version: None,
+            }],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let v3 = s
+        .commit(
+            2,
+            &a,
+            CommitRequest {
+                ops: vec![set("k", "1")],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(v3.version > v1.version);
+    // A client that read v1 cannot overwrite: same value, but not the same write.
+    let stale = CommitRequest {
+        ops: vec![Op::Set {
+            key: Bytes::from("k"),
+            value: Bytes::from("2"),
+            if_version: Some(v1.version),
+        }],
+        ..Default::default()
+    };
+    assert_eq!(
+        s.commit(3, &a, stale),
+        Err(StoreError::Conflict(vec![Bytes::from("k")]))
+    );
+}
+
+#[test]
+fn limits_refuse_the_whole_commit() {
+    let mut s = Store::new(StoreConfig {
+        limits: Limits {
+            max_value_bytes: 4,
+            max_keys_per_session: 2,
+        },
+        ..StoreConfig::default()
+    });
+    let a = id("a");
+    let too_big = CommitRequest {
+        create: true,
+        ops: vec![set("x", "1"), set("k", "12345")],
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.commit(0, &a, too_big),
+        Err(StoreError::ValueTooLarge { .. })
+    ));
+    assert!(!s.exists(0, &a), "nothing applied, not even the create");
+    let too_many = CommitRequest {
+        create: true,
+        ops: vec![set("a", "1"), set("b", "1"), set("c", "1")],
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.commit(0, &a, too_many),
+        Err(StoreError::TooManyKeys { count: 3, limit: 2 })
+    ));
+    let ok = CommitRequest {
+        create: true,
+        ops: vec![
+            set("a", "1"),
+            set("b", "1"),
+            Op::Del {
+                key: Bytes::from("a"),
+                if_version: None,
+            },
+            set("c", "1"),
+        ],
+        ..Default::default()
+    };
+    assert!(s.commit(0, &a, ok).is_ok());
+}
+
+#[test]
+fn incr_and_cas() {
+    let mut s = store();
+    let a = id("a");
+    assert!(matches!(
+        s.incr(0, &a, &Bytes::from("n"), 1, false),
+        Err(StoreError::NoSession(_))
+    ));
+    assert_eq!(s.incr(0, &a, &Bytes::from("n"), 5, true).unwrap().0, 5);
+    assert_eq!(s.incr(0, &a, &Bytes::from("n"), -7, false).unwrap().0, -2);
+    s.commit(
+        0,
+        &a,
+        CommitRequest {
+            ops: vec![set("s", "abc")],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        s.incr(0, &a, &Bytes::from("s"), 1, false),
+        Err(StoreError::NotInteger(_))
+    ));
+    s.commit(
+        0,
+        &a,
+        CommitRequest {
+            ops: vec![set("m", &i64::MAX.to_string())],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        s.incr(0, &a, &Bytes::from("m"), 1, false),
+        Err(StoreError::Overflow(_))
+    ));
+    assert!(matches!(
+        s.cas(0, &a, &Bytes::from("s"), b"abc", Bytes::from("xyz"))
+            .unwrap(),
+        sessiond_core::CasOutcome::Swapped { .. }
+    ));
+    assert!(matches!(
+        s.cas(0, &a, &Bytes::from("s"), b"abc", Bytes::from("q"))
+            .unwrap(),
+        sessiond_core::CasOutcome::Mismatch { .. }
+    ));
+}
