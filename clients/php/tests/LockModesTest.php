@@ -76,12 +76,14 @@ final class LockModesTest extends TestCase
     {
         $id = $this->newSession(['n' => 1]);
         [$p, $pipes] = $this->phpCli('cli_hold.php', [$id]);
+        $t = microtime(true);
         $line = trim((string) fgets($pipes[1]));
+        fwrite(STDERR, "fgets took " . (microtime(true) - $t) . "\n");
         $this->assertSame('locked', $line, stream_get_contents($pipes[2]));
         $pid = proc_get_status($p)['pid'];
         // the lock is really held: a short wait times out
         $r = $this->http->get('/hold.php' . self::q(['mode' => 'session', 'wait' => 200]), $id)['json'];
-        $this->assertFalse($r['ok'], json_encode($r));
+        $this->assertFalse($r['ok'], json_encode($r) . json_encode(proc_get_status($p)) . stream_get_contents($pipes[2]));
         posix_kill($pid, SIGKILL);
         proc_close($p);
         $r = $this->http->get('/hold.php' . self::q(['mode' => 'session', 'wait' => 5000, 'incr' => 'n']), $id)['json'];
