@@ -137,6 +137,105 @@ final class Codec
     }
 
     /**
+     * Splits a session string into per-key field encodings (what
+     * encodeValue() would give for each value) without unserializing the
+     * values: the bytes PHP serialized are reused as they are, so objects are
+     * not woken up and serialized a second time at write(). Only when a value
+     * refers to another key's value (r:N; / R:N;) does it fall back to
+     * decodeSession() + encodeValue(). Returns null when the string cannot be
+     * decoded.
+     *
+     * @return array<string, string>|null
+     */
+    public static function splitSession(string $data, string $handler): ?array
+    {
+        if ($data === '') {
+            return [];
+        }
+        if (!in_array($handler, self::HANDLERS, true)) {
+            throw new \UnexpectedValueException("sessiond: session.serialize_handler '$handler' is not supported (use php, php_serialize or php_binary)");
+        }
+        $len = strlen($data);
+        $p = 0;
+        $slices = [];
+        self::$sawRef = false;
+        $sink = '';
+        if ($handler === 'php_serialize') {
+            if (!preg_match('/\Ga:([0-9]+):\{/', $data, $m)) {
+                return null;
+            }
+            $p = strlen($m[0]);
+            for ($i = 0, $n = (int) $m[1]; $i < $n; $i++) {
+                $k0 = $p;
+                if (!self::scan($data, $p, $sink, 0)) {
+                    return null;
+                }
+                $kraw = substr($data, $k0, $p - $k0);
+                if ($kraw[0] === 'i') {
+                    $key = substr($kraw, 2, -1);
+                } elseif ($kraw[0] === 's') {
+                    $key = substr($kraw, strpos($kraw, ':', 2) + 2, -2);
+                } else {
+                    return null;
+                }
+                $v0 = $p;
+                if (!self::scan($data, $p, $sink, 0)) {
+                    return null;
+                }
+                $slices[$key] = substr($data, $v0, $p - $v0);
+            }
+            if ($p !== $len - 1 || $data[$p] !== '}') {
+                return null;
+            }
+        } else {
+            while ($p < $len) {
+                if ($handler === 'php') {
+                    $bar = strpos($data, '|', $p);
+                    if ($bar === false) {
+                        return null;
+                    }
+                    $key = substr($data, $p, $bar - $p);
+                    $p = $bar + 1;
+                } else {
+                    $kl = ord($data[$p]);
+                    if ($kl > 127 || $p + 1 + $kl > $len) {
+                        return null;
+                    }
+                    $key = substr($data, $p + 1, $kl);
+                    $p += 1 + $kl;
+                }
+                $v0 = $p;
+                if (!self::scan($data, $p, $sink, 0)) {
+                    return null;
+                }
+                $slices[$key] = substr($data, $v0, $p - $v0);
+            }
+        }
+        if (self::$sawRef) {
+            $decoded = self::decodeSession($data, $handler);
+            if ($decoded === null) {
+                return null;
+            }
+            $out = [];
+            foreach ($decoded as $k => $v) {
+                $out[(string) $k] = self::encodeValue($v);
+            }
+            return $out;
+        }
+        $out = [];
+        foreach ($slices as $k => $slice) {
+            if ($slice[0] === 'i' && preg_match('/^i:(-?[0-9]+);$/', $slice, $m)) {
+                $out[(string) $k] = (string) (int) $m[1];
+            } else {
+                $out[(string) $k] = $slice;
+            }
+        }
+        return $out;
+    }
+
+    private static bool $sawRef = false;
+
+    /**
      * Rewrites a `php`/`php_binary` session string as one serialize()d array.
      * Back-references (r:N; R:N;) are numbered from 1 across all keys in the
      * `php` format but the wrapping array takes slot 1 in php_serialize, so
@@ -208,6 +307,7 @@ final class Codec
                     return false;
                 }
                 $out .= $t . ':' . ((int) $m[1] + 1) . ';';
+                self::$sawRef = true;
                 $p += strlen($m[0]);
                 return true;
             case 's':

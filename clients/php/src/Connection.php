@@ -106,9 +106,12 @@ final class Connection
         $ctx = stream_context_create(['socket' => ['tcp_nodelay' => true]]);
         if ($this->persistent) {
             $flags |= STREAM_CLIENT_PERSISTENT;
-            // A distinct persistent socket per (address, name) so that
-            // different handlers do not share one.
-            $addr = $this->address . '/sessiond-php' . ($this->clientName !== null ? '-' . $this->clientName : '');
+            // A distinct persistent socket per (address, name): PHP keys
+            // persistent sockets by the address string, and for tcp:// a
+            // trailing "/…" after the port is ignored when connecting.
+            $addr = str_starts_with($this->address, 'tcp://')
+                ? $this->address . '/sessiond-php' . ($this->clientName !== null ? '-' . rawurlencode($this->clientName) : '')
+                : $this->address;
         } else {
             $addr = $this->address;
         }

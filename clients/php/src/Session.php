@@ -4,7 +4,6 @@ declare(strict_types=1);
 
 namespace Sessiond;
 
-use Sessiond\Exception\ConnectionException;
 use Sessiond\Exception\LockLostException;
 use Sessiond\Exception\LockTimeoutException;
 use Sessiond\Exception\ServerException;

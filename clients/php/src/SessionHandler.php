@@ -5,7 +5,6 @@ declare(strict_types=1);
 namespace Sessiond;
 
 use Sessiond\Exception\ConnectionException;
-use Sessiond\Exception\LockLostException;
 use Sessiond\Exception\ServerException;
 use Sessiond\Exception\SessiondException;
 
@@ -323,7 +322,16 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         }
 
         try {
+            // Inside session_regenerate_id() PHP discards what read() returns
+            // and keeps its own $_SESSION: keep the read-set that matches it
+            // (field versions survive SESSION.REGENERATE), or keys written by
+            // concurrent requests meanwhile would look "deleted" at write().
+            $regen = self::calledFrom('session_regenerate_id');
+            $saved = $this->readSet;
             $data = $this->absorbRead($id, $reply);
+            if ($regen) {
+                $this->readSet = $saved;
+            }
             $out = Codec::encodeSession($data, $handler);
         } catch (SessiondException $e) {
             $this->warn($e->getMessage() . '; session not started');
@@ -345,7 +353,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             $this->regenerating = true;
         }
         $handler = (string) ini_get('session.serialize_handler');
-        $new = Codec::decodeSession($data, $handler);
+        $new = in_array($handler, Codec::HANDLERS, true) ? Codec::splitSession($data, $handler) : null;
         if ($new === null) {
             $this->warn('sessiond: cannot decode the session data PHP handed to write(); nothing was written');
             if (!$regen) {
@@ -524,8 +532,10 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
     public function releaseAll(): void
     {
         if (session_status() === PHP_SESSION_ACTIVE && $this->active) {
-            // the session is still open (a shutdown function ran exit):
-            // write it like PHP's own shutdown would
+            // Still open: the session_write_close() that
+            // session_set_save_handler() queues may run after us (it is
+            // queued when its own registration runs). Write it now, like PHP
+            // would, before the locks and the lock connection go away.
             @session_write_close();
         }
         $cmds = [];
@@ -705,18 +715,17 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
     }
 
     /**
-     * @param array<string|int, mixed> $new
-     * @return list<array{0:string,1:string,2:?string,3:int,4:mixed}> [op, key, encoded value, version read, value]
+     * @param array<string, string> $new key => field encoding
+     * @return list<array{0:string,1:string,2:?string,3:int,4:null}> [op, key, encoded value, version read]
      */
     private function delta(array $new): array
     {
         $ops = [];
-        foreach ($new as $k => $v) {
+        foreach ($new as $k => $enc) {
             $k = (string) $k;
-            $enc = Codec::encodeValue($v);
             $seen = $this->readSet[$k] ?? null;
             if ($seen === null || $seen[1] !== $enc) {
-                $ops[] = ['SET', $k, $enc, $seen[0] ?? 0, $v];
+                $ops[] = ['SET', $k, $enc, $seen[0] ?? 0, null];
             }
         }
         foreach ($this->readSet as $k => $seen) {
@@ -840,7 +849,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             $conflicts = [];
             $details = [];
             foreach ($ops as $o) {
-                [, $key, , $ver, $value] = $o;
+                [, $key, $enc, $ver] = $o;
                 if (isset($unconditional[$key])) {
                     continue;
                 }
@@ -848,7 +857,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
                 if ($nowVer !== $ver) {
                     $conflicts[] = $key;
                     $details[$key] = [
-                        'mine' => $o[0] === 'DEL' ? null : $value,
+                        'mine' => $o[0] === 'DEL' ? null : Codec::decodeValue($enc),
                         'mine_deleted' => $o[0] === 'DEL',
                         'theirs' => Codec::decodeValue($now[$key][1] ?? null),
                         'theirs_deleted' => $nowVer === 0,

@@ -61,4 +61,51 @@ final class CodecTest extends TestCase
         $this->assertNull(Codec::decodeSession('a|i:1;b|', 'php'));
         $this->assertNull(Codec::decodeSession('a:1:{', 'php_serialize'));
     }
+
+    /** @dataProvider handlers */
+    public function testSplitSessionGivesFieldEncodingsWithoutUnserializing(string $handler): void
+    {
+        $data = ['a' => 1, 'b' => "x|y;\"}\n", 'c' => [1, 2, ['d' => null]], 'e' => new \ArrayObject(['k' => 'v']), 'f' => 2.5, 'g' => false, 'h' => -3, '7' => 'numeric key'];
+        if ($handler !== 'php_serialize') {
+            unset($data['7']); // PHP skips numeric keys there
+        }
+        $enc = Codec::encodeSession($data, $handler);
+        $split = Codec::splitSession($enc, $handler);
+        $expected = [];
+        foreach ($data as $k => $v) {
+            $expected[(string) $k] = Codec::encodeValue($v);
+        }
+        $this->assertSame($expected, $split);
+        $this->assertSame('1', $split['a']);
+        $this->assertSame('-3', $split['h']);
+        $this->assertNull(Codec::splitSession(substr($enc, 0, -1), $handler));
+    }
+
+    public function testSplitSessionWithReferencesFallsBackToDecoding(): void
+    {
+        $s = 'a|O:8:"stdClass":1:{s:1:"x";i:1;}b|r:1;n|i:5;';
+        $split = Codec::splitSession($s, 'php');
+        $this->assertSame(serialize((object) ['x' => 1]), $split['b']);
+        $this->assertSame('5', $split['n']);
+    }
+
+    public function testSplitSessionDoesNotWakeObjects(): void
+    {
+        $obj = serialize(new WakeCounter());
+        WakeCounter::$wakes = 0;
+        $this->assertSame(['w' => $obj], Codec::splitSession('w|' . $obj, 'php'));
+        $this->assertSame(0, WakeCounter::$wakes);
+        Codec::decodeSession('w|' . $obj, 'php');
+        $this->assertSame(1, WakeCounter::$wakes, 'control: decoding does wake it');
+    }
+}
+
+final class WakeCounter
+{
+    public static int $wakes = 0;
+
+    public function __wakeup(): void
+    {
+        self::$wakes++;
+    }
 }

@@ -61,12 +61,14 @@ final class Env
         $help = (string) shell_exec(escapeshellarg($bin) . ' --help 2>&1');
         $dataDir = self::$tmp . '/data';
         @mkdir($dataDir, 0700, true);
-        $port = self::freePort();
         $args = [];
         if (preg_match('/^\s+serve\b/m', $help)) {
             $args[] = 'serve';
             $help .= (string) shell_exec(escapeshellarg($bin) . ' serve --help 2>&1');
         }
+        // `--port 0` when the server can pick a port and print it, else a free port we pick
+        $autoPort = str_contains($help, '0 picks a free one');
+        $port = $autoPort ? 0 : self::freePort();
         $args[] = '--port';
         $args[] = (string) $port;
         if (str_contains($help, '--bind')) {
@@ -77,11 +79,25 @@ final class Env
         } elseif (str_contains($help, '--dir')) {
             array_push($args, '--dir', $dataDir);
         }
+        if (str_contains($help, '--metrics-addr')) {
+            array_push($args, '--metrics-addr', 'off');
+        }
         $extra = getenv('SESSIOND_TEST_ARGS');
         if ($extra !== false && $extra !== '') {
             $args = array_merge($args, preg_split('/\s+/', trim($extra)));
         }
-        self::spawn(array_merge([$bin], $args), self::$tmp . '/sessiond.log', []);
+        $log = self::$tmp . '/sessiond.log';
+        self::spawn(array_merge([$bin], $args), $log, ['NO_COLOR' => '1']);
+        if ($autoPort) {
+            $deadline = microtime(true) + 30;
+            while (!preg_match('/resp=[^\s:]+:(\d+)/', (string) @file_get_contents($log), $m)) {
+                if (microtime(true) > $deadline) {
+                    throw new \RuntimeException("sessiond did not report its port; log: $log");
+                }
+                usleep(50000);
+            }
+            $port = (int) $m[1];
+        }
         self::$sessiondPort = $port;
         self::$uri = "tcp://127.0.0.1:$port";
     }

@@ -53,7 +53,7 @@ abstract class TestCase extends \PHPUnit\Framework\TestCase
     /** @param array<string,string> $env */
     protected function phpCli(string $script, array $args = [], array $env = [])
     {
-        $cmd = array_merge([PHP_BINARY, '-d', 'display_errors=stderr', getenv('DBG') ?: dirname(__DIR__) . '/app/' . $script], $args);
+        $cmd = array_merge([PHP_BINARY, '-d', 'display_errors=stderr', dirname(__DIR__) . '/app/' . $script], $args);
         $env = array_merge(getenv(), ['SESSIOND_URI' => Env::$uri], $env);
         $p = proc_open($cmd, [0 => ['pipe', 'r'], 1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $pipes, null, $env);
         return [$p, $pipes];

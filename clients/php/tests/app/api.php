@@ -26,6 +26,12 @@ switch ($_GET['op'] ?? '') {
         $result = $_SESSION[$key];
         break;
     case 'once':
+        // like real code: only a request that finds no usable value asks for a new one
+        $cur = $_SESSION[$key] ?? null;
+        if ($cur !== null && $cur !== 'expired' && !isset($_GET['ifver'])) {
+            $result = $cur;
+            break;
+        }
         $result = $s->once($key, static function ($old) {
             usleep((int) ($_GET['sleep'] ?? 200) * 1000);
             file_put_contents((string) $_GET['log'], getmypid() . "\n", FILE_APPEND | LOCK_EX);

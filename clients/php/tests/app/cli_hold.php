@@ -10,4 +10,4 @@ $ok = session_start();
 $_SESSION['cli'] = 'was here';
 fwrite(STDOUT, ($ok ? 'locked' : 'failed ' . implode(' | ', $GLOBALS['__errors'])) . "\n");
 fflush(STDOUT);
-$__r = sleep(60); file_put_contents("/tmp/cli_hold.log", "sleep returned " . var_export($__r, true) . "\n", FILE_APPEND);
+sleep(60);

@@ -3,7 +3,7 @@
 // sleep ?sleep= ms, optionally exit or throw in the middle, then close.
 require __DIR__ . '/_init.php';
 $t0 = now_ms();
-$ok = session_start();
+$ok = session_start(isset($_GET['rac']) ? ['read_and_close' => true] : []);
 $t1 = now_ms();
 $seen = $_SESSION ?? [];
 if ($ok) {
@@ -17,7 +17,15 @@ if ($ok) {
         $_SESSION[$_GET['incr']] = ($_SESSION[$_GET['incr']] ?? 0) + 1;
     }
 }
+if ($ok && isset($_GET['reset'])) {
+    session_reset(); // back to the stored data, under the lock we hold
+}
 usleep((int) ($_GET['sleep'] ?? 0) * 1000);
+if ($ok && isset($_GET['abort'])) {
+    session_abort();
+    out(['ok' => $ok, 'aborted' => true, 'after' => $_SESSION]);
+    exit;
+}
 if (isset($_GET['exit'])) {
     echo json_encode(['exited' => true]);
     exit(0); // the shutdown sequence writes the session and releases the lock
@@ -35,6 +43,6 @@ if ($ok && isset($_GET['destroy'])) {
     exit;
 }
 $t2 = now_ms();
-$wrote = $ok ? session_write_close() : false;
+$wrote = $ok && session_status() === PHP_SESSION_ACTIVE ? session_write_close() : false;
 $t3 = now_ms();
 out(['ok' => $ok, 'id' => session_id(), 't0' => $t0, 't1' => $t1, 't2' => $t2, 't3' => $t3, 'seen' => $seen, 'wrote' => $wrote, 'gc' => $gc]);

@@ -18,7 +18,7 @@ if (($_GET['op'] ?? '') === 'set') {
 }
 $dump = [];
 foreach ($_SESSION as $k => $v) {
-    $dump[$k] = serialize($v);
+    $dump[$k] = base64_encode(serialize($v));
 }
 session_write_close();
 out(['dump' => $dump]);

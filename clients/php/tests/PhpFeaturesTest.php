@@ -1,0 +1,203 @@
+<?php
+
+declare(strict_types=1);
+
+namespace Sessiond\Tests;
+
+use Sessiond\Tests\Support\Env;
+use Sessiond\Tests\Support\TestCase;
+
+final class PhpFeaturesTest extends TestCase
+{
+    public function testCreateSidComesFromTheServer(): void
+    {
+        $r = $this->http->get('/new.php');
+        $this->assertMatchesRegularExpression('/^[0-9a-f]{40}$/', $r['cookie'], 'PHP accepts the server\'s 40-hex ids');
+        $this->assertSame(1, $this->redis->command(['SESSION.EXISTS', $r['cookie']]));
+    }
+
+    public function testStrictModeReplacesUnknownIds(): void
+    {
+        $r = $this->http->get('/hold.php' . self::q(['set' => ['x' => 1]]), 'attackerchosenid0123456789');
+        $this->assertTrue($r['json']['ok']);
+        $this->assertNotNull($r['cookie']);
+        $this->assertNotSame('attackerchosenid0123456789', $r['cookie']);
+        $this->assertSame(0, $this->redis->command(['SESSION.EXISTS', 'attackerchosenid0123456789']));
+        $this->assertSame(1, $this->redis->command(['SESSION.EXISTS', $r['cookie']]));
+    }
+
+    public function testIdsOutsideTheServerAlphabetAreReplaced(): void
+    {
+        $r = $this->http->get('/hold.php', str_repeat('x', 200));
+        $this->assertTrue($r['json']['ok']);
+        $this->assertMatchesRegularExpression('/^[0-9a-f]{40}$/', $r['cookie']);
+    }
+
+    public function testWithoutStrictModeUnknownIdsAreCreated(): void
+    {
+        $id = 'plainid' . bin2hex(random_bytes(8));
+        foreach (['session', 'none'] as $mode) {
+            $r = $this->http->get('/hold.php' . self::q(['strict' => 0, 'mode' => $mode, 'set' => [$mode => 1]]), $id)['json'];
+            $this->assertTrue($r['ok'], json_encode($r));
+        }
+        $this->assertArrayHasKey('none', $this->serverFields($id));
+    }
+
+    public function testDestroy(): void
+    {
+        foreach (['session', 'none', 'readonly'] as $mode) {
+            $id = $this->newSession(['x' => 1]);
+            $r = $this->http->get('/hold.php' . self::q(['mode' => $mode, 'destroy' => 1]), $id)['json'];
+            $this->assertTrue($r['destroyed'], $mode);
+            $this->assertSame(0, $this->redis->command(['SESSION.EXISTS', $id]), $mode);
+        }
+        // the lock was released with it: a waiter behind a destroying request is not stuck
+        $id = $this->newSession(['x' => 1]);
+        $a = $this->http->start('/hold.php' . self::q(['mode' => 'session', 'sleep' => 300, 'destroy' => 1]), $id);
+        usleep(100000);
+        $b = $this->http->get('/hold.php' . self::q(['mode' => 'session', 'wait' => 3000, 'set' => ['late' => 1]]), $id)['json'];
+        $this->http->finish($a);
+        $this->assertArrayNotHasKey('x', $b['seen'] ?? [], 'destroyed data is not served');
+    }
+
+    public function testGcIsANoOp(): void
+    {
+        $id = $this->newSession();
+        $r = $this->http->get('/hold.php' . self::q(['gc' => 1]), $id)['json'];
+        $this->assertSame(0, $r['gc']);
+    }
+
+    public function testGcMaxlifetimeIsTheTtl(): void
+    {
+        $r = $this->http->get('/new.php?maxlife=100');
+        $ttl = $this->redis->command(['SESSION.TTL', $r['cookie']]);
+        $this->assertGreaterThan(90000, $ttl);
+        $this->assertLessThanOrEqual(100000, $ttl);
+        foreach (['session', 'none'] as $mode) {
+            // a later request with another gc_maxlifetime moves the TTL (commit or touch)
+            $this->http->get('/hold.php' . self::q(['mode' => $mode, 'maxlife' => 5000, 'set' => ['x' => $mode]]), $r['cookie']);
+            $this->assertGreaterThan(4900000, $this->redis->command(['SESSION.TTL', $r['cookie']]), $mode);
+            $this->http->get('/hold.php' . self::q(['mode' => $mode, 'maxlife' => 300]), $r['cookie']);
+            $this->assertLessThanOrEqual(300000, $this->redis->command(['SESSION.TTL', $r['cookie']]), "$mode: updateTimestamp → SESSION.TOUCH TTL");
+        }
+    }
+
+    public function testLazyWriteSendsNothingWhenUnchanged(): void
+    {
+        foreach (['session', 'none'] as $mode) {
+            foreach ([1, 0] as $lazy) {
+                $id = $this->newSession(['x' => 1]);
+                $before = $this->redis->command(['SESSION.READ', $id]);
+                $r = $this->http->get('/hold.php' . self::q(['mode' => $mode, 'lazy' => $lazy]), $id)['json'];
+                $this->assertTrue($r['ok']);
+                $after = $this->redis->command(['SESSION.READ', $id]);
+                $this->assertSame($before[1], $after[1], "$mode lazy=$lazy: an unchanged session is not rewritten");
+            }
+        }
+    }
+
+    public function testOnlyChangedKeysAreSent(): void
+    {
+        $id = $this->newSession(['a' => 1, 'b' => 2, 'c' => 3]);
+        $before = $this->serverFields($id);
+        $this->http->get('/hold.php' . self::q(['mode' => 'session', 'set' => ['b' => 20], 'del' => ['c']]), $id);
+        $after = $this->serverFields($id);
+        $this->assertSame($before['a'], $after['a'], 'untouched key keeps its version');
+        $this->assertSame('20', $after['b'][1]);
+        $this->assertArrayNotHasKey('c', $after);
+    }
+
+    public function testPersistentConnections(): void
+    {
+        $id = $this->newSession();
+        for ($i = 1; $i <= 6; $i++) {
+            $mode = ['none', 'session', 'readonly'][$i % 3];
+            $r = $this->http->get('/hold.php' . self::q(['persistent' => 1, 'mode' => $mode, 'incr' => 'n']), $id)['json'];
+            $this->assertTrue($r['ok'], json_encode($r));
+            $this->assertSame([], $r['errors']);
+        }
+        $this->assertSame('4', $this->serverFields($id)['n'][1], 'readonly requests did not write');
+        // a persistent-connection request that dies holding the session lock does not leak it
+        $a = $this->http->start('/hold.php' . self::q(['persistent' => 1, 'mode' => 'session', 'sleep' => 200, 'throw' => 1]), $id);
+        $this->http->finish($a);
+        $r = $this->http->get('/hold.php' . self::q(['persistent' => 1, 'mode' => 'session', 'wait' => 1000]), $id)['json'];
+        $this->assertTrue($r['ok']);
+    }
+
+    public function testUnreachableServerFailsSessionStart(): void
+    {
+        $port = Env::freePort();
+        foreach (['session', 'none', 'readonly'] as $mode) {
+            foreach ([null, 'abcdef0123456789abcdef0123456789abcdef01'] as $id) {
+                [$p, $pipes] = $this->phpCli('cli_unreachable.php', array_merge(["tcp://127.0.0.1:$port", $mode], $id ? [$id] : []));
+                $out = stream_get_contents($pipes[1]);
+                proc_close($p);
+                $j = json_decode($out, true);
+                $this->assertIsArray($j, $out);
+                $this->assertFalse($j['ok'], "$mode: session_start() returns false");
+                $this->assertSame([], $j['session'] ?? []);
+                $msgs = implode("\n", array_column($j['errors'], 1));
+                $this->assertStringContainsString('cannot connect to tcp://127.0.0.1:' . $port, $msgs);
+                $this->assertContains(E_WARNING, array_column($j['errors'], 0), 'PHP\'s own E_WARNING from session_start()');
+            }
+        }
+    }
+
+    public function testServerThatDoesNotAnswerTimesOut(): void
+    {
+        $srv = stream_socket_server('tcp://127.0.0.1:0');
+        $addr = stream_socket_get_name($srv, false);
+        $t = microtime(true);
+        [$p, $pipes] = $this->phpCli('cli_unreachable.php', ["tcp://$addr", 'session', 'abcdef0123456789abcdef0123456789abcdef01']);
+        $out = stream_get_contents($pipes[1]);
+        proc_close($p);
+        fclose($srv);
+        $j = json_decode($out, true);
+        $this->assertFalse($j['ok']);
+        $this->assertStringContainsString('no reply', implode("\n", array_column($j['errors'], 1)));
+        $this->assertLessThan(10, microtime(true) - $t);
+    }
+
+    public function testBootstrapFromIniAndEnvironment(): void
+    {
+        $bootstrap = dirname(__DIR__) . '/src/bootstrap.php';
+        $script = __DIR__ . '/app/cli_bootstrap.php';
+        // php.ini-style settings (php -d, or php.ini), read with get_cfg_var()
+        $cmd = [PHP_BINARY, '-d', "auto_prepend_file=$bootstrap", '-d', 'sessiond.uri=' . Env::$uri, '-d', 'sessiond.lock_mode="none"', $script];
+        $env = getenv();
+        unset($env['SESSIOND_URI']);
+        $p = proc_open($cmd, [1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $pipes, null, $env);
+        $j = json_decode(stream_get_contents($pipes[1]), true);
+        proc_close($p);
+        $this->assertTrue($j['ok']);
+        $this->assertSame('Sessiond\SessionHandler', $j['handler']);
+        $this->assertSame('none', $j['mode']);
+        $this->assertSame(serialize('bootstrap'), $this->serverFields($j['id'])['via'][1]);
+        // environment variables (php-fpm: env[SESSIOND_URI] = …)
+        $p = proc_open([PHP_BINARY, '-d', "auto_prepend_file=$bootstrap", $script], [1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $pipes, null,
+            $env + ['SESSIOND_URI' => Env::$uri, 'SESSIOND_LOCK_MODE' => 'readonly']);
+        $j = json_decode(stream_get_contents($pipes[1]), true);
+        proc_close($p);
+        $this->assertTrue($j['ok']);
+        $this->assertSame('readonly', $j['mode']);
+        // session.save_path holding the URI
+        $p = proc_open([PHP_BINARY, '-d', "auto_prepend_file=$bootstrap", '-d', 'session.save_path="' . Env::$uri . '?lock_mode=none"', $script], [1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $pipes, null, $env);
+        $j = json_decode(stream_get_contents($pipes[1]), true);
+        proc_close($p);
+        $this->assertTrue($j['ok']);
+        $this->assertSame('none', $j['mode']);
+    }
+
+    public function testReadAndCloseResetAndAbortReleaseTheLock(): void
+    {
+        $id = $this->newSession(['x' => 'orig']);
+        foreach ([['rac' => 1], ['reset' => 1], ['abort' => 1]] as $variant) {
+            $r = $this->http->get('/hold.php' . self::q($variant + ['mode' => 'session', 'set' => ['x' => 'changed']]), $id)['json'];
+            $this->assertTrue($r['ok'], json_encode($r));
+            $this->assertSame([], $r['errors'], json_encode($variant));
+            $this->assertSame(serialize('orig'), $this->serverFields($id)['x'][1], json_encode($variant) . ' writes nothing');
+            $next = $this->http->get('/hold.php' . self::q(['mode' => 'session', 'wait' => 500]), $id)['json'];
+            $this->assertTrue($next['ok'], json_encode($variant) . ' released the lock');
+        }
+    }
+}
