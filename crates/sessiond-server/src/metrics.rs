@@ -51,8 +51,6 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Lock waits that ended in a grant (seconds).
     pub lock_wait: Histogram,
-    /// How long locks were held (seconds), measured at release by their holder.
-    pub lock_hold: Histogram,
     /// Lock waits that timed out.
     pub lock_timeouts: Counter,
     sessions: Gauge,
@@ -74,7 +72,6 @@ impl Default for Metrics {
             rejected_connections: Counter::default(),
             connections: Gauge::default(),
             lock_wait: latency_histogram(),
-            lock_hold: latency_histogram(),
             lock_timeouts: Counter::default(),
             sessions: Gauge::default(),
             sessions_expired: Gauge::default(),
