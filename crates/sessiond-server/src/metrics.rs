@@ -184,11 +184,6 @@ impl Metrics {
             self.lock_wait.clone(),
         );
         r.register(
-            "lock_hold_seconds",
-            "Time a lock was held, at its release by the holder",
-            self.lock_hold.clone(),
-        );
-        r.register(
             "lock_timeouts",
             "Lock waits that ran out",
             self.lock_timeouts.clone(),
