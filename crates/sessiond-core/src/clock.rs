@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;
@@ -15,17 +15,45 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Millis;
 }
 
-/// The operating system's wall clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
+/// The operating system's clock: the wall clock read once at creation, then
+/// advanced by the monotonic clock.
+///
+/// Why not the wall clock on every read: NTP may step it, and a step back
+/// would let a lease or a session outlive its deadline, a step forward would
+/// cut every lease short at once. Within a run this clock never goes back or
+/// jumps; it re-anchors to the wall clock at the next start, which is when
+/// persisted deadlines are compared with it again.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    wall_at_start: Millis,
+    start: Instant,
+}
+
+impl SystemClock {
+    /// A clock anchored at the current wall time.
+    pub fn new() -> Self {
+        let wall_at_start = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            // A clock before 1970 is a broken machine; 0 keeps us running.
+            .unwrap_or(0);
+        Self {
+            wall_at_start,
+            start: Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Clock for SystemClock {
     fn now(&self) -> Millis {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as Millis)
-            // A clock before 1970 is a broken machine; 0 keeps us running.
-            .unwrap_or(0)
+        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.wall_at_start.saturating_add(elapsed)
     }
 }
 
@@ -60,5 +88,27 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Millis {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_clock_starts_at_wall_time_and_never_goes_back() {
+        let clock = SystemClock::new();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as Millis;
+        let first = clock.now();
+        assert!(first.abs_diff(wall) < 60_000, "{first} vs wall {wall}");
+        let mut last = first;
+        for _ in 0..10_000 {
+            let t = clock.now();
+            assert!(t >= last);
+            last = t;
+        }
     }
 }

@@ -170,6 +170,9 @@ pub struct LockTable {
     next_waiter: WaiterId,
     max_hold_ms: u64,
     stats: LockStats,
+    // How long each lock that ended since the last `take_ended_holds` was
+    // held, for the hold-time histogram. Drained after every operation.
+    ended_holds: Vec<u64>,
 }
 
 impl LockTable {
@@ -187,12 +190,19 @@ impl LockTable {
             next_waiter: 1,
             max_hold_ms,
             stats: LockStats::default(),
+            ended_holds: Vec::new(),
         }
     }
 
     /// Counters.
     pub fn stats(&self) -> LockStats {
         self.stats
+    }
+
+    /// How long each lock that ended (released, expired, broken, its
+    /// connection closed) since the last call was held, in ms.
+    pub fn take_ended_holds(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.ended_holds)
     }
 
     /// Number of held locks and of queued waiters.
@@ -399,7 +409,7 @@ impl LockTable {
             return Err(StoreError::NotHeld);
         }
         let session = grant.session.clone();
-        self.remove_grant(&session, token);
+        self.remove_grant(now, &session, token);
         Ok(self.promote(now, &session))
     }
 
@@ -509,7 +519,7 @@ impl LockTable {
         let mut handoffs = Vec::new();
         for (_, token) in self.deadlines.pop_due(now, usize::MAX) {
             if let Some(session) = self.tokens.get(&token).cloned() {
-                self.remove_grant(&session, token);
+                self.remove_grant(now, &session, token);
                 self.stats.expired += 1;
                 handoffs.extend(self.promote(now, &session));
             }
@@ -522,11 +532,26 @@ impl LockTable {
         self.deadlines.next_deadline()
     }
 
-    /// Checks that `token` is a current grant on `session` covering `keys`.
+    /// Checks that `token` is a current grant on `session` covering `keys`;
+    /// a refusal is counted in [`LockStats::fenced`].
     ///
     /// # Errors
     /// [`StoreError::Fenced`] or [`StoreError::OutsideLock`].
     pub fn check_fence(
+        &mut self,
+        now: Millis,
+        session: &SessionId,
+        token: u64,
+        keys: &[&Bytes],
+    ) -> Result<(), StoreError> {
+        let checked = self.fence_covers(now, session, token, keys);
+        if checked.is_err() {
+            self.stats.fenced += 1;
+        }
+        checked
+    }
+
+    fn fence_covers(
         &self,
         now: Millis,
         session: &SessionId,
@@ -598,11 +623,12 @@ impl LockTable {
 
     // ---- internals -----------------------------------------------------
 
-    fn remove_grant(&mut self, session: &SessionId, token: u64) {
+    fn remove_grant(&mut self, now: Millis, session: &SessionId, token: u64) {
         if let Some(locks) = self.sessions.get_mut(session)
             && let Some(pos) = locks.holders.iter().position(|g| g.token == token)
         {
             let g = locks.holders.swap_remove(pos);
+            self.ended_holds.push(now.saturating_sub(g.granted_at));
             // A no-op when `expire` popped the entry already.
             self.deadlines.remove(g.deadline(), &token);
         }
@@ -711,6 +737,43 @@ mod tests {
     }
 
     #[test]
+    fn locks_are_not_reentrant_waiting_for_yourself_is_a_deadlock() {
+        let mut t = LockTable::new(1, 60_000);
+        granted(t.acquire(0, req("s", Scope::Session, 1)).unwrap());
+        // The same lock again, and a key lock under one's own session lock.
+        for scope in [Scope::Session, key("a")] {
+            let err = t.acquire(1, req("s", scope.clone(), 1)).unwrap_err();
+            assert!(matches!(err, StoreError::Deadlock(_)), "{err:?}");
+            let try_once = LockRequest {
+                wait: false,
+                ..req("s", scope, 1)
+            };
+            let err = t.acquire(1, try_once).unwrap_err();
+            assert!(matches!(err, StoreError::Timeout(0)), "{err:?}");
+        }
+        // Nothing was queued by the refusals.
+        assert_eq!(t.counts(), (1, 0));
+    }
+
+    #[test]
+    fn every_ended_lock_reports_how_long_it_was_held() {
+        let mut t = LockTable::new(1, 1_000);
+        let g1 = granted(t.acquire(100, req("s", Scope::Session, 1)).unwrap());
+        queued(t.acquire(120, req("s", Scope::Session, 2)).unwrap());
+        // Released at 350: held 250 ms; the waiter gets it at 350.
+        let h = t.release(350, g1.token, Some(1)).unwrap();
+        assert_eq!(t.take_ended_holds(), vec![250]);
+        assert!(t.take_ended_holds().is_empty(), "drained");
+        // The second holder runs into the 1 s maximum hold.
+        assert_eq!(h[0].grant.granted_at, 350);
+        t.expire(1_350);
+        // A lock on another session ends when its connection closes.
+        granted(t.acquire(2_000, req("t", key("k"), 3)).unwrap());
+        t.release_owner(2_040, 3);
+        assert_eq!(t.take_ended_holds(), vec![1_000, 40]);
+    }
+
+    #[test]
     fn key_locks_on_different_keys_do_not_wait_but_a_session_lock_excludes_them() {
         let mut t = LockTable::new(1, 60_000);
         let a = granted(t.acquire(0, req("s", key("a"), 1)).unwrap());
@@ -753,6 +816,7 @@ mod tests {
             t.check_fence(0, &sid("s"), g2.token, &[&other]),
             Err(StoreError::OutsideLock { .. })
         ));
+        assert_eq!(t.stats().fenced, 2, "both refusals are counted");
         // A later epoch (the next start) issues higher tokens than any before.
         let mut restarted = LockTable::new(8, 60_000);
         let g3 = granted(restarted.acquire(0, req("s", key("k"), 1)).unwrap());

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub lock_wait: Histogram,
     /// Lock waits that timed out.
     pub lock_timeouts: Counter,
+    /// How long locks were held, from grant to their end (seconds).
+    pub lock_hold: Histogram,
     sessions: Gauge,
     sessions_expired: Gauge<u64, AtomicU64>,
     locks_held: Gauge,
@@ -73,6 +75,8 @@ impl Default for Metrics {
             connections: Gauge::default(),
             lock_wait: latency_histogram(),
             lock_timeouts: Counter::default(),
+            // The lock table counts in whole ms: 1 ms … ~2 min.
+            lock_hold: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
             sessions: Gauge::default(),
             sessions_expired: Gauge::default(),
             locks_held: Gauge::default(),
@@ -187,6 +191,11 @@ impl Metrics {
             "lock_timeouts",
             "Lock waits that ran out",
             self.lock_timeouts.clone(),
+        );
+        r.register(
+            "lock_hold_seconds",
+            "Time from a grant to its release, expiry, break or disconnect",
+            self.lock_hold.clone(),
         );
         r.register("locks_held", "Locks held now", self.locks_held.clone());
         r.register(

@@ -48,7 +48,7 @@ impl Server {
             }
             StorageKind::Memory => Box::new(MemoryStorage::default()),
         };
-        Self::bind_with(config, storage, Arc::new(SystemClock)).await
+        Self::bind_with(config, storage, Arc::new(SystemClock::new())).await
     }
 
     /// Like [`Server::bind`] with a given storage and clock (tests).

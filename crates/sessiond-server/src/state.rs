@@ -95,6 +95,10 @@ impl Shared {
         let mut g = self.guarded.lock();
         let now = self.clock.now();
         let r = f(&mut g.state, now);
+        for held_ms in g.state.locks.take_ended_holds() {
+            #[allow(clippy::cast_precision_loss)] // ms counts fit f64 exactly
+            self.metrics.lock_hold.observe(held_ms as f64 / 1000.0);
+        }
         let mutations = g.state.store.take_mutations();
         let floor = g.state.store.last_version();
         let seq = g.persist.submit(mutations, floor);

@@ -101,3 +101,73 @@ async fn a_restarted_server_never_issues_a_lower_fencing_token() {
     let g = c.lock("f", &LockOptions::default()).await.unwrap();
     assert!(g.token > last, "{} after {}", g.token, last);
 }
+
+/// Lock activity shows up on the Prometheus endpoint: waits, hold times,
+/// timeouts, deadlocks, fenced writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_metrics_are_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = ServerProcess::start(dir.path(), &["--metrics-addr", "127.0.0.1:0"]);
+    let opts = |wait_ms| LockOptions {
+        wait: std::time::Duration::from_millis(wait_ms),
+        create: true,
+        ..Default::default()
+    };
+    let mut a = Client::connect(p.addr).await.unwrap();
+    let mut b = Client::connect(p.addr).await.unwrap();
+    let g = a.lock("m", &opts(0)).await.unwrap();
+    // b times out; then b waits and is handed the lock by a's release.
+    assert_eq!(
+        b.lock("m", &opts(1)).await.unwrap_err().code(),
+        Some("TIMEOUT")
+    );
+    let waiting = tokio::spawn(async move { (b.lock("m", &opts(30_000)).await, b) });
+    while a.lock_info(Some("m")).await.unwrap()[0].waiters.is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    a.unlock("m", None, g.token).await.unwrap();
+    let (granted, mut b) = waiting.await.unwrap();
+    let g2 = granted.unwrap();
+    // a's stale token is fenced; b asking for its own lock again deadlocks.
+    let stale = a
+        .commit("m", &Commit::new().fence(g.token).set("k", "v"))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Some("FENCED"));
+    assert_eq!(
+        b.lock("m", &opts(1_000)).await.unwrap_err().code(),
+        Some("DEADLOCK")
+    );
+    b.unlock("m", None, g2.token).await.unwrap();
+
+    let text = scrape(p.metrics.expect("metrics address"));
+    for (metric, want) in [
+        ("sessiond_lock_wait_seconds_count", 1.0),
+        ("sessiond_lock_hold_seconds_count", 2.0),
+        ("sessiond_lock_timeouts_total", 1.0),
+        ("sessiond_lock_deadlocks", 1.0),
+        ("sessiond_lock_fenced_writes", 1.0),
+        ("sessiond_locks_held", 0.0),
+        ("sessiond_lock_waiters", 0.0),
+    ] {
+        assert_eq!(sample(&text, metric), Some(want), "{metric} in\n{text}");
+    }
+}
+
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.") && out.contains(" 200 "), "{out}");
+    out
+}
+
+/// The value of an unlabelled sample.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}

@@ -345,7 +345,7 @@ impl SessionCommand {
 }
 
 fn check_fence(
-    state: &State,
+    state: &mut State,
     now: u64,
     id: &SessionId,
     fence: Fence,

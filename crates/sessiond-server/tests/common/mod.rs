@@ -50,20 +50,21 @@ impl TestServer {
 pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The metrics endpoint, when `extra` turned it on.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl ServerProcess {
+    /// Starts the binary on port 0 with its data in `data_dir`; metrics are
+    /// off unless `extra` sets `--metrics-addr`.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sessiond"))
-            .args([
-                "serve",
-                "--port",
-                "0",
-                "--metrics-addr",
-                "off",
-                "--data-dir",
-            ])
-            .arg(data_dir)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sessiond"));
+        cmd.args(["serve", "--port", "0", "--data-dir"])
+            .arg(data_dir);
+        if !extra.contains(&"--metrics-addr") {
+            cmd.args(["--metrics-addr", "off"]);
+        }
+        let mut child = cmd
             .args(extra)
             .env("SESSIOND_LOG", "warn")
             .stdout(Stdio::piped())
@@ -75,13 +76,18 @@ impl ServerProcess {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("ready line");
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("resp="))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .parse()
-            .expect("address");
-        Self { child, addr }
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .and_then(|a| a.parse().ok())
+        };
+        let addr = field("resp=").unwrap_or_else(|| panic!("no address in {line:?}"));
+        let metrics = field("metrics=");
+        Self {
+            child,
+            addr,
+            metrics,
+        }
     }
 
     pub fn signal(&self, sig: &str) {
