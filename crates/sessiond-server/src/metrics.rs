@@ -1,9 +1,11 @@
 //! Prometheus metrics, and the HTTP endpoint that serves them.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -20,14 +22,14 @@ use crate::state::Shared;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CommandLabel {
     /// The command, e.g. `SESSION.READ`.
-    pub command: String,
+    pub command: &'static str,
 }
 
 /// A label set of one command name and an outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     /// The command.
-    pub command: String,
+    pub command: &'static str,
     /// `ok` or the error code.
     pub outcome: String,
 }
@@ -43,6 +45,9 @@ pub struct Metrics {
     pub commands: Family<OutcomeLabel, Counter>,
     /// Command latency by name (seconds), including waits.
     pub latency: Family<CommandLabel, Histogram, fn() -> Histogram>,
+    // Calls and failed calls by command, for INFO's Commandstats (a
+    // prometheus Family cannot be iterated).
+    command_counts: Mutex<BTreeMap<&'static str, (u64, u64)>>,
     /// Connections accepted.
     pub connections_total: Counter,
     /// Connections refused at the limit.
@@ -70,6 +75,7 @@ impl Default for Metrics {
         Self {
             commands: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            command_counts: Mutex::default(),
             connections_total: Counter::default(),
             rejected_connections: Counter::default(),
             connections: Gauge::default(),
@@ -91,63 +97,42 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Records one command.
-    pub fn record(&self, command: &str, outcome: &str, took: Duration) {
+    pub fn record(&self, command: &'static str, outcome: &str, took: Duration) {
         self.commands
             .get_or_create(&OutcomeLabel {
-                command: command.to_owned(),
+                command,
                 outcome: outcome.to_owned(),
             })
             .inc();
         self.latency
-            .get_or_create(&CommandLabel {
-                command: command.to_owned(),
-            })
+            .get_or_create(&CommandLabel { command })
             .observe(took.as_secs_f64());
+        let mut counts = self.command_counts.lock();
+        let (calls, failed) = counts.entry(command).or_default();
+        *calls += 1;
+        if outcome != "ok" {
+            *failed += 1;
+        }
     }
 
     /// Commands processed in all.
     pub fn commands_total(&self) -> u64 {
-        let mut total = 0;
-        self.for_each_command(|_, _, n| total += n);
-        total
-    }
-
-    fn for_each_command(&self, mut f: impl FnMut(&str, &str, u64)) {
-        // Family has no iterator; the encoded text is the one view of it.
-        let mut reg = Registry::default();
-        reg.register("c", "", self.commands.clone());
-        let mut text = String::new();
-        if prometheus_client::encoding::text::encode(&mut text, &reg).is_ok() {
-            for line in text.lines().filter(|l| l.starts_with("c_total{")) {
-                let cmd = between(line, "command=\"", "\"");
-                let outcome = between(line, "outcome=\"", "\"");
-                let n = line
-                    .rsplit(' ')
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-                f(cmd, outcome, n);
-            }
-        }
+        self.command_counts
+            .lock()
+            .values()
+            .map(|(calls, _)| calls)
+            .sum()
     }
 
     /// INFO's Commandstats section.
     pub fn command_stats(&self) -> String {
-        let mut by_cmd: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-        self.for_each_command(|cmd, outcome, n| {
-            let e = by_cmd.entry(cmd.to_lowercase()).or_default();
-            if outcome == "ok" {
-                e.0 += n;
-            } else {
-                e.1 += n;
-            }
-        });
-        by_cmd
-            .into_iter()
-            .map(|(c, (ok, failed))| {
+        self.command_counts
+            .lock()
+            .iter()
+            .map(|(c, (calls, failed))| {
                 format!(
-                    "cmdstat_{c}:calls={},failed_calls={failed}\r\n",
-                    ok + failed
+                    "cmdstat_{}:calls={calls},failed_calls={failed}\r\n",
+                    c.to_lowercase()
                 )
             })
             .collect()
@@ -221,12 +206,6 @@ impl Metrics {
         r.register("resident_memory_bytes", "Resident memory", self.rss.clone());
         r
     }
-}
-
-fn between<'a>(s: &'a str, start: &str, end: &str) -> &'a str {
-    s.split_once(start)
-        .and_then(|(_, rest)| rest.split_once(end))
-        .map_or("", |(v, _)| v)
 }
 
 /// The metrics as Prometheus text, with gauges read from the state now.

@@ -398,3 +398,33 @@ async fn connections_beyond_the_limit_are_refused_with_an_error() {
     assert_eq!(&out, b"+PONG\r\n");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn info_counts_commands_and_failed_calls() {
+    let server = common::TestServer::start().await;
+    let mut c = server.client().await;
+    let processed = |info: String| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no total in {info}"))
+    };
+    let before = processed(c.info(Some("stats")).await.unwrap());
+    c.ping().await.unwrap();
+    c.ping().await.unwrap();
+    let err = c.commit("nobody", &Commit::new().set("a", "1")).await;
+    assert_eq!(err.unwrap_err().code(), Some("NOSESSION"));
+    let info = c.info(Some("commandstats")).await.unwrap();
+    assert!(
+        info.contains("cmdstat_ping:calls=2,failed_calls=0\r\n"),
+        "{info}"
+    );
+    assert!(
+        info.contains("cmdstat_session.commit:calls=1,failed_calls=1\r\n"),
+        "{info}"
+    );
+    // The first INFO, two PINGs, the commit and the second INFO.
+    let after = processed(c.info(Some("stats")).await.unwrap());
+    assert_eq!(after - before, 5);
+    server.stop().await;
+}
