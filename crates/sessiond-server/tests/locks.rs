@@ -19,11 +19,8 @@ fn wait(ms: u64) -> LockOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_read_increment_commit_unlock_from_32_clients_loses_nothing() {
     let server = common::TestServer::start().await;
-    let mut tasks = Vec::new();
-    for _ in 0..32 {
-        let addr = server.addr;
-        tasks.push(tokio::spawn(async move {
-            let mut c = Client::connect(addr).await.unwrap();
+    server
+        .concurrently(32, |_, mut c| async move {
             for _ in 0..5 {
                 let g = c.lock("counter", &wait(30_000)).await.unwrap();
                 let n: i64 = g
@@ -42,18 +39,9 @@ async fn lock_read_increment_commit_unlock_from_32_clients_loses_nothing() {
                 .await
                 .unwrap();
             }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let s = server
-        .client()
-        .await
-        .read("counter", &Default::default())
-        .await
-        .unwrap()
-        .unwrap();
+        })
+        .await;
+    let s = server.session("counter").await;
     assert_eq!(s.get(b"n").unwrap().as_ref(), b"160");
     server.stop().await;
 }

@@ -84,65 +84,34 @@ async fn a_failed_condition_applies_nothing_and_names_every_conflicting_key() {
 async fn concurrent_delta_commits_to_different_keys_all_survive() {
     let server = common::TestServer::start().await;
     server.client().await.read("par", &create()).await.unwrap();
-    let mut tasks = Vec::new();
-    for i in 0..20 {
-        let addr = server.addr;
-        tasks.push(tokio::spawn(async move {
-            let mut c = Client::connect(addr).await.unwrap();
+    server
+        .concurrently(20, |i, mut c| async move {
             // Each "request" reads everything, then writes back only its key.
             let _ = c.read("par", &ReadOptions::default()).await.unwrap();
             c.commit("par", &Commit::new().set(format!("k{i}"), format!("v{i}")))
                 .await
                 .unwrap();
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let s = server
-        .client()
-        .await
-        .read("par", &ReadOptions::default())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(s.fields.len(), 20);
+        })
+        .await;
+    assert_eq!(server.session("par").await.fields.len(), 20);
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn increments_from_50_concurrent_clients_lose_nothing() {
     let server = common::TestServer::start().await;
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
-        let addr = server.addr;
-        tasks.push(tokio::spawn(async move {
-            let mut c = Client::connect(addr).await.unwrap();
+    server
+        .concurrently(50, |_, mut c| async move {
             for _ in 0..10 {
-                c.incr(
-                    "ctr",
-                    "n",
-                    1,
-                    &sessiond_client::IncrOptions {
-                        create: true,
-                        fence: None,
-                    },
-                )
-                .await
-                .unwrap();
+                let create = sessiond_client::IncrOptions {
+                    create: true,
+                    fence: None,
+                };
+                c.incr("ctr", "n", 1, &create).await.unwrap();
             }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let s = server
-        .client()
-        .await
-        .read("ctr", &ReadOptions::default())
-        .await
-        .unwrap()
-        .unwrap();
+        })
+        .await;
+    let s = server.session("ctr").await;
     assert_eq!(s.get(b"n").unwrap().as_ref(), b"500");
     server.stop().await;
 }

@@ -40,6 +40,33 @@ impl TestServer {
             .expect("connect")
     }
 
+    /// Runs `f(i, client)` for `i` in `0..n`, each on its own connection
+    /// and task, all at once; returns when every one finished (a panic in
+    /// one fails the test).
+    pub async fn concurrently<F, Fut>(&self, n: usize, f: F)
+    where
+        F: Fn(usize, sessiond_client::Client) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut tasks = Vec::with_capacity(n);
+        for i in 0..n {
+            tasks.push(tokio::spawn(f(i, self.client().await)));
+        }
+        for t in tasks {
+            t.await.expect("client task");
+        }
+    }
+
+    /// The whole session `id`, which must exist.
+    pub async fn session(&self, id: &str) -> sessiond_client::SessionData {
+        self.client()
+            .await
+            .read(id, &Default::default())
+            .await
+            .expect("read")
+            .unwrap_or_else(|| panic!("session {id} does not exist"))
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         let _ = self.handle.await;
