@@ -11,6 +11,9 @@ mod conn;
 pub mod lock;
 mod session;
 
+#[cfg(test)]
+mod model_tests;
+
 use bytes::Bytes;
 use sessiond_core::StoreError;
 
