@@ -6,14 +6,17 @@ namespace Sessiond\Tests\Support;
 
 /**
  * Starts the processes the suite needs, once: a real sessiond (or the one
- * named by SESSIOND_TEST_URI) and `php -S` with PHP_CLI_SERVER_WORKERS=12
- * serving tests/app/.
+ * named by SESSIOND_TEST_URI) and a pool of single-process `php -S` servers
+ * (12, or SESSIOND_TEST_WEB_SERVERS) serving tests/app/.
  */
 final class Env
 {
     public static string $uri = '';
     public static int $sessiondPort = 0;
-    public static int $httpPort = 0;
+    /** @var list<int> ports of the php -S processes serving tests/app/ */
+    public static array $httpPorts = [];
+    /** host:port of the server's Prometheus endpoint, '' when unknown (SESSIOND_TEST_URI). */
+    public static string $metricsAddr = '';
     public static string $tmp = '';
     /** @var list<array{0:resource,1:string}> */
     private static array $procs = [];
@@ -21,7 +24,7 @@ final class Env
     public static function boot(): void
     {
         self::$tmp = sys_get_temp_dir() . '/sessiond-php-tests-' . getmypid();
-        @mkdir(self::$tmp, 0700, true);
+        @mkdir(self::$tmp . '/signals', 0700, true);
         register_shutdown_function([self::class, 'shutdown']);
 
         $given = getenv('SESSIOND_TEST_URI');
@@ -32,7 +35,7 @@ final class Env
             self::startSessiond();
         }
         self::waitForPing(self::$uri, 20.0);
-        self::startWebServer();
+        self::startWebServers();
     }
 
     public static function sessiondBinary(): string
@@ -80,7 +83,8 @@ final class Env
             array_push($args, '--dir', $dataDir);
         }
         if (str_contains($help, '--metrics-addr')) {
-            array_push($args, '--metrics-addr', 'off');
+            // a free port too; the ready line names it (metrics=ADDR)
+            array_push($args, '--metrics-addr', $autoPort ? '127.0.0.1:0' : 'off');
         }
         $extra = getenv('SESSIOND_TEST_ARGS');
         if ($extra !== false && $extra !== '') {
@@ -97,39 +101,96 @@ final class Env
                 usleep(50000);
             }
             $port = (int) $m[1];
+            if (preg_match('/metrics=([0-9.]+:\d+)/', (string) file_get_contents($log), $mm)) {
+                self::$metricsAddr = $mm[1];
+            }
         }
         self::$sessiondPort = $port;
         self::$uri = "tcp://127.0.0.1:$port";
     }
 
-    private static function startWebServer(): void
+    private static function startWebServers(): void
     {
-        $port = self::freePort();
+        $n = max(2, (int) (getenv('SESSIOND_TEST_WEB_SERVERS') ?: 12));
+        for ($i = 0; $i < $n; $i++) {
+            self::$httpPorts[] = self::startWebServer();
+        }
+    }
+
+    /**
+     * One `php -S` process without PHP_CLI_SERVER_WORKERS: it runs one
+     * request at a time. (php -S workers would not do: a worker accepts
+     * further connections while its script runs and queues them behind it,
+     * so "N requests in flight" would not mean "N requests running".) The
+     * Http client sends each request to an idle server, so requests the test
+     * has in flight at once really run at once, each in its own process.
+     */
+    public static function startWebServer(): int
+    {
+        // php -S cannot pick its own port and say which: take a free one, and
+        // try again with another if someone grabbed it in between.
+        for ($attempt = 1; ; $attempt++) {
+            try {
+                return self::startWebServerOn(self::freePort());
+            } catch (\RuntimeException $e) {
+                if ($attempt >= 5) {
+                    throw $e;
+                }
+            }
+        }
+    }
+
+    private static function startWebServerOn(int $port): int
+    {
         $docroot = dirname(__DIR__) . '/app';
         $env = [
-            'PHP_CLI_SERVER_WORKERS' => '12',
             'SESSIOND_URI' => self::$uri,
             'SESSIOND_TEST_TMP' => self::$tmp,
         ];
-        self::spawn([PHP_BINARY, '-d', 'display_errors=0', '-d', 'log_errors=1', '-d', 'error_log=' . self::$tmp . '/php-errors.log',
+        $p = self::spawn([PHP_BINARY, '-d', 'display_errors=0', '-d', 'log_errors=1', '-d', 'error_log=' . self::$tmp . '/php-errors.log',
             '-S', "127.0.0.1:$port", '-t', $docroot], self::$tmp . '/php-server.log', $env);
-        self::$httpPort = $port;
-        $deadline = microtime(true) + 10;
-        while (microtime(true) < $deadline) {
+        $deadline = microtime(true) + 30;
+        while (microtime(true) < $deadline && proc_get_status($p)['running']) {
             $s = @stream_socket_client("tcp://127.0.0.1:$port", $e, $es, 0.2);
             if ($s) {
                 fclose($s);
-                return;
+                return $port;
             }
-            usleep(50000);
+            usleep(20000);
         }
-        throw new \RuntimeException('php -S did not start; see ' . self::$tmp . '/php-server.log');
+        self::stop($p);
+        throw new \RuntimeException("php -S did not start on port $port; see " . self::$tmp . '/php-server.log');
     }
 
-    /** @param list<string> $cmd @param array<string,string> $env */
-    private static function spawn(array $cmd, string $log, array $env): void
+    /** Replaces a web server that a test killed (same port, so Http keeps working). */
+    public static function restartWebServer(int $port): void
+    {
+        for ($attempt = 1; ; $attempt++) {
+            try {
+                self::startWebServerOn($port);
+                return;
+            } catch (\RuntimeException $e) {
+                if ($attempt >= 5) {
+                    throw $e;
+                }
+                usleep(200000);
+            }
+        }
+    }
+
+    /**
+     * Starts a process in its own process group (setsid), so that stopping
+     * it also stops its children (php -S workers). Its pid goes to
+     * $SESSIOND_TEST_PIDFILE when set, so run-tests.sh can kill what is left
+     * if this PHP process itself is killed before its shutdown function runs.
+     *
+     * @param list<string> $cmd @param array<string,string> $env
+     * @return resource
+     */
+    private static function spawn(array $cmd, string $log, array $env)
     {
         $fullEnv = array_merge(getenv(), $env);
+        unset($fullEnv['PHP_CLI_SERVER_WORKERS']); // one process per php -S, see startWebServer()
         if (is_executable('/usr/bin/setsid')) {
             array_unshift($cmd, '/usr/bin/setsid'); // own process group, so shutdown() can stop workers too
         }
@@ -138,6 +199,32 @@ final class Env
             throw new \RuntimeException('cannot start ' . implode(' ', $cmd));
         }
         self::$procs[] = [$p, $log];
+        $pidfile = getenv('SESSIOND_TEST_PIDFILE');
+        if ($pidfile !== false && $pidfile !== '') {
+            file_put_contents($pidfile, proc_get_status($p)['pid'] . "\n", FILE_APPEND);
+        }
+        return $p;
+    }
+
+    /** @param resource $p */
+    private static function stop($p): void
+    {
+        $st = proc_get_status($p);
+        if ($st['running']) {
+            @posix_kill(-$st['pid'], SIGTERM); // the process group: php -S and its workers
+            @posix_kill($st['pid'], SIGTERM);
+            $deadline = microtime(true) + 10;
+            while (proc_get_status($p)['running'] && microtime(true) < $deadline) {
+                usleep(20000);
+            }
+            if (proc_get_status($p)['running']) {
+                @posix_kill(-$st['pid'], SIGKILL);
+                @posix_kill($st['pid'], SIGKILL);
+            }
+        }
+        // workers of php -S may outlive their parent: make sure the group is gone
+        @posix_kill(-$st['pid'], SIGKILL);
+        proc_close($p);
     }
 
     public static function waitForPing(string $uri, float $seconds): void
@@ -161,7 +248,7 @@ final class Env
 
     public static function http(): Http
     {
-        return new Http('127.0.0.1', self::$httpPort);
+        return new Http('127.0.0.1', self::$httpPorts);
     }
 
     public static function connection(): \Sessiond\Connection
@@ -172,13 +259,9 @@ final class Env
     public static function shutdown(): void
     {
         foreach (array_reverse(self::$procs) as [$p]) {
-            $st = proc_get_status($p);
-            if ($st['running']) {
-                // php -S with workers: signal the whole process group
-                @posix_kill(-$st['pid'], SIGTERM);
-                @posix_kill($st['pid'], SIGTERM);
+            if (is_resource($p)) {
+                self::stop($p);
             }
-            proc_close($p);
         }
         self::$procs = [];
         if (getenv('SESSIOND_TEST_KEEP') === false) {
