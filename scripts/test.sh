@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools redis-server)
+# PHP client tests (clients/php/run-tests.sh): php-cli brings the session,
+# posix and pcntl extensions they use, phpunit the runner; setsid (util-linux)
+# is part of every Debian install.
 command -v php >/dev/null 2>&1 || need+=(php-cli)
 command -v phpunit >/dev/null 2>&1 || need+=(phpunit)
 if [ ${#need[@]} -gt 0 ]; then
@@ -20,6 +23,6 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 
-if [ -x clients/php/run-tests.sh ]; then
-  clients/php/run-tests.sh
-fi
+# The PHP session handler against the target/debug/sessiond that
+# `cargo test` just built (it builds one only if missing or stale).
+bash clients/php/run-tests.sh

@@ -23,7 +23,12 @@ final class Env
 
     public static function boot(): void
     {
-        self::$tmp = sys_get_temp_dir() . '/sessiond-php-tests-' . getmypid();
+        // run-tests.sh passes its own temp dir (which it removes even if this
+        // process is killed); without it, one of our own
+        $base = getenv('SESSIOND_TEST_TMPDIR');
+        self::$tmp = $base !== false && $base !== ''
+            ? $base . '/suite'
+            : sys_get_temp_dir() . '/sessiond-php-tests-' . getmypid();
         @mkdir(self::$tmp . '/signals', 0700, true);
         register_shutdown_function([self::class, 'shutdown']);
 
