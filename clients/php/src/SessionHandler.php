@@ -232,7 +232,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
                 $this->lockConn->connect();
             }
         } catch (SessiondException $e) {
-            $this->warn($e->getMessage());
+            $this->warn($this->cause($e));
             $this->broken = true;
             return false;
         }
@@ -317,7 +317,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
                 $reply = $r[1];
             }
         } catch (SessiondException $e) {
-            $this->warn($e->getMessage() . '; session not started');
+            $this->warn($this->cause($e) . '; session not started');
             return false;
         }
 
@@ -334,7 +334,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             }
             $out = Codec::encodeSession($data, $handler);
         } catch (SessiondException $e) {
-            $this->warn($e->getMessage() . '; session not started');
+            $this->warn($this->cause($e) . '; session not started');
             $this->releaseSessionLock();
             return false;
         }
@@ -390,7 +390,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             }
             return $this->commitConditional($id, $ops);
         } catch (SessiondException $e) {
-            $this->warn($e->getMessage() . '; session data not saved');
+            $this->warn($this->cause($e) . '; session data not saved');
             if (!$regen) {
                 $this->releaseSessionLock();
             }
@@ -422,7 +422,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             }
             return true;
         } catch (SessiondException $e) {
-            $this->warn($e->getMessage() . '; session not destroyed');
+            $this->warn($this->cause($e) . '; session not destroyed');
             return false;
         }
     }
@@ -453,7 +453,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         } catch (SessiondException $e) {
             // PHP requires a string here; read() will fail on the broken
             // connection, so session_start() returns false.
-            $this->warn($e->getMessage());
+            $this->warn($this->cause($e));
             $this->broken = true;
             return bin2hex(random_bytes(20));
         }
@@ -470,7 +470,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         try {
             return $this->conn->command(['SESSION.EXISTS', $id]) === 1;
         } catch (SessiondException $e) {
-            $this->warn($e->getMessage());
+            $this->warn($this->cause($e));
             $this->broken = true;
             return false;
         }
@@ -499,7 +499,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             $this->conn->command(['SESSION.TOUCH', $id, 'TTL', $this->ttl()]);
             return true;
         } catch (SessiondException $e) {
-            $this->warn($e->getMessage());
+            $this->warn($this->cause($e));
             $this->releaseSessionLock();
             return false;
         }
@@ -1009,6 +1009,19 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             }
         }
         return false;
+    }
+
+    /**
+     * The warning text for a failure: connection and protocol errors already
+     * say "sessiond: …"; an error reply is the server's own words, so say
+     * where it came from.
+     */
+    private function cause(SessiondException $e): string
+    {
+        if ($e instanceof ServerException) {
+            return "sessiond: {$this->display} replied with an error: " . $e->getMessage();
+        }
+        return $e->getMessage();
     }
 
     /** Session ids are secrets: log only a prefix. */

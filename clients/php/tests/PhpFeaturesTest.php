@@ -170,6 +170,103 @@ final class PhpFeaturesTest extends TestCase
         $this->assertLessThan(30, microtime(true) - $t, 'hang guard: the 1 s reply timeout applies');
     }
 
+    /** @return array<string, array{0:string, 1:bool, 2:string}> reply, close after it, expected cause */
+    public static function misbehavingServers(): array
+    {
+        return [
+            'not RESP at all' => ["HTTP/1.1 400 Bad Request\r\n\r\n", false, 'protocol error'],
+            'a bad integer' => [":12x\r\n", false, 'protocol error: bad integer'],
+            'an error reply' => ["-ERR unknown command\r\n", false, 'replied with an error: ERR unknown command'],
+            'a reply cut off by a close' => ["*2\r\n:1\r\n", true, 'closed by the server'],
+        ];
+    }
+
+    /**
+     * A server that answers wrongly: session_start() returns false with a
+     * warning naming the cause, $_SESSION stays empty, and nothing is ever
+     * written (no SESSION.COMMIT reaches the server).
+     *
+     * @dataProvider misbehavingServers
+     */
+    public function testMisbehavingServerFailsSessionStart(string $reply, bool $close, string $cause): void
+    {
+        $srv = stream_socket_server('tcp://127.0.0.1:0');
+        $addr = stream_socket_get_name($srv, false);
+        foreach (['session', 'none', 'readonly'] as $mode) {
+            foreach ([null, 'abcdef0123456789abcdef0123456789abcdef01'] as $id) {
+                [$p, $pipes] = $this->phpCli('cli_unreachable.php', array_merge(["tcp://$addr", $mode], $id ? [$id] : []));
+                [$out, $received] = $this->serveUntilExit($srv, $p, $pipes[1], $reply, $close);
+                $j = json_decode($out, true);
+                $this->assertIsArray($j, $out);
+                $this->assertFalse($j['ok'], "$mode: session_start() returns false");
+                $this->assertSame([], $j['session'] ?? [], "$mode: \$_SESSION stays empty");
+                $msgs = implode("\n", array_column($j['errors'], 1));
+                $this->assertStringContainsString($cause, $msgs, $mode);
+                $this->assertStringContainsString('session not started', $msgs, $mode);
+                $this->assertContains(E_WARNING, array_column($j['errors'], 0), 'PHP\'s own E_WARNING from session_start()');
+                $this->assertStringNotContainsString('SESSION.COMMIT', $received, "$mode: nothing written");
+                $this->assertStringNotContainsString('SESSION.DESTROY', $received, "$mode: nothing destroyed");
+            }
+        }
+        fclose($srv);
+    }
+
+    /**
+     * Plays a broken server for one CLI run: every chunk a client sends is
+     * answered with $reply. Returns the CLI's stdout and all bytes received.
+     *
+     * @param resource $srv @param resource $p @param resource $stdout
+     * @return array{0:string,1:string}
+     */
+    private function serveUntilExit($srv, $p, $stdout, string $reply, bool $close): array
+    {
+        $conns = [];
+        $received = '';
+        $out = '';
+        stream_set_blocking($stdout, false);
+        $deadline = microtime(true) + self::HANG_GUARD;
+        while (proc_get_status($p)['running']) {
+            if (microtime(true) > $deadline) {
+                $this->fail('hang guard: cli_unreachable.php did not finish');
+            }
+            $read = array_merge([$srv, $stdout], $conns);
+            $w = $e = null;
+            if (@stream_select($read, $w, $e, 0, 50000) === false) {
+                continue;
+            }
+            foreach ($read as $r) {
+                if ($r === $srv) {
+                    $c = @stream_socket_accept($srv, 0);
+                    if ($c) {
+                        $conns[(int) $c] = $c;
+                    }
+                } elseif ($r === $stdout) {
+                    $out .= (string) fread($stdout, 65536);
+                } else {
+                    $data = (string) fread($r, 65536);
+                    if ($data === '') {
+                        fclose($r);
+                        unset($conns[(int) $r]);
+                        continue;
+                    }
+                    $received .= $data;
+                    fwrite($r, $reply);
+                    if ($close) {
+                        fclose($r);
+                        unset($conns[(int) $r]);
+                    }
+                }
+            }
+        }
+        stream_set_blocking($stdout, true);
+        $out .= stream_get_contents($stdout);
+        foreach ($conns as $c) {
+            fclose($c);
+        }
+        proc_close($p);
+        return [$out, $received];
+    }
+
     public function testBootstrapFromIniAndEnvironment(): void
     {
         $bootstrap = dirname(__DIR__) . '/src/bootstrap.php';

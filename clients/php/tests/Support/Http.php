@@ -124,9 +124,9 @@ final class Http
     }
 
     /** @return array{status:int, headers:array<int,string>, body:string, json:mixed, cookie:?string} */
-    public function get(string $path, ?string $sessionId = null): array
+    public function get(string $path, ?string $sessionId = null, ?int $port = null): array
     {
-        return $this->finish($this->start($path, $sessionId));
+        return $this->finish($this->start($path, $sessionId, 'PHPSESSID', $port));
     }
 
     /**
