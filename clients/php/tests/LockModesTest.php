@@ -154,7 +154,7 @@ final class LockModesTest extends TestCase
         $this->assertTrue(posix_kill($pid, SIGKILL));
         $rb = $this->json($this->http->finish($b));
         $ra = $this->http->finish($a);
-        Env::restartWebServer($port);
+        Env::replaceWebServer($port);
         $this->assertSame(0, $ra['status'], 'the killed request sent no response');
         $this->assertTrue($rb['ok'], 'the waiter got the dead worker\'s lock: ' . json_encode($rb));
         $this->assertSame([], $rb['errors']);

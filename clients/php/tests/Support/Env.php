@@ -20,6 +20,8 @@ final class Env
     public static string $tmp = '';
     /** @var list<array{0:resource,1:string}> */
     private static array $procs = [];
+    /** @var array<int, resource> port => php -S process */
+    private static array $web = [];
 
     public static function boot(): void
     {
@@ -151,35 +153,64 @@ final class Env
         $env = [
             'SESSIOND_URI' => self::$uri,
             'SESSIOND_TEST_TMP' => self::$tmp,
+            'SESSIOND_TEST_SERVER_TOKEN' => $token = bin2hex(random_bytes(8)),
         ];
+        $log = self::$tmp . "/php-server-$port.log";
         $p = self::spawn([PHP_BINARY, '-d', 'display_errors=0', '-d', 'log_errors=1', '-d', 'error_log=' . self::$tmp . '/php-errors.log',
-            '-S', "127.0.0.1:$port", '-t', $docroot], self::$tmp . '/php-server.log', $env);
+            '-S', "127.0.0.1:$port", '-t', $docroot], $log, $env);
         $deadline = microtime(true) + 30;
         while (microtime(true) < $deadline && proc_get_status($p)['running']) {
-            $s = @stream_socket_client("tcp://127.0.0.1:$port", $e, $es, 0.2);
-            if ($s) {
-                fclose($s);
+            // ready when *this* process answers: a bare connect could reach
+            // another process that took the port, or connect to itself
+            $ctx = stream_context_create(['http' => ['timeout' => 2]]);
+            if (str_starts_with((string) @file_get_contents("http://127.0.0.1:$port/pid.php", false, $ctx), "$token ")) {
+                self::$web[$port] = $p;
                 return $port;
             }
             usleep(20000);
         }
         self::stop($p);
-        throw new \RuntimeException("php -S did not start on port $port; see " . self::$tmp . '/php-server.log');
+        throw new \RuntimeException("php -S did not start on port $port; see $log");
     }
 
-    /** Replaces a web server that a test killed (same port, so Http keeps working). */
-    public static function restartWebServer(int $port): void
+    /**
+     * Replaces a web server (one a test killed, or one that died): a new
+     * process on a new free port takes its place in the pool. Returns the
+     * new port.
+     */
+    public static function replaceWebServer(int $port): int
     {
-        for ($attempt = 1; ; $attempt++) {
-            try {
-                self::startWebServerOn($port);
-                return;
-            } catch (\RuntimeException $e) {
-                if ($attempt >= 5) {
-                    throw $e;
-                }
-                usleep(200000);
+        if (isset(self::$web[$port])) {
+            self::stop(self::$web[$port]);
+            unset(self::$web[$port]);
+        }
+        $new = self::startWebServer();
+        $i = array_search($port, self::$httpPorts, true);
+        if ($i === false) {
+            self::$httpPorts[] = $new;
+        } else {
+            self::$httpPorts[$i] = $new;
+        }
+        return $new;
+    }
+
+    /**
+     * Before each test: every server of the pool is alive. One that died
+     * outside a test that killed it on purpose is replaced, and said so on
+     * stderr with the end of its log (an infrastructure problem, not a
+     * handler one, but never silently).
+     */
+    public static function ensureWebServers(): void
+    {
+        foreach (self::$httpPorts as $port) {
+            $p = self::$web[$port] ?? null;
+            if ($p !== null && is_resource($p) && proc_get_status($p)['running']) {
+                continue;
             }
+            $log = self::$tmp . "/php-server-$port.log";
+            $tail = implode('', array_slice(@file($log) ?: [], -5));
+            fwrite(STDERR, "\nnote: test web server on port $port died; replacing it. End of its log:\n$tail\n");
+            self::replaceWebServer($port);
         }
     }
 

@@ -27,6 +27,7 @@ abstract class TestCase extends \PHPUnit\Framework\TestCase
 
     protected function setUp(): void
     {
+        Env::ensureWebServers();
         $this->http = Env::http();
         $this->redis = Env::connection();
     }
