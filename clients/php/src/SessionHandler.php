@@ -292,11 +292,25 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
                 if ($this->opt['lease_ms'] !== null) {
                     array_push($cmd, 'LEASE', (int) $this->opt['lease_ms']);
                 }
+                $pre = [];
                 if ($create) {
                     $cmd[] = 'CREATE';
+                    if ($this->opt['lifetime'] !== null) {
+                        // LOCK.ACQUIRE … CREATE cannot set a lifetime: create
+                        // the session with it first, in the same round trip
+                        // (KEYS with a key that cannot be a PHP session key
+                        // keeps the reply small).
+                        $pre[] = array_merge(['SESSION.READ', $id, 'CREATE', 'TTL', $this->ttl()], $this->lifetimeArgs(), ['KEYS', "\0"]);
+                    }
                 }
                 try {
-                    $r = $this->lockConn->command($cmd, $wait / 1000);
+                    $replies = $this->lockConn->pipeline([...$pre, $cmd], $wait / 1000);
+                    foreach ($replies as $x) {
+                        if ($x instanceof ServerException) {
+                            throw $x;
+                        }
+                    }
+                    $r = end($replies);
                 } catch (ServerException $e) {
                     if ($e->is('TIMEOUT') || $e->is('DEADLOCK')) {
                         $this->warn(sprintf(

@@ -94,6 +94,27 @@ final class PhpFeaturesTest extends TestCase
         }
     }
 
+    public function testLifetimeAppliesToNewSessionsInEveryMode(): void
+    {
+        // strict mode: created by SESSION.NEW
+        $r = $this->http->get('/new.php' . self::q(['lifetime' => 50]));
+        $ttl = $this->redis->command(['SESSION.TTL', $r['cookie']]);
+        $this->assertGreaterThan(0, $ttl);
+        $this->assertLessThanOrEqual(50000, $ttl, 'strict mode: LIFETIME bounds the session, not gc_maxlifetime (1440 s)');
+        // without strict mode the id from the cookie is created by the read
+        // (session mode: LOCK.ACQUIRE … CREATE, which has no LIFETIME option)
+        foreach (['session', 'none'] as $mode) {
+            $id = "lifetime$mode" . bin2hex(random_bytes(8));
+            $j = $this->json($this->http->get('/hold.php' . self::q(['strict' => 0, 'mode' => $mode, 'lifetime' => 50, 'set' => ['x' => 1]]), $id));
+            $this->assertTrue($j['ok'], json_encode($j));
+            $this->assertSame([], $j['errors']);
+            $ttl = $this->redis->command(['SESSION.TTL', $id]);
+            $this->assertGreaterThan(0, $ttl, $mode);
+            $this->assertLessThanOrEqual(50000, $ttl, "$mode: LIFETIME applied to a session created by the read");
+            $this->assertSame('1', $this->serverFields($id)['x'][1]);
+        }
+    }
+
     public function testLazyWriteSendsNothingWhenUnchanged(): void
     {
         foreach (['session', 'none'] as $mode) {

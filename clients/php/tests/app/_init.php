@@ -35,6 +35,9 @@ $options = [
 if (isset($_GET['policy'])) {
     $options['conflict_policy'] = (string) $_GET['policy'];
 }
+if (isset($_GET['lifetime'])) {
+    $options['lifetime'] = (int) $_GET['lifetime'];
+}
 if (isset($_GET['grace'])) {
     $options['regenerate_grace'] = (int) $_GET['grace'];
 }
