@@ -113,7 +113,9 @@ abstract class TestCase extends \PHPUnit\Framework\TestCase
     protected function readyPid(string $name): int
     {
         $this->awaitReady($name);
-        return (int) file_get_contents(Env::$tmp . "/signals/$name.ready");
+        $pid = (int) file_get_contents(Env::$tmp . "/signals/$name.ready");
+        $this->assertGreaterThan(1, $pid, "pid reported by $name");
+        return $pid;
     }
 
     protected function openGate(string $name): void

@@ -87,7 +87,11 @@ function signal_file(string $name, string $suffix): string
 function signal_ready(?string $name): void
 {
     if ($name !== null && $name !== '') {
-        file_put_contents(signal_file($name, 'ready'), (string) getmypid());
+        // write, then rename: the test must never see the file without the
+        // pid in it (posix_kill(0, …) would hit its own process group)
+        $file = signal_file($name, 'ready');
+        file_put_contents("$file.tmp", (string) getmypid());
+        rename("$file.tmp", $file);
     }
 }
 
