@@ -8,10 +8,13 @@ cd "$(dirname "$0")/.."
 need=()
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools redis-server)
 # PHP client tests (clients/php/run-tests.sh): php-cli brings the session,
-# posix and pcntl extensions they use, phpunit the runner; setsid (util-linux)
-# is part of every Debian install.
+# posix and pcntl extensions they use, phpunit the runner, php-fpm and nginx
+# the production-like setup of tests/FpmTest.php; setsid (util-linux) is part
+# of every Debian install.
 command -v php >/dev/null 2>&1 || need+=(php-cli)
 command -v phpunit >/dev/null 2>&1 || need+=(phpunit)
+compgen -G '/usr/sbin/php-fpm*' >/dev/null || need+=(php-fpm)
+[ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -282,6 +282,107 @@ final class Env
         throw new \RuntimeException("sessiond at $uri did not answer PING: $last; log: " . self::$tmp . '/sessiond.log');
     }
 
+    /** nginx port in front of php-fpm, once started by fpm() (0: not yet). */
+    private static int $fpmPort = 0;
+    private static ?string $fpmMissing = null;
+
+    /**
+     * php-fpm (pm = static, 4 children) behind nginx, started on first use.
+     * Returns an Http client for it, or null (with the reason in
+     * fpmMissing()) when php-fpm or nginx is not installed.
+     */
+    public static function fpm(): ?Http
+    {
+        if (self::$fpmPort === 0 && self::$fpmMissing === null) {
+            self::startFpm();
+        }
+        return self::$fpmPort !== 0 ? new Http('127.0.0.1', [self::$fpmPort]) : null;
+    }
+
+    public static function fpmMissing(): ?string
+    {
+        return self::$fpmMissing;
+    }
+
+    private static function startFpm(): void
+    {
+        $fpm = array_values(array_filter(array_merge(
+            glob('/usr/sbin/php-fpm' . PHP_MAJOR_VERSION . '.' . PHP_MINOR_VERSION) ?: [],
+            glob('/usr/sbin/php-fpm') ?: [],
+            glob('/usr/local/sbin/php-fpm') ?: [],
+        ), 'is_executable'));
+        $nginx = array_values(array_filter(['/usr/sbin/nginx', '/usr/local/sbin/nginx'], 'is_executable'));
+        if ($fpm === [] || $nginx === []) {
+            self::$fpmMissing = 'php-fpm or nginx not installed (apt-get install php-fpm nginx)';
+            return;
+        }
+        $dir = self::$tmp . '/fpm';
+        @mkdir($dir, 0700, true);
+        $app = dirname(__DIR__) . '/app';
+        $root = function_exists('posix_getuid') && posix_getuid() === 0;
+        file_put_contents("$dir/fpm.conf", implode("\n", [
+            '[global]',
+            "error_log = $dir/fpm.log",
+            'daemonize = no',
+            '[www]',
+            "listen = $dir/fpm.sock",
+            'listen.mode = 0666',
+            // static: every child exists from the start and takes a
+            // connection only when idle, so up to 4 requests really run at once
+            'pm = static',
+            'pm.max_children = 4',
+            'clear_env = no', // SESSIOND_URI and SESSIOND_TEST_TMP from spawn()
+            'catch_workers_output = yes',
+            'php_admin_value[error_log] = ' . self::$tmp . '/php-errors.log',
+            'php_admin_flag[display_errors] = off',
+            '',
+        ]));
+        $token = bin2hex(random_bytes(8));
+        $env = ['SESSIOND_URI' => self::$uri, 'SESSIOND_TEST_TMP' => self::$tmp, 'SESSIOND_TEST_SERVER_TOKEN' => $token];
+        self::spawn(array_merge([$fpm[0]], $root ? ['-R'] : [], ['-y', "$dir/fpm.conf"]), "$dir/fpm.out", $env);
+        for ($attempt = 1; $attempt <= 5; $attempt++) {
+            $port = self::freePort();
+            file_put_contents("$dir/nginx.conf", <<<NGINX
+                daemon off;
+                master_process off;
+                worker_processes 1;
+                pid $dir/nginx.pid;
+                error_log $dir/nginx-error.log;
+                events { worker_connections 256; }
+                http {
+                    access_log off;
+                    client_body_temp_path $dir/body;
+                    fastcgi_temp_path $dir/fastcgi;
+                    proxy_temp_path $dir/proxy;
+                    uwsgi_temp_path $dir/uwsgi;
+                    scgi_temp_path $dir/scgi;
+                    server {
+                        listen 127.0.0.1:$port;
+                        root $app;
+                        location ~ \.php$ {
+                            include /etc/nginx/fastcgi_params;
+                            fastcgi_param SCRIPT_FILENAME \$document_root\$fastcgi_script_name;
+                            fastcgi_pass unix:$dir/fpm.sock;
+                            fastcgi_read_timeout 120s;
+                        }
+                    }
+                }
+                NGINX);
+            $p = self::spawn([$nginx[0], '-p', $dir, '-c', "$dir/nginx.conf", '-e', "$dir/nginx-error.log"], "$dir/nginx.out", []);
+            $deadline = microtime(true) + 30;
+            while (microtime(true) < $deadline && proc_get_status($p)['running']) {
+                $ctx = stream_context_create(['http' => ['timeout' => 2, 'ignore_errors' => true]]);
+                if (str_starts_with((string) @file_get_contents("http://127.0.0.1:$port/pid.php", false, $ctx), "$token ")) {
+                    self::$fpmPort = $port;
+                    return;
+                }
+                usleep(50000);
+            }
+            self::stop($p);
+        }
+        throw new \RuntimeException("php-fpm behind nginx did not start; see $dir");
+    }
+
     public static function http(): Http
     {
         return new Http('127.0.0.1', self::$httpPorts);

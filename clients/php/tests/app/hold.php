@@ -55,4 +55,5 @@ if ($ok && isset($_GET['destroy'])) {
 $t2 = now_ms();
 $wrote = $ok && session_status() === PHP_SESSION_ACTIVE ? session_write_close() : false;
 $t3 = now_ms();
-out(['ok' => $ok, 'id' => session_id(), 't0' => $t0, 't1' => $t1, 't2' => $t2, 't3' => $t3, 'seen' => $seen, 'wrote' => $wrote, 'gc' => $gc]);
+out(['ok' => $ok, 'id' => session_id(), 't0' => $t0, 't1' => $t1, 't2' => $t2, 't3' => $t3, 'seen' => $seen, 'wrote' => $wrote, 'gc' => $gc,
+    'pid' => getmypid(), 'reused' => $handler->connection()->wasReused()]);
