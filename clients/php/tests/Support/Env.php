@@ -216,7 +216,7 @@ final class Env
 
     /**
      * Starts a process in its own process group (setsid), so that stopping
-     * it also stops its children (php -S workers). Its pid goes to
+     * it also stops its children (php-fpm's). Its pid goes to
      * $SESSIOND_TEST_PIDFILE when set, so run-tests.sh can kill what is left
      * if this PHP process itself is killed before its shutdown function runs.
      *
@@ -228,7 +228,7 @@ final class Env
         $fullEnv = array_merge(getenv(), $env);
         unset($fullEnv['PHP_CLI_SERVER_WORKERS']); // one process per php -S, see startWebServer()
         if (is_executable('/usr/bin/setsid')) {
-            array_unshift($cmd, '/usr/bin/setsid'); // own process group, so shutdown() can stop workers too
+            array_unshift($cmd, '/usr/bin/setsid'); // own process group, so stop() reaches its children too
         }
         $p = proc_open($cmd, [0 => ['file', '/dev/null', 'r'], 1 => ['file', $log, 'a'], 2 => ['file', $log, 'a']], $pipes, null, $fullEnv);
         if (!is_resource($p)) {
@@ -247,7 +247,7 @@ final class Env
     {
         $st = proc_get_status($p);
         if ($st['running']) {
-            @posix_kill(-$st['pid'], SIGTERM); // the process group: php -S and its workers
+            @posix_kill(-$st['pid'], SIGTERM); // the process group: the process and its children
             @posix_kill($st['pid'], SIGTERM);
             $deadline = microtime(true) + 10;
             while (proc_get_status($p)['running'] && microtime(true) < $deadline) {
@@ -258,7 +258,7 @@ final class Env
                 @posix_kill($st['pid'], SIGKILL);
             }
         }
-        // workers of php -S may outlive their parent: make sure the group is gone
+        // children may outlive their parent: make sure the group is gone
         @posix_kill(-$st['pid'], SIGKILL);
         proc_close($p);
     }
