@@ -401,7 +401,7 @@ final class Env
             }
         }
         self::$procs = [];
-        if (getenv('SESSIOND_TEST_KEEP') === false) {
+        if (getenv('SESSIOND_TEST_KEEP') !== '1') {
             exec('rm -rf ' . escapeshellarg(self::$tmp));
         }
     }
