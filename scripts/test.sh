@@ -7,8 +7,14 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools redis-server)
+# PHP client tests (clients/php/run-tests.sh): php-cli brings the session,
+# posix and pcntl extensions they use, phpunit the runner, php-fpm and nginx
+# the production-like setup of tests/FpmTest.php; setsid (util-linux) is part
+# of every Debian install.
 command -v php >/dev/null 2>&1 || need+=(php-cli)
 command -v phpunit >/dev/null 2>&1 || need+=(phpunit)
+compgen -G '/usr/sbin/php-fpm*' >/dev/null || need+=(php-fpm)
+[ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -20,6 +26,6 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 
-if [ -x clients/php/run-tests.sh ]; then
-  clients/php/run-tests.sh
-fi
+# The PHP session handler against the target/debug/sessiond that
+# `cargo test` just built (it builds one only if missing or stale).
+bash clients/php/run-tests.sh

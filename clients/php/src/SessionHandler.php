@@ -232,7 +232,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
                 $this->lockConn->connect();
             }
         } catch (SessiondException $e) {
-            $this->warn($e->getMessage());
+            $this->warn($this->cause($e));
             $this->broken = true;
             return false;
         }
@@ -292,11 +292,25 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
                 if ($this->opt['lease_ms'] !== null) {
                     array_push($cmd, 'LEASE', (int) $this->opt['lease_ms']);
                 }
+                $pre = [];
                 if ($create) {
                     $cmd[] = 'CREATE';
+                    if ($this->opt['lifetime'] !== null) {
+                        // LOCK.ACQUIRE … CREATE cannot set a lifetime: create
+                        // the session with it first, in the same round trip
+                        // (KEYS with a key that cannot be a PHP session key
+                        // keeps the reply small).
+                        $pre[] = array_merge(['SESSION.READ', $id, 'CREATE', 'TTL', $this->ttl()], $this->lifetimeArgs(), ['KEYS', "\0"]);
+                    }
                 }
                 try {
-                    $r = $this->lockConn->command($cmd, $wait / 1000);
+                    $replies = $this->lockConn->pipeline([...$pre, $cmd], $wait / 1000);
+                    foreach ($replies as $x) {
+                        if ($x instanceof ServerException) {
+                            throw $x;
+                        }
+                    }
+                    $r = end($replies);
                 } catch (ServerException $e) {
                     if ($e->is('TIMEOUT') || $e->is('DEADLOCK')) {
                         $this->warn(sprintf(
@@ -317,7 +331,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
                 $reply = $r[1];
             }
         } catch (SessiondException $e) {
-            $this->warn($e->getMessage() . '; session not started');
+            $this->warn($this->cause($e) . '; session not started');
             return false;
         }
 
@@ -334,7 +348,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             }
             $out = Codec::encodeSession($data, $handler);
         } catch (SessiondException $e) {
-            $this->warn($e->getMessage() . '; session not started');
+            $this->warn($this->cause($e) . '; session not started');
             $this->releaseSessionLock();
             return false;
         }
@@ -390,7 +404,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             }
             return $this->commitConditional($id, $ops);
         } catch (SessiondException $e) {
-            $this->warn($e->getMessage() . '; session data not saved');
+            $this->warn($this->cause($e) . '; session data not saved');
             if (!$regen) {
                 $this->releaseSessionLock();
             }
@@ -422,7 +436,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             }
             return true;
         } catch (SessiondException $e) {
-            $this->warn($e->getMessage() . '; session not destroyed');
+            $this->warn($this->cause($e) . '; session not destroyed');
             return false;
         }
     }
@@ -453,7 +467,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         } catch (SessiondException $e) {
             // PHP requires a string here; read() will fail on the broken
             // connection, so session_start() returns false.
-            $this->warn($e->getMessage());
+            $this->warn($this->cause($e));
             $this->broken = true;
             return bin2hex(random_bytes(20));
         }
@@ -470,7 +484,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         try {
             return $this->conn->command(['SESSION.EXISTS', $id]) === 1;
         } catch (SessiondException $e) {
-            $this->warn($e->getMessage());
+            $this->warn($this->cause($e));
             $this->broken = true;
             return false;
         }
@@ -499,7 +513,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             $this->conn->command(['SESSION.TOUCH', $id, 'TTL', $this->ttl()]);
             return true;
         } catch (SessiondException $e) {
-            $this->warn($e->getMessage());
+            $this->warn($this->cause($e));
             $this->releaseSessionLock();
             return false;
         }
@@ -1009,6 +1023,19 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             }
         }
         return false;
+    }
+
+    /**
+     * The warning text for a failure: connection and protocol errors already
+     * say "sessiond: …"; an error reply is the server's own words, so say
+     * where it came from.
+     */
+    private function cause(SessiondException $e): string
+    {
+        if ($e instanceof ServerException) {
+            return "sessiond: {$this->display} replied with an error: " . $e->getMessage();
+        }
+        return $e->getMessage();
     }
 
     /** Session ids are secrets: log only a prefix. */

@@ -131,6 +131,43 @@ final class ApiTest extends TestCase
         $this->assertSame(5, $next['seen']['n']);
     }
 
+    /** @return array<string, array{0:array<string,mixed>}> */
+    public static function forgottenLocks(): array
+    {
+        return [
+            'none mode' => [['mode' => 'none']],
+            'none mode, uncaught exception' => [['mode' => 'none', 'throw' => 1]],
+            'none mode, persistent connection' => [['mode' => 'none', 'persistent' => 1]],
+            'none mode, persistent connection, uncaught exception' => [['mode' => 'none', 'persistent' => 1, 'throw' => 1]],
+            'session closed first' => [['mode' => 'session', 'close_first' => 1]],
+        ];
+    }
+
+    /**
+     * A key lock the app forgot to unlock is released at the end of the
+     * request, and the next request served by the same PHP process (the one
+     * that would reuse a persistent connection) gets it.
+     *
+     * @dataProvider forgottenLocks
+     */
+    public function testForgottenKeyLockIsReleasedAtTheEndOfTheRequest(array $ctx): void
+    {
+        $id = $this->newSession();
+        $sock = $this->http->start('/api.php' . self::q($ctx + ['op' => 'lock_forget', 'key' => 'k']), $id);
+        $port = \Sessiond\Tests\Support\Http::portOf($sock);
+        $r = $this->http->finish($sock);
+        $this->assertSame(empty($ctx['throw']) ? 200 : 500, $r['status'], $r['body']);
+        // the release is a LOCK.RELEASE the request waits for, so it is
+        // done by the time the response is complete
+        $this->assertNull($this->lockInfo($id, 'k'), 'the key lock was released');
+        $next = $this->json($this->http->get('/api.php' . self::q(['mode' => $ctx['mode'], 'persistent' => $ctx['persistent'] ?? 0, 'op' => 'lock', 'key' => 'k', 'wait' => 30000]), $id, $port));
+        $this->assertSame([], $next['errors']);
+        $this->assertTrue($next['ok']);
+        $this->assertIsInt($next['result'], 'the next request took and released the key lock');
+        $tok = $this->redis->command(['LOCK.ACQUIRE', $id, 'KEY', 'k', 'WAIT', 30000])[0];
+        $this->assertSame(1, $this->redis->command(['LOCK.RELEASE', $id, 'KEY', 'k', $tok]));
+    }
+
     public function testApiChangeSurvivesLaterWriteOfOtherKeysInNoneMode(): void
     {
         $id = $this->newSession();

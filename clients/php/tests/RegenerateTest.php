@@ -39,34 +39,78 @@ final class RegenerateTest extends TestCase
         $this->assertSame($j['new'], $old[0]);
     }
 
-    /** @dataProvider modes */
+    /**
+     * Requests that started with the old id before the regeneration and
+     * write after it, plus one that arrives with the old id afterwards.
+     *
+     * none mode: all four read the old session, then the regeneration runs,
+     * then they write through the old id (now an alias).
+     * session mode: all four are queued for the lock of the old id while the
+     * regenerating request holds it; the server moves lock and queue to the
+     * new id, and they get the session one after the other.
+     *
+     * @dataProvider modes
+     */
     public function testRegenerateUnderConcurrentRequestsLosesNothing(string $mode, int $delete): void
     {
         $id = $this->newSession(['user' => 'alice']);
-        $regen = $this->http->start('/regen.php' . self::q(['mode' => $mode, 'delete' => $delete, 'set' => ['r1' => 'x'], 'before' => 300, 'after' => ['r2' => 'y'], 'sleep' => 300]), $id);
-        usleep(100000);
-        // in flight across the regeneration, with the old id
+        $gr = $this->signal('R');
+        $gr2 = $this->signal('R2');
+        $regenParams = ['mode' => $mode, 'delete' => $delete, 'set' => ['r1' => 'x'], 'after' => ['r2' => 'y'], 'ready' => $gr, 'gate' => $gr];
+        if ($mode === 'none') {
+            // park the regenerating request again after the regeneration,
+            // before its final write (in session mode it queues behind the
+            // others for the lock of the new id instead)
+            $regenParams += ['ready2' => $gr2, 'gate2' => $gr2];
+        }
+        $regen = $this->http->start('/regen.php' . self::q($regenParams), $id);
+        $this->awaitReady($gr);
+        $gh = $this->signal('H');
         $socks = [];
         for ($i = 0; $i < 4; $i++) {
-            $socks[] = $this->http->start('/hold.php' . self::q(['mode' => $mode, 'set' => ["k$i" => "v$i"], 'sleep' => 400]), $id);
-            usleep(50000);
+            $params = ['mode' => $mode, 'set' => ["k$i" => "v$i"]];
+            if ($mode === 'none') {
+                $params += ['ready' => "$gh-$i", 'gate' => $gh];
+            }
+            $socks[] = $this->http->start('/hold.php' . self::q($params), $id);
         }
-        $rr = $this->http->finish($regen)['json'];
+        if ($mode === 'none') {
+            for ($i = 0; $i < 4; $i++) {
+                $this->awaitReady("$gh-$i"); // read the old session, before the regeneration
+            }
+        } else {
+            $this->awaitWaiters($id, 4); // queued for the old id's lock
+        }
+        $this->openGate($gr); // regenerate now
+        if ($mode === 'none') {
+            $this->awaitReady($gr2); // regenerated, final write still to come
+            $this->assertNotSame($id, $this->redis->command(['SESSION.READ', $id])[0], 'the old id is an alias by now');
+            $this->openGate($gh); // the four write through the old id
+        }
+        $responses = array_map(fn ($s) => $this->json($this->http->finish($s)), $socks);
         // arriving after the regeneration, still with the old id (cookie not yet updated)
         $late = $this->http->get('/hold.php' . self::q(['mode' => $mode, 'set' => ['late' => 'z']]), $id);
-        $responses = array_map(fn ($s) => $this->http->finish($s)['json'], $socks);
+        $this->openGate($gr2);
+        $rr = $this->json($this->http->finish($regen));
         $this->assertTrue($rr['ok']);
-        foreach ($responses as $x) {
+        $this->assertSame([], $rr['errors']);
+        foreach ($responses as $i => $x) {
             $this->assertTrue($x['ok'], json_encode($x));
             $this->assertSame([], $x['errors'], json_encode($x));
+            $this->assertSame('alice', $x['seen']['user'] ?? null);
+            if ($mode === 'none') {
+                $this->assertArrayNotHasKey('r1', $x['seen'], "request $i read before the regeneration");
+            }
         }
-        $this->assertTrue($late['json']['ok']);
-        $this->assertSame('alice', $late['json']['seen']['user'] ?? null, 'the old id still reads the data');
+        $lj = $this->json($late);
+        $this->assertTrue($lj['ok']);
+        $this->assertSame('alice', $lj['seen']['user'] ?? null, 'the old id still reads the data');
         $this->assertSame($rr['new'], $late['cookie'], 'a request with an alias id is sent the new id');
         $f = $this->serverFields($rr['new']);
         foreach (['user', 'r1', 'r2', 'k0', 'k1', 'k2', 'k3', 'late'] as $k) {
             $this->assertArrayHasKey($k, $f, "key $k lost (mode $mode, delete $delete)");
         }
+        $this->assertNull($this->lockInfo($rr['new']), 'no lock left behind');
     }
 
     public function testGraceZeroEndsTheOldIdAtOnce(): void

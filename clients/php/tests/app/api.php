@@ -25,6 +25,16 @@ switch ($_GET['op'] ?? '') {
         $s->unlock($key);
         $result = $_SESSION[$key];
         break;
+    case 'lock_forget':
+        // takes a key lock and never unlocks it (a bug in the app), maybe
+        // dying with an exception: the handler's shutdown function releases it
+        $s->lock($key);
+        $_SESSION[$key] = 1;
+        if (!empty($_GET['throw'])) {
+            throw new RuntimeException('boom with a key lock held');
+        }
+        $result = getmypid();
+        break;
     case 'once':
         // like real code: only a request that finds no usable value asks for a new one
         $cur = $_SESSION[$key] ?? null;
