@@ -156,15 +156,15 @@ pub fn timeline(scenario: Scenario, cells: &[&Cell]) -> String {
 <rect width="100%" height="100%" fill="white"/>
 <text x="8" y="18" class="title">racelab: {name}</text><text x="{tx}" y="18" class="l">{desc}</text>
 {legend}<rect x="{wx}" y="30" width="14" height="8" fill="#4292c6"/><rect x="{wx}" y="30" width="14" height="8" fill="url(#wait)"/><text x="{wlx}" y="38" class="l">waiting for the session</text>
-{axis}{body}<text x="{end}" y="{unit:.0}" class="t">ms</text>
+{axis}{body}<text x="{unit_x}" y="{unit:.0}" class="t" style="text-anchor:end">time since the first request (ms)</text>
 </svg>
 "##,
         name = scenario.name(),
-        tx = LABEL_W - 90.0,
+        tx = LABEL_W,
         desc = esc(&short(scenario)),
         wx = LABEL_W + 480.0,
         wlx = LABEL_W + 498.0,
-        end = WIDTH - 12.0,
+        unit_x = LABEL_W - 40.0,
         unit = y + 6.0,
     )
 }
