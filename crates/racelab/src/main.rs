@@ -227,7 +227,7 @@ async fn lab(cli: &Cli, sup_slot: &mut Option<Supervisor>) -> Result<ExitCode> {
         // meets exactly the same requests at the same times.
         let plans: Vec<_> = (0..cli.iterations).map(|_| sc.plan(&mut rng)).collect();
         for h in &hs {
-            let mut b = CellBuilder::new(h, sc, &plans[0]);
+            let mut b = CellBuilder::new(h, sc);
             for (i, plan) in plans.iter().enumerate() {
                 done += 1;
                 progress.show(&format!(

@@ -53,9 +53,6 @@ pub struct Lane {
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub lanes: Vec<Lane>,
-    /// Work time of the slow request, if the scenario has one: fast
-    /// requests that take half of it or more were blocked by it.
-    pub slow_ms: Option<u64>,
 }
 
 /// Counts of one run (or summed over iterations).
@@ -217,10 +214,7 @@ impl Scenario {
                         lanes.push(lane(rng.below(10), 0, reqs));
                     }
                 }
-                Plan {
-                    lanes,
-                    slow_ms: None,
-                }
+                Plan { lanes }
             }
             Scenario::Parallel => {
                 // The slow request goes first, as in seed 002: the user
@@ -245,10 +239,7 @@ impl Scenario {
                         )],
                     ));
                 }
-                Plan {
-                    lanes,
-                    slow_ms: Some(PARALLEL_SLOW_MS),
-                }
+                Plan { lanes }
             }
             Scenario::Search => {
                 let search = lane(
@@ -271,7 +262,6 @@ impl Scenario {
                     .collect();
                 Plan {
                     lanes: vec![search, lane(100, 80, drags)],
-                    slow_ms: Some(SEARCH_MS),
                 }
             }
             Scenario::Payment => Plan {
@@ -284,7 +274,6 @@ impl Scenario {
                         )
                     })
                     .collect(),
-                slow_ms: None,
             },
             Scenario::Oauth => Plan {
                 lanes: (0..OAUTH_REQUESTS)
@@ -296,7 +285,6 @@ impl Scenario {
                         )
                     })
                     .collect(),
-                slow_ms: None,
             },
             Scenario::Readonly => {
                 let value = format!("updated-{}", rng.below(1_000_000));
@@ -312,10 +300,7 @@ impl Scenario {
                 for k in 0..READERS as u64 {
                     lanes.push(lane(50 + k * 100, 0, vec![req("read", Role::Fast, vec![])]));
                 }
-                Plan {
-                    lanes,
-                    slow_ms: Some(WRITER_MS),
-                }
+                Plan { lanes }
             }
         }
     }
