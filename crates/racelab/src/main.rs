@@ -260,10 +260,7 @@ async fn lab(cli: &Cli, sup_slot: &mut Option<Supervisor>) -> Result<ExitCode> {
         "scenarios": scenarios.iter().map(|s| serde_json::json!({"name": s.name(), "description": s.describe()})).collect::<Vec<_>>(),
         "cells": cells,
     });
-    std::fs::write(
-        cli.out.join("racelab.json"),
-        serde_json::to_vec_pretty(&json)?,
-    )?;
+    std::fs::write(cli.out.join("racelab.json"), serde_json::to_vec(&json)?)?;
     std::fs::write(
         cli.out.join("table.md"),
         report::markdown_table(&cells, &scenarios),

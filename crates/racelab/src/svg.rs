@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{Cell, Verdict};
+use crate::report::Cell;
 use crate::scenario::{Role, Scenario};
 
 const WIDTH: f64 = 1000.0;
@@ -57,29 +57,42 @@ pub fn timeline(scenario: Scenario, cells: &[&Cell]) -> String {
         let Some(run) = &c.first_run else { continue };
         let rows = run.results.iter().map(|r| r.lane + 1).max().unwrap_or(1);
         let h = rows as f64 * (ROW_H + ROW_GAP) - ROW_GAP;
-        let verdict_color = match c.verdict {
-            Verdict::Correct => "#1a9850",
-            Verdict::Wrong => "#d73027",
-            Verdict::Errors => "#f46d43",
+        // The picture shows the first iteration, so its label gives that
+        // run's own counts, not the cell's sums over every iteration.
+        let m = scenario.evaluate(run);
+        let failed = run.results.iter().filter(|r| !r.ok()).count();
+        let (verdict, verdict_color) = if !m.data_correct() {
+            ("WRONG", "#d73027")
+        } else if failed > 0 {
+            ("ERRORS", "#f46d43")
+        } else {
+            ("ok", "#1a9850")
         };
+        let mut what = vec![verdict.to_string()];
+        for (n, label) in [
+            (m.lost_updates, "lost"),
+            (m.duplicates, "dup"),
+            (m.relogins, "relogin"),
+            (m.wrong_reads, "misread"),
+            (failed as u64, "failed"),
+        ] {
+            if n > 0 {
+                what.push(format!("{n} {label}"));
+            }
+        }
         let _ = write!(
             body,
             r##"<rect x="0" y="{:.1}" width="{WIDTH}" height="{:.1}" fill="#f7f7f7"/>"##,
             y - GROUP_PAD / 2.0,
             h + GROUP_PAD
         );
-        let m = &c.metrics;
         let _ = write!(
             body,
-            r##"<text x="8" y="{:.1}" class="h">{}</text><text x="8" y="{:.1}" class="v" fill="{verdict_color}">{} · lost {} · dup {} · relogin {} · err {}</text>"##,
+            r##"<text x="8" y="{:.1}" class="h">{}</text><text x="8" y="{:.1}" class="v" fill="{verdict_color}">{}</text>"##,
             y + h / 2.0 - 2.0,
             esc(&c.handler),
             y + h / 2.0 + 10.0,
-            c.verdict.label(),
-            m.lost_updates,
-            m.duplicates,
-            m.relogins,
-            m.errors
+            what.join(" · ")
         );
         for r in &run.results {
             let ry = y + r.lane as f64 * (ROW_H + ROW_GAP);
@@ -154,7 +167,7 @@ pub fn timeline(scenario: Scenario, cells: &[&Cell]) -> String {
 <defs><pattern id="wait" patternUnits="userSpaceOnUse" width="4" height="4"><rect width="4" height="4" fill="#ffffff" fill-opacity="0.55"/><path d="M0,4 L4,0" stroke="#222" stroke-width="0.9"/></pattern>
 <style>.h{{font-size:12px;font-weight:bold}} .v{{font-size:10px}} .t{{font-size:10px;text-anchor:middle;fill:#555}} .l{{font-size:11px}} .title{{font-size:14px;font-weight:bold}}</style></defs>
 <rect width="100%" height="100%" fill="white"/>
-<text x="8" y="18" class="title">racelab: {name}</text><text x="{tx}" y="18" class="l">{desc}</text>
+<text x="8" y="18" class="title">racelab: {name}</text><text x="8" y="34" class="l">first iteration</text><text x="{tx}" y="18" class="l">{desc}</text>
 {legend}<rect x="{wx}" y="30" width="14" height="8" fill="#4292c6"/><rect x="{wx}" y="30" width="14" height="8" fill="url(#wait)"/><text x="{wlx}" y="38" class="l">waiting for the session</text>
 {axis}{body}<text x="{unit_x}" y="{unit:.0}" class="t" style="text-anchor:end">time since the first request (ms)</text>
 </svg>
