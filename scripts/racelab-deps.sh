@@ -21,5 +21,8 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "racelab-deps: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # RUNLEVEL=1 asks invoke-rc.d not to start the packages' own nginx,
+  # php-fpm, redis and memcached services where runlevel(8) honours it; the
+  # lab starts private ones on free ports either way, so they never clash.
+  $SUDO env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi

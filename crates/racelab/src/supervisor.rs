@@ -33,7 +33,7 @@ pub struct Options {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Started {
     pub base_url: String,
-    /// e.g. "nginx 1.22.1 + php-fpm8.2" or "php -S (PHP_CLI_SERVER_WORKERS=32)".
+    /// e.g. "nginx + php-fpm8.2 (pm=static, 32 workers)" or "php -S with …".
     pub php_server: String,
     pub peers: Vec<String>,
     pub missing: Vec<String>,
