@@ -46,7 +46,8 @@ pub struct Cell {
     pub fast_ms: Percentiles,
     pub wait_ms: Percentiles,
     /// Fast requests sent in the first half of the slow request's run, and
-    /// how many of them were held up by it (scenarios with a slow request).
+    /// how many of them waited for the session for at least half of what it
+    /// still had to run (scenarios with a slow request).
     pub held_up: Option<HeldUp>,
     pub claim: Claim,
     /// A few distinct error messages and handler warnings, for the reader.
@@ -160,9 +161,12 @@ impl CellBuilder {
         if let Some(slow) = run.results.iter().find(|r| r.role == Role::Slow) {
             let h = self.cell.held_up.get_or_insert_with(HeldUp::default);
             // Fast requests sent in the first half of the slow request's run
-            // (so it still had a while to go) are held up if they took at
-            // least half of what it still had to run. Without a lock they take
-            // their own few ms; with one they take all of it.
+            // (so it still had a while to go) are held up if they waited for
+            // the session at least half of what it still had to run. Without
+            // a lock they wait a few ms; with one, all of it. PHP's own
+            // measure of the wait, not the request's duration: on a loaded
+            // machine a request can also queue in nginx or in this driver,
+            // which is not the session's doing.
             let mid = (slow.start_ms + slow.end_ms) / 2.0;
             for r in run
                 .results
@@ -170,7 +174,8 @@ impl CellBuilder {
                 .filter(|r| r.role == Role::Fast && r.start_ms < mid)
             {
                 h.overlapping += 1;
-                h.held += u64::from(r.duration_ms() >= (slow.end_ms - r.start_ms) / 2.0);
+                let waited = r.wait_ms().unwrap_or_else(|| r.duration_ms());
+                h.held += u64::from(waited >= (slow.end_ms - r.start_ms) / 2.0);
             }
         }
         self.walls.push(run.wall_ms);
@@ -216,12 +221,14 @@ pub fn claim_failures(cells: &[Cell]) -> Vec<String> {
                 m.lost_updates, m.duplicates, m.relogins, m.wrong_reads
             ));
         }
+        // No fast request sent while the slow one ran (a stalled driver
+        // sends them late) proves nothing either way: only a measured
+        // majority of held-up requests contradicts the claim.
         match c.held_up {
-            Some(h) if c.claim.unblocked && (h.overlapping == 0 || h.blocked()) => out.push(format!(
+            Some(h) if c.claim.unblocked && h.overlapping > 0 && h.blocked() => out.push(format!(
                 "{at}: claimed not to wait for the slow request, measured {} of {} fast requests held up by it",
                 h.held, h.overlapping
             )),
-            None if c.claim.unblocked => out.push(format!("{at}: no slow request measured")),
             _ => {}
         }
     }

@@ -1,5 +1,6 @@
 //! One SVG timeline per scenario, written by hand: one lane per handler,
-//! each request a bar from its send to its reply (driver clock), the time
+//! each request a bar from its send to its reply (driver clock; a thin white
+//! edge separates requests sent one after the other), the time
 //! PHP waited for the session hatched, failed requests in red.
 
 use std::fmt::Write as _;
@@ -117,7 +118,7 @@ pub fn timeline(scenario: Scenario, cells: &[&Cell]) -> String {
             }
             let _ = write!(
                 body,
-                r##"<rect x="{x0:.1}" y="{ry:.1}" width="{:.1}" height="{ROW_H}" fill="{fill}"><title>{}</title></rect>"##,
+                r##"<rect x="{x0:.1}" y="{ry:.1}" width="{:.1}" height="{ROW_H}" fill="{fill}" stroke="#fff" stroke-width="0.6"><title>{}</title></rect>"##,
                 (x1 - x0).max(1.0),
                 esc(&tip)
             );
