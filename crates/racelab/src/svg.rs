@@ -187,3 +187,53 @@ fn short(s: Scenario) -> String {
     let d = s.describe();
     d.split(';').next().unwrap_or(&d).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::CellBuilder;
+    use crate::run::{Reply, ReqResult, RunResult};
+    use serde_json::json;
+
+    #[test]
+    fn one_bar_per_request_and_the_wait_hatched() {
+        let req = |lane, role, start: f64, end: f64, wait: [f64; 2]| ReqResult {
+            lane,
+            ep: "parallel",
+            role,
+            params: vec![("i", lane.to_string())],
+            start_ms: start,
+            end_ms: end,
+            status: Some(200),
+            reply: Some(Reply {
+                ok: true,
+                dur_ms: end - start,
+                waits: vec![wait],
+                errors: vec![],
+                notes: vec![],
+                conflicts: 0,
+                result: json!({}),
+            }),
+            error: None,
+        };
+        let run = RunResult {
+            results: vec![
+                req(0, Role::Slow, 0.0, 600.0, [0.0, 1.0]),
+                req(1, Role::Fast, 20.0, 700.0, [0.0, 640.0]),
+            ],
+            inspect: json!({"session": {"k0": "x", "k1": "y"}}),
+            wall_ms: 700.0,
+            sid: "s".into(),
+        };
+        let mut b = CellBuilder::new("files", Scenario::Parallel);
+        b.add(Ok(run));
+        let cell = b.finish();
+        let svg = timeline(Scenario::Parallel, &[&cell]);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<title>").count(), 2, "one bar per request");
+        // the legend's swatch, the fast request's 640 ms wait, the slow one's 1 ms
+        assert_eq!(svg.matches(r#"fill="url(#wait)"/>"#).count(), 3);
+        assert!(svg.contains(">ok<"), "both keys kept: the label says ok");
+        assert_eq!(cell.held_up.map(|h| (h.held, h.overlapping)), Some((1, 1)));
+    }
+}
