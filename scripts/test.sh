@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with the Rust toolchain:
-# installs what the tests need (redis-cli, PHP for the PHP client's tests),
-# checks formatting and lints, then runs every test.
+# installs what the tests need (redis-cli, PHP for the PHP client's tests,
+# nginx/php-fpm/redis/memcached for the race lab), checks formatting and
+# lints, then runs every test, and a short race lab run as sessiond's
+# end-to-end acceptance test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +24,8 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+bash scripts/racelab-deps.sh
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
@@ -29,3 +33,10 @@ cargo test --workspace
 # The PHP session handler against the target/debug/sessiond that
 # `cargo test` just built (it builds one only if missing or stale).
 bash clients/php/run-tests.sh
+
+# The race lab, short: one iteration of every scenario on every handler
+# (about a minute). Exits non-zero if a sessiond row contradicts what
+# sessiond claims (lost updates, duplicate payments, re-logins, fast requests
+# held up where it says they are not) or if any sessiond request failed.
+# Peers' wrong rows are the expected finding and do not fail the run.
+RACELAB_PROFILE=debug bash scripts/racelab.sh --iterations 1 --check --out target/racelab-ci

@@ -1,0 +1,69 @@
+//! The handlers the lab knows (their PHP side is
+//! examples/php-demo/lib/handlers.php), and what sessiond promises for its
+//! own rows.
+//!
+//! The promises are used by `--check` only, to fail CI when a measurement
+//! contradicts them. Verdicts never look at them: a promised row is marked
+//! wrong as soon as its counts are wrong.
+
+use serde::Serialize;
+
+use crate::scenario::Scenario;
+
+/// Table order: the PHP baseline, the peers, then sessiond.
+pub const ALL: [&str; 9] = [
+    "files",
+    "redis",
+    "redis-lock",
+    "memcached",
+    "memcached-lock",
+    "sessiond-session",
+    "sessiond-none",
+    "sessiond-readonly",
+    "sessiond-api",
+];
+
+pub fn is_sessiond(h: &str) -> bool {
+    h.starts_with("sessiond")
+}
+
+/// What sessiond promises for a (handler, scenario) cell.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Claim {
+    /// Nothing lost, duplicated or misread, no errors.
+    pub correct: bool,
+    /// The fast requests are not held up by the slow one.
+    pub unblocked: bool,
+}
+
+pub fn claim(handler: &str, scenario: Scenario) -> Claim {
+    use Scenario::*;
+    // Scenarios with a slow request whose fast neighbours only write their
+    // own keys or only read: no lock needed, so none mode must not wait.
+    let independent = matches!(scenario, Parallel | Search | Readonly);
+    match handler {
+        // The whole-session lock: the files handler's guarantees, any scenario.
+        "sessiond-session" => Claim {
+            correct: true,
+            unblocked: false,
+        },
+        // Writers lock the session; readers never wait.
+        "sessiond-readonly" => Claim {
+            correct: true,
+            unblocked: scenario == Readonly,
+        },
+        // No lock, per-key deltas: right when requests touch different keys;
+        // read-modify-write of one key (counter, payment, OAuth) is reported
+        // as a conflict, not made correct (that is what the API is for).
+        "sessiond-none" => Claim {
+            correct: independent,
+            unblocked: independent,
+        },
+        // none mode plus increment/synchronized/once where it matters.
+        "sessiond-api" => Claim {
+            correct: true,
+            unblocked: independent,
+        },
+        _ => Claim::default(),
+    }
+}
