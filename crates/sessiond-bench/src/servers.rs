@@ -230,6 +230,19 @@ impl Server {
         Ok(s)
     }
 
+    /// Stops sessiond cleanly (everything synced) and starts it again on the
+    /// same data with another durability policy.
+    pub fn restart_with_durability(&mut self, durability: &str) -> Result<()> {
+        if let Some((_, args)) = &mut self.restart
+            && let Some(i) = args.iter().position(|a| a == "--durability")
+        {
+            args[i + 1] = durability.into();
+        }
+        self.stop();
+        self.start_sessiond()?;
+        Ok(())
+    }
+
     /// Starts (or restarts) the sessiond process; returns the time until its
     /// ready line.
     pub fn start_sessiond(&mut self) -> Result<Duration> {
