@@ -181,12 +181,16 @@ fn now_ns(base: Instant) -> u64 {
 }
 
 /// `clients` threads on one lock: lock → 1 ms of work → unlock, for `dur`.
-/// The hand-off latency is, for a client that had to wait, the time from the
-/// first release after it asked (the lock became free) to its grant.
+/// The hand-off latency is, for each release made while another client was
+/// waiting, the time until a client that was waiting at that release gets
+/// the lock (a lock re-taken by the releaser does not count as handed off).
 pub fn handoff(name: &str, who: &Contender, clients: usize, dur: Duration) -> Result<HandoffRow> {
     let base = Instant::now();
-    // Every release time, in order: releases are serialized by the lock.
-    let releases: Mutex<Vec<u64>> = Mutex::new(Vec::with_capacity(1 << 16));
+    // Releases made while another client was waiting, not yet followed by a
+    // grant to a client that was waiting at that release.
+    let releases: Mutex<Vec<u64>> = Mutex::new(Vec::with_capacity(1 << 10));
+    // When each client started waiting; 0 while it is not waiting.
+    let waiting: Vec<AtomicU64> = (0..clients).map(|_| AtomicU64::new(0)).collect();
     let stop = AtomicBool::new(false);
     let cycles = AtomicU64::new(0);
     let gave_up = AtomicU64::new(0);
@@ -206,6 +210,7 @@ pub fn handoff(name: &str, who: &Contender, clients: usize, dur: Duration) -> Re
         for i in 0..clients {
             let (
                 releases,
+                waiting,
                 stop,
                 cycles,
                 gave_up,
@@ -219,6 +224,7 @@ pub fn handoff(name: &str, who: &Contender, clients: usize, dur: Duration) -> Re
                 barrier,
             ) = (
                 &releases,
+                &waiting,
                 &stop,
                 &cycles,
                 &gave_up,
@@ -269,6 +275,7 @@ pub fn handoff(name: &str, who: &Contender, clients: usize, dur: Duration) -> Re
                 };
                 while !stop.load(Ordering::Relaxed) {
                     let t_req = now_ns(base);
+                    waiting[i].store(t_req, Ordering::SeqCst);
                     // Acquire.
                     let held: Result<Option<Vec<u8>>, String> = match &mut conn {
                         C::S(c) => {
@@ -320,22 +327,30 @@ pub fn handoff(name: &str, who: &Contender, clients: usize, dur: Duration) -> Re
                         }
                     };
                     let t_grant = now_ns(base);
+                    waiting[i].store(0, Ordering::SeqCst);
                     ah.saturating_record(t_grant - t_req);
-                    // The first release after we asked is when the lock
-                    // became free while we waited; a hand-off is the time
-                    // from then to our grant (whoever held it in between,
-                    // e.g. a releaser re-taking it while we slept between
-                    // polls).
-                    let first_free = releases.lock().ok().and_then(|r| {
-                        let i = r.partition_point(|&t| t <= t_req);
-                        r.get(i).copied()
-                    });
-                    if let Some(rel) = first_free {
-                        hh.saturating_record(t_grant.saturating_sub(rel).max(1));
+                    // Every release we were already waiting at is served by
+                    // this grant: its hand-off took from that release to now.
+                    // (A release re-taken by its own client, or by one that
+                    // came later, is not served until a waiter gets the lock.)
+                    if let Ok(mut r) = releases.lock() {
+                        r.retain(|&rel| {
+                            if rel > t_req {
+                                hh.saturating_record(t_grant.saturating_sub(rel).max(1));
+                                false
+                            } else {
+                                true
+                            }
+                        });
                     }
                     std::thread::sleep(work);
-                    if let Ok(mut r) = releases.lock() {
-                        r.push(now_ns(base));
+                    let rel = now_ns(base);
+                    let someone_waits = waiting
+                        .iter()
+                        .enumerate()
+                        .any(|(k, w)| k != i && w.load(Ordering::SeqCst) != 0);
+                    if someone_waits && let Ok(mut r) = releases.lock() {
+                        r.push(rel);
                     }
                     let r = match (&mut conn, token) {
                         (C::S(c), Some(t)) => c
