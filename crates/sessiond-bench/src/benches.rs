@@ -203,7 +203,6 @@ pub fn handoff(name: &str, who: &Contender, clients: usize, dur: Duration) -> Re
     let rkey = store::redis_key(session);
     let live = driver::Live::default();
     let work = Duration::from_millis(1);
-    let t0 = Instant::now();
     let mut secs = 0.0;
     let barrier = std::sync::Barrier::new(clients + 1);
     std::thread::scope(|s| {
@@ -406,7 +405,6 @@ pub fn handoff(name: &str, who: &Contender, clients: usize, dur: Duration) -> Re
         secs = t_start.elapsed().as_secs_f64();
         stop.store(true, Ordering::SeqCst);
     });
-    let _ = t0;
     let hand = hand.into_inner().unwrap_or_else(|e| e.into_inner());
     let acq = acq.into_inner().unwrap_or_else(|e| e.into_inner());
     let n = cycles.load(Ordering::Relaxed);

@@ -312,12 +312,14 @@ fn expiry(o: &Opts, sd: &Server, sh: &Shape, admin: &mut Resp) -> Result<Expiry>
                         deadline.as_secs()
                     );
                 }
-                if io_progress(k) {
+                if show_progress(k) {
                     let (_, _, se, _) = samples[k];
                     eprint!("\r\x1b[K  expiry: {:.1} s, {se} sessions", samples[k].0);
                 }
             }
-            eprint!("\r\x1b[K");
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                eprint!("\r\x1b[K");
+            }
             let (fd, fl) = (first_drop.unwrap_or(0), floor.unwrap_or(0));
             let rate = |a: usize, b: usize| -> (f64, f64) {
                 let (ta, oa, _, ca) = samples[a];
@@ -388,7 +390,8 @@ fn expiry(o: &Opts, sd: &Server, sh: &Shape, admin: &mut Resp) -> Result<Expiry>
     Ok(e)
 }
 
-fn io_progress(k: usize) -> bool {
+/// Every fifth sample, when stderr is a terminal.
+fn show_progress(k: usize) -> bool {
     use std::io::IsTerminal;
     k % 5 == 0 && std::io::stderr().is_terminal()
 }
