@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with the Rust toolchain:
-# installs what the tests need (redis-cli, PHP for the PHP client's tests,
-# nginx/php-fpm/redis/memcached for the race lab), checks formatting and
-# lints, then runs every test, and a short race lab run as sessiond's
-# end-to-end acceptance test.
+# installs what the tests need (redis-cli; redis-server and memcached for
+# the benchmark tool's test and the race lab; PHP, php-fpm and nginx for the
+# PHP client's tests and the race lab), checks formatting and lints, then
+# runs every test, and a short race lab run as sessiond's end-to-end
+# acceptance test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+# redis-server and memcached: the benchmark tool's test runs them.
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v memcached >/dev/null 2>&1 || need+=(memcached)
 # PHP client tests (clients/php/run-tests.sh): php-cli brings the session,
 # posix and pcntl extensions they use, phpunit the runner, php-fpm and nginx
 # the production-like setup of tests/FpmTest.php; setsid (util-linux) is part

@@ -1,0 +1,806 @@
+//! `sessiond-bench`: sessiond against Redis, memcached, flock and PHP's
+//! session handlers, on the work a web request does with its session.
+//!
+//! ## Layout
+//! - `wire`: the blocking RESP2 and memcached clients every benchmark uses.
+//! - `driver`: N threads for a fixed time, latency histograms, progress.
+//! - `store`: the session workload in each store (cycle, locked cycle,
+//!   preload, lost-update counters).
+//! - `benches`: PING, session cycle, locked cycle, contended hand-off.
+//! - `scale`: memory per session, restart, mass expiry under load.
+//! - `php`: a session page on `php -S` with each session handler.
+//! - `servers`: starting and always stopping the servers under test.
+//! - `report`: the JSON document and its Markdown tables.
+//!
+//! See docs/benchmarks.md for what is measured and the latest numbers.
+
+mod benches;
+mod driver;
+mod php;
+mod report;
+mod scale;
+mod servers;
+mod store;
+mod wire;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::benches::{Contender, Target};
+use crate::report::{Report, Target as Goal};
+use crate::servers::{Server, SessiondCmd};
+use crate::store::{Kind, PHPREDIS5, PHPREDIS6};
+
+#[derive(Parser)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    sub: Option<Sub>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Sub {
+    /// Runs the sessiond server from this binary (used when no `sessiond`
+    /// binary is found next to it).
+    #[command(hide = true)]
+    ServeSessiond(sessiond_server::config::ServeArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Bench {
+    Ping,
+    Cycle,
+    Locked,
+    Handoff,
+    Scale,
+    Php,
+}
+
+#[derive(Parser, Debug)]
+struct RunArgs {
+    /// Benchmarks to run [default: all].
+    #[arg(value_enum)]
+    benches: Vec<Bench>,
+    /// Everything small and short (well under a minute): a smoke test, not
+    /// numbers to quote.
+    #[arg(long)]
+    quick: bool,
+    /// Seconds per measured cell [default: 5, quick 0.4].
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Distinct sessions per size for the cycle benchmarks [default: 100000,
+    /// quick 1000].
+    #[arg(long)]
+    sessions: Option<u64>,
+    /// Sessions for the scale benchmark [default: 1000000, quick 20000].
+    #[arg(long)]
+    scale_sessions: Option<u64>,
+    /// Skip the mass-expiry part of the scale benchmark.
+    #[arg(long)]
+    no_expiry: bool,
+    /// Connection counts for the cycle benchmarks [default: 1,8,64; quick 1,8].
+    #[arg(long, value_delimiter = ',')]
+    conns: Vec<usize>,
+    /// Session sizes in bytes (10 keys) [default: 1024,16384; quick 1024].
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<usize>,
+    /// Client counts for the hand-off benchmark [default: 2,8,64; quick 2,8].
+    #[arg(long, value_delimiter = ',')]
+    handoff_clients: Vec<usize>,
+    /// Only these stores in the cycle benchmarks (sessiond-always,
+    /// sessiond-everysec, sessiond-no, redis-always, redis-everysec,
+    /// redis-off, memcached) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    stores: Vec<String>,
+    /// The sessiond binary [default: `sessiond` next to this binary, else
+    /// this binary's embedded copy of the server].
+    #[arg(long)]
+    sessiond_bin: Option<PathBuf>,
+    #[arg(long, default_value = "redis-server")]
+    redis_bin: String,
+    #[arg(long, default_value = "memcached")]
+    memcached_bin: String,
+    /// Use a running sessiond instead of starting one (cycle, locked, ping,
+    /// hand-off; scale and php always start their own).
+    #[arg(long)]
+    sessiond_addr: Option<SocketAddr>,
+    /// Use a running Redis instead of starting them.
+    #[arg(long)]
+    redis_addr: Option<SocketAddr>,
+    /// Use a running memcached instead of starting one.
+    #[arg(long)]
+    memcached_addr: Option<SocketAddr>,
+    /// `PHP_CLI_SERVER_WORKERS` for the PHP benchmark.
+    #[arg(long, default_value_t = 4)]
+    php_workers: usize,
+    /// Concurrent HTTP connections for the PHP benchmark.
+    #[arg(long, default_value_t = 8)]
+    php_conns: usize,
+    /// Distinct sessions for the PHP benchmark [default: 2000, quick 100].
+    #[arg(long)]
+    php_sessions: Option<usize>,
+    /// The PHP client (`clients/php`) [default: found from the current
+    /// directory or the source tree].
+    #[arg(long)]
+    php_client_dir: Option<PathBuf>,
+    /// Where to write the results as JSON.
+    #[arg(long, default_value = "sessiond-bench.json")]
+    json: PathBuf,
+    /// Also write the tables as Markdown here.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(Sub::ServeSessiond(args)) = cli.sub {
+        return serve_embedded(args);
+    }
+    servers::install_cleanup();
+    let r = run(cli.run);
+    servers::cleanup_all();
+    r
+}
+
+fn serve_embedded(args: sessiond_server::config::ServeArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let config = args.resolve()?;
+        let server = sessiond_server::Server::bind(config).await?;
+        println!(
+            "sessiond ready: resp={} metrics={}",
+            server.local_addr()?,
+            server
+                .metrics_addr()
+                .map_or("off".to_owned(), |a| a.to_string())
+        );
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let cancel = shutdown.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+            cancel.cancel();
+        });
+        server.run(shutdown).await;
+        Ok(())
+    })
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| {
+            let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+            s.push_str(&String::from_utf8_lossy(&o.stderr));
+            s.lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn machine() -> report::Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    report::Machine {
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu: cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+            .unwrap_or_default(),
+        mem_gb: meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1048576.0),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    }
+}
+
+fn find_php_client(explicit: Option<PathBuf>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p);
+    }
+    let mut cands = vec![PathBuf::from("clients/php")];
+    cands.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../clients/php"));
+    cands
+        .into_iter()
+        .find(|p| p.join("src/autoload.php").is_file())
+        .and_then(|p| p.canonicalize().ok())
+}
+
+#[derive(Clone, Copy)]
+struct Spec {
+    name: &'static str,
+    durability: &'static str,
+    kind: Kind,
+}
+
+const SPECS: &[Spec] = &[
+    Spec {
+        name: "sessiond-always",
+        durability: "always",
+        kind: Kind::Sessiond,
+    },
+    Spec {
+        name: "sessiond-everysec",
+        durability: "everysec",
+        kind: Kind::Sessiond,
+    },
+    Spec {
+        name: "sessiond-no",
+        durability: "no",
+        kind: Kind::Sessiond,
+    },
+    Spec {
+        name: "redis-always",
+        durability: "always",
+        kind: Kind::Redis,
+    },
+    Spec {
+        name: "redis-everysec",
+        durability: "everysec",
+        kind: Kind::Redis,
+    },
+    Spec {
+        name: "redis-off",
+        durability: "no",
+        kind: Kind::Redis,
+    },
+    Spec {
+        name: "memcached",
+        durability: "no",
+        kind: Kind::Memcached,
+    },
+];
+
+struct Ctx {
+    a: RunArgs,
+    sessiond: SessiondCmd,
+    dur: Duration,
+    warmup: Duration,
+}
+
+impl Ctx {
+    /// Starts the store `spec` (or wraps the external one); `None` when an
+    /// external address replaces this policy.
+    fn start(&self, spec: &Spec) -> Result<Option<Server>> {
+        Ok(Some(match spec.kind {
+            Kind::Sessiond => match self.a.sessiond_addr {
+                Some(a) if spec.durability == "everysec" => Server::external("sessiond", a),
+                Some(_) => return Ok(None),
+                None => Server::sessiond(&self.sessiond, spec.name, spec.durability)?,
+            },
+            Kind::Redis => match self.a.redis_addr {
+                Some(a) if spec.durability == "no" => Server::external("redis", a),
+                Some(_) => return Ok(None),
+                None => Server::redis(
+                    &self.a.redis_bin,
+                    spec.name,
+                    match spec.durability {
+                        "always" => Some("always"),
+                        "everysec" => Some("everysec"),
+                        _ => None,
+                    },
+                )?,
+            },
+            Kind::Memcached => match self.a.memcached_addr {
+                Some(a) => Server::external("memcached", a),
+                None => Server::memcached(&self.a.memcached_bin, spec.name)?,
+            },
+        }))
+    }
+}
+
+fn run(mut a: RunArgs) -> Result<()> {
+    let q = a.quick;
+    if a.benches.is_empty() {
+        a.benches = vec![
+            Bench::Ping,
+            Bench::Cycle,
+            Bench::Locked,
+            Bench::Handoff,
+            Bench::Scale,
+            Bench::Php,
+        ];
+    }
+    if a.conns.is_empty() {
+        a.conns = if q { vec![1, 8] } else { vec![1, 8, 64] };
+    }
+    if a.sizes.is_empty() {
+        a.sizes = if q { vec![1024] } else { vec![1024, 16384] };
+    }
+    if a.handoff_clients.is_empty() {
+        a.handoff_clients = if q { vec![2, 8] } else { vec![2, 8, 64] };
+    }
+    let dur = Duration::from_secs_f64(a.duration.unwrap_or(if q { 0.4 } else { 5.0 }));
+    let warmup = if q {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_millis(500)
+    };
+    let load_start = loadavg();
+    let sessiond = SessiondCmd::find(a.sessiond_bin.clone())?;
+    let mut rep = Report {
+        date_utc: sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        quick: q,
+        machine: machine(),
+        sessiond: sessiond.description.clone(),
+        versions: vec![
+            sh(&a.redis_bin, &["--version"]),
+            sh(&a.memcached_bin, &["-V"]),
+            sh("php", &["-v"]),
+            format!(
+                "phpredis {}",
+                sh("php", &["-r", "echo phpversion('redis');"])
+            ),
+        ],
+        ..Default::default()
+    };
+    eprintln!(
+        "sessiond-bench: {}; sessiond = {}",
+        rep.machine.cpu, rep.sessiond
+    );
+    let ctx = Ctx {
+        a,
+        sessiond,
+        dur,
+        warmup,
+    };
+    let a = &ctx.a;
+    let has = |b: Bench| a.benches.contains(&b);
+    let n = a.sessions.unwrap_or(if q { 1000 } else { 100_000 });
+
+    if has(Bench::Ping) {
+        eprintln!("== loopback round trip (PING)");
+        for spec in [&SPECS[1], &SPECS[5]] {
+            if let Some(s) = ctx.start(spec)? {
+                let d = if q {
+                    Duration::from_millis(300)
+                } else {
+                    Duration::from_secs(2)
+                };
+                rep.ping.push(benches::ping(&s.name, s.addr, d)?);
+            }
+        }
+    }
+
+    if has(Bench::Cycle) || has(Bench::Locked) {
+        eprintln!(
+            "== session cycle / locked cycle: {n} sessions per size, sizes {:?}, conns {:?}, {:.1} s per cell",
+            a.sizes,
+            a.conns,
+            dur.as_secs_f64()
+        );
+        for spec in SPECS {
+            if !a.stores.is_empty() && !a.stores.iter().any(|s| s == spec.name) {
+                continue;
+            }
+            // sessiond with `always` is loaded with `no`, then restarted
+            // with `always` on the same data: loading 100k sessions one
+            // fsync group at a time takes minutes and measures nothing.
+            let fast_load = spec.kind == Kind::Sessiond
+                && spec.durability == "always"
+                && a.sessiond_addr.is_none();
+            let load_spec = Spec {
+                durability: if fast_load { "no" } else { spec.durability },
+                ..*spec
+            };
+            let Some(mut server) = ctx.start(&load_spec)? else {
+                continue;
+            };
+            let shapes: Vec<_> = a.sizes.iter().map(|&s| store::shape(s)).collect();
+            for shp in &shapes {
+                let t0 = std::time::Instant::now();
+                store::preload(spec.kind, server.addr, shp, 0..n, store::TTL_SECS, 4)
+                    .with_context(|| format!("preloading {}", spec.name))?;
+                eprintln!(
+                    "  {}: loaded {n} sessions of {} in {:.1} s",
+                    spec.name,
+                    shp.label(),
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+            if fast_load {
+                server.restart_with_durability(spec.durability)?;
+            }
+            let t = Target {
+                name: if server.started_here() {
+                    spec.name
+                } else {
+                    &server.name
+                },
+                durability: if server.started_here() {
+                    spec.durability
+                } else {
+                    "external"
+                },
+                kind: spec.kind,
+                addr: server.addr,
+            };
+            if has(Bench::Cycle) {
+                for shp in &shapes {
+                    for &c in &a.conns {
+                        rep.cycle
+                            .push(benches::cycle(&t, shp, n, c, ctx.warmup, ctx.dur));
+                    }
+                }
+            }
+            if has(Bench::Locked) && spec.kind != Kind::Memcached {
+                for shp in &shapes {
+                    rep.locked.extend(benches::locked(
+                        &t, shp, n, &a.conns, PHPREDIS6, ctx.warmup, ctx.dur,
+                    )?);
+                }
+            }
+        }
+    }
+
+    if has(Bench::Handoff) {
+        eprintln!(
+            "== contended hand-off: clients {:?}, {:.1} s each",
+            a.handoff_clients,
+            dur.as_secs_f64()
+        );
+        let sd = ctx.start(&SPECS[1])?;
+        let rd = ctx.start(&SPECS[5])?;
+        let dir = servers::TempDir::new("flock")?;
+        let lockfile = dir.path().join("sess_handoff");
+        let mut contenders: Vec<(&str, Contender)> = Vec::new();
+        if let Some(s) = &sd {
+            contenders.push(("sessiond", Contender::Sessiond(s.addr)));
+        }
+        if let Some(r) = &rd {
+            contenders.push(("phpredis-6 recipe", Contender::Redis(r.addr, PHPREDIS6)));
+            contenders.push(("phpredis-5.3.7 recipe", Contender::Redis(r.addr, PHPREDIS5)));
+        }
+        contenders.push(("flock", Contender::Flock(&lockfile)));
+        for (name, c) in &contenders {
+            for &k in &a.handoff_clients {
+                rep.handoff.push(benches::handoff(name, c, k, dur)?);
+            }
+        }
+    }
+
+    if has(Bench::Scale) {
+        let sn = a
+            .scale_sessions
+            .unwrap_or(if q { 20_000 } else { 1_000_000 });
+        eprintln!("== scale: {sn} sessions");
+        rep.scale = Some(scale::run(&scale::Opts {
+            sessions: sn,
+            live_sessions: if q { 1000 } else { 10_000 },
+            load_conns: 8,
+            sessiond: &ctx.sessiond,
+            redis_bin: &a.redis_bin,
+            expiry: !a.no_expiry,
+            quick: q,
+        })?);
+    }
+
+    if has(Bench::Php) {
+        eprintln!("== through PHP");
+        match find_php_client(a.php_client_dir.clone()) {
+            None => rep
+                .notes
+                .push("PHP benchmark skipped: clients/php not found (use --php-client-dir)".into()),
+            Some(client_dir) => {
+                let sd = Server::sessiond(&ctx.sessiond, "sessiond-everysec", "everysec")?;
+                let rd = Server::redis(&a.redis_bin, "redis-everysec", Some("everysec"))?;
+                let handlers = vec![
+                    php::Handler {
+                        name: "files".into(),
+                        server: String::new(),
+                        ini: vec![
+                            "session.save_handler=files".into(),
+                            "session.save_path={SESSDIR}".into(),
+                        ],
+                        env: vec![],
+                    },
+                    php::Handler {
+                        name: "phpredis (locking on)".into(),
+                        server: rd.name.clone(),
+                        ini: vec![
+                            "session.save_handler=redis".into(),
+                            format!("session.save_path=tcp://{}", rd.addr),
+                            "redis.session.locking_enabled=1".into(),
+                        ],
+                        env: vec![],
+                    },
+                    php::Handler {
+                        name: "phpredis (no locking)".into(),
+                        server: rd.name.clone(),
+                        ini: vec![
+                            "session.save_handler=redis".into(),
+                            format!("session.save_path=tcp://{}", rd.addr),
+                            "redis.session.locking_enabled=0".into(),
+                        ],
+                        env: vec![],
+                    },
+                    php::Handler {
+                        name: "sessiond".into(),
+                        server: sd.name.clone(),
+                        ini: vec![],
+                        env: vec![("BENCH_SESSIOND_URI".into(), format!("tcp://{}", sd.addr))],
+                    },
+                ];
+                let o = php::Opts {
+                    workers: a.php_workers,
+                    conns: a.php_conns,
+                    sessions: a.php_sessions.unwrap_or(if q { 100 } else { 2000 }),
+                    dur: if q {
+                        Duration::from_millis(500)
+                    } else {
+                        dur * 2
+                    },
+                    php_client_dir: &client_dir,
+                };
+                for h in &handlers {
+                    rep.php.push(php::run(h, &o)?);
+                }
+            }
+        }
+    }
+
+    rep.notes.push(format!(
+        "Load average (1, 5, 15 min) at the start: {load_start}; at the end: {}. The machine is shared: other builds and tests may run during a measurement.",
+        loadavg()
+    ));
+    rep.targets = targets(&rep);
+    notes(&mut rep);
+    let json = serde_json::to_string_pretty(&rep)?;
+    std::fs::write(&a.json, json).with_context(|| format!("write {}", a.json.display()))?;
+    let md = rep.markdown();
+    println!("{md}");
+    if let Some(p) = &a.markdown {
+        std::fs::write(p, &md)?;
+    }
+    eprintln!("results: {}", a.json.display());
+    let errors: u64 = rep.cycle.iter().chain(&rep.locked).map(|r| r.errors).sum();
+    if errors > 0 {
+        eprintln!("note: {errors} operations failed (see first_error in the JSON)");
+    }
+    if rep.cycle.is_empty()
+        && rep.locked.is_empty()
+        && rep.handoff.is_empty()
+        && rep.scale.is_none()
+        && rep.php.is_empty()
+        && rep.ping.is_empty()
+    {
+        bail!("nothing was measured");
+    }
+    Ok(())
+}
+
+fn notes(rep: &mut Report) {
+    rep.notes.push(
+        "Every store is driven by the same code: blocking sockets, one thread per connection, one request in flight (no pipelining except when preloading), a small hand-written RESP2 (sessiond, Redis) or memcached text client."
+            .into(),
+    );
+    if let Some(s) = &rep.scale
+        && s.sessions < 1_000_000
+    {
+        rep.notes.push(format!(
+            "The scale benchmark ran with {} sessions, not 1,000,000.",
+            s.sessions
+        ));
+    }
+}
+
+fn ratio_goal(
+    rows: &[report::CycleRow],
+    min_ratio: f64,
+    check_p99: bool,
+) -> Option<(String, bool)> {
+    let mut worst: Option<(f64, String)> = None;
+    let mut p99_bad = Vec::new();
+    let mut cells = 0;
+    for r in rows.iter().filter(|r| r.store.starts_with("sessiond")) {
+        let Some(p) = rows.iter().find(|p| {
+            p.store == report::redis_peer(&r.durability) && p.size == r.size && p.conns == r.conns
+        }) else {
+            continue;
+        };
+        if p.ops_per_sec <= 0.0 {
+            continue;
+        }
+        cells += 1;
+        let x = r.ops_per_sec / p.ops_per_sec;
+        let label = format!(
+            "{} vs {} {} c={}",
+            r.store,
+            p.store,
+            store::shape(r.size).label(),
+            r.conns
+        );
+        if worst.as_ref().is_none_or(|w| x < w.0) {
+            worst = Some((x, label.clone()));
+        }
+        if check_p99 && r.lat.p99_us > p.lat.p99_us {
+            p99_bad.push(format!(
+                "{label}: p99 {:.0} µs vs {:.0} µs",
+                r.lat.p99_us, p.lat.p99_us
+            ));
+        }
+    }
+    let (w, label) = worst?;
+    let mut m = format!("{cells} cells; lowest ratio {w:.2}× ({label})");
+    if check_p99 {
+        if p99_bad.is_empty() {
+            m.push_str("; p99 never worse");
+        } else {
+            m.push_str(&format!(
+                "; p99 worse in {} cells, e.g. {}",
+                p99_bad.len(),
+                p99_bad[0]
+            ));
+        }
+    }
+    Some((m, w >= min_ratio && p99_bad.is_empty()))
+}
+
+fn targets(rep: &Report) -> Vec<Goal> {
+    let mut g = Vec::new();
+    let push = |g: &mut Vec<Goal>, t: &str, m: Option<(String, bool)>| {
+        g.push(match m {
+            Some((measured, met)) => Goal {
+                target: t.into(),
+                measured,
+                met: Some(met),
+            },
+            None => Goal {
+                target: t.into(),
+                measured: "not measured".into(),
+                met: None,
+            },
+        })
+    };
+    push(
+        &mut g,
+        "Session cycle throughput ≥ 1.0× Redis at equal durability, p99 no worse",
+        ratio_goal(&rep.cycle, 1.0, true),
+    );
+    push(
+        &mut g,
+        "Locked cycle throughput ≥ 1.5× the phpredis recipe",
+        ratio_goal(&rep.locked, 1.5, false),
+    );
+    let ping = rep
+        .ping
+        .iter()
+        .find(|p| p.store.starts_with("sessiond"))
+        .map(|p| p.lat.p50_us);
+    let sd: Vec<_> = rep
+        .handoff
+        .iter()
+        .filter(|h| h.contender == "sessiond")
+        .collect();
+    push(
+        &mut g,
+        "Hand-off p50 within 2× of one loopback round trip",
+        ping.filter(|_| !sd.is_empty()).map(|rtt| {
+            let worst = sd
+                .iter()
+                .map(|h| h.handoff.p50_us / rtt)
+                .fold(0.0, f64::max);
+            let each: Vec<String> = sd
+                .iter()
+                .map(|h| {
+                    format!(
+                        "{} clients {:.0} µs = {:.1}×",
+                        h.clients,
+                        h.handoff.p50_us,
+                        h.handoff.p50_us / rtt
+                    )
+                })
+                .collect();
+            (
+                format!("PING p50 {rtt:.0} µs; {}", each.join(", ")),
+                worst <= 2.0,
+            )
+        }),
+    );
+    let polling: Vec<_> = rep
+        .handoff
+        .iter()
+        .filter(|h| h.contender == "phpredis-6 recipe")
+        .collect();
+    push(
+        &mut g,
+        "Hand-off ≥ 100× faster than the phpredis recipe's polling (p50)",
+        (!sd.is_empty() && !polling.is_empty()).then(|| {
+            let mut worst = f64::INFINITY;
+            let mut each = Vec::new();
+            for h in &sd {
+                if let Some(p) = polling.iter().find(|p| p.clients == h.clients) {
+                    let x = p.handoff.p50_us / h.handoff.p50_us.max(1e-3);
+                    worst = worst.min(x);
+                    each.push(format!("{} clients {:.0}×", h.clients, x));
+                }
+            }
+            (each.join(", "), worst >= 100.0)
+        }),
+    );
+    push(
+        &mut g,
+        "Memory per idle 1 KB session ≤ 1.5× Redis's",
+        rep.scale.as_ref().map(|s| {
+            let x = s.sessiond_bytes_per_session / s.redis_bytes_per_session.max(1.0);
+            let y = s.sessiond_bytes_per_session_after_restart / s.redis_bytes_per_session.max(1.0);
+            (
+                format!(
+                    "{} sessions: {:.0} B vs {:.0} B = {x:.2}× (after restart {:.0} B = {y:.2}×)",
+                    s.sessions,
+                    s.sessiond_bytes_per_session,
+                    s.redis_bytes_per_session,
+                    s.sessiond_bytes_per_session_after_restart
+                ),
+                x <= 1.5,
+            )
+        }),
+    );
+    push(
+        &mut g,
+        "Expiring 1M sessions costs < 10% of throughput while it runs",
+        rep.scale.as_ref().and_then(|s| {
+            s.expiry.as_ref().map(|e| {
+                (
+                    format!(
+                        "{} sessions in {:.1} s: {:.1}% dip ({:.0} → {:.0} ops/s)",
+                        e.expired,
+                        e.expiry_secs,
+                        e.dip_pct,
+                        e.ops_per_sec_before,
+                        e.ops_per_sec_during
+                    ),
+                    e.dip_pct < 10.0,
+                )
+            })
+        }),
+    );
+    push(
+        &mut g,
+        "Restart with 1M sessions serving in ≤ 5 s",
+        rep.scale.as_ref().map(|s| {
+            (
+                format!(
+                    "{} sessions: serving after {:.2} s, {} of {} intact",
+                    s.sessions, s.restart_serving_secs, s.restart_sessions_verified, s.sessions
+                ),
+                s.restart_serving_secs <= 5.0 && s.restart_sessions_verified == s.sessions,
+            )
+        }),
+    );
+    g
+}
