@@ -6,7 +6,7 @@
 //! lock that guards the store, so the disk sees changes in the order they
 //! were made.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 
@@ -268,6 +268,10 @@ pub struct Store {
     // (the storage keeps the high-water mark).
     last_version: u64,
     outbox: Vec<Mutation>,
+    // Sessions whose last access moved (a read, a touch) since their
+    // metadata was last put in the outbox. Recorded in bulk by
+    // `record_accesses`, so that a read costs no storage write.
+    accessed: HashSet<SessionId>,
     stats: StoreStats,
 }
 
@@ -282,6 +286,7 @@ impl Store {
             alias_expiry: ExpiryIndex::default(),
             last_version: 0,
             outbox: Vec::new(),
+            accessed: HashSet::new(),
             stats: StoreStats::default(),
         }
     }
@@ -319,6 +324,28 @@ impl Store {
     /// Takes the changes made since the last call, oldest first.
     pub fn take_mutations(&mut self) -> Vec<Mutation> {
         std::mem::take(&mut self.outbox)
+    }
+
+    /// Puts the metadata of every session whose last access moved without
+    /// another change since the last call into the outbox; returns how many.
+    ///
+    /// Reads and touches slide the expiry in memory at once but leave the
+    /// storage to this call, which the server makes about once a second and
+    /// at shutdown: a read then costs no write, and a crash can only make a
+    /// session that was merely read in the last second expire that much
+    /// earlier after the restart.
+    pub fn record_accesses(&mut self) -> usize {
+        let mut recorded = 0;
+        for id in std::mem::take(&mut self.accessed) {
+            if let Some(session) = self.sessions.get(&id) {
+                self.outbox.push(Mutation::PutMeta {
+                    id,
+                    meta: session.meta,
+                });
+                recorded += 1;
+            }
+        }
+        recorded
     }
 
     // ---- loading -------------------------------------------------------
@@ -874,13 +901,23 @@ impl Store {
         if let Some(ttl) = ttl_ms {
             session.meta.ttl_ms = ttl;
         }
-        if force || session.meta != before {
-            self.expiry
-                .reschedule(before.deadline(), session.meta.deadline(), id);
+        if session.meta == before && !force {
+            return;
+        }
+        self.expiry
+            .reschedule(before.deadline(), session.meta.deadline(), id);
+        let only_accessed = SessionMeta {
+            last_access: session.meta.last_access,
+            ..before
+        } == session.meta;
+        if only_accessed && !force {
+            self.accessed.insert(id.clone());
+        } else {
             self.outbox.push(Mutation::PutMeta {
                 id: id.clone(),
                 meta: session.meta,
             });
+            self.accessed.remove(id);
         }
     }
 

@@ -317,3 +317,49 @@ fn incr_and_cas() {
         sessiond_core::CasOutcome::Mismatch { .. }
     ));
 }
+
+#[test]
+fn reads_slide_expiry_at_once_but_reach_storage_in_bulk() {
+    let mut s = store();
+    create(&mut s, 0, "a", None, None);
+    create(&mut s, 0, "b", None, None);
+    s.take_mutations();
+    // Reads and a touch: no storage write yet, but the expiry moved.
+    s.read(400, &id("a"), ReadOptions::default()).unwrap();
+    s.read(600, &id("a"), ReadOptions::default()).unwrap();
+    assert!(s.touch(700, &id("b"), None));
+    assert!(s.take_mutations().is_empty());
+    assert!(
+        s.read(1_500, &id("a"), ReadOptions::default())
+            .unwrap()
+            .is_some()
+    );
+    // One record per session, with the latest access.
+    assert_eq!(s.record_accesses(), 2);
+    let mut metas: Vec<(String, u64)> = s
+        .take_mutations()
+        .into_iter()
+        .map(|m| match m {
+            Mutation::PutMeta { id, meta } => (id.to_string(), meta.last_access),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    metas.sort();
+    assert_eq!(metas, vec![("a".into(), 1_500), ("b".into(), 700)]);
+    assert_eq!(s.record_accesses(), 0, "nothing new");
+    // A write records its metadata itself; a destroyed session is skipped.
+    s.read(1_600, &id("a"), ReadOptions::default()).unwrap();
+    s.commit(
+        1_700,
+        &id("a"),
+        CommitRequest {
+            ops: vec![set("k", "v")],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    s.read(1_650, &id("b"), ReadOptions::default()).unwrap();
+    s.destroy(1_700, &id("b"));
+    s.take_mutations();
+    assert_eq!(s.record_accesses(), 0);
+}

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sessiond_core::{Clock, LockTable, Store, StoreConfig, SystemClock};
@@ -188,15 +188,18 @@ impl Server {
         {
             tracing::warn!("some connections did not finish within the shutdown timeout");
         }
+        shared.apply(|st, _| st.store.record_accesses());
         shared.shutdown_persistence();
         tracing::info!("stopped; storage flushed");
     }
 }
 
-/// Removes expired sessions and takes away locks whose lease or maximum
-/// hold ran out. Sleeps until the earliest deadline (at most a second), or
-/// until woken because an earlier one appeared.
+/// Removes expired sessions, takes away locks whose lease or maximum hold
+/// ran out, and about once a second sends the last-access times that reads
+/// moved to the storage. Sleeps until the earliest deadline (at most a
+/// second), or until woken because an earlier one appeared.
 async fn timekeeper(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut accesses_recorded = Instant::now();
     loop {
         let next =
             shared.read(
@@ -221,6 +224,10 @@ async fn timekeeper(shared: Arc<Shared>, shutdown: CancellationToken) {
                 break;
             }
             tokio::task::yield_now().await;
+        }
+        if accesses_recorded.elapsed() >= Duration::from_secs(1) {
+            shared.apply(|st, _| st.store.record_accesses());
+            accesses_recorded = Instant::now();
         }
     }
 }

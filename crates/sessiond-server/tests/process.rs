@@ -171,3 +171,34 @@ fn sample(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// A read slides the expiry without a storage write of its own; the new
+/// last-access time still reaches the disk (here: at shutdown), so a
+/// restart does not expire the session by its old deadline.
+#[tokio::test]
+async fn last_access_moved_by_reads_reaches_the_disk() {
+    use sessiond_server::storage::{RedbStorage, Storage};
+    let dir = tempfile::tempdir().unwrap();
+    let p = ServerProcess::start(dir.path(), &["--durability", "always"]);
+    let mut c = Client::connect(p.addr).await.unwrap();
+    c.commit("reader", &Commit::new().create().set("k", "v"))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let read_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    c.read("reader", &ReadOptions::default()).await.unwrap();
+    assert!(p.terminate().success());
+
+    let mut storage = RedbStorage::open(&dir.path().join("sessions.redb")).unwrap();
+    let loaded = storage.load().unwrap();
+    let meta = loaded.sessions[&sessiond_core::SessionId::parse(b"reader").unwrap()].meta;
+    // The server's clock may trail the test's by the ms it rounds off.
+    assert!(
+        meta.last_access + 1 >= read_at,
+        "last access {} on disk is from before the read at {read_at}",
+        meta.last_access
+    );
+}
