@@ -148,6 +148,15 @@ fn writer_loop(
         Durability::Everysec => Duration::from_secs(1),
         Durability::No => Duration::from_secs(30),
     };
+    // When no reply waits for the disk, changes gather this long before
+    // they are applied: one storage transaction then carries the changes
+    // of many requests instead of each paying for its own B-tree copy on
+    // write. Well inside the one second `everysec` may lose anyway.
+    let gather = match policy {
+        Durability::Always => Duration::ZERO,
+        Durability::Everysec | Durability::No => Duration::from_millis(50),
+    };
+    let mut last_apply = Instant::now();
     let mut last_sync = Instant::now();
     let mut applied: Seq = 0; // last batch applied (maybe not synced)
     let mut floor = 0;
@@ -165,6 +174,9 @@ fn writer_loop(
         } else {
             Some(rx.recv().unwrap_or(Msg::Shutdown))
         };
+        if first.is_some() {
+            std::thread::sleep(gather.saturating_sub(last_apply.elapsed()));
+        }
         let mut batch: Vec<Mutation> = Vec::new();
         let mut last_seq = applied;
         for msg in first
@@ -186,6 +198,7 @@ fn writer_loop(
         }
         let sync = shutting_down || last_sync.elapsed() >= sync_every;
         if !failed && (!batch.is_empty() || (sync && applied > progress.borrow().durable)) {
+            last_apply = Instant::now();
             match storage.apply(&batch, floor, sync) {
                 Ok(()) => {
                     applied = last_seq;
