@@ -7,7 +7,13 @@
 //! Under `everysec` it applies without syncing and syncs at least once a
 //! second; under `no`, every 30 seconds. Shutdown applies what is queued and
 //! syncs before returning.
+//!
+//! Backpressure: under `everysec` and `no` nothing waits for the disk, so a
+//! long write burst could queue more than the policy may lose. Once the
+//! oldest change not yet applied is older than [`MAX_LAG`], replies to
+//! writes wait until the writer has caught up to it.
 
+use std::collections::VecDeque;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -27,9 +33,18 @@ enum Msg {
     Shutdown,
 }
 
+/// How far the writer may fall behind under `everysec` and `no` before
+/// replies to writes wait for it.
+pub const MAX_LAG: Duration = Duration::from_secs(1);
+
+// How often the submit side notes (seq, time) to measure the writer's lag.
+const LAG_MARK_EVERY: Duration = Duration::from_millis(50);
+
 /// How far the writer has got.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
+    /// Every batch up to this one is applied to storage (maybe not synced).
+    pub applied: Seq,
     /// Every batch up to this one is on disk.
     pub durable: Seq,
     /// The writer failed; nothing after `durable` is known to be on disk.
@@ -53,11 +68,60 @@ pub struct Persistence {
     progress: watch::Receiver<Progress>,
     policy: Durability,
     writer: Option<JoinHandle<()>>,
+    // Submitted batches not yet known to be applied, one mark per
+    // LAG_MARK_EVERY: (last seq submitted, when). Oldest first.
+    lag_marks: VecDeque<(Seq, Instant)>,
+    max_lag: Duration,
+}
+
+/// What a reply waits for before it is sent.
+#[derive(Debug)]
+pub struct DiskWait {
+    seq: Seq,
+    // Only applied (backpressure), or durable (`always`).
+    durable: bool,
+    progress: watch::Receiver<Progress>,
+}
+
+impl DiskWait {
+    /// Waits until the writer got there.
+    ///
+    /// # Errors
+    /// [`DurabilityError`] when the writer failed before getting there.
+    pub async fn wait(mut self) -> Result<(), DurabilityError> {
+        let (seq, durable) = (self.seq, self.durable);
+        let reached = |p: &Progress| {
+            if durable {
+                p.durable >= seq
+            } else {
+                p.applied >= seq
+            }
+        };
+        let done = self
+            .progress
+            .wait_for(|p| reached(p) || p.failed)
+            .await
+            .map_err(|_| DurabilityError)?;
+        if reached(&done) {
+            Ok(())
+        } else {
+            Err(DurabilityError)
+        }
+    }
 }
 
 impl Persistence {
     /// Starts the writer thread over `storage`.
     pub fn start(storage: Box<dyn Storage>, policy: Durability) -> Self {
+        Self::start_with_max_lag(storage, policy, MAX_LAG)
+    }
+
+    /// [`Self::start`] with another lag limit (tests).
+    pub fn start_with_max_lag(
+        storage: Box<dyn Storage>,
+        policy: Durability,
+        max_lag: Duration,
+    ) -> Self {
         let (tx, rx) = mpsc::channel();
         let (progress_tx, progress) = watch::channel(Progress::default());
         let writer = std::thread::Builder::new()
@@ -70,6 +134,8 @@ impl Persistence {
             progress,
             policy,
             writer,
+            lag_marks: VecDeque::new(),
+            max_lag,
         }
     }
 
@@ -84,16 +150,37 @@ impl Persistence {
         let _ = self
             .tx
             .send(Msg::Batch(self.next_seq, mutations, version_floor));
+        let now = Instant::now();
+        match self.lag_marks.back_mut() {
+            Some((seq, at)) if now.duration_since(*at) < LAG_MARK_EVERY => *seq = self.next_seq,
+            _ => self.lag_marks.push_back((self.next_seq, now)),
+        }
         Some(self.next_seq)
     }
 
-    /// A receiver to wait for `seq` on, when the policy makes replies wait
-    /// for the disk; `None` otherwise.
-    pub fn waiter(&self, seq: Option<Seq>) -> Option<(Seq, watch::Receiver<Progress>)> {
-        match (self.policy, seq) {
-            (Durability::Always, Some(seq)) => Some((seq, self.progress.clone())),
-            _ => None,
+    /// What the reply to a write that made the changes `seq` must wait for:
+    /// under `always`, `seq` on disk; otherwise nothing, unless the writer
+    /// is more than the lag limit behind, then until it caught up with the
+    /// oldest change over the limit.
+    pub fn waiter(&mut self, seq: Option<Seq>) -> Option<DiskWait> {
+        let seq = seq?;
+        if self.policy == Durability::Always {
+            return Some(DiskWait {
+                seq,
+                durable: true,
+                progress: self.progress.clone(),
+            });
         }
+        let applied = self.progress.borrow().applied;
+        while self.lag_marks.front().is_some_and(|(s, _)| *s <= applied) {
+            self.lag_marks.pop_front();
+        }
+        let (behind, since) = *self.lag_marks.front()?;
+        (since.elapsed() > self.max_lag).then(|| DiskWait {
+            seq: behind,
+            durable: false,
+            progress: self.progress.clone(),
+        })
     }
 
     /// The writer's progress, for INFO and metrics.
@@ -115,25 +202,6 @@ impl Persistence {
         {
             tracing::error!("storage writer panicked during shutdown");
         }
-    }
-}
-
-/// Waits until `seq` is on disk.
-///
-/// # Errors
-/// [`DurabilityError`] when the writer failed before getting there.
-pub async fn wait_durable(
-    seq: Seq,
-    mut progress: watch::Receiver<Progress>,
-) -> Result<(), DurabilityError> {
-    let reached = progress
-        .wait_for(|p| p.durable >= seq || p.failed)
-        .await
-        .map_err(|_| DurabilityError)?;
-    if reached.durable >= seq {
-        Ok(())
-    } else {
-        Err(DurabilityError)
     }
 }
 
@@ -203,6 +271,7 @@ fn writer_loop(
                 Ok(()) => {
                     applied = last_seq;
                     progress.send_modify(|p| {
+                        p.applied = applied;
                         p.transactions += 1;
                         if sync {
                             p.durable = applied;
@@ -274,13 +343,73 @@ mod tests {
         for i in 1..=100 {
             last = p.submit(put(i), i);
         }
-        let (seq, rx) = p.waiter(last).unwrap();
-        wait_durable(seq, rx).await.unwrap();
+        p.waiter(last).unwrap().wait().await.unwrap();
         let loaded = stored_fields(&storage);
         assert_eq!(loaded, 100);
         // Group commit: 100 batches took fewer syncs than batches (at least
         // one; how many depends on scheduling).
         assert!(p.progress().syncs >= 1 && p.progress().syncs <= 100);
+        p.shutdown();
+    }
+
+    /// Storage whose `apply` waits for the test to open a gate.
+    struct GatedStorage {
+        inner: MemoryStorage,
+        gate: std::sync::Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl Storage for GatedStorage {
+        fn load(&mut self) -> Result<crate::storage::Loaded, crate::storage::StorageError> {
+            self.inner.load()
+        }
+        fn apply(
+            &mut self,
+            batch: &[Mutation],
+            floor: u64,
+            sync: bool,
+        ) -> Result<(), crate::storage::StorageError> {
+            let _ = self.gate.lock().unwrap().recv();
+            self.inner.apply(batch, floor, sync)
+        }
+        fn set_fence_epoch(&mut self, epoch: u64) -> Result<(), crate::storage::StorageError> {
+            self.inner.set_fence_epoch(epoch)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_behind_by_more_than_the_lag_limit_holds_replies_back() {
+        let (open, gate) = mpsc::channel();
+        let storage = GatedStorage {
+            inner: MemoryStorage::default(),
+            gate: std::sync::Mutex::new(gate),
+        };
+        // A zero limit: any backlog at all is too much.
+        let mut p = Persistence::start_with_max_lag(
+            Box::new(storage),
+            Durability::Everysec,
+            Duration::ZERO,
+        );
+        let seq = p.submit(put(1), 1);
+        std::thread::sleep(Duration::from_millis(5));
+        let wait = tokio::spawn(p.waiter(seq).expect("behind: the reply must wait").wait());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!wait.is_finished(), "the writer has not applied anything");
+        open.send(()).unwrap();
+        wait.await.unwrap().unwrap();
+        assert!(p.progress().applied >= 1);
+        // Caught up: the next reply waits only if a new backlog is over the limit.
+        assert!(p.waiter(None).is_none());
+        drop(open);
+        p.shutdown();
+    }
+
+    #[tokio::test]
+    async fn under_everysec_a_writer_within_the_lag_limit_holds_nothing_back() {
+        let mut p = Persistence::start(Box::new(MemoryStorage::default()), Durability::Everysec);
+        for i in 1..=100 {
+            let seq = p.submit(put(i), i);
+            assert!(p.waiter(seq).is_none(), "batch {i} had to wait");
+        }
         p.shutdown();
     }
 

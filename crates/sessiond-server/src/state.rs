@@ -13,7 +13,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::persist::{DurabilityError, Persistence, Seq, wait_durable};
+use crate::persist::{DurabilityError, Persistence, Seq};
 
 /// The core state machine: sessions and locks.
 pub struct State {
@@ -113,14 +113,15 @@ impl Shared {
     }
 
     /// Waits, when the durability policy says replies wait, until `seq` is
-    /// on disk.
+    /// on disk; under the other policies, only when the writer is more than
+    /// a second behind, until it caught up (backpressure).
     ///
     /// # Errors
     /// [`DurabilityError`] when storage failed.
     pub async fn durable(&self, seq: Option<Seq>) -> Result<(), DurabilityError> {
         let waiter = self.guarded.lock().persist.waiter(seq);
         match waiter {
-            Some((seq, rx)) => wait_durable(seq, rx).await,
+            Some(w) => w.wait().await,
             None => Ok(()),
         }
     }
