@@ -183,6 +183,17 @@ impl Persistence {
         })
     }
 
+    /// A wait until the batches up to `seq` are applied to storage (not
+    /// necessarily synced); `None` when there is nothing to wait for.
+    pub fn applied_waiter(&self, seq: Option<Seq>) -> Option<DiskWait> {
+        let seq = seq?;
+        (self.progress.borrow().applied < seq).then(|| DiskWait {
+            seq,
+            durable: false,
+            progress: self.progress.clone(),
+        })
+    }
+
     /// The writer's progress, for INFO and metrics.
     pub fn progress(&self) -> Progress {
         *self.progress.borrow()

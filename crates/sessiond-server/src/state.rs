@@ -126,6 +126,18 @@ impl Shared {
         }
     }
 
+    /// Waits until the changes up to `seq` are applied to storage.
+    ///
+    /// # Errors
+    /// [`DurabilityError`] when storage failed.
+    pub async fn applied(&self, seq: Option<Seq>) -> Result<(), DurabilityError> {
+        let waiter = self.guarded.lock().persist.applied_waiter(seq);
+        match waiter {
+            Some(w) => w.wait().await,
+            None => Ok(()),
+        }
+    }
+
     /// Persistence progress and policy, for INFO.
     pub fn persistence(&self) -> (crate::config::Durability, crate::persist::Progress) {
         let g = self.guarded.lock();
