@@ -152,36 +152,7 @@ fn serve_embedded(args: sessiond_server::config::ServeArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        let config = args.resolve()?;
-        let server = sessiond_server::Server::bind(config).await?;
-        println!(
-            "sessiond ready: resp={} metrics={}",
-            server.local_addr()?,
-            server
-                .metrics_addr()
-                .map_or("off".to_owned(), |a| a.to_string())
-        );
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let cancel = shutdown.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-            cancel.cancel();
-        });
-        server.run(shutdown).await;
-        Ok(())
-    })
+    rt.block_on(async { sessiond_server::server::serve_until_signal(args.resolve()?).await })
 }
 
 fn sh(cmd: &str, args: &[&str]) -> String {

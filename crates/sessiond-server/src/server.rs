@@ -237,3 +237,53 @@ async fn timekeeper(shared: Arc<Shared>, shutdown: CancellationToken) {
         }
     }
 }
+
+/// Runs a server the way the `sessiond` binary does: binds, prints the one
+/// machine-readable line `sessiond ready: resp=ADDR metrics=ADDR|off` on
+/// stdout for scripts and tests, and serves until SIGTERM or Ctrl-C, then
+/// shuts down cleanly.
+///
+/// # Errors
+/// When the server cannot start (bad settings, port taken, storage).
+pub async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
+    let server = Server::bind(config.clone()).await?;
+    let addr = server.local_addr()?;
+    println!(
+        "sessiond ready: resp={addr} metrics={}",
+        server
+            .metrics_addr()
+            .map_or("off".to_owned(), |a| a.to_string())
+    );
+    tracing::info!(%addr, durability = ?config.durability, storage = ?config.storage, data_dir = %config.data_dir.display(), "listening");
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        signal.cancel();
+    });
+    server.run(shutdown).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,9 +1,7 @@
 //! The `sessiond` command.
 
 use clap::{Parser, Subcommand};
-use sessiond_server::Server;
 use sessiond_server::config::ServeArgs;
-use tokio_util::sync::CancellationToken;
 
 /// sessiond: a session store for web applications on many servers.
 #[derive(Parser)]
@@ -61,46 +59,5 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = args.resolve()?;
-    let server = Server::bind(config.clone()).await?;
-    let addr = server.local_addr()?;
-    // One machine-readable line on stdout for scripts and tests.
-    println!(
-        "sessiond ready: resp={addr} metrics={}",
-        server
-            .metrics_addr()
-            .map_or("off".to_owned(), |a| a.to_string())
-    );
-    tracing::info!(%addr, durability = ?config.durability, storage = ?config.storage, data_dir = %config.data_dir.display(), "listening");
-    let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        signal.cancel();
-    });
-    server.run(shutdown).await;
-    Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    sessiond_server::server::serve_until_signal(args.resolve()?).await
 }
