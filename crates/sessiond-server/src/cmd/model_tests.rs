@@ -191,8 +191,10 @@ fn fresh_state() -> State {
 }
 
 /// Holders never conflict, every queued waiter can still be handed its lock,
-/// and a token never seen before is higher than every earlier one.
+/// and every token not seen before is higher than every token seen at an
+/// earlier step (one step may grant several, in any order).
 fn check_locks(state: &State, seen: &mut HashSet<u64>, max_seen: &mut u64) {
+    let mut new_tokens = Vec::new();
     for (session, holders, queue) in state.locks.inspect(None) {
         for (i, a) in holders.iter().enumerate() {
             for b in &holders[i + 1..] {
@@ -202,8 +204,7 @@ fn check_locks(state: &State, seen: &mut HashSet<u64>, max_seen: &mut u64) {
                 );
             }
             if seen.insert(a.token) {
-                assert!(a.token > *max_seen, "token {} after {max_seen}", a.token);
-                *max_seen = a.token;
+                new_tokens.push(a.token);
             }
         }
         for w in &queue {
@@ -214,6 +215,10 @@ fn check_locks(state: &State, seen: &mut HashSet<u64>, max_seen: &mut u64) {
             );
         }
     }
+    for &t in &new_tokens {
+        assert!(t > *max_seen, "token {t} after {max_seen}");
+    }
+    *max_seen = new_tokens.into_iter().fold(*max_seen, u64::max);
 }
 
 proptest! {
