@@ -748,6 +748,11 @@ impl Store {
             id: old.clone(),
             keys: session.fields.keys().cloned().collect(),
         });
+        // An expired session of the same name may linger until purged: it
+        // is dead, and its index entry and stored fields must go with it.
+        if self.sessions.contains_key(new_id) {
+            self.remove_session(new_id);
+        }
         // A dead alias of the same name may linger until purged.
         if let Some(stale) = self.aliases.remove(new_id) {
             self.alias_expiry.remove(stale.until, new_id);

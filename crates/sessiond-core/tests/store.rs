@@ -363,3 +363,49 @@ fn reads_slide_expiry_at_once_but_reach_storage_in_bulk() {
     s.take_mutations();
     assert_eq!(s.record_accesses(), 0);
 }
+
+#[test]
+fn regenerate_onto_an_expired_unpurged_id_replaces_it_entirely() {
+    let mut s = store();
+    create(&mut s, 0, "old", Some(10_000), None);
+    s.commit(
+        0,
+        &id("old"),
+        CommitRequest {
+            ops: vec![set("user", "bob")],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    create(&mut s, 0, "dead", Some(100), None);
+    s.commit(
+        0,
+        &id("dead"),
+        CommitRequest {
+            ops: vec![set("stale", "x")],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    s.take_mutations();
+    // "dead" expired at 100 but nothing purged it yet.
+    s.regenerate(200, &id("old"), &id("dead"), Some(0)).unwrap();
+    let muts = s.take_mutations();
+    assert!(
+        muts.iter()
+            .any(|m| matches!(m, Mutation::DelSession { id, keys }
+            if id.as_str() == "dead" && keys.len() == 1)),
+        "the dead session's stored fields are deleted: {muts:?}"
+    );
+    // The purge at the old deadline must not take the regenerated session.
+    s.purge_expired(300, usize::MAX);
+    let read = s
+        .read(300, &id("dead"), ReadOptions::default())
+        .unwrap()
+        .unwrap();
+    let keys: Vec<&[u8]> = read.fields.iter().map(|f| f.key.as_ref()).collect();
+    assert_eq!(keys, vec![&b"user"[..]], "only the moved data");
+    // And it expires by its own deadline (the read at 300 slid it), once.
+    assert_eq!(s.purge_expired(300 + 10_000 - 1, usize::MAX), 0);
+    assert_eq!(s.purge_expired(300 + 10_000, usize::MAX), 1);
+}
