@@ -748,18 +748,7 @@ impl Store {
             id: old.clone(),
             keys: session.fields.keys().cloned().collect(),
         });
-        // An expired session of the same name may linger until purged: it
-        // is dead, and its index entry and stored fields must go with it.
-        if self.sessions.contains_key(new_id) {
-            self.remove_session(new_id);
-        }
-        // A dead alias of the same name may linger until purged.
-        if let Some(stale) = self.aliases.remove(new_id) {
-            self.alias_expiry.remove(stale.until, new_id);
-            self.outbox.push(Mutation::DelAlias {
-                old: new_id.clone(),
-            });
-        }
+        self.clear_dead(new_id);
         session.meta.last_access = now;
         self.outbox.push(Mutation::PutMeta {
             id: new_id.clone(),
@@ -846,15 +835,11 @@ impl Store {
         }
     }
 
-    fn insert_new(
-        &mut self,
-        now: Millis,
-        id: &SessionId,
-        ttl_ms: Option<u64>,
-        lifetime_ms: Option<u64>,
-    ) {
-        // An expired session or alias of the same id may still be waiting
-        // for the purge; it is dead, so the new one replaces it.
+    /// Before a session takes `id` (create, regenerate): an expired session
+    /// or alias of that id may still be waiting for the purge. It is dead;
+    /// its index entry and stored rows go now, so the purge cannot later
+    /// take the new session for it and no stale field survives on disk.
+    fn clear_dead(&mut self, id: &SessionId) {
         if self.sessions.contains_key(id) {
             self.remove_session(id);
         }
@@ -862,6 +847,16 @@ impl Store {
             self.alias_expiry.remove(stale.until, id);
             self.outbox.push(Mutation::DelAlias { old: id.clone() });
         }
+    }
+
+    fn insert_new(
+        &mut self,
+        now: Millis,
+        id: &SessionId,
+        ttl_ms: Option<u64>,
+        lifetime_ms: Option<u64>,
+    ) {
+        self.clear_dead(id);
         let meta = self.new_meta(now, ttl_ms, lifetime_ms);
         self.expiry.insert(meta.deadline(), id.clone());
         self.sessions.insert(
