@@ -10,6 +10,7 @@
 //! - [`clock`]: [`Clock`], [`SystemClock`], [`ManualClock`].
 //! - [`id`]: [`SessionId`], validated ids.
 //! - [`session`]: [`Session`], [`Field`], [`SessionMeta`] and the deadline rule.
+//! - [`fields`]: [`PackedFields`], a session's fields in one buffer.
 //! - [`expiry`]: [`ExpiryIndex`], deadlines ordered by time.
 //! - [`store`]: [`Store`], every operation on sessions, and the outbox of
 //!   [`Mutation`]s the server persists.
@@ -22,6 +23,7 @@
 pub mod clock;
 pub mod error;
 pub mod expiry;
+pub mod fields;
 pub mod id;
 pub mod locks;
 pub mod session;
@@ -30,6 +32,7 @@ pub mod store;
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
 pub use error::StoreError;
 pub use expiry::ExpiryIndex;
+pub use fields::{PackedFields, PackedFieldsBuilder};
 pub use id::SessionId;
 pub use locks::LockTable;
 pub use session::{Field, Session, SessionMeta};

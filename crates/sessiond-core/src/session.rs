@@ -1,10 +1,9 @@
 //! One session: fields with versions, and its timing.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 
 use crate::Millis;
+use crate::fields::PackedFields;
 
 /// A field of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,13 +51,13 @@ impl SessionMeta {
 pub struct Session {
     /// Versions and timing.
     pub meta: SessionMeta,
-    /// The fields, by key.
-    pub fields: HashMap<Bytes, Field>,
+    /// The fields, sorted by key, packed in one buffer.
+    pub fields: PackedFields,
 }
 
 impl Session {
     /// The current version of `key`, 0 when absent.
     pub fn key_version(&self, key: &[u8]) -> u64 {
-        self.fields.get(key).map_or(0, |f| f.version)
+        self.fields.version(key)
     }
 }

@@ -6,11 +6,12 @@
 //! lock that guards the store, so the disk sees changes in the order they
 //! were made.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 
 use crate::expiry::ExpiryIndex;
+use crate::fields::PackedFields;
 use crate::session::{Field, Session, SessionMeta};
 use crate::{Millis, SessionId, StoreError};
 
@@ -321,6 +322,12 @@ impl Store {
         self.last_version
     }
 
+    /// How many changes wait in the outbox (made since the last
+    /// [`Store::take_mutations`]).
+    pub fn pending_mutations(&self) -> usize {
+        self.outbox.len()
+    }
+
     /// Takes the changes made since the last call, oldest first.
     pub fn take_mutations(&mut self) -> Vec<Mutation> {
         std::mem::take(&mut self.outbox)
@@ -350,12 +357,18 @@ impl Store {
 
     // ---- loading -------------------------------------------------------
 
+    /// Makes room for `additional` more sessions at once, so a startup
+    /// load does not rehash the map at every doubling.
+    pub fn reserve_sessions(&mut self, additional: usize) {
+        self.sessions.reserve(additional);
+    }
+
     /// Puts a session loaded from storage back. Used only at startup.
     pub fn restore_session(&mut self, id: SessionId, session: Session) {
-        self.last_version = self.last_version.max(session.meta.version);
-        for field in session.fields.values() {
-            self.last_version = self.last_version.max(field.version);
-        }
+        self.last_version = self
+            .last_version
+            .max(session.meta.version)
+            .max(session.fields.max_version());
         let deadline = session.meta.deadline();
         if let Some(old) = self.sessions.insert(id.clone(), session) {
             self.expiry.remove(old.meta.deadline(), &id);
@@ -481,7 +494,7 @@ impl Store {
                     Some(f) => ReadField {
                         key: k.clone(),
                         version: f.version,
-                        value: Some(f.value.clone()),
+                        value: Some(f.value),
                     },
                     None => ReadField {
                         key: k.clone(),
@@ -490,19 +503,16 @@ impl Store {
                     },
                 })
                 .collect(),
-            None => {
-                let mut all: Vec<ReadField> = session
-                    .fields
-                    .iter()
-                    .map(|(k, f)| ReadField {
-                        key: k.clone(),
-                        version: f.version,
-                        value: Some(f.value.clone()),
-                    })
-                    .collect();
-                all.sort_by(|a, b| a.key.cmp(&b.key));
-                all
-            }
+            // Packed fields iterate in key order already.
+            None => session
+                .fields
+                .iter()
+                .map(|(key, f)| ReadField {
+                    key,
+                    version: f.version,
+                    value: Some(f.value),
+                })
+                .collect(),
         };
         Some(ReadResult {
             id: canonical.clone(),
@@ -530,7 +540,7 @@ impl Store {
         let canonical = existing.clone().unwrap_or_else(|| id.clone());
         let empty = Session {
             meta: self.new_meta(now, req.ttl_ms, req.lifetime_ms),
-            fields: HashMap::new(),
+            fields: PackedFields::new(),
         };
         let session = match &existing {
             Some(c) => self.sessions.get(c).unwrap_or(&empty),
@@ -538,32 +548,43 @@ impl Store {
             None => return Err(StoreError::NoSession(id.to_string())),
         };
 
-        // Check everything before changing anything.
+        // Check everything before changing anything. Conditions are on the
+        // versions as they were before this commit; later ops on a key
+        // replace earlier ones.
         let mut conflicts: Vec<Bytes> = Vec::new();
+        let mut conflicted: HashSet<&Bytes> = HashSet::new();
+        let mut changes: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
         for op in &req.ops {
             if let Some(expected) = op.if_version()
                 && session.key_version(op.key()) != expected
-                && !conflicts.contains(op.key())
+                && conflicted.insert(op.key())
             {
                 conflicts.push(op.key().clone());
             }
-            if let Op::Set { key, value, .. } = op
-                && value.len() > limits.max_value_bytes
-            {
-                return Err(StoreError::ValueTooLarge {
-                    key: key.clone(),
-                    size: value.len(),
-                    limit: limits.max_value_bytes,
-                });
+            match op {
+                Op::Set { key, value, .. } => {
+                    if value.len() > limits.max_value_bytes {
+                        return Err(StoreError::ValueTooLarge {
+                            key: key.clone(),
+                            size: value.len(),
+                            limit: limits.max_value_bytes,
+                        });
+                    }
+                    changes.insert(key.clone(), Some(value.clone()));
+                }
+                Op::Del { key, .. } => {
+                    changes.insert(key.clone(), None);
+                }
             }
         }
         if !conflicts.is_empty() {
             return Err(StoreError::Conflict(conflicts));
         }
-        let count = key_count_after(session, &req.ops);
-        if count > limits.max_keys_per_session {
+        let version = self.last_version + 1;
+        let fields = session.fields.with_changes(&changes, version);
+        if fields.len() > limits.max_keys_per_session {
             return Err(StoreError::TooManyKeys {
-                count,
+                count: fields.len(),
                 limit: limits.max_keys_per_session,
             });
         }
@@ -571,35 +592,36 @@ impl Store {
         if existing.is_none() {
             self.insert_new(now, &canonical, req.ttl_ms, req.lifetime_ms);
         }
-        let version = self.bump_version();
+        // Nothing since `version` was chosen has taken a version.
+        self.last_version = version;
         let session = self
             .sessions
             .get_mut(&canonical)
             .ok_or_else(|| StoreError::NoSession(id.to_string()))?;
-        let mut op_versions = Vec::with_capacity(req.ops.len());
-        for op in req.ops {
-            match op {
-                Op::Set { key, value, .. } => {
-                    let field = Field { value, version };
-                    self.outbox.push(Mutation::PutField {
-                        id: canonical.clone(),
-                        key: key.clone(),
-                        field: field.clone(),
-                    });
-                    session.fields.insert(key, field);
-                    op_versions.push(version);
-                }
-                Op::Del { key, .. } => {
-                    if session.fields.remove(&key).is_some() {
-                        self.outbox.push(Mutation::DelField {
-                            id: canonical.clone(),
-                            key,
-                        });
-                    }
-                    op_versions.push(0);
-                }
-            }
+        // The storage gets the commit's net effect: each changed key once.
+        // Deleting a key the session did not have is a no-op there.
+        for (key, value) in changes {
+            self.outbox.push(match value {
+                Some(value) => Mutation::PutField {
+                    id: canonical.clone(),
+                    key,
+                    field: Field { value, version },
+                },
+                None => Mutation::DelField {
+                    id: canonical.clone(),
+                    key,
+                },
+            });
         }
+        session.fields = fields;
+        let op_versions = req
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Set { .. } => version,
+                Op::Del { .. } => 0,
+            })
+            .collect();
         session.meta.version = version;
         self.slide_and_record(now, &canonical, req.ttl_ms, true);
         Ok(CommitOutcome {
@@ -667,8 +689,7 @@ impl Store {
         let current = self
             .sessions
             .get(&canonical)
-            .and_then(|s| s.fields.get(key))
-            .cloned();
+            .and_then(|s| s.fields.get(key));
         match current {
             Some(f) if f.value.as_ref() == expected => {
                 let outcome = self.commit(
@@ -746,7 +767,7 @@ impl Store {
         self.expiry.remove(session.meta.deadline(), &old);
         self.outbox.push(Mutation::DelSession {
             id: old.clone(),
-            keys: session.fields.keys().cloned().collect(),
+            keys: session.fields.keys().collect(),
         });
         self.clear_dead(new_id);
         session.meta.last_access = now;
@@ -754,11 +775,11 @@ impl Store {
             id: new_id.clone(),
             meta: session.meta,
         });
-        for (key, field) in &session.fields {
+        for (key, field) in session.fields.iter() {
             self.outbox.push(Mutation::PutField {
                 id: new_id.clone(),
-                key: key.clone(),
-                field: field.clone(),
+                key,
+                field,
             });
         }
         self.expiry.insert(session.meta.deadline(), new_id.clone());
@@ -797,7 +818,7 @@ impl Store {
                 debug_assert_eq!(session.meta.deadline(), deadline);
                 self.outbox.push(Mutation::DelSession {
                     id,
-                    keys: session.fields.into_keys().collect(),
+                    keys: session.fields.keys().collect(),
                 });
                 self.stats.expired += 1;
                 removed += 1;
@@ -863,7 +884,7 @@ impl Store {
             id.clone(),
             Session {
                 meta,
-                fields: HashMap::new(),
+                fields: PackedFields::new(),
             },
         );
         self.outbox.push(Mutation::PutMeta {
@@ -878,7 +899,7 @@ impl Store {
             self.expiry.remove(session.meta.deadline(), id);
             self.outbox.push(Mutation::DelSession {
                 id: id.clone(),
-                keys: session.fields.into_keys().collect(),
+                keys: session.fields.keys().collect(),
             });
         }
     }
@@ -920,36 +941,6 @@ impl Store {
             self.accessed.remove(id);
         }
     }
-
-    fn bump_version(&mut self) -> u64 {
-        self.last_version += 1;
-        self.last_version
-    }
-}
-
-/// How many keys a session has after `ops`.
-fn key_count_after(session: &Session, ops: &[Op]) -> usize {
-    let mut added: Vec<&Bytes> = Vec::new();
-    let mut removed: Vec<&Bytes> = Vec::new();
-    for op in ops {
-        let key = op.key();
-        let exists_before = session.fields.contains_key(key);
-        match op {
-            Op::Set { .. } => {
-                removed.retain(|k| *k != key);
-                if !exists_before && !added.contains(&key) {
-                    added.push(key);
-                }
-            }
-            Op::Del { .. } => {
-                added.retain(|k| *k != key);
-                if exists_before && !removed.contains(&key) {
-                    removed.push(key);
-                }
-            }
-        }
-    }
-    session.fields.len() + added.len() - removed.len()
 }
 
 /// Parses a strict decimal i64: an optional `-`, then digits, nothing else.

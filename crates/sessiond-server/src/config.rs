@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// When writes reach the disk [default: everysec].
     #[arg(long, env = "SESSIOND_DURABILITY")]
     pub durability: Option<Durability>,
+    /// redb's page cache, in MiB [default: 64]. Every session is also held
+    /// in memory, so the cache only speeds the writer's B-tree updates.
+    #[arg(long, env = "SESSIOND_STORAGE_CACHE_MB")]
+    pub storage_cache_mb: Option<usize>,
     /// Password clients must give with AUTH or HELLO (Redis's requirepass).
     #[arg(long, env = "SESSIOND_REQUIREPASS", hide_env_values = true)]
     pub requirepass: Option<String>,
@@ -107,6 +111,8 @@ pub struct Config {
     pub storage: StorageKind,
     /// Durability policy.
     pub durability: Durability,
+    /// redb page cache size in bytes.
+    pub storage_cache_bytes: usize,
     /// Password, if any.
     pub requirepass: Option<String>,
     /// Metrics listen address, if enabled.
@@ -208,6 +214,8 @@ impl ServeArgs {
             data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from("data")),
             storage: s.storage.unwrap_or(StorageKind::Redb),
             durability: s.durability.unwrap_or(Durability::Everysec),
+            storage_cache_bytes: positive("storage-cache-mb", s.storage_cache_mb.unwrap_or(64))?
+                .saturating_mul(1 << 20),
             requirepass,
             metrics_addr,
             default_ttl: Duration::from_secs(s.default_ttl.unwrap_or(1440)),
@@ -236,6 +244,7 @@ impl ServeArgs {
             data_dir: self.data_dir.or(file.data_dir),
             storage: self.storage.or(file.storage),
             durability: self.durability.or(file.durability),
+            storage_cache_mb: self.storage_cache_mb.or(file.storage_cache_mb),
             requirepass: self.requirepass.or(file.requirepass),
             allow_remote_without_password: self
                 .allow_remote_without_password

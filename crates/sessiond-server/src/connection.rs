@@ -193,10 +193,15 @@ async fn execute(
         Command::Lock(c) => {
             let owner = conn.id;
             let lookup = |id: u64| shared.clients.lock().get(&id).cloned();
-            let (step, _) = shared.apply(|st, now| c.apply(st, now, owner, &lookup));
+            let (step, seq) = shared.apply(|st, now| c.apply(st, now, owner, &lookup));
             shared.timer.notify_one();
             match step {
-                Ok(LockStep::Reply(r)) => Some(r),
+                // A grant with CREATE may have created the session: under
+                // `always` its reply waits for the disk like a write's.
+                Ok(LockStep::Reply(r)) => Some(match shared.durable(seq).await {
+                    Ok(()) => r,
+                    Err(e) => Reply::error("ERR", e.to_string()),
+                }),
                 Ok(LockStep::Wait(wait)) => {
                     wait_for_grant(wait, shared, stream, inbuf, shutdown).await
                 }
@@ -231,27 +236,37 @@ async fn wait_for_grant(
             }
         }
     };
-    let (reply, _) = shared.apply(|st, now| {
-        let grant = match outcome {
-            Some(g) => Some(g),
-            // A grant may have raced with the timeout; it then counts.
-            None => lock::cancel_wait(st, now, &mut wait),
-        };
-        match grant {
-            Some(g) if client_gone => {
-                lock::release_token(st, now, g.token);
-                None
-            }
-            Some(g) => Some(
-                lock::granted_reply(st, now, &g, &wait.args, wait.once_version)
-                    .unwrap_or_else(|e| error_reply(&e)),
-            ),
-            None => None,
+    let handed = match outcome {
+        // The usual way: the reply came built with the grant; the state is
+        // not touched again.
+        Some(handed) if !client_gone => Some(handed),
+        _ => {
+            shared
+                .apply(|st, now| {
+                    // A grant may have raced with the timeout; it then counts.
+                    let handed = outcome.or_else(|| lock::cancel_wait(st, now, &mut wait));
+                    match handed {
+                        Some(h) if client_gone => {
+                            lock::release_token(st, now, h.grant.token);
+                            None
+                        }
+                        other => other,
+                    }
+                })
+                .0
         }
-    });
+    };
     if client_gone {
         return None;
     }
+    let reply = match handed {
+        Some(h) if h.wrote => match shared.durable_so_far().await {
+            Ok(()) => Some(h.reply),
+            Err(e) => Some(Reply::error("ERR", e.to_string())),
+        },
+        Some(h) => Some(h.reply),
+        None => None,
+    };
     Some(match reply {
         Some(r) => {
             shared

@@ -158,6 +158,11 @@ impl Persistence {
         Some(self.next_seq)
     }
 
+    /// The position of the newest batch submitted, if any.
+    pub fn last_submitted(&self) -> Option<Seq> {
+        (self.next_seq > 0).then_some(self.next_seq)
+    }
+
     /// What the reply to a write that made the changes `seq` must wait for:
     /// under `always`, `seq` on disk; otherwise nothing, unless the writer
     /// is more than the lag limit behind, then until it caught up with the
@@ -341,9 +346,9 @@ mod tests {
     fn stored_fields(storage: &MemoryStorage) -> usize {
         use crate::storage::Storage;
         let loaded = storage.clone().load().unwrap();
-        loaded.sessions[&SessionId::parse(b"s").unwrap()]
-            .fields
-            .len()
+        loaded
+            .session(&SessionId::parse(b"s").unwrap())
+            .map_or(0, |s| s.fields.len())
     }
 
     #[tokio::test]

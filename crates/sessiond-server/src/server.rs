@@ -42,7 +42,7 @@ impl Server {
                 })?;
                 let path = config.data_dir.join("sessions.redb");
                 Box::new(
-                    RedbStorage::open(&path)
+                    RedbStorage::open_with_cache(&path, config.storage_cache_bytes)
                         .with_context(|| format!("opening {}", path.display()))?,
                 )
             }
@@ -77,6 +77,7 @@ impl Server {
             },
         });
         let count = loaded.sessions.len();
+        store.reserve_sessions(count);
         for (id, session) in loaded.sessions {
             store.restore_session(id, session);
         }

@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use sessiond_core::locks::{Grant, WaiterId};
+use sessiond_core::locks::WaiterId;
 use sessiond_core::{Clock, LockTable, Millis, Store};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 
+use crate::cmd::lock::Waiting;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::persist::{DurabilityError, Persistence, Seq};
@@ -22,8 +23,8 @@ pub struct State {
     /// Every lock.
     pub locks: LockTable,
     /// Connections waiting for a lock, by waiter id: the release that frees
-    /// the lock sends the grant here.
-    pub waiters: HashMap<WaiterId, oneshot::Sender<Grant>>,
+    /// the lock builds the waiter's reply and sends it here.
+    pub waiters: HashMap<WaiterId, Waiting>,
 }
 
 // Why one lock for the store, the lock table and the persistence queue: a
@@ -112,6 +113,24 @@ impl Shared {
         f(&g.state, now)
     }
 
+    /// Waits, as [`Shared::durable`], for every change submitted so far: for
+    /// a reply built by another connection's operation, whose position
+    /// this connection does not know.
+    ///
+    /// # Errors
+    /// [`DurabilityError`] when storage failed.
+    pub async fn durable_so_far(&self) -> Result<(), DurabilityError> {
+        let waiter = {
+            let mut g = self.guarded.lock();
+            let seq = g.persist.last_submitted();
+            g.persist.waiter(seq)
+        };
+        match waiter {
+            Some(w) => w.wait().await,
+            None => Ok(()),
+        }
+    }
+
     /// Waits, when the durability policy says replies wait, until `seq` is
     /// on disk; under the other policies, only when the writer is more than
     /// a second behind, until it caught up (backpressure).
@@ -119,6 +138,9 @@ impl Shared {
     /// # Errors
     /// [`DurabilityError`] when storage failed.
     pub async fn durable(&self, seq: Option<Seq>) -> Result<(), DurabilityError> {
+        if seq.is_none() {
+            return Ok(());
+        }
         let waiter = self.guarded.lock().persist.waiter(seq);
         match waiter {
             Some(w) => w.wait().await,

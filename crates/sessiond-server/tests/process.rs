@@ -194,7 +194,10 @@ async fn last_access_moved_by_reads_reaches_the_disk() {
 
     let mut storage = RedbStorage::open(&dir.path().join("sessions.redb")).unwrap();
     let loaded = storage.load().unwrap();
-    let meta = loaded.sessions[&sessiond_core::SessionId::parse(b"reader").unwrap()].meta;
+    let meta = loaded
+        .session(&sessiond_core::SessionId::parse(b"reader").unwrap())
+        .expect("the session is stored")
+        .meta;
     // The server's clock may trail the test's by the ms it rounds off.
     assert!(
         meta.last_access + 1 >= read_at,

@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the server (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// List the locks held and waited for (the lock inspector).
     Locks {
         /// Server address.
@@ -53,7 +53,7 @@ fn main() -> anyhow::Result<()> {
             session.as_deref(),
             password,
         )),
-        Some(Cmd::Serve(args)) => runtime.block_on(serve(args)),
+        Some(Cmd::Serve(args)) => runtime.block_on(serve(*args)),
         None => runtime.block_on(serve(cli.serve)),
     }
 }

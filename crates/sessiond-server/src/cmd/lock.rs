@@ -1,7 +1,10 @@
 //! LOCK.* commands. Waiting happens in the connection (see
 //! `connection.rs`): a command that has to wait returns a [`LockWait`]
-//! holding the receiving end of a oneshot; the release that frees the lock
-//! sends the grant through it.
+//! holding the receiving end of a oneshot; the operation that frees the lock
+//! (a release, a commit with UNLOCK, an expired lease, a closed connection)
+//! builds the waiter's whole reply under the same state lock and sends it
+//! through. The waiting connection only writes it out: a hand-off costs one
+//! wake-up of the waiter's task and no second pass over the state.
 
 use sessiond_core::locks::{Acquired, Grant, Handoff, LockRequest, Scope, WaiterId};
 use sessiond_core::{Millis, ReadOptions, SessionId, StoreError};
@@ -52,13 +55,30 @@ pub struct LockWait {
     /// The waiter.
     pub waiter: WaiterId,
     /// Where the grant arrives.
-    pub rx: oneshot::Receiver<Grant>,
+    pub rx: oneshot::Receiver<Handed>,
     /// How long to wait.
     pub wait_ms: u64,
-    /// What to reply with once granted.
-    pub args: AcquireArgs,
-    /// For LOCK.ONCE: the version the caller saw.
-    pub once_version: Option<u64>,
+}
+
+/// A queued waiter as the state keeps it: what to reply once granted, and
+/// where to send that.
+#[derive(Debug)]
+pub struct Waiting {
+    tx: oneshot::Sender<Handed>,
+    args: AcquireArgs,
+    once_version: Option<u64>,
+}
+
+/// A lock handed to a waiting connection, with the reply to send it.
+#[derive(Debug)]
+pub struct Handed {
+    /// The grant.
+    pub grant: Grant,
+    /// The reply, built when the lock was handed over.
+    pub reply: Reply,
+    /// Whether building the reply changed the store (LOCK.ACQUIRE … CREATE
+    /// created the session), so the reply waits for the disk as a write's.
+    pub wrote: bool,
 }
 
 /// What executing a lock command yields.
@@ -265,13 +285,19 @@ fn acquire(
         )?)),
         Ok(Acquired::Queued(waiter)) => {
             let (tx, rx) = oneshot::channel();
-            state.waiters.insert(waiter, tx);
+            let wait_ms = args.wait_ms;
+            state.waiters.insert(
+                waiter,
+                Waiting {
+                    tx,
+                    args,
+                    once_version,
+                },
+            );
             Ok(LockStep::Wait(LockWait {
                 waiter,
                 rx,
-                wait_ms: args.wait_ms,
-                args,
-                once_version,
+                wait_ms,
             }))
         }
         Err(StoreError::Timeout(_)) => Err(StoreError::Timeout(args.wait_ms).into()),
@@ -352,15 +378,28 @@ pub fn granted_reply(
     ]))
 }
 
-/// Hands grants to their waiting connections. A waiter whose connection
-/// already left (its receiver is gone) gets its grant released at once, so
-/// the lock moves on to the next in line.
+/// Hands grants to their waiting connections, each with its reply built
+/// here (the read the grant returns), so the waiter has nothing left to do
+/// but write it. A waiter whose connection already left (its receiver is
+/// gone) gets its grant released at once, so the lock moves on to the next
+/// in line.
 pub fn deliver(state: &mut State, now: Millis, handoffs: Vec<Handoff>) {
     let mut work = handoffs;
     while let Some(h) = work.pop() {
         let sent = match state.waiters.remove(&h.waiter) {
-            Some(tx) => tx.send(h.grant.clone()).is_ok(),
-            None => false,
+            Some(w) if !w.tx.is_closed() => {
+                let before = state.store.pending_mutations();
+                let reply = granted_reply(state, now, &h.grant, &w.args, w.once_version)
+                    .unwrap_or_else(|e| super::error_reply(&e));
+                let wrote = state.store.pending_mutations() > before;
+                w.tx.send(Handed {
+                    grant: h.grant.clone(),
+                    reply,
+                    wrote,
+                })
+                .is_ok()
+            }
+            _ => false,
         };
         if !sent {
             work.extend(
@@ -381,7 +420,7 @@ pub fn release_token(state: &mut State, now: Millis, token: u64) {
 
 /// Gives up a wait (timeout, or the client left). Returns a grant that
 /// arrived in the meantime, which the caller then owns.
-pub fn cancel_wait(state: &mut State, now: Millis, wait: &mut LockWait) -> Option<Grant> {
+pub fn cancel_wait(state: &mut State, now: Millis, wait: &mut LockWait) -> Option<Handed> {
     state.waiters.remove(&wait.waiter);
     let h = state.locks.cancel_wait(now, wait.waiter);
     deliver(state, now, h);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use sessiond_core::{Alias, Field, Mutation, Session, SessionId, SessionMeta};
+use sessiond_core::{Alias, Field, Mutation, PackedFields, Session, SessionId, SessionMeta};
 
 use super::{Loaded, Storage, StorageError};
 
@@ -26,24 +26,27 @@ pub struct MemoryStorage(Arc<Mutex<Inner>>);
 impl Storage for MemoryStorage {
     fn load(&mut self) -> Result<Loaded, StorageError> {
         let inner = self.0.lock();
-        let mut sessions: HashMap<SessionId, Session> = inner
+        let mut fields: HashMap<&SessionId, Vec<(Bytes, Field)>> = HashMap::new();
+        for ((id, key), field) in &inner.fields {
+            fields
+                .entry(id)
+                .or_default()
+                .push((key.clone(), field.clone()));
+        }
+        let sessions: Vec<(SessionId, Session)> = inner
             .metas
             .iter()
             .map(|(id, meta)| {
+                let entries = fields.remove(id).unwrap_or_default();
                 (
                     id.clone(),
                     Session {
                         meta: *meta,
-                        fields: HashMap::new(),
+                        fields: PackedFields::from_entries(entries),
                     },
                 )
             })
             .collect();
-        for ((id, key), field) in &inner.fields {
-            if let Some(s) = sessions.get_mut(id) {
-                s.fields.insert(key.clone(), field.clone());
-            }
-        }
         Ok(Loaded {
             sessions,
             aliases: inner.aliases.clone(),

@@ -30,14 +30,21 @@ pub enum StorageError {
 /// What is on disk, as loaded at startup.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// Every stored session with its fields.
-    pub sessions: HashMap<SessionId, Session>,
+    /// Every stored session with its fields, each id once.
+    pub sessions: Vec<(SessionId, Session)>,
     /// Every stored alias.
     pub aliases: HashMap<SessionId, Alias>,
     /// The highest version ever handed out.
     pub version_floor: u64,
     /// The fencing epoch of the previous run (0 for a new store).
     pub fence_epoch: u64,
+}
+
+impl Loaded {
+    /// The loaded session `id` (a linear search: for tests).
+    pub fn session(&self, id: &SessionId) -> Option<&Session> {
+        self.sessions.iter().find(|(i, _)| i == id).map(|(_, s)| s)
+    }
 }
 
 /// A durable copy of the store.
@@ -114,8 +121,11 @@ mod conformance {
                     id: id("a"),
                     meta: meta(2),
                 },
+                put_field("a", "k3", "v3", 2),
                 put_field("a", "k1", "v1", 1),
                 put_field("a", "k2", "v2", 2),
+                // A field row of a session that has no metadata row.
+                put_field("orphan", "k", "v", 1),
                 Mutation::PutMeta {
                     id: id("b"),
                     meta: meta(3),
@@ -152,11 +162,28 @@ mod conformance {
         let mut st = open();
         let loaded = st.load().unwrap();
         assert_eq!(loaded.sessions.len(), 1);
-        let a = &loaded.sessions[&id("a")];
+        let a = loaded.session(&id("a")).unwrap();
         assert_eq!(a.meta, meta(2));
-        assert_eq!(a.fields.len(), 1);
-        assert_eq!(a.fields[&Bytes::from("k2")].value, Bytes::from("v2"));
-        assert_eq!(a.fields[&Bytes::from("k2")].version, 2);
+        let fields: Vec<(Bytes, Field)> = a.fields.iter().collect();
+        assert_eq!(
+            fields,
+            vec![
+                (
+                    Bytes::from("k2"),
+                    Field {
+                        value: Bytes::from("v2"),
+                        version: 2
+                    }
+                ),
+                (
+                    Bytes::from("k3"),
+                    Field {
+                        value: Bytes::from("v3"),
+                        version: 2
+                    }
+                ),
+            ]
+        );
         assert_eq!(loaded.aliases[&id("old")].target, id("a"));
         assert_eq!(loaded.aliases[&id("old")].until, 99);
         assert_eq!(loaded.version_floor, 7);

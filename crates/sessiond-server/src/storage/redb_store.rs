@@ -9,12 +9,15 @@
 //! Fields are stored one per row, so a commit that changes one key of a
 //! large session writes that key only.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::path::Path;
 
-use bytes::Bytes;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use sessiond_core::{Alias, Field, Mutation, Session, SessionId, SessionMeta};
+use redb::{
+    Builder, Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition,
+};
+use sessiond_core::{Alias, Mutation, PackedFieldsBuilder, Session, SessionId, SessionMeta};
 
 use super::{Loaded, Storage, StorageError};
 
@@ -25,6 +28,9 @@ type FieldRow<'a> = (u64, &'a [u8]);
 const FIELDS: TableDefinition<FieldKey, FieldRow> = TableDefinition::new("fields");
 const ALIASES: TableDefinition<&str, (&str, u64)> = TableDefinition::new("aliases");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The page cache [`RedbStorage::open`] gives redb: 64 MiB.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
 /// Storage in a redb file.
 pub struct RedbStorage {
@@ -41,7 +47,20 @@ impl RedbStorage {
     /// # Errors
     /// Engine failures (unreadable file, a file that is not redb, …).
     pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let db = Database::create(path).map_err(engine)?;
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`RedbStorage::open`] with a page cache of `cache_bytes`. redb's own
+    /// default is 1 GiB; sessiond holds every session in memory and reads
+    /// the file only at startup, so a big cache would mostly duplicate it.
+    ///
+    /// # Errors
+    /// As [`RedbStorage::open`].
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StorageError> {
+        let db = Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(engine)?;
         let txn = db.begin_write().map_err(engine)?;
         {
             txn.open_table(SESSIONS).map_err(engine)?;
@@ -79,41 +98,64 @@ fn parse_id(s: &str) -> Result<SessionId, StorageError> {
         .map_err(|_| StorageError::Corrupt(format!("bad session id {s:?}")))
 }
 
-impl Storage for RedbStorage {
-    fn load(&mut self) -> Result<Loaded, StorageError> {
+impl RedbStorage {
+    /// [`Storage::load`] with `threads_for(sessions)` threads reading fields.
+    fn load_with(&self, threads_for: impl Fn(usize) -> usize) -> Result<Loaded, StorageError> {
         let txn = self.db.begin_read().map_err(engine)?;
-        let mut sessions = HashMap::new();
-        let table = txn.open_table(SESSIONS).map_err(engine)?;
-        for row in table.iter().map_err(engine)? {
-            let (k, v) = row.map_err(engine)?;
-            sessions.insert(
-                parse_id(k.value())?,
-                Session {
-                    meta: from_row(v.value()),
-                    fields: HashMap::new(),
-                },
-            );
-        }
-        let table = txn.open_table(FIELDS).map_err(engine)?;
-        let mut current: Option<(String, Option<SessionId>)> = None;
-        for row in table.iter().map_err(engine)? {
-            let (k, v) = row.map_err(engine)?;
-            let (sid, key) = k.value();
-            let (version, value) = v.value();
-            // Rows are sorted by id: parse each id once.
-            if current.as_ref().is_none_or(|(s, _)| s != sid) {
-                current = Some((sid.to_owned(), parse_id(sid).ok()));
+
+        let metas: Vec<(SessionId, SessionMeta)> = {
+            let table = txn.open_table(SESSIONS).map_err(engine)?;
+            let mut metas = Vec::with_capacity(table.len().map_err(engine)? as usize);
+            for row in table.iter().map_err(engine)? {
+                let (k, v) = row.map_err(engine)?;
+                metas.push((parse_id(k.value())?, from_row(v.value())));
             }
-            if let Some((_, Some(id))) = &current
-                && let Some(session) = sessions.get_mut(id)
-            {
-                session.fields.insert(
-                    Bytes::copy_from_slice(key),
-                    Field {
-                        value: Bytes::copy_from_slice(value),
-                        version,
-                    },
-                );
+            metas
+        };
+        // The field rows are most of the work (ten or so per session), so
+        // they are read in parallel: each thread takes a run of consecutive
+        // session ids and the matching range of the fields table.
+        let fields = txn.open_table(FIELDS).map_err(engine)?;
+        let threads = threads_for(metas.len()).max(1);
+        let per_thread = metas.len().div_ceil(threads).max(1);
+        let mut runs = Vec::new();
+        let mut rest = metas;
+        while rest.len() > per_thread {
+            let tail = rest.split_off(per_thread);
+            runs.push(rest);
+            rest = tail;
+        }
+        runs.push(rest);
+        let bounds: Vec<Option<SessionId>> = runs
+            .iter()
+            .skip(1)
+            .map(|run| run.first().map(|(id, _)| id.clone()))
+            .chain(std::iter::once(None))
+            .collect();
+        let fields = &fields;
+        let loaded: Vec<Result<Vec<(SessionId, Session)>, StorageError>> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = runs
+                    .into_iter()
+                    .zip(bounds)
+                    .map(|(run, end)| scope.spawn(move || load_run(fields, run, end)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(StorageError::Engine("a loader thread panicked".into()))
+                        })
+                    })
+                    .collect()
+            });
+        let mut sessions = Vec::new();
+        for run in loaded {
+            let run = run?;
+            if sessions.is_empty() {
+                sessions = run;
+            } else {
+                sessions.extend(run);
             }
         }
         let mut aliases = HashMap::new();
@@ -139,6 +181,76 @@ impl Storage for RedbStorage {
             version_floor: get("version_floor")?,
             fence_epoch: get("fence_epoch")?,
         })
+    }
+}
+
+/// How many threads load `sessions` sessions: one per core, up to
+/// [`MAX_LOAD_THREADS`], each with at least [`MIN_SESSIONS_PER_LOAD_THREAD`].
+fn load_threads(sessions: usize) -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_LOAD_THREADS)
+        .min(sessions.div_ceil(MIN_SESSIONS_PER_LOAD_THREAD).max(1))
+}
+
+/// At most this many threads read the fields table at startup.
+const MAX_LOAD_THREADS: usize = 8;
+/// Below this many sessions per thread, another thread is not worth it.
+const MIN_SESSIONS_PER_LOAD_THREAD: usize = 50_000;
+
+/// Pairs the sessions of `run` (consecutive ids, sorted) with their field
+/// rows, which lie in the fields table from the run's first id up to `end`
+/// (the next run's first id). Both are sorted by id, so this is one merge
+/// pass: no map, no lookup, one packed buffer per session. Field rows of an
+/// id without a session row (never written that way) are skipped.
+fn load_run(
+    fields: &ReadOnlyTable<FieldKey<'static>, FieldRow<'static>>,
+    run: Vec<(SessionId, SessionMeta)>,
+    end: Option<SessionId>,
+) -> Result<Vec<(SessionId, Session)>, StorageError> {
+    let Some((first, _)) = run.first() else {
+        return Ok(Vec::new());
+    };
+    let start: (&str, &[u8]) = (first.as_str(), &[]);
+    let rows = match &end {
+        Some(end) => fields.range(start..(end.as_str(), &[][..])),
+        None => fields.range(start..),
+    };
+    let mut rows = rows.map_err(engine)?.peekable();
+    let mut builder = PackedFieldsBuilder::new();
+    let mut sessions = Vec::with_capacity(run.len());
+    for (id, meta) in run {
+        let sid = id.as_str();
+        loop {
+            let order = match rows.peek() {
+                None => break,
+                Some(Ok((key, _))) => key.value().0.cmp(sid),
+                Some(Err(_)) => Ordering::Equal,
+            };
+            if order == Ordering::Greater {
+                break;
+            }
+            let Some(row) = rows.next() else { break };
+            let (key, row) = row.map_err(engine)?;
+            if order == Ordering::Equal {
+                let (version, value) = row.value();
+                builder.push(key.value().1, value, version);
+            }
+        }
+        sessions.push((
+            id,
+            Session {
+                meta,
+                fields: builder.finish(),
+            },
+        ));
+    }
+    Ok(sessions)
+}
+
+impl Storage for RedbStorage {
+    fn load(&mut self) -> Result<Loaded, StorageError> {
+        self.load_with(load_threads)
     }
 
     fn apply(
@@ -210,5 +322,83 @@ impl Storage for RedbStorage {
             meta.insert("fence_epoch", epoch).map_err(engine)?;
         }
         txn.commit().map_err(engine)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Storage;
+    use bytes::Bytes;
+    use sessiond_core::Field;
+
+    /// Loading with several threads splits the sessions into runs and the
+    /// fields table into the matching ranges; every session must get
+    /// exactly its own fields whatever the split, including sessions with
+    /// no fields at a run's edge and field rows with no session.
+    #[test]
+    fn parallel_load_pairs_every_session_with_its_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = RedbStorage::open(&dir.path().join("s.redb")).unwrap();
+        let meta = |v| SessionMeta {
+            version: v,
+            created: 1,
+            last_access: 2,
+            ttl_ms: 3,
+            lifetime_deadline: None,
+        };
+        let mut mutations = Vec::new();
+        for n in 0..97u64 {
+            let id = SessionId::parse(format!("s{n:03}").as_bytes()).unwrap();
+            mutations.push(Mutation::PutMeta {
+                id: id.clone(),
+                meta: meta(n),
+            });
+            // Sessions 0, 5, 10, … have no fields; the others n % 7 + 1.
+            let count = if n.is_multiple_of(5) { 0 } else { n % 7 + 1 };
+            for k in 0..count {
+                mutations.push(Mutation::PutField {
+                    id: id.clone(),
+                    key: Bytes::from(format!("k{k}")),
+                    field: Field {
+                        value: Bytes::from(format!("{n}/{k}")),
+                        version: n * 10 + k,
+                    },
+                });
+            }
+            if n % 11 == 0 {
+                // A field row whose session row does not exist, sorting
+                // right after this session.
+                let orphan = SessionId::parse(format!("s{n:03}x").as_bytes()).unwrap();
+                mutations.push(Mutation::PutField {
+                    id: orphan,
+                    key: Bytes::from("k"),
+                    field: Field {
+                        value: Bytes::from("orphan"),
+                        version: 1,
+                    },
+                });
+            }
+        }
+        storage.apply(&mutations, 1, true).unwrap();
+
+        let expected = storage.load_with(|_| 1).unwrap().sessions;
+        assert_eq!(expected.len(), 97);
+        for (id, session) in &expected {
+            let n: u64 = id.as_str()[1..].parse().unwrap();
+            let count = if n.is_multiple_of(5) { 0 } else { n % 7 + 1 };
+            assert_eq!(session.meta, meta(n));
+            assert_eq!(session.fields.len() as u64, count, "{id}");
+            for (key, field) in session.fields.iter() {
+                let k: u64 = std::str::from_utf8(&key[1..]).unwrap().parse().unwrap();
+                assert_eq!(field.value, Bytes::from(format!("{n}/{k}")));
+                assert_eq!(field.version, n * 10 + k);
+            }
+        }
+        for threads in [2, 3, 8, 96, 97, 200] {
+            let loaded = storage.load_with(|_| threads).unwrap().sessions;
+            assert_eq!(loaded, expected, "{threads} threads");
+        }
+        assert_eq!(storage.load().unwrap().sessions, expected);
     }
 }
