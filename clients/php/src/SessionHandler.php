@@ -1007,7 +1007,8 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
     /** @return list<string|int> */
     private function lifetimeArgs(): array
     {
-        return $this->opt['lifetime'] !== null ? ['LIFETIME', (int) $this->opt['lifetime']] : [];
+        // 0 (or unset): no absolute lifetime; the server refuses LIFETIME 0.
+        return (int) ($this->opt['lifetime'] ?? 0) > 0 ? ['LIFETIME', (int) $this->opt['lifetime']] : [];
     }
 
     private function strict(): bool

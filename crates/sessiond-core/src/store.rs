@@ -263,6 +263,10 @@ pub struct Store {
     // Invariant: exactly one entry per session, at `meta.deadline()`.
     expiry: ExpiryIndex<SessionId>,
     aliases: HashMap<SessionId, Alias>,
+    // For every alias target, the old ids that lead to it: when the session
+    // goes, so do its aliases, or an old id would answer for a later session
+    // that takes the same id.
+    alias_sources: HashMap<SessionId, Vec<SessionId>>,
     // Invariant: exactly one entry per alias, at `until`.
     alias_expiry: ExpiryIndex<SessionId>,
     // The last version handed out; versions only grow, across restarts too
@@ -284,6 +288,7 @@ impl Store {
             sessions: HashMap::new(),
             expiry: ExpiryIndex::default(),
             aliases: HashMap::new(),
+            alias_sources: HashMap::new(),
             alias_expiry: ExpiryIndex::default(),
             last_version: 0,
             outbox: Vec::new(),
@@ -378,10 +383,7 @@ impl Store {
 
     /// Puts an alias loaded from storage back. Used only at startup.
     pub fn restore_alias(&mut self, old: SessionId, alias: Alias) {
-        self.alias_expiry.insert(alias.until, old.clone());
-        if let Some(prev) = self.aliases.insert(old.clone(), alias) {
-            self.alias_expiry.remove(prev.until, &old);
-        }
+        self.link_alias(old, alias);
     }
 
     /// Raises the version counter to at least `floor` (the high-water mark
@@ -792,10 +794,7 @@ impl Store {
                 target: new_id.clone(),
                 until,
             };
-            if let Some(prev) = self.aliases.insert(old.clone(), alias) {
-                self.alias_expiry.remove(prev.until, &old);
-            }
-            self.alias_expiry.insert(until, old.clone());
+            self.link_alias(old.clone(), alias);
             self.outbox.push(Mutation::PutAlias {
                 old,
                 new: new_id.clone(),
@@ -817,15 +816,16 @@ impl Store {
             if let Some(session) = self.sessions.remove(&id) {
                 debug_assert_eq!(session.meta.deadline(), deadline);
                 self.outbox.push(Mutation::DelSession {
-                    id,
+                    id: id.clone(),
                     keys: session.fields.keys().collect(),
                 });
+                self.drop_aliases_to(&id);
                 self.stats.expired += 1;
                 removed += 1;
             }
         }
         for (_, old) in self.alias_expiry.pop_due(now, max.saturating_sub(removed)) {
-            if self.aliases.remove(&old).is_some() {
+            if self.unlink_alias(&old).is_some() {
                 self.outbox.push(Mutation::DelAlias { old });
                 removed += 1;
             }
@@ -864,8 +864,7 @@ impl Store {
         if self.sessions.contains_key(id) {
             self.remove_session(id);
         }
-        if let Some(stale) = self.aliases.remove(id) {
-            self.alias_expiry.remove(stale.until, id);
+        if self.unlink_alias(id).is_some() {
             self.outbox.push(Mutation::DelAlias { old: id.clone() });
         }
     }
@@ -894,6 +893,7 @@ impl Store {
         self.stats.created += 1;
     }
 
+    /// Removes the session `id` and every alias leading to it.
     fn remove_session(&mut self, id: &SessionId) {
         if let Some(session) = self.sessions.remove(id) {
             self.expiry.remove(session.meta.deadline(), id);
@@ -901,6 +901,46 @@ impl Store {
                 id: id.clone(),
                 keys: session.fields.keys().collect(),
             });
+            self.drop_aliases_to(id);
+        }
+    }
+
+    /// Records `old → alias.target` (replacing any alias of `old`).
+    fn link_alias(&mut self, old: SessionId, alias: Alias) {
+        self.unlink_alias(&old);
+        self.alias_expiry.insert(alias.until, old.clone());
+        self.alias_sources
+            .entry(alias.target.clone())
+            .or_default()
+            .push(old.clone());
+        self.aliases.insert(old, alias);
+    }
+
+    /// Forgets the alias of `old` in memory (the caller records the
+    /// deletion for the storage); returns it.
+    fn unlink_alias(&mut self, old: &SessionId) -> Option<Alias> {
+        let alias = self.aliases.remove(old)?;
+        self.alias_expiry.remove(alias.until, old);
+        if let Some(sources) = self.alias_sources.get_mut(&alias.target) {
+            sources.retain(|o| o != old);
+            if sources.is_empty() {
+                self.alias_sources.remove(&alias.target);
+            }
+        }
+        Some(alias)
+    }
+
+    /// Drops every alias that leads to `target`, directly or through other
+    /// aliases (a session regenerated twice in one grace period).
+    fn drop_aliases_to(&mut self, target: &SessionId) {
+        let mut work = vec![target.clone()];
+        while let Some(t) = work.pop() {
+            for old in self.alias_sources.remove(&t).unwrap_or_default() {
+                if self.unlink_alias(&old).is_some() {
+                    self.outbox.push(Mutation::DelAlias { old: old.clone() });
+                    work.push(old);
+                }
+            }
         }
     }
 

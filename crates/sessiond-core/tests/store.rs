@@ -409,3 +409,79 @@ fn regenerate_onto_an_expired_unpurged_id_replaces_it_entirely() {
     assert_eq!(s.purge_expired(300 + 10_000 - 1, usize::MAX), 0);
     assert_eq!(s.purge_expired(300 + 10_000, usize::MAX), 1);
 }
+
+/// Destroying (or expiring) a regenerated session takes its old ids with
+/// it: none of them may later answer for another session that happens to
+/// take the same id.
+#[test]
+fn aliases_go_with_the_session_they_lead_to() {
+    let clock = ManualClock::new(10_000);
+    let mut s = Store::new(StoreConfig {
+        default_ttl_ms: 1_000,
+        regenerate_grace_ms: 60_000,
+        limits: Limits::default(),
+    });
+    let commit = |s: &mut Store, now, name: &str, v: &str, create| {
+        s.commit(
+            now,
+            &id(name),
+            CommitRequest {
+                create,
+                ops: vec![set("who", v)],
+                ..Default::default()
+            },
+        )
+    };
+    let who = |s: &mut Store, now, name: &str| {
+        s.read(now, &id(name), ReadOptions::default())
+            .unwrap()
+            .map(|r| r.fields[0].value.clone().unwrap())
+    };
+
+    // A chain: r1 → r2 → r3, then destroy through the newest id.
+    commit(&mut s, clock.now(), "r1", "alice", true).unwrap();
+    s.regenerate(clock.now(), &id("r1"), &id("r2"), None)
+        .unwrap();
+    s.regenerate(clock.now(), &id("r2"), &id("r3"), None)
+        .unwrap();
+    assert_eq!(
+        who(&mut s, clock.now(), "r1").as_deref(),
+        Some(&b"alice"[..])
+    );
+    assert_eq!(s.alias_count(), 2);
+    s.take_mutations();
+    assert!(s.destroy(clock.now(), &id("r3")));
+    assert_eq!(s.alias_count(), 0);
+    let deleted: Vec<String> = s
+        .take_mutations()
+        .into_iter()
+        .filter_map(|m| match m {
+            Mutation::DelAlias { old } => Some(old.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        deleted.len(),
+        2,
+        "both aliases deleted on disk: {deleted:?}"
+    );
+
+    // Someone else's session takes the id r3: the old ids stay dead.
+    commit(&mut s, clock.now(), "r3", "mallory", true).unwrap();
+    assert_eq!(who(&mut s, clock.now(), "r1"), None);
+    assert_eq!(who(&mut s, clock.now(), "r2"), None);
+    assert!(!s.exists(clock.now(), &id("r1")));
+    // And the old ids are free again.
+    s.regenerate(clock.now(), &id("r3"), &id("r1"), Some(0))
+        .unwrap();
+
+    // Expiry does the same: a1 → a2, a2 expires before the alias would.
+    commit(&mut s, clock.now(), "a1", "bob", true).unwrap();
+    s.regenerate(clock.now(), &id("a1"), &id("a2"), None)
+        .unwrap();
+    clock.advance(1_000);
+    s.purge_expired(clock.now(), 100);
+    assert_eq!(s.alias_count(), 0);
+    commit(&mut s, clock.now(), "a2", "eve", true).unwrap();
+    assert_eq!(who(&mut s, clock.now(), "a1"), None);
+}

@@ -65,7 +65,12 @@ pub struct ServeArgs {
     pub requirepass: Option<String>,
     /// Listen on a non-loopback address without a password. Sessions hold
     /// login tokens: only for networks you trust completely.
-    #[arg(long, env = "SESSIOND_ALLOW_REMOTE_WITHOUT_PASSWORD")]
+    #[arg(
+        long,
+        env = "SESSIOND_ALLOW_REMOTE_WITHOUT_PASSWORD",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     pub allow_remote_without_password: Option<bool>,
     /// Address for Prometheus metrics over HTTP; "off" disables
     /// [default: 127.0.0.1:9380].
@@ -236,9 +241,10 @@ impl ServeArgs {
         })
     }
 
-    fn merge(self, file: ServeArgs) -> ServeArgs {
+    /// These settings, with `other`'s where these have none.
+    pub fn merge(self, file: ServeArgs) -> ServeArgs {
         ServeArgs {
-            config: self.config,
+            config: self.config.or(file.config),
             bind: self.bind.or(file.bind),
             port: self.port.or(file.port),
             data_dir: self.data_dir.or(file.data_dir),

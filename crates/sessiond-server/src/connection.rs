@@ -55,6 +55,30 @@ impl ConnState {
     }
 }
 
+/// Replies are written once this many bytes are waiting, even in the middle
+/// of a pipeline.
+const FLUSH_REPLIES_AT: usize = 64 * 1024;
+
+/// Before AUTH, a client may send only small requests (as Redis 7.2 limits
+/// unauthenticated clients), so unauthenticated sockets cannot make the
+/// server buffer the full request size each.
+const MAX_UNAUTHENTICATED_REQUEST_BYTES: usize = 16 * 1024;
+
+/// The name under which requests that are not a valid command (unknown
+/// name, wrong arity, bad arguments) are counted in metrics and INFO.
+pub const INVALID_COMMAND: &str = "(invalid)";
+
+fn request_limits(conn: &ConnState, shared: &Shared) -> RequestLimits {
+    let max = shared.config.max_request_bytes;
+    RequestLimits {
+        max_request_bytes: if conn.authed {
+            max
+        } else {
+            max.min(MAX_UNAUTHENTICATED_REQUEST_BYTES)
+        },
+    }
+}
+
 /// Runs a connection until the client leaves, sends QUIT, breaks the
 /// protocol, or the server shuts down; then releases its locks.
 pub async fn run(
@@ -103,9 +127,6 @@ async fn serve(
     shared: &Shared,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
-    let limits = RequestLimits {
-        max_request_bytes: shared.config.max_request_bytes,
-    };
     let mut parser = RequestParser::new();
     let mut inbuf = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
@@ -113,7 +134,7 @@ async fn serve(
         // Run every complete request in the buffer, then write all replies
         // at once (pipelining).
         loop {
-            match parser.parse(&mut inbuf, limits) {
+            match parser.parse(&mut inbuf, request_limits(conn, shared)) {
                 Ok(Some(argv)) => {
                     let reply = match Command::parse(argv) {
                         Ok(cmd) => {
@@ -135,12 +156,26 @@ async fn serve(
                                 None => return Ok(()),
                             }
                         }
-                        Err(e) => error_reply(&e),
+                        Err(e) => {
+                            // Unknown commands, wrong arity, bad arguments:
+                            // counted too, under one name.
+                            shared
+                                .metrics
+                                .record(INVALID_COMMAND, "ERR", Duration::ZERO);
+                            error_reply(&e)
+                        }
                     };
                     encode(&reply, conn.proto, &mut out);
                     if conn.quit {
                         stream.write_all(&out).await?;
                         return Ok(());
+                    }
+                    // A client may pipeline many requests with big replies
+                    // and read none of them: write as we go, so TCP's flow
+                    // control holds it back instead of our memory growing.
+                    if out.len() >= FLUSH_REPLIES_AT {
+                        stream.write_all(&out).await?;
+                        out.clear();
                     }
                 }
                 Ok(None) => break,
@@ -221,6 +256,7 @@ async fn wait_for_grant(
     shutdown: &CancellationToken,
 ) -> Option<Reply> {
     let started = Instant::now();
+    let max_buffered = shared.config.max_request_bytes;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait.wait_ms);
     let mut client_gone = false;
     let outcome = loop {
@@ -228,7 +264,10 @@ async fn wait_for_grant(
             grant = &mut wait.rx => break grant.ok(),
             _ = tokio::time::sleep_until(deadline) => break None,
             _ = shutdown.cancelled() => break None,
-            n = stream.read_buf(inbuf), if !client_gone => {
+            // Pipelined bytes are kept for later, up to the request limit;
+            // beyond that the socket is left unread (TCP holds the client
+            // back) until the wait ends.
+            n = stream.read_buf(inbuf), if !client_gone && inbuf.len() < max_buffered => {
                 if matches!(n, Ok(0) | Err(_)) {
                     client_gone = true;
                     break None;

@@ -239,7 +239,16 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
     loop {
         let (mut sock, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off
+                    // instead of spinning.
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
         };
         let shared = shared.clone();
         tokio::spawn(async move {

@@ -53,7 +53,9 @@ fn main() -> anyhow::Result<()> {
             session.as_deref(),
             password,
         )),
-        Some(Cmd::Serve(args)) => runtime.block_on(serve(*args)),
+        // `sessiond --port 7000 serve --durability always`: both sets of
+        // flags count, the subcommand's first.
+        Some(Cmd::Serve(args)) => runtime.block_on(serve(args.merge(cli.serve))),
         None => runtime.block_on(serve(cli.serve)),
     }
 }

@@ -18,9 +18,6 @@ pub enum CmdError {
     /// An unknown option or a misplaced argument.
     #[error("syntax error: {0}")]
     Syntax(String),
-    /// NOAUTH / WRONGPASS, the whole error line.
-    #[error("{0}")]
-    Auth(String),
     /// An error of the core.
     #[error(transparent)]
     Core(#[from] StoreError),
@@ -128,6 +125,21 @@ impl Args {
     /// As [`Self::u64`].
     pub fn seconds_as_ms(&mut self) -> Result<u64, CmdError> {
         self.u64()?.checked_mul(1000).ok_or(CmdError::NotInteger)
+    }
+
+    /// A TTL or lifetime in seconds: [`Self::seconds_as_ms`], and at least
+    /// one second (a session that ends as it is made is a mistake, not a
+    /// request; SESSION.DESTROY ends one).
+    ///
+    /// # Errors
+    /// As [`Self::u64`]; a syntax error for 0.
+    pub fn lifetime_as_ms(&mut self, option: &str) -> Result<u64, CmdError> {
+        match self.seconds_as_ms()? {
+            0 => Err(CmdError::Syntax(format!(
+                "{option} must be at least 1 second"
+            ))),
+            ms => Ok(ms),
+        }
     }
 
     /// The next argument as an upper-cased keyword, if any is left.

@@ -259,10 +259,17 @@ fn check_password(shared: &Shared, user: Option<&Bytes>, pass: &[u8]) -> Result<
         )
     };
     let Some(expected) = shared.config.requirepass.as_deref() else {
-        return Err(Reply::error(
-            "ERR",
-            "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-        ));
+        // As Redis's `default` user with `nopass`: any password works when
+        // the user is named, so a client configured with credentials can
+        // still talk to a password-less development server.
+        return match user {
+            Some(u) if u.as_ref() == b"default" => Ok(()),
+            Some(_) => Err(wrong()),
+            None => Err(Reply::error(
+                "ERR",
+                "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+            )),
+        };
     };
     if user.is_some_and(|u| u.as_ref() != b"default") {
         return Err(wrong());

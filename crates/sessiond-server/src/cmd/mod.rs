@@ -79,7 +79,6 @@ pub fn error_reply(err: &CmdError) -> Reply {
         ),
         CmdError::NotInteger => Reply::error("ERR", "value is not an integer or out of range"),
         CmdError::Syntax(msg) => Reply::error("ERR", format!("syntax error: {msg}")),
-        CmdError::Auth(msg) => Reply::Error(msg.clone()),
         CmdError::Other(code, msg) => Reply::error(code, msg),
     }
 }

@@ -88,8 +88,8 @@ impl SessionCommand {
                 let (mut ttl_ms, mut lifetime_ms) = (None, None);
                 while let Some(kw) = a.keyword() {
                     match kw.as_str() {
-                        "TTL" => ttl_ms = Some(a.seconds_as_ms()?),
-                        "LIFETIME" => lifetime_ms = Some(a.seconds_as_ms()?),
+                        "TTL" => ttl_ms = Some(a.lifetime_as_ms("TTL")?),
+                        "LIFETIME" => lifetime_ms = Some(a.lifetime_as_ms("LIFETIME")?),
                         other => return Err(unknown_option(other)),
                     }
                 }
@@ -104,8 +104,8 @@ impl SessionCommand {
                 while let Some(kw) = a.keyword() {
                     match kw.as_str() {
                         "CREATE" => opts.create = true,
-                        "TTL" => opts.ttl_ms = Some(a.seconds_as_ms()?),
-                        "LIFETIME" => opts.lifetime_ms = Some(a.seconds_as_ms()?),
+                        "TTL" => opts.ttl_ms = Some(a.lifetime_as_ms("TTL")?),
+                        "LIFETIME" => opts.lifetime_ms = Some(a.lifetime_as_ms("LIFETIME")?),
                         "KEYS" => {
                             let mut keys = Vec::with_capacity(a.remaining());
                             while let Some(k) = a.maybe_bytes() {
@@ -128,8 +128,8 @@ impl SessionCommand {
                 while let Some(kw) = a.keyword() {
                     match kw.as_str() {
                         "CREATE" => req.create = true,
-                        "TTL" => req.ttl_ms = Some(a.seconds_as_ms()?),
-                        "LIFETIME" => req.lifetime_ms = Some(a.seconds_as_ms()?),
+                        "TTL" => req.ttl_ms = Some(a.lifetime_as_ms("TTL")?),
+                        "LIFETIME" => req.lifetime_ms = Some(a.lifetime_as_ms("LIFETIME")?),
                         "FENCE" => fence.token = Some(a.u64()?),
                         "UNLOCK" => fence.unlock = true,
                         "SET" => {
@@ -161,7 +161,7 @@ impl SessionCommand {
             "SESSION.TOUCH" => {
                 let id = a.id()?;
                 let ttl = if a.eat("TTL") {
-                    Some(a.seconds_as_ms()?)
+                    Some(a.lifetime_as_ms("TTL")?)
                 } else {
                     None
                 };
@@ -238,22 +238,15 @@ impl SessionCommand {
         }
     }
 
-    /// Applies the command and, for a write under `always`, waits until it
-    /// is on disk before returning the reply.
+    /// Applies the command and, when it changed anything (a write, a
+    /// create, a new TTL) under `always`, waits until that is on disk before
+    /// returning the reply. A pure read changes nothing the disk must have
+    /// at once (its access time is recorded in bulk), so it never waits.
     pub async fn execute(self, shared: &Shared) -> Reply {
-        // Only a read that did not create is a pure read: it slides the
-        // expiry, but does not make the client wait for the disk.
-        let waits = !matches!(
-            &self,
-            SessionCommand::Read(_, ReadOptions { create: false, .. })
-                | SessionCommand::Exists(_)
-                | SessionCommand::Ttl(_)
-                | SessionCommand::Touch(..)
-        );
         let (result, seq) = shared.apply(|state, now| self.apply(state, now));
         match result {
             Ok(reply) => {
-                if waits && let Err(e) = shared.durable(seq).await {
+                if let Err(e) = shared.durable(seq).await {
                     return Reply::error("ERR", e.to_string());
                 }
                 reply
