@@ -41,6 +41,34 @@ pub fn ping(name: &str, addr: SocketAddr, dur: Duration) -> Result<PingRow> {
     })
 }
 
+/// PING from a client that was idle for 1 ms before each one: the round
+/// trip a lock waiter makes, whose thread (and the server's worker) slept
+/// while the holder worked. Back-to-back PINGs keep every thread and CPU
+/// awake, so they are the faster, best-case round trip.
+pub fn ping_after_idle(name: &str, addr: SocketAddr, dur: Duration) -> Result<PingRow> {
+    let mut c = Resp::connect(addr)?;
+    let mut hist = new_hist();
+    let end = Instant::now() + dur;
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(1));
+        let t = Instant::now();
+        match c.call(&[b"PING"])? {
+            Value::Status(_) => {}
+            v => anyhow::bail!("PING: {v:?}"),
+        }
+        hist.saturating_record(t.elapsed().as_nanos() as u64);
+    }
+    eprintln!(
+        "  ping {name} after 1 ms idle: p50 {:.1} µs, p99 {:.1} µs",
+        hist.value_at_quantile(0.5) as f64 / 1e3,
+        hist.value_at_quantile(0.99) as f64 / 1e3
+    );
+    Ok(PingRow {
+        store: format!("{name} (after 1 ms idle)"),
+        lat: Lat::of(&hist),
+    })
+}
+
 /// A store taking part in the cycle benchmarks.
 pub struct Target<'a> {
     pub name: &'a str,

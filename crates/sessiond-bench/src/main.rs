@@ -363,6 +363,7 @@ fn run(mut a: RunArgs) -> Result<()> {
                     Duration::from_secs(2)
                 };
                 rep.ping.push(benches::ping(&s.name, s.addr, d)?);
+                rep.ping.push(benches::ping_after_idle(&s.name, s.addr, d)?);
             }
         }
     }
@@ -670,7 +671,7 @@ fn targets(rep: &Report) -> Vec<Goal> {
     let ping = rep
         .ping
         .iter()
-        .find(|p| p.store.starts_with("sessiond"))
+        .find(|p| p.store.starts_with("sessiond") && !p.store.contains("idle"))
         .map(|p| p.lat.p50_us);
     let sd: Vec<_> = rep
         .handoff
