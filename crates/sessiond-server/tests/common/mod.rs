@@ -98,22 +98,58 @@ impl ServerProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn sessiond");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("ready line");
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .and_then(|a| a.parse().ok())
-        };
-        let addr = field("resp=").unwrap_or_else(|| panic!("no address in {line:?}"));
-        let metrics = field("metrics=");
+        let line = ready_line(&mut child);
+        let (addr, metrics) =
+            parse_ready_line(&line).unwrap_or_else(|| panic!("no address in {line:?}"));
         Self {
             child,
             addr,
             metrics,
+        }
+    }
+
+    /// Starts the binary with `serve`, `args` and the variables `env`. No
+    /// `SESSIOND_*` variable of the test's own environment is passed on and,
+    /// unlike [`ServerProcess::start`], no `--port` or `--data-dir` is added;
+    /// metrics are off unless `args` or `env` set them. When the process
+    /// exits instead of becoming ready: its exit status and its stderr.
+    pub fn try_start(
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, (std::process::ExitStatus, String)> {
+        let stderr = tempfile::NamedTempFile::new().expect("stderr file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sessiond"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("SESSIOND_") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.arg("serve").args(args);
+        if !args.contains(&"--metrics-addr")
+            && !env.iter().any(|(k, _)| *k == "SESSIOND_METRICS_ADDR")
+        {
+            cmd.args(["--metrics-addr", "off"]);
+        }
+        let mut child = cmd
+            .env("SESSIOND_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(stderr.reopen().expect("stderr file"))
+            .spawn()
+            .expect("spawn sessiond");
+        let line = ready_line(&mut child);
+        match parse_ready_line(&line) {
+            Some((addr, metrics)) => Ok(Self {
+                child,
+                addr,
+                metrics,
+            }),
+            None => {
+                // No ready line: stdout closed, so the process is exiting.
+                let status = child.wait().expect("wait");
+                let text = std::fs::read_to_string(stderr.path()).expect("read stderr");
+                Err((status, text))
+            }
         }
     }
 
@@ -134,6 +170,47 @@ impl ServerProcess {
         self.signal("TERM");
         self.child.wait().expect("wait")
     }
+}
+
+/// The first line the server prints on stdout (empty if it exits first).
+fn ready_line(child: &mut Child) -> String {
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("ready line");
+    line
+}
+
+/// The RESP and metrics addresses of `sessiond ready: resp=… metrics=…`.
+fn parse_ready_line(line: &str) -> Option<(SocketAddr, Option<SocketAddr>)> {
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|a| a.parse().ok())
+    };
+    Some((field("resp=")?, field("metrics=")))
+}
+
+/// Writes `input` on a new connection to `addr` and reads until the server
+/// closes it or, once it has answered, stays silent for 300 ms (it gets 5 s
+/// for its first byte). Returns what was read and whether the server closed
+/// the connection.
+pub async fn raw_exchange(addr: SocketAddr, input: &[u8]) -> (Vec<u8>, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(input).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        let wait = if out.is_empty() { 5_000 } else { 300 };
+        match tokio::time::timeout(std::time::Duration::from_millis(wait), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (out, closed)
 }
 
 impl Drop for ServerProcess {
