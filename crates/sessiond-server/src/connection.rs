@@ -136,6 +136,16 @@ async fn serve(
         loop {
             match parser.parse(&mut inbuf, request_limits(conn, shared)) {
                 Ok(Some(argv)) => {
+                    // Before AUTH, only AUTH, HELLO and QUIT may say why
+                    // they are malformed; other requests learn nothing but
+                    // NOAUTH, unless the command is unknown or its argument
+                    // count is wrong (as in Redis).
+                    let may_explain = conn.authed
+                        || argv.first().is_some_and(|n| {
+                            [&b"AUTH"[..], b"HELLO", b"QUIT"]
+                                .iter()
+                                .any(|c| n.eq_ignore_ascii_case(c))
+                        });
                     let reply = match Command::parse(argv) {
                         Ok(cmd) => {
                             let started = Instant::now();
@@ -162,7 +172,12 @@ async fn serve(
                             shared
                                 .metrics
                                 .record(INVALID_COMMAND, "ERR", Duration::ZERO);
-                            error_reply(&e)
+                            if may_explain || matches!(e, CmdError::Unknown(_) | CmdError::Arity(_))
+                            {
+                                error_reply(&e)
+                            } else {
+                                Reply::error("NOAUTH", "Authentication required.")
+                            }
                         }
                     };
                     encode(&reply, conn.proto, &mut out);

@@ -332,3 +332,26 @@ fn flags_before_the_serve_subcommand_are_honoured() {
         "--data-dir was ignored"
     );
 }
+
+/// Before AUTH a malformed request learns nothing but NOAUTH, except that
+/// the command is unknown or has the wrong number of arguments (as Redis);
+/// AUTH and HELLO explain their own mistakes.
+#[test]
+fn unauthenticated_requests_get_noauth_before_argument_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &["--storage", "memory", "--requirepass", "pw"]);
+    let mut c = connect(server.addr);
+    for (cmd, want) in [
+        (&[&b"SESSION.READ"[..], b"bad/id"][..], "-NOAUTH"),
+        (&[b"SESSION.INCR", b"a", b"k", b"x"], "-NOAUTH"),
+        (&[b"SESSION.READ", b"a", b"BOGUS"], "-NOAUTH"),
+        (&[b"NOSUCHCOMMAND"], "-ERR unknown command"),
+        (&[b"SESSION.READ"], "-ERR wrong number"),
+        (&[b"HELLO", b"x"], "-ERR"),
+    ] {
+        let reply = line(&mut c, cmd);
+        assert!(reply.starts_with(want), "{cmd:?}: {reply}");
+    }
+    assert_eq!(line(&mut c, &[b"AUTH", b"pw"]), "+OK");
+    assert!(line(&mut c, &[b"SESSION.READ", b"bad/id"]).starts_with("-BADID"));
+}
