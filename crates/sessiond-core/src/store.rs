@@ -362,23 +362,22 @@ impl Store {
 
     // ---- loading -------------------------------------------------------
 
-    /// Makes room for `additional` more sessions at once, so a startup
-    /// load does not rehash the map at every doubling.
-    pub fn reserve_sessions(&mut self, additional: usize) {
-        self.sessions.reserve(additional);
-    }
-
-    /// Puts a session loaded from storage back. Used only at startup.
-    pub fn restore_session(&mut self, id: SessionId, session: Session) {
-        self.last_version = self
-            .last_version
-            .max(session.meta.version)
-            .max(session.fields.max_version());
-        let deadline = session.meta.deadline();
-        if let Some(old) = self.sessions.insert(id.clone(), session) {
-            self.expiry.remove(old.meta.deadline(), &id);
+    /// Puts sessions loaded from storage back, all at once (startup): the
+    /// map is sized once and the expiry index built in one pass.
+    pub fn restore_sessions(&mut self, sessions: Vec<(SessionId, Session)>) {
+        self.sessions.reserve(sessions.len());
+        let mut deadlines = Vec::with_capacity(sessions.len());
+        for (id, session) in sessions {
+            self.last_version = self
+                .last_version
+                .max(session.meta.version)
+                .max(session.fields.max_version());
+            deadlines.push((session.meta.deadline(), id.clone()));
+            if let Some(old) = self.sessions.insert(id.clone(), session) {
+                self.expiry.remove(old.meta.deadline(), &id);
+            }
         }
-        self.expiry.insert(deadline, id);
+        self.expiry.extend(deadlines);
     }
 
     /// Puts an alias loaded from storage back. Used only at startup.

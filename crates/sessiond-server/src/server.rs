@@ -77,10 +77,7 @@ impl Server {
             },
         });
         let count = loaded.sessions.len();
-        store.reserve_sessions(count);
-        for (id, session) in loaded.sessions {
-            store.restore_session(id, session);
-        }
+        store.restore_sessions(loaded.sessions);
         for (old, alias) in loaded.aliases {
             store.restore_alias(old, alias);
         }

@@ -126,19 +126,12 @@ impl RedbStorage {
             rest = tail;
         }
         runs.push(rest);
-        let bounds: Vec<Option<SessionId>> = runs
-            .iter()
-            .skip(1)
-            .map(|run| run.first().map(|(id, _)| id.clone()))
-            .chain(std::iter::once(None))
-            .collect();
         let fields = &fields;
         let loaded: Vec<Result<Vec<(SessionId, Session)>, StorageError>> =
             std::thread::scope(|scope| {
                 let handles: Vec<_> = runs
                     .into_iter()
-                    .zip(bounds)
-                    .map(|(run, end)| scope.spawn(move || load_run(fields, run, end)))
+                    .map(|run| scope.spawn(move || load_run(fields, run)))
                     .collect();
                 handles
                     .into_iter()
@@ -199,24 +192,21 @@ const MAX_LOAD_THREADS: usize = 8;
 const MIN_SESSIONS_PER_LOAD_THREAD: usize = 50_000;
 
 /// Pairs the sessions of `run` (consecutive ids, sorted) with their field
-/// rows, which lie in the fields table from the run's first id up to `end`
-/// (the next run's first id). Both are sorted by id, so this is one merge
-/// pass: no map, no lookup, one packed buffer per session. Field rows of an
-/// id without a session row (never written that way) are skipped.
+/// rows, which follow each other in the fields table from the run's first
+/// id on. Both are sorted by id, so this is one merge pass: no map, no
+/// lookup, one packed buffer per session. The range has no end bound (one
+/// key comparison less per row): reading stops after the run's last
+/// session. Field rows of an id without a session row (never written that
+/// way) are skipped.
 fn load_run(
     fields: &ReadOnlyTable<FieldKey<'static>, FieldRow<'static>>,
     run: Vec<(SessionId, SessionMeta)>,
-    end: Option<SessionId>,
 ) -> Result<Vec<(SessionId, Session)>, StorageError> {
     let Some((first, _)) = run.first() else {
         return Ok(Vec::new());
     };
     let start: (&str, &[u8]) = (first.as_str(), &[]);
-    let rows = match &end {
-        Some(end) => fields.range(start..(end.as_str(), &[][..])),
-        None => fields.range(start..),
-    };
-    let mut rows = rows.map_err(engine)?.peekable();
+    let mut rows = fields.range(start..).map_err(engine)?.peekable();
     let mut builder = PackedFieldsBuilder::new();
     let mut sessions = Vec::with_capacity(run.len());
     for (id, meta) in run {
