@@ -110,7 +110,10 @@ mod tests {
             one_by_one.insert(d, k);
         }
         assert_eq!(bulk.len(), 1001);
-        assert_eq!(bulk.pop_due(u64::MAX, 2000), one_by_one.pop_due(u64::MAX, 2000));
+        assert_eq!(
+            bulk.pop_due(u64::MAX, 2000),
+            one_by_one.pop_due(u64::MAX, 2000)
+        );
     }
 
     #[test]
