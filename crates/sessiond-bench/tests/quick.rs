@@ -73,7 +73,17 @@ fn quick_mode_measures_every_store_without_errors() {
         assert_eq!(r["lost_updates"].as_u64(), Some(0), "lost updates: {r}");
     }
     let ping = rows("ping");
-    assert_eq!(ping.len(), 2);
+    // Back to back and after 1 ms idle, for sessiond and Redis.
+    assert_eq!(ping.len(), 4);
+    assert_eq!(
+        ping.iter()
+            .filter(|r| r["store"].as_str().unwrap().contains("after 1 ms idle"))
+            .count(),
+        2
+    );
+    for r in &ping {
+        assert!(r["lat"]["p50_us"].as_f64().unwrap() > 0.0, "{r}");
+    }
     let handoff = rows("handoff");
     let names: Vec<&str> = handoff
         .iter()
