@@ -46,7 +46,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         'name' => null,               // CLIENT SETNAME, shown in LOCK.INFO / `sessiond locks`
         'ttl' => null,                // idle TTL in seconds; null: session.gc_maxlifetime
         'lifetime' => null,           // absolute lifetime of new sessions in seconds; null: none
-        'regenerate_grace' => null,   // seconds the old id stays an alias; null: server default (30 s)
+        'regenerate_grace' => null,   // seconds the old id stays an alias; null: 0 for session_regenerate_id(true), else the server default (30 s)
         'conflict_policy' => 'theirs',// none mode: 'theirs' or 'mine'
         'on_conflict' => null,        // callable(array $keys, array $details, string $sessionId): ?string
         'strict' => true,             // set session.use_strict_mode=1 on register()
@@ -72,6 +72,8 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
     private ?string $lockedId = null;
     /** True while session_regenerate_id() hands the old session over to create_sid(). */
     private bool $regenerating = false;
+    /** session_regenerate_id(true) asked for the old session to go. */
+    private bool $deleteOld = false;
     private bool $sessionMissing = false;
     /** @var array<string, array{0:int,1:string}> key => [version, canonical encoding] as last seen */
     private array $readSet = [];
@@ -415,10 +417,14 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
     public function destroy(string $id): bool
     {
         if (self::calledFrom('session_regenerate_id')) {
-            // session_regenerate_id(true): the old id becomes an alias for the
-            // grace period instead of disappearing under concurrent requests;
-            // create_sid() does the move. See README.
+            // session_regenerate_id(true): create_sid() moves the session
+            // to a new id and, unless regenerate_grace says otherwise, the
+            // old id ends at once (GRACE 0), as asked: this is the call a
+            // login makes, and an old id that kept answering would hand
+            // the logged-in session to whoever planted it (fixation). See
+            // README.
             $this->regenerating = true;
+            $this->deleteOld = true;
             return true;
         }
         try {
@@ -952,20 +958,31 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         $old = $this->id;
         $this->regenerating = false;
         $cmd = ['SESSION.REGENERATE', $old];
-        if ($this->opt['regenerate_grace'] !== null) {
-            array_push($cmd, 'GRACE', (int) $this->opt['regenerate_grace']);
+        $grace = $this->opt['regenerate_grace'] ?? ($this->deleteOld ? 0 : null);
+        $this->deleteOld = false;
+        if ($grace !== null) {
+            array_push($cmd, 'GRACE', (int) $grace);
         }
         $holding = $this->token !== null;
+        $token = $this->token;
+        $lockedId = $this->lockedId;
         $conn = $holding ? $this->lockConn : $this->conn;
         $cmds = [$cmd];
-        if ($holding) {
-            // move the session while we still hold its lock, then release it
-            $cmds[] = ['LOCK.RELEASE', $this->lockedId, $this->token];
+        // Move the session while we still hold its lock (the lock moves with
+        // it), then release it: in the same round trip through the old id,
+        // which is an alias by then, unless the old id ended at once.
+        $releaseAfter = $holding && $grace === 0;
+        if ($holding && !$releaseAfter) {
+            $cmds[] = ['LOCK.RELEASE', $lockedId, $token];
         }
         $r = $conn->pipeline($cmds);
         $this->token = null;
         $this->lockedId = null;
-        if ($r[0] instanceof ServerException) {
+        $moved = !($r[0] instanceof ServerException);
+        if ($releaseAfter) {
+            $conn->command(['LOCK.RELEASE', $moved ? $r[0] : $lockedId, $token]);
+        }
+        if (!$moved) {
             if (!$r[0]->is('NOSESSION')) {
                 throw $r[0];
             }

@@ -8,7 +8,9 @@ use Sessiond\Tests\Support\TestCase;
 
 /**
  * session_regenerate_id() maps to SESSION.REGENERATE: the old id stays an
- * alias for the grace period, so requests still in flight with it lose nothing.
+ * alias for the grace period, so requests still in flight with it lose
+ * nothing; session_regenerate_id(true) ends the old id at once unless a
+ * grace period is configured (a login must not leave the planted id usable).
  */
 final class RegenerateTest extends TestCase
 {
@@ -16,6 +18,17 @@ final class RegenerateTest extends TestCase
     public static function modes(): array
     {
         return [['none', 0], ['none', 1], ['session', 0], ['session', 1]];
+    }
+
+    /**
+     * Mode, delete_old_session, and the configured grace: with
+     * delete_old_session the grace period must be asked for explicitly.
+     *
+     * @return list<array{0:string,1:int,2:?int}>
+     */
+    public static function graceModes(): array
+    {
+        return [['none', 0, null], ['none', 1, 30], ['session', 0, null], ['session', 1, 30]];
     }
 
     /** @dataProvider modes */
@@ -34,9 +47,33 @@ final class RegenerateTest extends TestCase
         $this->assertSame(serialize('alice'), $f['user'][1]);
         $this->assertSame(serialize('1'), $f['before'][1]);
         $this->assertSame(serialize('2'), $f['after'][1]);
-        // the old id is an alias of the new session during the grace period
         $old = $this->redis->command(['SESSION.READ', $id]);
-        $this->assertSame($j['new'], $old[0]);
+        if ($delete) {
+            // session_regenerate_id(true): the old id is gone at once
+            $this->assertNull($old);
+        } else {
+            // the old id is an alias of the new session during the grace period
+            $this->assertSame($j['new'], $old[0]);
+        }
+    }
+
+    /**
+     * Session fixation: someone planted the id the user logs in with. After
+     * session_regenerate_id(true) (what a login calls) a request with the
+     * planted id neither sees the logged-in session nor is sent its new id.
+     */
+    public function testDeleteOldSessionLeavesThePlantedIdNothing(): void
+    {
+        $planted = $this->newSession(['cart' => 'x']);
+        $login = $this->http->get('/regen.php' . self::q(['mode' => 'session', 'delete' => 1, 'after' => ['user' => 'alice']]), $planted);
+        $j = $login['json'];
+        $this->assertTrue($j['ok'], $login['body']);
+        $this->assertSame(serialize('alice'), $this->serverFields($j['new'])['user'][1]);
+        $attacker = $this->http->get('/hold.php' . self::q(['mode' => 'session']), $planted);
+        $a = $this->json($attacker);
+        $this->assertTrue($a['ok'], json_encode($a));
+        $this->assertArrayNotHasKey('user', $a['seen'], 'the planted id reads the logged-in session');
+        $this->assertNotSame($j['new'], $attacker['cookie'], 'the planted id is sent the new id');
     }
 
     /**
@@ -49,14 +86,17 @@ final class RegenerateTest extends TestCase
      * regenerating request holds it; the server moves lock and queue to the
      * new id, and they get the session one after the other.
      *
-     * @dataProvider modes
+     * @dataProvider graceModes
      */
-    public function testRegenerateUnderConcurrentRequestsLosesNothing(string $mode, int $delete): void
+    public function testRegenerateUnderConcurrentRequestsLosesNothing(string $mode, int $delete, ?int $grace): void
     {
         $id = $this->newSession(['user' => 'alice']);
         $gr = $this->signal('R');
         $gr2 = $this->signal('R2');
         $regenParams = ['mode' => $mode, 'delete' => $delete, 'set' => ['r1' => 'x'], 'after' => ['r2' => 'y'], 'ready' => $gr, 'gate' => $gr];
+        if ($grace !== null) {
+            $regenParams['grace'] = $grace;
+        }
         if ($mode === 'none') {
             // park the regenerating request again after the regeneration,
             // before its final write (in session mode it queues behind the
