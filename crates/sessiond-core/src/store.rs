@@ -491,7 +491,12 @@ impl Store {
         let fields = match keys {
             Some(keys) => keys
                 .iter()
-                .map(|k| match session.fields.get(k) {
+                .zip(
+                    session
+                        .fields
+                        .get_many(&keys.iter().map(|k| k.as_ref()).collect::<Vec<&[u8]>>()),
+                )
+                .map(|(k, found)| match found {
                     Some(f) => ReadField {
                         key: k.clone(),
                         version: f.version,
@@ -552,16 +557,29 @@ impl Store {
         // Check everything before changing anything. Conditions are on the
         // versions as they were before this commit; later ops on a key
         // replace earlier ones.
+        // The versions the conditions name, looked up in one pass.
+        let conditioned: Vec<&Op> = req
+            .ops
+            .iter()
+            .filter(|op| op.if_version().is_some())
+            .collect();
+        let versions = session.fields.get_many(
+            &conditioned
+                .iter()
+                .map(|op| op.key().as_ref())
+                .collect::<Vec<&[u8]>>(),
+        );
         let mut conflicts: Vec<Bytes> = Vec::new();
         let mut conflicted: HashSet<&Bytes> = HashSet::new();
-        let mut changes: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
-        for op in &req.ops {
-            if let Some(expected) = op.if_version()
-                && session.key_version(op.key()) != expected
+        for (op, current) in conditioned.iter().zip(versions) {
+            if op.if_version() != Some(current.map_or(0, |f| f.version))
                 && conflicted.insert(op.key())
             {
                 conflicts.push(op.key().clone());
             }
+        }
+        let mut changes: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
+        for op in &req.ops {
             match op {
                 Op::Set { key, value, .. } => {
                     if value.len() > limits.max_value_bytes {

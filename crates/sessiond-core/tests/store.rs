@@ -485,3 +485,76 @@ fn aliases_go_with_the_session_they_lead_to() {
     commit(&mut s, clock.now(), "a2", "eve", true).unwrap();
     assert_eq!(who(&mut s, clock.now(), "a1"), None);
 }
+
+/// Conditions and named-key reads on a big session, through the one-pass
+/// lookups: every condition is checked against its own key, conflicts are
+/// named in the order the ops gave them, and nothing is applied on conflict.
+#[test]
+fn many_conditions_on_a_big_session() {
+    let mut s = store();
+    let ops: Vec<Op> = (0..2_000).map(|i| set(&format!("k{i:04}"), "v")).collect();
+    s.commit(
+        1,
+        &id("big"),
+        CommitRequest {
+            create: true,
+            ops,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let v1 = s.snapshot(&id("big"), false, None).unwrap().version;
+    let cond = |key: String, if_version| Op::Set {
+        key: Bytes::from(key),
+        value: Bytes::from("w"),
+        if_version: Some(if_version),
+    };
+    // Conditions given in descending key order, two of them stale.
+    let mut ops: Vec<Op> = (0..2_000)
+        .rev()
+        .map(|i| cond(format!("k{i:04}"), v1))
+        .collect();
+    ops.push(cond("k0007".into(), v1 - 1));
+    ops.push(cond("absent".into(), 3));
+    let err = s
+        .commit(
+            2,
+            &id("big"),
+            CommitRequest {
+                ops,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Conflict(vec![Bytes::from("k0007"), Bytes::from("absent")])
+    );
+    let keys: Vec<Bytes> = ["k1999", "nope", "k0000"].map(Bytes::from).to_vec();
+    let read = s.snapshot(&id("big"), false, Some(&keys)).unwrap();
+    assert_eq!(read.version, v1, "nothing applied");
+    let got: Vec<(u64, Option<Bytes>)> = read
+        .fields
+        .into_iter()
+        .map(|f| (f.version, f.value))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (v1, Some(Bytes::from("v"))),
+            (0, None),
+            (v1, Some(Bytes::from("v")))
+        ]
+    );
+    // All conditions right: applied.
+    let ops: Vec<Op> = (0..2_000).map(|i| cond(format!("k{i:04}"), v1)).collect();
+    s.commit(
+        3,
+        &id("big"),
+        CommitRequest {
+            ops,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}
