@@ -160,11 +160,6 @@ impl PackedFields {
         found
     }
 
-    /// Whether `key` is present.
-    pub fn contains_key(&self, key: &[u8]) -> bool {
-        self.find(key).is_some()
-    }
-
     /// Every field, sorted by key; keys and values share this buffer.
     pub fn iter(&self) -> impl Iterator<Item = (Bytes, Field)> + '_ {
         self.entries()
@@ -330,7 +325,7 @@ mod tests {
         assert_eq!(f.get(b""), Some(field("empty key", 1)));
         assert_eq!(f.version(b"b"), 5);
         assert_eq!(f.version(b"c"), 0);
-        assert!(!f.contains_key(b"ab"));
+        assert_eq!(f.get(b"ab"), None);
         let keys: Vec<Bytes> = f.keys().collect();
         assert_eq!(
             keys,

@@ -54,10 +54,3 @@ pub struct Session {
     /// The fields, sorted by key, packed in one buffer.
     pub fields: PackedFields,
 }
-
-impl Session {
-    /// The current version of `key`, 0 when absent.
-    pub fn key_version(&self, key: &[u8]) -> u64 {
-        self.fields.version(key)
-    }
-}
