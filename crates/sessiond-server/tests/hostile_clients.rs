@@ -311,22 +311,14 @@ fn invalid_requests_are_counted() {
 #[test]
 fn flags_before_the_serve_subcommand_are_honoured() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sessiond"))
-        .args(["--port", "0", "--metrics-addr", "off", "--data-dir"])
-        .arg(dir.path())
-        .args(["serve", "--durability", "always"])
-        .env("SESSIOND_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(ready.starts_with("sessiond ready"), "{ready}");
-    assert!(!ready.contains(":6380 "), "--port 0 was ignored: {ready}");
+    let data = dir.path().to_str().unwrap();
+    let server = ServerProcess::try_start_split(
+        &["--port", "0", "--metrics-addr", "off", "--data-dir", data],
+        &["--durability", "always"],
+        &[],
+    )
+    .unwrap_or_else(|(status, stderr)| panic!("{status}: {stderr}"));
+    assert_ne!(server.addr.port(), 6380, "--port 0 was ignored");
     assert!(
         dir.path().join("sessions.redb").exists(),
         "--data-dir was ignored"

@@ -117,6 +117,16 @@ impl ServerProcess {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Self, (std::process::ExitStatus, String)> {
+        Self::try_start_split(&[], args, env)
+    }
+
+    /// [`ServerProcess::try_start`] with flags given both before the `serve`
+    /// subcommand (`before`) and after it (`args`).
+    pub fn try_start_split(
+        before: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, (std::process::ExitStatus, String)> {
         let stderr = tempfile::NamedTempFile::new().expect("stderr file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sessiond"));
         for (name, _) in std::env::vars_os() {
@@ -124,8 +134,9 @@ impl ServerProcess {
                 cmd.env_remove(name);
             }
         }
-        cmd.arg("serve").args(args);
+        cmd.args(before).arg("serve").args(args);
         if !args.contains(&"--metrics-addr")
+            && !before.contains(&"--metrics-addr")
             && !env.iter().any(|(k, _)| *k == "SESSIOND_METRICS_ADDR")
         {
             cmd.args(["--metrics-addr", "off"]);
