@@ -141,11 +141,9 @@ async fn serve(
                     // NOAUTH, unless the command is unknown or its argument
                     // count is wrong (as in Redis).
                     let may_explain = conn.authed
-                        || argv.first().is_some_and(|n| {
-                            [&b"AUTH"[..], b"HELLO", b"QUIT"]
-                                .iter()
-                                .any(|c| n.eq_ignore_ascii_case(c))
-                        });
+                        || argv
+                            .first()
+                            .is_some_and(|n| crate::cmd::conn_allowed_unauthenticated(n));
                     let reply = match Command::parse(argv) {
                         Ok(cmd) => {
                             let started = Instant::now();
@@ -232,9 +230,7 @@ async fn execute(
     inbuf: &mut BytesMut,
     shutdown: &CancellationToken,
 ) -> Option<Reply> {
-    if !conn.authed
-        && !matches!(&cmd, Command::Conn(c) if crate::cmd::conn_allowed_unauthenticated(c))
-    {
+    if !conn.authed && !crate::cmd::conn_allowed_unauthenticated(cmd.name().as_bytes()) {
         return Some(Reply::error("NOAUTH", "Authentication required."));
     }
     match cmd {

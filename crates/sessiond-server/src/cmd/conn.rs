@@ -54,12 +54,11 @@ pub enum ClientSub {
     Info,
 }
 
-/// Commands allowed before AUTH.
-pub fn allowed_unauthenticated(cmd: &ConnCommand) -> bool {
-    matches!(
-        cmd,
-        ConnCommand::Auth(..) | ConnCommand::Hello { .. } | ConnCommand::Quit
-    )
+/// Whether the command named `name` (any case) is allowed before AUTH.
+pub fn allowed_unauthenticated(name: &[u8]) -> bool {
+    [&b"AUTH"[..], b"HELLO", b"QUIT"]
+        .iter()
+        .any(|c| name.eq_ignore_ascii_case(c))
 }
 
 impl ConnCommand {
