@@ -1,11 +1,15 @@
-//! The errors the core returns. The server maps each to one RESP error code
-//! (`crates/sessiond-server/src/reply.rs`), so clients can match on the code.
+//! The errors the core returns, one type per concern: [`StoreError`] for
+//! sessions, [`LockError`] for locks, and [`EngineError`], what the
+//! [`Engine`](crate::engine::Engine) returns, holding either. The server maps
+//! each to one RESP error code in one place (`sessiond-server`'s
+//! `cmd::error_reply`), so clients can match on the code.
 
 use bytes::Bytes;
 
-/// Why a store or lock operation was refused. A refused operation changes
+/// Why a session operation was refused. A refused operation changes
 /// nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The id is empty, too long, or has a byte outside `[A-Za-z0-9,._:-]`.
     #[error("session id must match [A-Za-z0-9,._:-]{{1,128}}")]
@@ -44,6 +48,13 @@ pub enum StoreError {
     /// The target of a regenerate already exists.
     #[error("session {0:?} already exists")]
     Exists(String),
+}
+
+/// Why a lock operation, or a write fenced by a lock, was refused. A refused
+/// operation changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
     /// A fencing token that is not the current grant of a lock on the session.
     #[error("token {token} is not the current grant of a lock on session {session:?}")]
     Fenced {
@@ -73,6 +84,19 @@ pub enum StoreError {
     /// A release or renew by a connection that does not hold the lock.
     #[error("this connection does not hold that lock")]
     NotHeld,
+}
+
+/// Why a command given to the [`Engine`](crate::engine::Engine) was refused:
+/// a session rule or a lock rule. Either way nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// A session rule.
+    #[error(transparent)]
+    Session(#[from] StoreError),
+    /// A lock rule.
+    #[error(transparent)]
+    Lock(#[from] LockError),
 }
 
 /// A key as it appears in an error line: quoted, with control bytes and

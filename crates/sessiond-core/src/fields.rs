@@ -20,9 +20,18 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use crate::session::Field;
+use serde::{Deserialize, Serialize};
 
 const HEADER: usize = 16;
+
+/// A field of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Field {
+    /// The value: opaque bytes.
+    pub value: Bytes,
+    /// The version of the commit that last wrote this field.
+    pub version: u64,
+}
 
 /// A session's fields, sorted by key, in one buffer.
 #[derive(Clone, Default, PartialEq, Eq)]

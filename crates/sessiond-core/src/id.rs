@@ -66,3 +66,18 @@ impl fmt::Debug for SessionId {
         write!(f, "{:?}", &*self.0)
     }
 }
+
+// Serialized as the string; deserializing validates it again, so an image
+// from elsewhere cannot smuggle in an id the protocol would refuse.
+impl serde::Serialize for SessionId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SessionId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        SessionId::parse(raw.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}

@@ -16,11 +16,18 @@
 //!   [`Mutation`]s the server persists.
 //! - [`locks`]: [`LockTable`], session and key locks with FIFO hand-off,
 //!   leases, fencing tokens and deadlock detection.
-//! - [`error`]: [`StoreError`], one enum the server maps to RESP error codes.
+//! - [`engine`]: [`Engine`], the one state machine the server drives: it
+//!   owns the store and the lock table and every rule combining them;
+//!   commands in, replies and effects out.
+//! - [`workload`]: random logs of inputs and a driver that applies them as
+//!   the server would, for determinism, snapshot and model tests.
+//! - [`error`]: [`StoreError`] (sessions), [`LockError`] (locks) and
+//!   [`EngineError`] (either), which the server maps to RESP error codes.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod engine;
 pub mod error;
 pub mod expiry;
 pub mod fields;
@@ -28,9 +35,11 @@ pub mod id;
 pub mod locks;
 pub mod session;
 pub mod store;
+pub mod workload;
 
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
-pub use error::StoreError;
+pub use engine::Engine;
+pub use error::{EngineError, LockError, StoreError};
 pub use expiry::ExpiryIndex;
 pub use fields::{PackedFields, PackedFieldsBuilder};
 pub use id::SessionId;

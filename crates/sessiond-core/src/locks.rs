@@ -10,9 +10,10 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use crate::expiry::ExpiryIndex;
-use crate::{Millis, SessionId, StoreError};
+use crate::{LockError, Millis, SessionId};
 
 /// Who holds or waits for a lock: the server uses the connection id.
 pub type OwnerId = u64;
@@ -20,7 +21,7 @@ pub type OwnerId = u64;
 pub type WaiterId = u64;
 
 /// What a lock covers.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Scope {
     /// The whole session.
     Session,
@@ -48,7 +49,7 @@ impl Scope {
 }
 
 /// A held lock.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     /// The session.
     pub session: SessionId,
@@ -77,7 +78,7 @@ impl Grant {
 }
 
 /// A queued request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Waiter {
     /// Its id.
     pub id: WaiterId,
@@ -129,7 +130,7 @@ pub struct LockRequest {
 }
 
 /// Counters for metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockStats {
     /// Grants made.
     pub grants: u64,
@@ -141,6 +142,34 @@ pub struct LockStats {
     pub fenced: u64,
     /// Locks broken by an admin.
     pub broken: u64,
+}
+
+/// The locks of one session in a [`LockTableImage`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionLocksImage {
+    /// The session (canonical id).
+    pub session: SessionId,
+    /// Its holders, in the table's order.
+    pub holders: Vec<Grant>,
+    /// Its queue, first in line first.
+    pub queue: Vec<Waiter>,
+}
+
+/// A [`LockTable`] as plain data: see [`LockTable::image`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockTableImage {
+    /// Every session with locks or waiters, by id.
+    pub sessions: Vec<SessionLocksImage>,
+    /// The epoch of the tokens.
+    pub epoch: u64,
+    /// The last token counter handed out in that epoch.
+    pub counter: u64,
+    /// The next waiter id.
+    pub next_waiter: WaiterId,
+    /// The maximum hold.
+    pub max_hold_ms: u64,
+    /// Counters.
+    pub stats: LockStats,
 }
 
 #[derive(Debug, Default)]
@@ -194,6 +223,55 @@ impl LockTable {
         }
     }
 
+    /// The whole table as plain data, sorted by session, each session's
+    /// holders and queue in their order: equal tables give equal images, and
+    /// [`LockTable::from_image`] rebuilds an equal table.
+    pub fn image(&self) -> LockTableImage {
+        let mut sessions: Vec<SessionLocksImage> = self
+            .sessions
+            .iter()
+            .map(|(id, l)| SessionLocksImage {
+                session: id.clone(),
+                holders: l.holders.clone(),
+                queue: l.queue.iter().cloned().collect(),
+            })
+            .collect();
+        sessions.sort_unstable_by(|a, b| a.session.cmp(&b.session));
+        LockTableImage {
+            sessions,
+            epoch: self.epoch,
+            counter: self.counter,
+            next_waiter: self.next_waiter,
+            max_hold_ms: self.max_hold_ms,
+            stats: self.stats,
+        }
+    }
+
+    /// The table an [`image`](LockTable::image) was taken of.
+    pub fn from_image(image: LockTableImage) -> Self {
+        let mut table = LockTable::new(image.epoch, image.max_hold_ms);
+        table.counter = image.counter;
+        table.next_waiter = image.next_waiter;
+        table.stats = image.stats;
+        for s in image.sessions {
+            for g in &s.holders {
+                table.deadlines.insert(g.deadline(), g.token);
+                table.tokens.insert(g.token, s.session.clone());
+            }
+            for w in &s.queue {
+                table.waiting.insert(w.owner, (s.session.clone(), w.id));
+            }
+            table.sessions.insert(
+                s.session,
+                SessionLocks {
+                    holders: s.holders,
+                    queue: s.queue.into(),
+                },
+            );
+        }
+        table
+    }
+
     /// Counters.
     pub fn stats(&self) -> LockStats {
         self.stats
@@ -236,9 +314,9 @@ impl LockTable {
     /// Takes a lock, or queues for it.
     ///
     /// # Errors
-    /// [`StoreError::Timeout`] with 0 when not free and `wait` is false;
-    /// [`StoreError::Deadlock`] when queuing would close a cycle.
-    pub fn acquire(&mut self, now: Millis, req: LockRequest) -> Result<Acquired, StoreError> {
+    /// [`LockError::Timeout`] with 0 when not free and `wait` is false;
+    /// [`LockError::Deadlock`] when queuing would close a cycle.
+    pub fn acquire(&mut self, now: Millis, req: LockRequest) -> Result<Acquired, LockError> {
         if let Some(rid) = &req.reqid
             && let Some(found) = self.adopt(&req, rid)
         {
@@ -260,11 +338,11 @@ impl LockTable {
         }
         if !req.wait {
             self.drop_if_empty(&req.session);
-            return Err(StoreError::Timeout(0));
+            return Err(LockError::Timeout(0));
         }
         if let Some(cycle_with) = self.would_deadlock(&req) {
             self.stats.deadlocks += 1;
-            return Err(StoreError::Deadlock(format!("client {cycle_with}")));
+            return Err(LockError::Deadlock(format!("client {cycle_with}")));
         }
         let id = self.next_waiter;
         self.next_waiter += 1;
@@ -396,17 +474,17 @@ impl LockTable {
     /// Releases the lock `token`. With `owner`, only if that owner holds it.
     ///
     /// # Errors
-    /// [`StoreError::NotHeld`] when the token is not current or is held by
+    /// [`LockError::NotHeld`] when the token is not current or is held by
     /// someone else.
     pub fn release(
         &mut self,
         now: Millis,
         token: u64,
         owner: Option<OwnerId>,
-    ) -> Result<Vec<Handoff>, StoreError> {
-        let grant = self.grant(token).ok_or(StoreError::NotHeld)?;
+    ) -> Result<Vec<Handoff>, LockError> {
+        let grant = self.grant(token).ok_or(LockError::NotHeld)?;
         if owner.is_some_and(|o| o != grant.owner) {
-            return Err(StoreError::NotHeld);
+            return Err(LockError::NotHeld);
         }
         let session = grant.session.clone();
         self.remove_grant(now, &session, token);
@@ -462,56 +540,87 @@ impl LockTable {
             self.remove_waiter(&session, wid);
             handoffs.extend(self.promote(now, &session));
         }
-        let held: Vec<u64> = self
+        // In token order (grant order), not the hash map's: the hand-offs
+        // this causes must be the same on every replica of the state.
+        let mut held: Vec<u64> = self
             .tokens
             .keys()
             .copied()
             .filter(|t| self.grant(*t).is_some_and(|g| g.owner == owner))
             .collect();
+        held.sort_unstable();
         for token in held {
             handoffs.extend(self.release(now, token, None).unwrap_or_default());
         }
         handoffs
     }
 
-    /// Extends the lease of `token` to `lease_ms` from now (never past the
-    /// maximum hold).
+    /// Extends the lease of `token`, a lock on `session` covering `scope`, to
+    /// `lease_ms` from now (never past the maximum hold). Checked once,
+    /// here: the token must be the current grant of exactly that lock, its
+    /// deadline not passed, and held by `owner`.
     ///
     /// # Errors
-    /// [`StoreError::Fenced`] when the token is not current;
-    /// [`StoreError::NotHeld`] when another owner holds it.
+    /// [`LockError::Fenced`] when the token is not the current grant of that
+    /// lock (counted as a fenced write); [`LockError::NotHeld`] when another
+    /// owner holds it.
     pub fn renew(
         &mut self,
         now: Millis,
+        session: &SessionId,
+        scope: &Scope,
         token: u64,
         owner: OwnerId,
         lease_ms: u64,
-    ) -> Result<(), StoreError> {
-        let Some(session) = self.tokens.get(&token).cloned() else {
-            self.stats.fenced += 1;
-            return Err(StoreError::Fenced {
-                session: String::new(),
-                token,
-            });
-        };
-        let Some(g) = self
-            .sessions
-            .get_mut(&session)
-            .and_then(|l| l.holders.iter_mut().find(|g| g.token == token))
-        else {
-            return Err(StoreError::Fenced {
-                session: session.to_string(),
-                token,
-            });
-        };
-        if g.owner != owner {
-            return Err(StoreError::NotHeld);
+    ) -> Result<(), LockError> {
+        let current = self
+            .grant(token)
+            .filter(|g| &g.session == session && &g.scope == scope && now < g.deadline())
+            .map(|g| g.owner);
+        match current {
+            None => {
+                self.stats.fenced += 1;
+                Err(LockError::Fenced {
+                    session: session.to_string(),
+                    token,
+                })
+            }
+            Some(holder) if holder != owner => Err(LockError::NotHeld),
+            Some(_) => {
+                let Some(g) = self
+                    .sessions
+                    .get_mut(session)
+                    .and_then(|l| l.holders.iter_mut().find(|g| g.token == token))
+                else {
+                    return Err(LockError::NotHeld);
+                };
+                let old = g.deadline();
+                g.lease_until = Some(now.saturating_add(lease_ms));
+                let new = g.deadline();
+                self.deadlines.reschedule(old, new, &token);
+                Ok(())
+            }
         }
-        let old = g.deadline();
-        g.lease_until = Some(now.saturating_add(lease_ms));
-        let new = g.deadline();
-        self.deadlines.reschedule(old, new, &token);
-        Ok(())
+    }
+
+    /// Releases `token` if it is the current grant of a lock on `session`
+    /// covering `scope` held by `owner`; returns whether it was, and the
+    /// hand-offs the release caused.
+    pub fn release_held(
+        &mut self,
+        now: Millis,
+        session: &SessionId,
+        scope: &Scope,
+        token: u64,
+        owner: OwnerId,
+    ) -> (bool, Vec<Handoff>) {
+        let held = self
+            .grant(token)
+            .is_some_and(|g| &g.session == session && &g.scope == scope && g.owner == owner);
+        if !held {
+            return (false, Vec::new());
+        }
+        (true, self.release(now, token, None).unwrap_or_default())
     }
 
     /// Takes away every lock whose lease or maximum hold ran out by `now`.
@@ -536,14 +645,14 @@ impl LockTable {
     /// a refusal is counted in [`LockStats::fenced`].
     ///
     /// # Errors
-    /// [`StoreError::Fenced`] or [`StoreError::OutsideLock`].
+    /// [`LockError::Fenced`] or [`LockError::OutsideLock`].
     pub fn check_fence(
         &mut self,
         now: Millis,
         session: &SessionId,
         token: u64,
         keys: &[&Bytes],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), LockError> {
         let checked = self.fence_covers(now, session, token, keys);
         if checked.is_err() {
             self.stats.fenced += 1;
@@ -557,19 +666,19 @@ impl LockTable {
         session: &SessionId,
         token: u64,
         keys: &[&Bytes],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), LockError> {
         // A lease that ran out fences at once, even before `expire` runs.
         let grant = self
             .grant(token)
             .filter(|g| &g.session == session && now < g.deadline())
-            .ok_or_else(|| StoreError::Fenced {
+            .ok_or_else(|| LockError::Fenced {
                 session: session.to_string(),
                 token,
             })?;
         if let Scope::Key(locked) = &grant.scope
             && let Some(other) = keys.iter().find(|k| !grant.scope.covers(k))
         {
-            return Err(StoreError::OutsideLock {
+            return Err(LockError::OutsideLock {
                 session: session.to_string(),
                 token,
                 locked: locked.clone(),
@@ -577,11 +686,6 @@ impl LockTable {
             });
         }
         Ok(())
-    }
-
-    /// Counts a refused fenced write, for metrics.
-    pub fn note_fenced(&mut self) {
-        self.stats.fenced += 1;
     }
 
     /// Moves the locks of `old` to `new` (the session was regenerated), so
@@ -743,13 +847,13 @@ mod tests {
         // The same lock again, and a key lock under one's own session lock.
         for scope in [Scope::Session, key("a")] {
             let err = t.acquire(1, req("s", scope.clone(), 1)).unwrap_err();
-            assert!(matches!(err, StoreError::Deadlock(_)), "{err:?}");
+            assert!(matches!(err, LockError::Deadlock(_)), "{err:?}");
             let try_once = LockRequest {
                 wait: false,
                 ..req("s", scope, 1)
             };
             let err = t.acquire(1, try_once).unwrap_err();
-            assert!(matches!(err, StoreError::Timeout(0)), "{err:?}");
+            assert!(matches!(err, LockError::Timeout(0)), "{err:?}");
         }
         // Nothing was queued by the refusals.
         assert_eq!(t.counts(), (1, 0));
@@ -794,7 +898,7 @@ mod tests {
         granted(t.acquire(0, req("s", Scope::Session, 1)).unwrap());
         let mut r = req("s", Scope::Session, 2);
         r.wait = false;
-        assert_eq!(t.acquire(0, r), Err(StoreError::Timeout(0)));
+        assert_eq!(t.acquire(0, r), Err(LockError::Timeout(0)));
     }
 
     #[test]
@@ -809,12 +913,12 @@ mod tests {
         assert!(g2.token > g1.token);
         assert!(matches!(
             t.check_fence(0, &sid("s"), g1.token, &[&k]),
-            Err(StoreError::Fenced { .. })
+            Err(LockError::Fenced { .. })
         ));
         let other = Bytes::from("other");
         assert!(matches!(
             t.check_fence(0, &sid("s"), g2.token, &[&other]),
-            Err(StoreError::OutsideLock { .. })
+            Err(LockError::OutsideLock { .. })
         ));
         assert_eq!(t.stats().fenced, 2, "both refusals are counted");
         // A later epoch (the next start) issues higher tokens than any before.
@@ -846,15 +950,17 @@ mod tests {
         let mut r = req("s", Scope::Session, 1);
         r.lease_ms = Some(100);
         let g = granted(t.acquire(0, r).unwrap());
-        t.renew(90, g.token, 1, 100).unwrap();
+        t.renew(90, &sid("s"), &Scope::Session, g.token, 1, 100)
+            .unwrap();
         assert!(t.expire(150).is_empty());
-        t.renew(180, g.token, 1, 5_000).unwrap();
+        t.renew(180, &sid("s"), &Scope::Session, g.token, 1, 5_000)
+            .unwrap();
         assert_eq!(t.next_deadline(), Some(1_000));
         assert!(t.expire(999).is_empty());
         t.expire(1_000);
         assert!(matches!(
-            t.renew(1_001, g.token, 1, 100),
-            Err(StoreError::Fenced { .. })
+            t.renew(1_001, &sid("s"), &Scope::Session, g.token, 1, 100),
+            Err(LockError::Fenced { .. })
         ));
     }
 
@@ -875,7 +981,7 @@ mod tests {
         queued(t.acquire(0, req("s", key("b"), 1)).unwrap());
         assert!(matches!(
             t.acquire(0, req("s", key("a"), 2)),
-            Err(StoreError::Deadlock(_))
+            Err(LockError::Deadlock(_))
         ));
         assert_eq!(t.stats().deadlocks, 1);
     }
@@ -890,7 +996,7 @@ mod tests {
         queued(t.acquire(0, req("z", Scope::Session, 2)).unwrap());
         assert!(matches!(
             t.acquire(0, req("x", Scope::Session, 3)),
-            Err(StoreError::Deadlock(_))
+            Err(LockError::Deadlock(_))
         ));
         // A waiter that closes no cycle still queues.
         queued(t.acquire(0, req("x", Scope::Session, 4)).unwrap());
@@ -940,6 +1046,6 @@ mod tests {
         let (was, _) = t.break_lock(1, &sid("s"), &Scope::Session);
         assert!(was);
         assert!(t.check_fence(0, &sid("s"), g.token, &[]).is_err());
-        assert_eq!(t.release(2, g.token, Some(1)), Err(StoreError::NotHeld));
+        assert_eq!(t.release(2, g.token, Some(1)), Err(LockError::NotHeld));
     }
 }

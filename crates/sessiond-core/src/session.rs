@@ -1,21 +1,13 @@
 //! One session: fields with versions, and its timing.
 
-use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use crate::Millis;
+pub use crate::fields::Field;
 use crate::fields::PackedFields;
 
-/// A field of a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Field {
-    /// The value: opaque bytes.
-    pub value: Bytes,
-    /// The version of the commit that last wrote this field.
-    pub version: u64,
-}
-
 /// What a session is apart from its fields; what the storage keeps per session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionMeta {
     /// The version of the latest change (0 for a session never written).
     pub version: u64,

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use crate::expiry::ExpiryIndex;
 use crate::fields::PackedFields;
@@ -21,7 +22,7 @@ use crate::{Millis, SessionId, StoreError};
 const MAX_ALIAS_HOPS: usize = 8;
 
 /// Limits on what clients may store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// Largest value in bytes.
     pub max_value_bytes: usize,
@@ -39,7 +40,7 @@ impl Default for Limits {
 }
 
 /// Store-wide settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreConfig {
     /// Idle TTL of a session created without one (PHP's default
     /// `session.gc_maxlifetime`, 1440 s).
@@ -110,7 +111,7 @@ pub enum Mutation {
 }
 
 /// An old id answering for a regenerated session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Alias {
     /// Where the session went.
     pub target: SessionId,
@@ -119,7 +120,7 @@ pub struct Alias {
 }
 
 /// Options of [`Store::read`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadOptions {
     /// Create the session empty when it does not exist.
     pub create: bool,
@@ -156,7 +157,7 @@ pub struct ReadResult {
 }
 
 /// One operation of a commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Set `key` to `value`, if its version is `if_version` when given.
     Set {
@@ -192,7 +193,7 @@ impl Op {
 }
 
 /// A delta to apply atomically.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitRequest {
     /// Create the session if it does not exist.
     pub create: bool,
@@ -231,7 +232,7 @@ pub enum CasOutcome {
 }
 
 /// Counters the server exports as metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreStats {
     /// Sessions removed because they expired.
     pub expired: u64,
@@ -239,6 +240,34 @@ pub struct StoreStats {
     pub created: u64,
     /// Sessions destroyed by clients.
     pub destroyed: u64,
+}
+
+/// One session in a [`StoreImage`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionImage {
+    /// Its id.
+    pub id: SessionId,
+    /// Versions and timing.
+    pub meta: SessionMeta,
+    /// Its fields, sorted by key.
+    pub fields: Vec<(Bytes, Field)>,
+}
+
+/// A [`Store`] as plain data, sorted: see [`Store::image`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreImage {
+    /// The settings.
+    pub config: StoreConfig,
+    /// Every session held (expired ones not purged yet included), by id.
+    pub sessions: Vec<SessionImage>,
+    /// Every alias, by old id.
+    pub aliases: Vec<(SessionId, Alias)>,
+    /// The last version handed out.
+    pub last_version: u64,
+    /// Sessions whose last access is not recorded in storage yet, by id.
+    pub accessed: Vec<SessionId>,
+    /// Counters.
+    pub stats: StoreStats,
 }
 
 /// Every session, its expiry, and regenerate aliases.
@@ -348,7 +377,10 @@ impl Store {
     /// earlier after the restart.
     pub fn record_accesses(&mut self) -> usize {
         let mut recorded = 0;
-        for id in std::mem::take(&mut self.accessed) {
+        // Sorted, so the mutations come in the same order on every replica.
+        let mut accessed: Vec<SessionId> = std::mem::take(&mut self.accessed).into_iter().collect();
+        accessed.sort_unstable();
+        for id in accessed {
             if let Some(session) = self.sessions.get(&id) {
                 self.outbox.push(Mutation::PutMeta {
                     id,
@@ -358,6 +390,68 @@ impl Store {
             }
         }
         recorded
+    }
+
+    // ---- image ---------------------------------------------------------
+
+    /// The whole state as plain, sorted data: equal stores give equal
+    /// images, and [`Store::from_image`] rebuilds an equal store. What a
+    /// snapshot of a replica holds.
+    pub fn image(&self) -> StoreImage {
+        let mut sessions: Vec<SessionImage> = self
+            .sessions
+            .iter()
+            .map(|(id, s)| SessionImage {
+                id: id.clone(),
+                meta: s.meta,
+                fields: s.fields.iter().collect(),
+            })
+            .collect();
+        sessions.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        let mut aliases: Vec<(SessionId, Alias)> = self
+            .aliases
+            .iter()
+            .map(|(old, a)| (old.clone(), a.clone()))
+            .collect();
+        aliases.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut accessed: Vec<SessionId> = self.accessed.iter().cloned().collect();
+        accessed.sort_unstable();
+        StoreImage {
+            config: self.config,
+            sessions,
+            aliases,
+            last_version: self.last_version,
+            accessed,
+            stats: self.stats,
+        }
+    }
+
+    /// The store an [`image`](Store::image) was taken of (with an empty
+    /// outbox).
+    pub fn from_image(image: StoreImage) -> Self {
+        let mut store = Store::new(image.config);
+        store.restore_sessions(
+            image
+                .sessions
+                .into_iter()
+                .map(|s| {
+                    (
+                        s.id,
+                        Session {
+                            meta: s.meta,
+                            fields: PackedFields::from_entries(s.fields),
+                        },
+                    )
+                })
+                .collect(),
+        );
+        for (old, alias) in image.aliases {
+            store.link_alias(old, alias);
+        }
+        store.last_version = image.last_version;
+        store.accessed = image.accessed.into_iter().collect();
+        store.stats = image.stats;
+        store
     }
 
     // ---- loading -------------------------------------------------------
@@ -952,7 +1046,11 @@ impl Store {
     fn drop_aliases_to(&mut self, target: &SessionId) {
         let mut work = vec![target.clone()];
         while let Some(t) = work.pop() {
-            for old in self.alias_sources.remove(&t).unwrap_or_default() {
+            // Sorted: the order of the removals must not depend on the order
+            // the aliases were made or restored in.
+            let mut sources = self.alias_sources.remove(&t).unwrap_or_default();
+            sources.sort_unstable();
+            for old in sources {
                 if self.unlink_alias(&old).is_some() {
                     self.outbox.push(Mutation::DelAlias { old: old.clone() });
                     work.push(old);

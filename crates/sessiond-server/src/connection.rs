@@ -9,51 +9,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::cmd::lock::{self, LockStep, LockWait};
-use crate::cmd::{CmdError, Command, error_reply};
+use sessiond_core::LockError;
+use sessiond_core::engine::Delivery;
+use sessiond_core::locks::WaiterId;
+use tokio::sync::oneshot;
+
+use crate::cmd::{
+    CmdError, Command, ConnState, durability_error_reply, engine_error_reply, error_reply,
+    parse_error_reply, response_reply,
+};
 use crate::protocol::{Protocol, Reply, RequestLimits, RequestParser, encode};
-use crate::state::{ClientInfo, Shared};
-
-/// What a connection knows about itself.
-#[derive(Debug)]
-pub struct ConnState {
-    /// CLIENT ID; also the owner id of its locks.
-    pub id: u64,
-    /// Peer address.
-    pub addr: SocketAddr,
-    /// RESP version.
-    pub proto: Protocol,
-    /// Whether AUTH succeeded (or no password is set).
-    pub authed: bool,
-    /// CLIENT SETNAME.
-    pub name: Option<String>,
-    /// CLIENT SETINFO lib-name/lib-ver.
-    pub lib: Option<String>,
-    /// QUIT was received.
-    pub quit: bool,
-}
-
-impl ConnState {
-    /// Sets the name here and in the shared registry.
-    pub fn set_name(&mut self, shared: &Shared, name: Option<String>) {
-        self.name = name.clone();
-        if let Some(c) = shared.clients.lock().get_mut(&self.id) {
-            c.name = name;
-        }
-    }
-
-    /// Records CLIENT SETINFO.
-    pub fn set_lib(&mut self, shared: &Shared, attr: &str, value: String) {
-        let lib = match (attr, self.lib.take()) {
-            ("lib-ver", Some(name)) => format!("{name} {value}"),
-            (_, _) => value,
-        };
-        self.lib = Some(lib.clone());
-        if let Some(c) = shared.clients.lock().get_mut(&self.id) {
-            c.lib = Some(lib);
-        }
-    }
-}
+use crate::state::{ClientInfo, Executed, Shared};
 
 /// Replies are written once this many bytes are waiting, even in the middle
 /// of a pipeline.
@@ -113,10 +79,7 @@ pub async fn run(
     }
     // Whatever ended the connection, its locks go now and its wait is
     // cancelled; waiters queued behind it are handed the locks.
-    shared.apply(|st, now| {
-        let h = st.locks.release_owner(now, id);
-        lock::deliver(st, now, h);
-    });
+    shared.connection_closed(id);
     shared.clients.lock().remove(&id);
     shared.metrics.connections.dec();
 }
@@ -151,13 +114,10 @@ async fn serve(
                             let reply =
                                 execute(cmd, conn, shared, stream, &mut inbuf, shutdown).await;
                             let outcome = match &reply {
-                                Some(Reply::Error(e)) => {
-                                    e.split(' ').next().unwrap_or("ERR").to_owned()
-                                }
-                                Some(_) => "ok".to_owned(),
-                                None => "disconnected".to_owned(),
+                                Some(r) => r.error_code().unwrap_or("ok"),
+                                None => "disconnected",
                             };
-                            shared.metrics.record(name, &outcome, started.elapsed());
+                            shared.metrics.record(name, outcome, started.elapsed());
                             match reply {
                                 Some(r) => r,
                                 // The client left during a wait.
@@ -194,11 +154,7 @@ async fn serve(
                 Ok(None) => break,
                 Err(e) => {
                     // The stream cannot be framed any more: say why, close.
-                    let code = match e {
-                        crate::protocol::ParseError::TooLarge { .. } => "LIMIT",
-                        crate::protocol::ParseError::Protocol(_) => "ERR",
-                    };
-                    encode(&Reply::error(code, e.to_string()), conn.proto, &mut out);
+                    encode(&parse_error_reply(&e), conn.proto, &mut out);
                     stream.write_all(&out).await?;
                     return Ok(());
                 }
@@ -233,26 +189,27 @@ async fn execute(
     if !conn.authed && !crate::cmd::conn_allowed_unauthenticated(cmd.name().as_bytes()) {
         return Some(Reply::error("NOAUTH", "Authentication required."));
     }
-    match cmd {
-        Command::Conn(c) => Some(c.execute(shared, conn)),
-        Command::Session(c) => Some(c.execute(shared).await),
-        Command::Lock(c) => {
-            let owner = conn.id;
-            let lookup = |id: u64| shared.clients.lock().get(&id).cloned();
-            let (step, seq) = shared.apply(|st, now| c.apply(st, now, owner, &lookup));
-            shared.timer.notify_one();
-            match step {
-                // A grant with CREATE may have created the session: under
-                // `always` its reply waits for the disk like a write's.
-                Ok(LockStep::Reply(r)) => Some(match shared.durable(seq).await {
-                    Ok(()) => r,
-                    Err(e) => Reply::error("ERR", e.to_string()),
-                }),
-                Ok(LockStep::Wait(wait)) => {
-                    wait_for_grant(wait, shared, stream, inbuf, shutdown).await
-                }
-                Err(e) => Some(error_reply(&e)),
-            }
+    let cmd = match cmd {
+        Command::Conn(c) => return Some(c.execute(shared, conn)),
+        Command::Engine(c) => c,
+    };
+    let wait_ms = match &cmd {
+        sessiond_core::engine::Command::Acquire(a)
+        | sessiond_core::engine::Command::Once { args: a, .. } => a.wait_ms,
+        _ => 0,
+    };
+    let (executed, seq) = shared.execute(conn.id, cmd);
+    match executed {
+        // Under `always`, a command that changed anything (a write, a
+        // create, a new TTL, a grant that created its session) waits until
+        // that is on disk; one that changed nothing never waits.
+        Executed::Done(Ok(response)) => Some(match shared.durable(seq).await {
+            Ok(()) => response_reply(response, &|id| shared.clients.lock().get(&id).cloned()),
+            Err(e) => durability_error_reply(&e),
+        }),
+        Executed::Done(Err(e)) => Some(engine_error_reply(&e)),
+        Executed::Wait(waiter, rx) => {
+            wait_for_grant(waiter, rx, wait_ms, shared, stream, inbuf, shutdown).await
         }
     }
 }
@@ -260,7 +217,9 @@ async fn execute(
 /// Waits for a lock hand-off, the wait's end, the client leaving, or
 /// shutdown. Bytes the client pipelines meanwhile are kept for later.
 async fn wait_for_grant(
-    mut wait: LockWait,
+    waiter: WaiterId,
+    mut rx: oneshot::Receiver<Delivery>,
+    wait_ms: u64,
     shared: &Shared,
     stream: &mut TcpStream,
     inbuf: &mut BytesMut,
@@ -268,11 +227,11 @@ async fn wait_for_grant(
 ) -> Option<Reply> {
     let started = Instant::now();
     let max_buffered = shared.config.max_request_bytes;
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait.wait_ms);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     let mut client_gone = false;
     let outcome = loop {
         tokio::select! {
-            grant = &mut wait.rx => break grant.ok(),
+            grant = &mut rx => break grant.ok(),
             _ = tokio::time::sleep_until(deadline) => break None,
             _ = shutdown.cancelled() => break None,
             // Pipelined bytes are kept for later, up to the request limit;
@@ -286,51 +245,38 @@ async fn wait_for_grant(
             }
         }
     };
-    let handed = match outcome {
-        // The usual way: the reply came built with the grant; the state is
-        // not touched again.
-        Some(handed) if !client_gone => Some(handed),
-        _ => {
-            shared
-                .apply(|st, now| {
-                    // A grant may have raced with the timeout; it then counts.
-                    let handed = outcome.or_else(|| lock::cancel_wait(st, now, &mut wait));
-                    match handed {
-                        Some(h) if client_gone => {
-                            lock::release_token(st, now, h.grant.token);
-                            None
-                        }
-                        other => other,
-                    }
-                })
-                .0
-        }
+    // The usual way: the reply came built with the grant; the engine is not
+    // asked again. Otherwise the wait ends here, unless a grant raced with
+    // the timeout: it then counts.
+    let delivered = match outcome {
+        Some(d) => Some(d),
+        None => shared.cancel_wait(waiter, &mut rx),
     };
     if client_gone {
+        // Whatever it was granted goes with the connection (closed next).
         return None;
     }
-    let reply = match handed {
-        Some(h) if h.wrote => match shared.durable_so_far().await {
-            Ok(()) => Some(h.reply),
-            Err(e) => Some(Reply::error("ERR", e.to_string())),
-        },
-        Some(h) => Some(h.reply),
-        None => None,
+    let Some(delivery) = delivered else {
+        if shutdown.is_cancelled() {
+            return Some(Reply::error("ERR", "server shutting down"));
+        }
+        shared.metrics.lock_timeouts.inc();
+        return Some(engine_error_reply(&LockError::Timeout(wait_ms).into()));
     };
-    Some(match reply {
-        Some(r) => {
-            shared
-                .metrics
-                .lock_wait
-                .observe(started.elapsed().as_secs_f64());
-            r
-        }
-        None if shutdown.is_cancelled() => Reply::error("ERR", "server shutting down"),
-        None => {
-            shared.metrics.lock_timeouts.inc();
-            error_reply(&CmdError::Core(sessiond_core::StoreError::Timeout(
-                wait.wait_ms,
-            )))
-        }
-    })
+    shared
+        .metrics
+        .lock_wait
+        .observe(started.elapsed().as_secs_f64());
+    let response = match delivery.reply {
+        Ok(r) => r,
+        Err(e) => return Some(engine_error_reply(&e)),
+    };
+    if delivery.wrote
+        && let Err(e) = shared.durable_so_far().await
+    {
+        return Some(durability_error_reply(&e));
+    }
+    Some(response_reply(response, &|id| {
+        shared.clients.lock().get(&id).cloned()
+    }))
 }

@@ -14,13 +14,13 @@ pub fn render(shared: &Shared, section: Option<&str>) -> String {
                 || s.eq_ignore_ascii_case("default")
         })
     };
-    let (sessions, aliases, store_stats, (held, waiting), lock_stats) = shared.read(|st, _| {
+    let (sessions, aliases, store_stats, (held, waiting), lock_stats) = shared.read(|e, _| {
         (
-            st.store.len(),
-            st.store.alias_count(),
-            st.store.stats(),
-            st.locks.counts(),
-            st.locks.stats(),
+            e.store().len(),
+            e.store().alias_count(),
+            e.store().stats(),
+            e.locks().counts(),
+            e.locks().stats(),
         )
     });
     let (policy, progress) = shared.persistence();
@@ -49,7 +49,10 @@ pub fn render(shared: &Shared, section: Option<&str>) -> String {
             shared.config.max_connections
         ),
     );
-    section_text("Memory", format!("used_memory_rss:{}\r\n", rss_bytes()));
+    section_text(
+        "Memory",
+        format!("used_memory_rss:{}\r\n", crate::process::rss_bytes()),
+    );
     section_text(
         "Sessions",
         format!(
@@ -87,16 +90,4 @@ pub fn render(shared: &Shared, section: Option<&str>) -> String {
     );
     section_text("Commandstats", m.command_stats());
     out
-}
-
-/// The process's resident memory, from /proc (0 where there is none).
-pub fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u64>().ok())
-        })
-        .map_or(0, |pages| pages * 4096)
 }

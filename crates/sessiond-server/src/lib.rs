@@ -6,25 +6,34 @@
 //! ## Layout
 //! - [`protocol`]: bytes → request arguments ([`protocol::RequestParser`]),
 //!   [`protocol::Reply`] → bytes.
-//! - [`cmd`]: arguments → [`cmd::Command`] → apply → reply; one module per
-//!   command family, one place mapping errors to RESP error codes.
-//! - [`state`]: [`state::Shared`], the core state behind one lock.
-//! - [`connection`]: one client: read, run in order, write; lock waits.
+//! - [`cmd`]: arguments → [`cmd::Command`]; the engine's responses → replies;
+//!   one module per command family, one place mapping errors to RESP codes.
+//! - [`state`]: [`state::Shared`], the engine ([`sessiond_core::Engine`])
+//!   behind one lock, and the shell around it: the effects of each input
+//!   carried out (replies handed to waiters, changes queued for the disk).
+//! - [`connection`]: one client: read, parse, run in order, write; lock waits.
 //! - [`server`]: listeners, the connection limit, the timekeeper (expiry and
 //!   lock leases), shutdown in order.
 //! - [`storage`]: the [`storage::Storage`] trait, redb and memory backends.
 //! - [`persist`]: the writer thread: group commit and durability policies.
-//! - [`config`], [`metrics`], [`info`], [`ids`].
+//! - [`config`], [`metrics`], [`http`] (the metrics endpoint), [`info`],
+//!   [`ids`], [`process`].
+//!
+//! Modules point one way: `protocol`, `config`, `metrics`, `process`,
+//! `storage` → `persist` → `state` → `info` → `cmd` → `connection` →
+//! `http`, `server` (checked by `../shared/tools/module-cycles`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod cmd;
 pub mod config;
 pub mod connection;
+pub mod http;
 pub mod ids;
 pub mod info;
 pub mod inspect;
 pub mod metrics;
 pub mod persist;
+pub mod process;
 pub mod protocol;
 pub mod server;
 pub mod state;

@@ -1,7 +1,7 @@
-//! Prometheus metrics, and the HTTP endpoint that serves them.
+//! Prometheus metrics: what the server counts, and their text format. The
+//! HTTP endpoint that serves them is in the `http` module.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -12,11 +12,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-use crate::state::Shared;
 
 /// A label set of one command name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -208,79 +203,42 @@ impl Metrics {
     }
 }
 
-/// The metrics as Prometheus text, with gauges read from the state now.
-pub fn render(shared: &Shared) -> String {
-    let m = &shared.metrics;
-    let (sessions, store_stats, (held, waiting), lock_stats) = shared.read(|st, _| {
-        (
-            st.store.len(),
-            st.store.stats(),
-            st.locks.counts(),
-            st.locks.stats(),
-        )
-    });
-    m.sessions.set(i64::try_from(sessions).unwrap_or(i64::MAX));
-    m.sessions_expired.set(store_stats.expired);
-    m.locks_held.set(i64::try_from(held).unwrap_or(i64::MAX));
-    m.lock_waiters
-        .set(i64::try_from(waiting).unwrap_or(i64::MAX));
-    m.lock_deadlocks.set(lock_stats.deadlocks);
-    m.lock_fenced.set(lock_stats.fenced);
-    m.lock_expired.set(lock_stats.expired);
-    m.rss.set(crate::info::rss_bytes());
-    let mut text = String::new();
-    let _ = prometheus_client::encoding::text::encode(&mut text, &m.registry());
-    text
+/// What the state holds right now, read by whoever renders the metrics
+/// (the metrics module does not look into the state itself).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StateGauges {
+    /// Sessions held.
+    pub sessions: usize,
+    /// Sessions removed by expiry so far.
+    pub sessions_expired: u64,
+    /// Locks held.
+    pub locks_held: usize,
+    /// Lock waiters queued.
+    pub lock_waiters: usize,
+    /// Waits refused for deadlock so far.
+    pub lock_deadlocks: u64,
+    /// Fenced writes refused so far.
+    pub lock_fenced: u64,
+    /// Locks taken away by lease or max hold so far.
+    pub lock_expired: u64,
+    /// Resident memory in bytes.
+    pub rss_bytes: u64,
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown`. A deliberately
-/// small HTTP/1.0 responder: one request per connection, read up to 8 KiB.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    loop {
-        let (mut sock, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off
-                    // instead of spinning.
-                    tracing::warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            let mut n = 0;
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while n < buf.len() {
-                    match sock.read(&mut buf[n..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => n += k,
-                    }
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-            })
-            .await;
-            if read.is_err() {
-                return;
-            }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ")
-            {
-                ("200 OK", render(&shared))
-            } else {
-                ("404 Not Found", "not found; try /metrics\n".to_owned())
-            };
-            let resp = format!(
-                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-        });
+impl Metrics {
+    /// The metrics as Prometheus text, with `gauges` read from the state.
+    pub fn render(&self, gauges: StateGauges) -> String {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.sessions.set(count(gauges.sessions));
+        self.sessions_expired.set(gauges.sessions_expired);
+        self.locks_held.set(count(gauges.locks_held));
+        self.lock_waiters.set(count(gauges.lock_waiters));
+        self.lock_deadlocks.set(gauges.lock_deadlocks);
+        self.lock_fenced.set(gauges.lock_fenced);
+        self.lock_expired.set(gauges.lock_expired);
+        self.rss.set(gauges.rss_bytes);
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry());
+        text
     }
 }

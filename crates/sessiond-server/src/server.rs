@@ -6,16 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sessiond_core::{Clock, LockTable, Store, StoreConfig, SystemClock};
+use sessiond_core::{Clock, Engine, LockTable, Store, StoreConfig, SystemClock};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cmd::lock;
 use crate::config::{Config, StorageKind};
 use crate::persist::Persistence;
-use crate::state::{Shared, State};
+use crate::state::Shared;
 use crate::storage::{MemoryStorage, RedbStorage, Storage};
 
 /// Sessions removed per turn of the expiry loop: the state lock is released
@@ -82,11 +81,10 @@ impl Server {
             store.restore_alias(old, alias);
         }
         store.raise_version_floor(loaded.version_floor);
-        let state = State {
+        let engine = Engine::new(
             store,
-            locks: LockTable::new(epoch, config.lock_max_hold.as_millis() as u64),
-            waiters: Default::default(),
-        };
+            LockTable::new(epoch, config.lock_max_hold.as_millis() as u64),
+        );
         tracing::info!(
             sessions = count,
             took_ms = started.elapsed().as_millis() as u64,
@@ -105,7 +103,7 @@ impl Server {
         };
         let persist = Persistence::start(storage, config.durability);
         Ok(Server {
-            shared: Arc::new(Shared::new(config, clock, state, persist)),
+            shared: Arc::new(Shared::new(config, clock, engine, persist)),
             listener,
             metrics,
         })
@@ -137,7 +135,7 @@ impl Server {
         } = self;
         let tracker = TaskTracker::new();
         if let Some(m) = metrics {
-            tracker.spawn(crate::metrics::serve(m, shared.clone(), shutdown.clone()));
+            tracker.spawn(crate::http::serve(m, shared.clone(), shutdown.clone()));
         }
         tracker.spawn(timekeeper(shared.clone(), shutdown.clone()));
         let permits = Arc::new(Semaphore::new(shared.config.max_connections));
@@ -186,7 +184,7 @@ impl Server {
         {
             tracing::warn!("some connections did not finish within the shutdown timeout");
         }
-        shared.apply(|st, _| st.store.record_accesses());
+        shared.run(|e, now| e.record_accesses(now));
         shared.shutdown_persistence();
         tracing::info!("stopped; storage flushed");
     }
@@ -199,25 +197,17 @@ impl Server {
 async fn timekeeper(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut accesses_recorded = Instant::now();
     loop {
-        let next =
-            shared.read(
-                |st, _| match (st.store.next_deadline(), st.locks.next_deadline()) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                },
-            );
+        let next = shared.read(|e, _| e.next_deadline());
         let now = shared.clock.now();
         let sleep = next.map_or(1_000, |d| d.saturating_sub(now)).min(1_000);
+        shared.set_timer_at(Some(now.saturating_add(sleep)));
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = shared.timer.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(sleep)) => {}
         }
         loop {
-            let (removed, seq) = shared.apply(|st, now| {
-                lock::expire_due(st, now);
-                st.store.purge_expired(now, PURGE_BATCH)
-            });
+            let (removed, seq) = shared.run(|e, now| e.tick(now, PURGE_BATCH));
             if removed < PURGE_BATCH {
                 break;
             }
@@ -230,7 +220,7 @@ async fn timekeeper(shared: Arc<Shared>, shutdown: CancellationToken) {
             }
         }
         if accesses_recorded.elapsed() >= Duration::from_secs(1) {
-            shared.apply(|st, _| st.store.record_accesses());
+            shared.run(|e, now| e.record_accesses(now));
             accesses_recorded = Instant::now();
         }
     }

@@ -4,10 +4,52 @@
 use bytes::Bytes;
 use subtle::ConstantTimeEq;
 
+use std::net::SocketAddr;
+
 use super::{Args, CmdError};
-use crate::connection::ConnState;
 use crate::protocol::{Protocol, Reply};
 use crate::state::Shared;
+
+/// What a connection knows about itself.
+#[derive(Debug)]
+pub struct ConnState {
+    /// CLIENT ID; also the owner id of its locks.
+    pub id: u64,
+    /// Peer address.
+    pub addr: SocketAddr,
+    /// RESP version.
+    pub proto: Protocol,
+    /// Whether AUTH succeeded (or no password is set).
+    pub authed: bool,
+    /// CLIENT SETNAME.
+    pub name: Option<String>,
+    /// CLIENT SETINFO lib-name/lib-ver.
+    pub lib: Option<String>,
+    /// QUIT was received.
+    pub quit: bool,
+}
+
+impl ConnState {
+    /// Sets the name here and in the shared registry.
+    pub fn set_name(&mut self, shared: &Shared, name: Option<String>) {
+        self.name = name.clone();
+        if let Some(c) = shared.clients.lock().get_mut(&self.id) {
+            c.name = name;
+        }
+    }
+
+    /// Records CLIENT SETINFO.
+    pub fn set_lib(&mut self, shared: &Shared, attr: &str, value: String) {
+        let lib = match (attr, self.lib.take()) {
+            ("lib-ver", Some(name)) => format!("{name} {value}"),
+            (_, _) => value,
+        };
+        self.lib = Some(lib.clone());
+        if let Some(c) = shared.clients.lock().get_mut(&self.id) {
+            c.lib = Some(lib);
+        }
+    }
+}
 
 /// A connection or server command.
 #[derive(Debug)]

@@ -1,38 +1,34 @@
-//! Commands: parse the arguments of a request into a command, apply it,
-//! return a [`Reply`].
+//! Commands: parse the arguments of a request into a [`Command`]; render
+//! what the engine answers as a [`Reply`].
 //!
 //! Every command is parsed completely (extra arguments are a syntax error)
-//! before anything is applied, and returns a reply value instead of writing
-//! to a socket, so each is testable without one. [`error_reply`] is the one
-//! place where errors become RESP error codes.
+//! before anything is applied. Session and lock commands become
+//! [`sessiond_core::engine::Command`]s, applied by the engine; connection
+//! commands (PING, AUTH, CLIENT, INFO, …) are applied here, to the
+//! connection. [`render`] is the one place where errors become RESP error
+//! codes.
 
 mod args;
-mod conn;
-pub mod lock;
+pub mod conn;
+mod lock;
+pub mod render;
 mod session;
 
-#[cfg(test)]
-mod model_tests;
-
 use bytes::Bytes;
-use sessiond_core::StoreError;
 
 pub use args::{Args, CmdError};
-pub use conn::{ConnCommand, allowed_unauthenticated as conn_allowed_unauthenticated};
-pub use lock::LockCommand;
-pub use session::SessionCommand;
-
-use crate::protocol::Reply;
+pub use conn::{ConnCommand, ConnState, allowed_unauthenticated as conn_allowed_unauthenticated};
+pub use render::{
+    durability_error_reply, engine_error_reply, error_reply, parse_error_reply, response_reply,
+};
 
 /// A parsed request.
 #[derive(Debug)]
 pub enum Command {
-    /// PING, HELLO, AUTH, CLIENT, INFO, …
+    /// PING, HELLO, AUTH, CLIENT, INFO, …: applied to the connection.
     Conn(ConnCommand),
-    /// SESSION.*
-    Session(SessionCommand),
-    /// LOCK.*
-    Lock(LockCommand),
+    /// SESSION.* and LOCK.*: applied by the engine.
+    Engine(sessiond_core::engine::Command),
 }
 
 impl Command {
@@ -43,10 +39,10 @@ impl Command {
     pub fn parse(argv: Vec<Bytes>) -> Result<Command, CmdError> {
         let mut args = Args::new(argv)?;
         let name = args.name().to_owned();
-        let cmd = if let Some(c) = SessionCommand::parse(&name, &mut args)? {
-            Command::Session(c)
-        } else if let Some(c) = LockCommand::parse(&name, &mut args)? {
-            Command::Lock(c)
+        let cmd = if let Some(c) = session::parse(&name, &mut args)? {
+            Command::Engine(c)
+        } else if let Some(c) = lock::parse(&name, &mut args)? {
+            Command::Engine(c)
         } else if let Some(c) = ConnCommand::parse(&name, &mut args)? {
             Command::Conn(c)
         } else {
@@ -60,46 +56,7 @@ impl Command {
     pub fn name(&self) -> &'static str {
         match self {
             Command::Conn(c) => c.name(),
-            Command::Session(c) => c.name(),
-            Command::Lock(c) => c.name(),
+            Command::Engine(c) => c.name(),
         }
     }
-}
-
-/// The RESP error for `err`.
-pub fn error_reply(err: &CmdError) -> Reply {
-    match err {
-        CmdError::Core(e) => store_error_reply(e),
-        CmdError::Unknown(name) => {
-            Reply::error("ERR", format!("unknown command '{}'", sanitize(name)))
-        }
-        CmdError::Arity(name) => Reply::error(
-            "ERR",
-            format!("wrong number of arguments for '{name}' command"),
-        ),
-        CmdError::NotInteger => Reply::error("ERR", "value is not an integer or out of range"),
-        CmdError::Syntax(msg) => Reply::error("ERR", format!("syntax error: {msg}")),
-        CmdError::Other(code, msg) => Reply::error(code, msg),
-    }
-}
-
-/// The RESP error for a core error.
-pub fn store_error_reply(e: &StoreError) -> Reply {
-    let code = match e {
-        StoreError::BadId => "BADID",
-        StoreError::NoSession(_) => "NOSESSION",
-        StoreError::Conflict(_) => "CONFLICT",
-        StoreError::NotInteger(_) | StoreError::Overflow(_) => "NOTINT",
-        StoreError::ValueTooLarge { .. } | StoreError::TooManyKeys { .. } => "LIMIT",
-        StoreError::Exists(_) => "EXISTS",
-        StoreError::Fenced { .. } | StoreError::OutsideLock { .. } => "FENCED",
-        StoreError::Deadlock(_) => "DEADLOCK",
-        StoreError::Timeout(_) => "TIMEOUT",
-        StoreError::NotHeld => "NOTHELD",
-    };
-    Reply::error(code, e.to_string())
-}
-
-fn sanitize(name: &str) -> String {
-    name.chars().take(64).filter(|c| !c.is_control()).collect()
 }

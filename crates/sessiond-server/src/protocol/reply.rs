@@ -10,8 +10,14 @@ use super::Protocol;
 pub enum Reply {
     /// `+OK`-style status line.
     Simple(String),
-    /// `-CODE message`; the text must not contain CR or LF.
-    Error(String),
+    /// `-CODE message`; neither may contain CR or LF ([`Reply::error`]
+    /// makes sure). The code is what clients and metrics match on.
+    Error {
+        /// The error code, e.g. `CONFLICT`.
+        code: &'static str,
+        /// The message after it.
+        message: String,
+    },
     /// `:n`.
     Int(i64),
     /// A binary-safe string.
@@ -32,9 +38,19 @@ impl Reply {
 
     /// An error line `CODE message`, with CR and LF replaced so the line
     /// stays one line whatever the message holds.
-    pub fn error(code: &str, message: impl AsRef<str>) -> Self {
-        let text = format!("{code} {}", message.as_ref());
-        Reply::Error(text.replace(['\r', '\n'], " "))
+    pub fn error(code: &'static str, message: impl AsRef<str>) -> Self {
+        Reply::Error {
+            code,
+            message: message.as_ref().replace(['\r', '\n'], " "),
+        }
+    }
+
+    /// The error code, when this is an error reply.
+    pub fn error_code(&self) -> Option<&'static str> {
+        match self {
+            Reply::Error { code, .. } => Some(code),
+            _ => None,
+        }
     }
 
     /// A bulk string from anything byte-like.
@@ -49,7 +65,7 @@ impl Reply {
 
     /// Whether this is an error reply.
     pub fn is_error(&self) -> bool {
-        matches!(self, Reply::Error(_))
+        matches!(self, Reply::Error { .. })
     }
 }
 
@@ -57,7 +73,14 @@ impl Reply {
 pub fn encode(reply: &Reply, proto: Protocol, out: &mut BytesMut) {
     match reply {
         Reply::Simple(s) => line(out, b'+', s.as_bytes()),
-        Reply::Error(s) => line(out, b'-', s.as_bytes()),
+        Reply::Error { code, message } => {
+            out.reserve(code.len() + message.len() + 4);
+            out.put_u8(b'-');
+            out.put_slice(code.as_bytes());
+            out.put_u8(b' ');
+            out.put_slice(message.as_bytes());
+            out.put_slice(b"\r\n");
+        }
         Reply::Int(n) => line(out, b':', n.to_string().as_bytes()),
         Reply::Bulk(b) => {
             line(out, b'$', b.len().to_string().as_bytes());
@@ -106,7 +129,11 @@ mod tests {
     fn arb_reply() -> impl Strategy<Value = Reply> {
         let leaf = prop_oneof![
             "[a-zA-Z0-9 ]{0,12}".prop_map(Reply::Simple),
-            "[A-Z]{1,8} [a-z ]{0,12}".prop_map(Reply::Error),
+            (
+                prop::sample::select(vec!["ERR", "CONFLICT", "FENCED"]),
+                "[a-z ]{0,12}"
+            )
+                .prop_map(|(code, message)| Reply::Error { code, message }),
             any::<i64>().prop_map(Reply::Int),
             proptest::collection::vec(any::<u8>(), 0..32).prop_map(|v| Reply::Bulk(v.into())),
             Just(Reply::Nil),
@@ -127,7 +154,7 @@ mod tests {
     fn as_resp2(r: &Reply) -> F2 {
         match r {
             Reply::Simple(s) => F2::SimpleString(s.clone().into_bytes()),
-            Reply::Error(s) => F2::Error(s.clone()),
+            Reply::Error { code, message } => F2::Error(format!("{code} {message}")),
             Reply::Int(n) => F2::Integer(*n),
             Reply::Bulk(b) => F2::BulkString(b.to_vec()),
             Reply::Nil => F2::Null,
@@ -200,7 +227,10 @@ mod tests {
     fn error_text_stays_on_one_line() {
         assert_eq!(
             Reply::error("ERR", "a\r\nb"),
-            Reply::Error("ERR a  b".into())
+            Reply::Error {
+                code: "ERR",
+                message: "a  b".into()
+            }
         );
     }
 }

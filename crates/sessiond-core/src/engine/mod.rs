@@ -1,0 +1,533 @@
+//! The engine: every rule of sessions and locks, and how they combine, as
+//! one deterministic state machine.
+//!
+//! [`Store`] knows sessions and [`LockTable`] knows locks; the engine is the
+//! one place that combines them: a fenced commit checks the lock before it
+//! writes and may release it after, a lock grant returns the data it covers
+//! (and may create the session), `LOCK.ONCE` decides between a grant and the
+//! value someone else computed, locks follow a regenerated session, every id
+//! resolves through regenerate aliases before a lock is looked at, and a
+//! release hands the lock to the next waiter with that waiter's reply built.
+//!
+//! Inputs are commands as data ([`Command`]), the connection they come from
+//! ([`ConnId`]) and the time; connection close, a cancelled wait, the clock
+//! reaching a deadline ([`Engine::tick`]) are inputs too. Ids and random
+//! values are chosen before the engine is called. The output is an
+//! [`Outcome`]: the result, and the [`Effects`] (storage mutations, replies
+//! handed to waiting connections, lock hold times, the next deadline).
+//! Applying the same inputs to equal engines gives equal outcomes and equal
+//! engines: what a replicated log relies on, tested in `tests/engine.rs`.
+//! [`Engine::image`] is the whole state as data, for snapshots.
+
+pub mod command;
+mod image;
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+pub use command::{AcquireArgs, Command, Fence, Response, SessionLockInfo};
+pub use image::{EngineImage, ImageError};
+
+use crate::locks::{Acquired, Handoff, LockRequest, Scope, WaiterId};
+use crate::{
+    EngineError, LockError, LockTable, Millis, Mutation, ReadOptions, SessionId, Store, StoreError,
+};
+
+/// A connection, as the engine knows it: the owner of its locks and waits.
+pub type ConnId = u64;
+
+/// What a command did right away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Done: the response or why it was refused (nothing changed then).
+    Done(Result<Response, EngineError>),
+    /// Queued for a lock: the connection waits; the grant will come as a
+    /// [`Delivery`] in the effects of a later input, unless the caller
+    /// cancels the wait first ([`Engine::cancel_wait`]).
+    Wait(WaiterId),
+}
+
+/// A lock handed to a waiting connection, with its reply, built when the
+/// lock was handed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The wait served.
+    pub waiter: WaiterId,
+    /// The connection that waited.
+    pub conn: ConnId,
+    /// The token granted (to release it if the connection is gone:
+    /// [`Engine::abandon`]).
+    pub token: u64,
+    /// The reply for that connection.
+    pub reply: Result<Response, EngineError>,
+    /// Whether building the reply changed data (`LOCK.ACQUIRE … CREATE`
+    /// created the session), so the reply waits for the disk like a write's.
+    pub wrote: bool,
+}
+
+/// What an input caused besides its result.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Changes for storage, in the order they were made.
+    pub mutations: Vec<Mutation>,
+    /// Locks handed to waiting connections.
+    pub deliveries: Vec<Delivery>,
+    /// How long each lock that ended was held, in ms.
+    pub ended_holds: Vec<u64>,
+    /// The earliest deadline (a session, an alias or a lock) from now on:
+    /// call [`Engine::tick`] then.
+    pub next_deadline: Option<Millis>,
+}
+
+impl Effects {
+    /// Whether the input changed data that storage must keep.
+    pub fn wrote(&self) -> bool {
+        !self.mutations.is_empty()
+    }
+}
+
+/// The result of an input and its effects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome<T> {
+    /// What the input answers.
+    pub result: T,
+    /// What it caused.
+    pub effects: Effects,
+}
+
+/// A queued `LOCK.ACQUIRE`/`LOCK.ONCE`: what to answer once granted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingGrant {
+    /// The waiting connection.
+    pub conn: ConnId,
+    /// What it asked for.
+    pub args: AcquireArgs,
+    /// For `LOCK.ONCE`: the version it saw.
+    pub once_version: Option<u64>,
+}
+
+/// Sessions and locks, and every rule combining them. See the module docs.
+#[derive(Debug)]
+pub struct Engine {
+    store: Store,
+    locks: LockTable,
+    pending: HashMap<WaiterId, PendingGrant>,
+}
+
+impl Engine {
+    /// An engine over a loaded store and a fresh lock table.
+    pub fn new(store: Store, locks: LockTable) -> Self {
+        Self {
+            store,
+            locks,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// The sessions (read only: every change goes through an input).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The locks (read only).
+    pub fn locks(&self) -> &LockTable {
+        &self.locks
+    }
+
+    /// The last version handed out: the floor storage records.
+    pub fn last_version(&self) -> u64 {
+        self.store.last_version()
+    }
+
+    /// The earliest deadline of a session, an alias or a lock.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        earliest(self.store.next_deadline(), self.locks.next_deadline())
+    }
+
+    /// Applies `cmd` from connection `conn` at `now`.
+    pub fn apply(&mut self, now: Millis, conn: ConnId, cmd: Command) -> Outcome<Step> {
+        let mut work = self.locks_due(now);
+        let step = match self.execute(now, conn, cmd, &mut work) {
+            Ok(step) => step,
+            Err(e) => Step::Done(Err(e)),
+        };
+        self.finish(now, step, work)
+    }
+
+    /// Connection `conn` closed: its locks go and its wait ends; waiters
+    /// queued behind them are handed the locks.
+    pub fn connection_closed(&mut self, now: Millis, conn: ConnId) -> Outcome<()> {
+        let mut work = self.locks_due(now);
+        self.pending.retain(|_, p| p.conn != conn);
+        work.extend(self.locks.release_owner(now, conn));
+        self.finish(now, (), work)
+    }
+
+    /// The caller gave up the wait `waiter` (it timed out, or the server is
+    /// stopping); someone queued behind it may now get the lock.
+    pub fn cancel_wait(&mut self, now: Millis, waiter: WaiterId) -> Outcome<()> {
+        let mut work = self.locks_due(now);
+        self.pending.remove(&waiter);
+        work.extend(self.locks.cancel_wait(now, waiter));
+        self.finish(now, (), work)
+    }
+
+    /// A delivered grant reached no one (its connection left before the
+    /// reply could be handed over): release it, so the lock moves on.
+    pub fn abandon(&mut self, now: Millis, token: u64) -> Outcome<()> {
+        let mut work = self.locks_due(now);
+        work.extend(self.locks.release(now, token, None).unwrap_or_default());
+        self.finish(now, (), work)
+    }
+
+    /// The clock reached a deadline: takes away locks whose lease or
+    /// maximum hold ran out (handing them on) and removes up to
+    /// `max_purge` expired sessions and aliases. Returns how many were
+    /// removed (`max_purge` means there may be more).
+    pub fn tick(&mut self, now: Millis, max_purge: usize) -> Outcome<usize> {
+        let work = self.locks_due(now);
+        let purged = self.store.purge_expired(now, max_purge);
+        self.finish(now, purged, work)
+    }
+
+    /// Puts the last-access times that reads moved into the effects, for
+    /// storage (about once a second, and at shutdown). Returns how many.
+    pub fn record_accesses(&mut self, now: Millis) -> Outcome<usize> {
+        let recorded = self.store.record_accesses();
+        self.finish(now, recorded, Vec::new())
+    }
+
+    // ---- commands -------------------------------------------------------
+
+    fn execute(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        cmd: Command,
+        work: &mut Vec<Handoff>,
+    ) -> Result<Step, EngineError> {
+        let done = |r: Response| Ok(Step::Done(Ok(r)));
+        match cmd {
+            Command::New {
+                id,
+                ttl_ms,
+                lifetime_ms,
+            } => {
+                self.store.create(now, &id, ttl_ms, lifetime_ms)?;
+                done(Response::Created(id))
+            }
+            Command::Read { id, opts } => done(Response::Read(self.store.read(now, &id, opts)?)),
+            Command::Commit { id, request, fence } => {
+                if let Some(token) = fence.token {
+                    let keys: Vec<&Bytes> = request.ops.iter().map(crate::Op::key).collect();
+                    self.check_fence(now, &id, token, &keys)?;
+                }
+                let out = self.store.commit(now, &id, request)?;
+                if let (Some(token), true) = (fence.token, fence.unlock) {
+                    work.extend(self.locks.release(now, token, None).unwrap_or_default());
+                }
+                done(Response::Committed(out))
+            }
+            Command::Destroy { id } => done(Response::Flag(self.store.destroy(now, &id))),
+            Command::Exists { id } => done(Response::Flag(self.store.exists(now, &id))),
+            Command::Touch { id, ttl_ms } => {
+                done(Response::Flag(self.store.touch(now, &id, ttl_ms)))
+            }
+            Command::Ttl { id } => done(Response::Ttl(self.store.ttl(now, &id))),
+            Command::Incr {
+                id,
+                key,
+                delta,
+                create,
+                fence,
+            } => {
+                if let Some(token) = fence.token {
+                    self.check_fence(now, &id, token, &[&key])?;
+                }
+                let (value, version) = self.store.incr(now, &id, &key, delta, create)?;
+                done(Response::Incremented { value, version })
+            }
+            Command::Cas {
+                id,
+                key,
+                expected,
+                new,
+                fence,
+            } => {
+                if let Some(token) = fence.token {
+                    self.check_fence(now, &id, token, &[&key])?;
+                }
+                done(Response::Cas(
+                    self.store.cas(now, &id, &key, &expected, new)?,
+                ))
+            }
+            Command::Regenerate {
+                id,
+                grace_ms,
+                new_id,
+            } => {
+                let old = self
+                    .store
+                    .resolve(now, &id)
+                    .ok_or_else(|| StoreError::NoSession(id.to_string()))?;
+                self.store.regenerate(now, &id, &new_id, grace_ms)?;
+                // Locks follow the session to its new id.
+                self.locks.rename_session(&old, &new_id);
+                done(Response::Regenerated(new_id))
+            }
+            Command::Acquire(args) => self.acquire(now, conn, args, None, work),
+            Command::Once { args, if_version } => {
+                if let Some(done_already) = self.once_done(now, &args, if_version) {
+                    return done(done_already);
+                }
+                self.acquire(now, conn, args, Some(if_version), work)
+            }
+            Command::Release { id, scope, token } => {
+                let session = self.canonical(now, &id);
+                let (released, handoffs) =
+                    self.locks.release_held(now, &session, &scope, token, conn);
+                work.extend(handoffs);
+                done(Response::Flag(released))
+            }
+            Command::Renew {
+                id,
+                scope,
+                token,
+                lease_ms,
+            } => {
+                let session = self.canonical(now, &id);
+                self.locks
+                    .renew(now, &session, &scope, token, conn, lease_ms)?;
+                done(Response::Renewed)
+            }
+            Command::LockInfo { id } => {
+                let session = id.map(|i| self.canonical(now, &i));
+                let sessions = self
+                    .locks
+                    .inspect(session.as_ref())
+                    .into_iter()
+                    .map(|(session, holders, waiters)| SessionLockInfo {
+                        session,
+                        holders,
+                        waiters,
+                    })
+                    .collect();
+                done(Response::LockInfo { now, sessions })
+            }
+            Command::Break { id, scope } => {
+                let session = self.canonical(now, &id);
+                let (broken, handoffs) = self.locks.break_lock(now, &session, &scope);
+                work.extend(handoffs);
+                done(Response::Flag(broken))
+            }
+        }
+    }
+
+    /// The session `id` answers for: itself or, through regenerate
+    /// aliases, the session it moved to. Locks are kept under this id.
+    fn canonical(&self, now: Millis, id: &SessionId) -> SessionId {
+        self.store.resolve(now, id).unwrap_or_else(|| id.clone())
+    }
+
+    fn check_fence(
+        &mut self,
+        now: Millis,
+        id: &SessionId,
+        token: u64,
+        keys: &[&Bytes],
+    ) -> Result<(), LockError> {
+        let session = self.canonical(now, id);
+        self.locks.check_fence(now, &session, token, keys)
+    }
+
+    fn acquire(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        args: AcquireArgs,
+        once_version: Option<u64>,
+        work: &mut Vec<Handoff>,
+    ) -> Result<Step, EngineError> {
+        let request = LockRequest {
+            session: self.canonical(now, &args.id),
+            scope: args.scope.clone(),
+            owner: conn,
+            lease_ms: args.lease_ms,
+            reqid: args.reqid.clone(),
+            wait: args.wait_ms > 0,
+        };
+        match self.locks.acquire(now, request) {
+            Ok(Acquired::Granted(grant)) => Ok(Step::Done(self.granted_reply(
+                now,
+                grant.token,
+                &grant.session,
+                &args,
+                once_version,
+                work,
+            ))),
+            Ok(Acquired::Queued(waiter)) => {
+                // A connection waits for one lock at a time; the lock table
+                // replaced any older wait of this connection.
+                self.pending.retain(|_, p| p.conn != conn);
+                self.pending.insert(
+                    waiter,
+                    PendingGrant {
+                        conn,
+                        args,
+                        once_version,
+                    },
+                );
+                Ok(Step::Wait(waiter))
+            }
+            Err(LockError::Timeout(_)) => Err(LockError::Timeout(args.wait_ms).into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `LOCK.ONCE` when the value is already there (its version moved past
+    /// the one the caller saw).
+    fn once_done(&self, now: Millis, args: &AcquireArgs, if_version: u64) -> Option<Response> {
+        let Scope::Key(key) = &args.scope else {
+            return None;
+        };
+        let session = self.store.resolve(now, &args.id)?;
+        let field = self.store.get(now, &session)?.fields.get(key)?;
+        (field.version != if_version).then_some(Response::OnceDone {
+            version: field.version,
+            value: field.value,
+        })
+    }
+
+    /// The reply to a grant of `token` on `session`: the data the lock
+    /// covers; for `LOCK.ONCE`, the key, unless someone computed it while
+    /// this caller waited (then the lock is released at once and the value
+    /// returned).
+    fn granted_reply(
+        &mut self,
+        now: Millis,
+        token: u64,
+        session: &SessionId,
+        args: &AcquireArgs,
+        once_version: Option<u64>,
+        work: &mut Vec<Handoff>,
+    ) -> Result<Response, EngineError> {
+        if let Some(seen) = once_version {
+            if let Some(done) = self.once_done(now, args, seen) {
+                work.extend(self.locks.release(now, token, None).unwrap_or_default());
+                return Ok(done);
+            }
+            let key = match &args.scope {
+                Scope::Key(k) => k.clone(),
+                Scope::Session => Bytes::new(),
+            };
+            let field = self
+                .store
+                .read(
+                    now,
+                    session,
+                    ReadOptions {
+                        keys: Some(vec![key]),
+                        ..Default::default()
+                    },
+                )?
+                .and_then(|r| r.fields.into_iter().next());
+            return Ok(Response::OnceGranted {
+                token,
+                version: field.as_ref().map_or(0, |f| f.version),
+                value: field.and_then(|f| f.value),
+            });
+        }
+        let keys = match &args.scope {
+            Scope::Session => None,
+            Scope::Key(k) => Some(vec![k.clone()]),
+        };
+        let read = self.store.read(
+            now,
+            session,
+            ReadOptions {
+                create: args.create,
+                keys,
+                ..Default::default()
+            },
+        )?;
+        Ok(Response::Granted { token, read })
+    }
+
+    // ---- effects --------------------------------------------------------
+
+    /// Takes away locks whose lease or maximum hold ran out by `now`; every
+    /// input starts with this, so no input sees a lock past its deadline.
+    fn locks_due(&mut self, now: Millis) -> Vec<Handoff> {
+        if self.locks.next_deadline().is_some_and(|d| d <= now) {
+            self.locks.expire(now)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Turns hand-offs into deliveries (each with its reply built; building
+    /// one may release a lock again, for `LOCK.ONCE`, which hands it on in
+    /// turn), then gathers the effects.
+    fn finish<T>(&mut self, now: Millis, result: T, mut work: Vec<Handoff>) -> Outcome<T> {
+        let mut deliveries = Vec::new();
+        // Hand-offs are served in the order the lock table made them.
+        work.reverse();
+        while let Some(h) = work.pop() {
+            let Some(pending) = self.pending.remove(&h.waiter) else {
+                // Nobody waits for it any more: pass the lock on.
+                let more = self
+                    .locks
+                    .release(now, h.grant.token, None)
+                    .unwrap_or_default();
+                push_front(&mut work, more);
+                continue;
+            };
+            let before = self.store.pending_mutations();
+            let mut more = Vec::new();
+            let reply = self.granted_reply(
+                now,
+                h.grant.token,
+                &h.grant.session,
+                &pending.args,
+                pending.once_version,
+                &mut more,
+            );
+            push_front(&mut work, more);
+            deliveries.push(Delivery {
+                waiter: h.waiter,
+                conn: pending.conn,
+                token: h.grant.token,
+                reply,
+                wrote: self.store.pending_mutations() > before,
+            });
+        }
+        Outcome {
+            result,
+            effects: Effects {
+                mutations: self.store.take_mutations(),
+                deliveries,
+                ended_holds: self.locks.take_ended_holds(),
+                next_deadline: self.next_deadline(),
+            },
+        }
+    }
+}
+
+/// Adds hand-offs to a work list that is popped from the back, so they are
+/// served after everything already in it.
+fn push_front(work: &mut Vec<Handoff>, more: Vec<Handoff>) {
+    if !more.is_empty() {
+        let rest = std::mem::take(work);
+        work.extend(more.into_iter().rev());
+        work.extend(rest);
+    }
+}
+
+fn earliest(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
