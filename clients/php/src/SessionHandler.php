@@ -92,7 +92,9 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
     public function __construct(string $uri, array $options = [])
     {
         $u = Connection::parseUri($uri);
-        $opt = array_merge(self::DEFAULTS, self::castQuery($u['query']), $options);
+        self::checkOptionNames(array_keys($u['query']), 'in the URI query string');
+        self::checkOptionNames(array_keys($options), 'passed to ' . static::class);
+        $opt = array_merge(static::defaults(), self::castQuery($u['query']), $options);
         if ($u['password'] !== null && $opt['password'] === null) {
             $opt['password'] = $u['password'];
         }
@@ -120,6 +122,37 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             : $this->lockConn;
         $this->mode = $opt['lock_mode'];
         register_shutdown_function([$this, 'onShutdown']);
+    }
+
+    /**
+     * The options and their defaults (see DEFAULTS); a subclass for a
+     * framework may change defaults, never add names.
+     *
+     * @return array<string, mixed>
+     */
+    protected static function defaults(): array
+    {
+        return self::DEFAULTS;
+    }
+
+    /**
+     * A misspelt option would otherwise be ignored silently (and the app run
+     * with a default it did not ask for): refuse it, naming the valid ones.
+     *
+     * @param list<int|string> $names
+     */
+    private static function checkOptionNames(array $names, string $where): void
+    {
+        $unknown = array_values(array_diff(array_map('strval', $names), array_keys(self::DEFAULTS)));
+        if ($unknown !== []) {
+            throw new \InvalidArgumentException(sprintf(
+                'sessiond: unknown option%s %s %s; valid options: %s',
+                count($unknown) > 1 ? 's' : '',
+                implode(', ', array_map(static fn ($n) => "'$n'", $unknown)),
+                $where,
+                implode(', ', array_keys(self::DEFAULTS)),
+            ));
+        }
     }
 
     /**

@@ -38,6 +38,9 @@ if (isset($_GET['policy'])) {
 if (isset($_GET['lifetime'])) {
     $options['lifetime'] = (int) $_GET['lifetime'];
 }
+if (isset($_GET['lease'])) {
+    $options['lease_ms'] = (int) $_GET['lease'];
+}
 if (isset($_GET['grace'])) {
     $options['regenerate_grace'] = (int) $_GET['grace'];
 }
