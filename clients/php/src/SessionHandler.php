@@ -65,19 +65,19 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
     private static ?string $modeOverride = null;
 
     /** @var array<string, mixed> */
-    private array $opt;
+    protected array $opt;
     private string $display;
-    private Connection $conn;
-    private Connection $lockConn;
+    protected Connection $conn;
+    protected Connection $lockConn;
 
-    private string $mode = 'session';
+    protected string $mode = 'session';
     /** The id PHP uses for the current session (set by read()). */
-    private ?string $id = null;
+    protected ?string $id = null;
     /** The session's id on the server (differs from $id while $id is a regenerate alias). */
-    private ?string $serverId = null;
+    protected ?string $serverId = null;
     /** Session lock: fencing token and the id it was acquired on. */
-    private ?int $token = null;
-    private ?string $lockedId = null;
+    protected ?int $token = null;
+    protected ?string $lockedId = null;
     /** True while session_regenerate_id() hands the old session over to create_sid(). */
     private bool $regenerating = false;
     /** session_regenerate_id(true) asked for the old session to go. */
@@ -340,7 +340,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         if ($this->token !== null && $this->lockedId !== $id) {
             $this->releaseSessionLock();
         }
-        $handler = (string) ini_get('session.serialize_handler');
+        $handler = $this->serializeHandler();
         if (!in_array($handler, Codec::HANDLERS, true)) {
             $this->warn("sessiond: session.serialize_handler '$handler' is not supported (use php, php_serialize or php_binary)");
             return false;
@@ -447,7 +447,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         if ($regen) {
             $this->regenerating = true;
         }
-        $handler = (string) ini_get('session.serialize_handler');
+        $handler = $this->serializeHandler();
         $new = in_array($handler, Codec::HANDLERS, true) ? Codec::splitSession($data, $handler) : null;
         if ($new === null) {
             $this->warn('sessiond: cannot decode the session data PHP handed to write(); nothing was written');
@@ -848,7 +848,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
      * headers are out already) so it stops using the old one before the
      * grace period ends.
      */
-    private function followRegenerate(string $newId): void
+    protected function followRegenerate(string $newId): void
     {
         if (!$this->opt['follow_regenerate'] || headers_sent() || !ini_get('session.use_cookies')) {
             return;
@@ -1220,7 +1220,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         }
     }
 
-    private function ttl(): int
+    protected function ttl(): int
     {
         $ttl = $this->opt['ttl'] ?? ini_get('session.gc_maxlifetime');
         return max(1, (int) $ttl);
@@ -1247,9 +1247,15 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         return !ini_get('session.use_only_cookies') && (($_GET[$name] ?? null) === $id || ($_POST[$name] ?? null) === $id);
     }
 
-    private function strict(): bool
+    protected function strict(): bool
     {
         return (bool) ini_get('session.use_strict_mode');
+    }
+
+    /** The format of the strings read() returns and write() gets. */
+    protected function serializeHandler(): string
+    {
+        return (string) ini_get('session.serialize_handler');
     }
 
     private static function calledFrom(string $function): bool
@@ -1267,7 +1273,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
      * say "sessiond: …"; an error reply is the server's own words, so say
      * where it came from.
      */
-    private function cause(SessiondException $e): string
+    protected function cause(SessiondException $e): string
     {
         if ($e instanceof ServerException) {
             return "sessiond: {$this->display} replied with an error: " . $e->getMessage();
