@@ -112,6 +112,27 @@ class SessiondSessionHandler extends SessionHandler
         return $ok;
     }
 
+    /**
+     * A value the per-key API committed: Laravel keeps the attributes in the
+     * Store, not in $_SESSION, so the Store gets it too (else its save()
+     * would write the older value back).
+     *
+     * @internal
+     */
+    public function remember(string $key, int $version, ?string $raw): mixed
+    {
+        $value = parent::remember($key, $version, $raw);
+        $store = $this->store !== null ? ($this->store)() : null;
+        if ($store !== null && method_exists($store, 'put')) {
+            if ($raw === null || $version === 0) {
+                $store->forget($key);
+            } else {
+                $store->put($key, $value);
+            }
+        }
+        return $value;
+    }
+
     protected function followRegenerate(string $newId): void
     {
         $store = $this->store !== null ? ($this->store)() : null;
