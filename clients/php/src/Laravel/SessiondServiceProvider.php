@@ -25,6 +25,11 @@ class SessiondServiceProvider extends ServiceProvider
         $app = $this->app;
         $app['session']->extend('sessiond', static function ($app) {
             $config = $app['config'];
+            if ($config->get('session.encrypt')) {
+                // EncryptedStore hands write() one encrypted blob: there are
+                // no attributes left to commit key by key
+                throw new \InvalidArgumentException('sessiond: the sessiond session driver needs session.encrypt = false (each attribute is stored as its own field); protect the connection with TLS or a private network instead');
+            }
             $options = (array) $config->get('session.sessiond', []);
             $uri = (string) ($options['uri'] ?? 'tcp://127.0.0.1:6380');
             unset($options['uri']);
