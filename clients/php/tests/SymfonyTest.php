@@ -204,6 +204,31 @@ final class SymfonyTest extends TestCase
         $this->assertSame(serialize('alice'), $f['_sf2_attributes.user'][1]);
     }
 
+    /**
+     * none mode: a request read the session with the old id before another
+     * one migrated it, and writes afterwards: its attribute lands in the
+     * new session through the alias (the grace period), and a request that
+     * arrives later with the old id reads the new session and is sent the
+     * new id.
+     */
+    public function testRequestInFlightWithTheOldIdLosesNothing(): void
+    {
+        $id = $this->sf(['mode' => 'none', 'set' => ['user' => 'alice']])['cookie'];
+        $ga = $this->signal('A');
+        $a = $this->http->start('/symfony.php' . self::q(['mode' => 'none', 'set' => ['a' => '1'], 'ready' => $ga, 'gate' => $ga]), $id);
+        $this->awaitReady($ga);
+        $m = $this->sf(['mode' => 'none', 'migrate' => 0, 'set' => ['b' => '2']], $id);
+        $this->assertNotSame($id, $m['id']);
+        $this->openGate($ga);
+        $ra = $this->json($this->http->finish($a));
+        $this->assertSame([], $ra['errors']);
+        $this->assertSame([], $ra['conflicts']);
+        $this->assertAttributes(['user' => 'alice', 'a' => '1', 'b' => '2'], $this->sf(['mode' => 'none'], $m['id'])['seen']);
+        $late = $this->sf(['mode' => 'none'], $id);
+        $this->assertSame($m['id'], $late['cookie'], 'a request with the old id is sent the new one');
+        $this->assertAttributes(['user' => 'alice', 'a' => '1', 'b' => '2'], $late['seen']);
+    }
+
     /** A route marked readonly (_sessiond_mode) answers while a writer holds the session lock. */
     public function testReadonlyRouteDoesNotWaitBehindAWriter(): void
     {
