@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh Debian machine with the Rust toolchain:
 # installs what the tests need (redis-cli; redis-server and memcached for
 # the benchmark tool's test and the race lab; PHP, php-fpm and nginx for the
-# PHP client's tests and the race lab), checks formatting and lints, then
+# PHP client's tests and the race lab; Debian's Symfony and Laravel for the
+# framework tests and the race lab's framework rows), checks formatting and lints, then
 # runs every test, and a short race lab run as sessiond's end-to-end
 # acceptance test.
 set -euo pipefail

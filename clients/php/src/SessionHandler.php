@@ -324,7 +324,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             $this->warn('sessiond: session id contains characters outside [A-Za-z0-9,._:-] or is longer than 128; enable session.use_strict_mode so PHP replaces it');
             return false;
         }
-        if ($this->regenerating && $this->id !== null && $id !== $this->id && self::calledFrom('session_regenerate_id')) {
+        if ($this->id !== null && $id !== $this->id && !isset($this->createdIds[$id]) && self::calledFrom('session_regenerate_id')) {
             // session_regenerate_id() without a create_sid() call (the
             // handler sits behind a proxy without SessionIdInterface, such
             // as Symfony's): PHP made the new id itself. Move the session to

@@ -216,14 +216,19 @@ final class LaravelTest extends TestCase
         $this->assertArrayNotHasKey('ignored', $f);
     }
 
-    /** Session mode: a second request is queued by the server and sees the first one's write. */
-    public function testSessionModeSerializesRequests(): void
+    /**
+     * A route that asks for the session lock (sessiond.mode:session, the
+     * app's default being none): a second request is queued by the server
+     * and sees the first one's write.
+     */
+    public function testSessionLockRouteSerializesRequests(): void
     {
-        $id = $this->lv(['mode' => 'session', 'set' => ['n' => '0']])['cookie'];
+        $id = $this->lv(['set' => ['n' => '0']])['cookie'];
         $ga = $this->signal('A');
-        $a = $this->http->start('/laravel.php' . self::q(['mode' => 'session', 'set' => ['n' => '1'], 'ready' => $ga, 'gate' => $ga]), $id);
+        $a = $this->http->start('/laravel.php' . self::q(['route_mode' => 'session', 'set' => ['n' => '1'], 'ready' => $ga, 'gate' => $ga]), $id);
         $this->awaitReady($ga);
-        $b = $this->http->start('/laravel.php' . self::q(['mode' => 'session', 'set' => ['m' => '1']]), $id);
+        $this->assertNotNull($this->lockInfo($id), 'the route took the session lock');
+        $b = $this->http->start('/laravel.php' . self::q(['route_mode' => 'session', 'set' => ['m' => '1']]), $id);
         $this->awaitWaiters($id, 1);
         $this->openGate($ga);
         $this->assertSame([], $this->json($this->http->finish($a))['errors']);
