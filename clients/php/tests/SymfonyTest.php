@@ -88,6 +88,28 @@ final class SymfonyTest extends TestCase
         $this->assertSame([], $again['errors']);
     }
 
+    /**
+     * none mode: two concurrent requests both show (and so consume) the same
+     * flash; both delete the same field, which is not a conflict.
+     */
+    public function testTwoRequestsShowingTheSameFlashDoNotConflict(): void
+    {
+        $id = $this->sf(['mode' => 'none', 'flash' => ['notice' => 'saved']])['cookie'];
+        $this->assertArrayHasKey('_symfony_flashes.notice', $this->serverFields($id), 'one field per flash type');
+        $ga = $this->signal('A');
+        $a = $this->http->start('/symfony.php' . self::q(['mode' => 'none', 'getflash' => 1, 'ready' => $ga, 'gate' => $ga]), $id);
+        $this->awaitReady($ga);
+        $b = $this->sf(['mode' => 'none', 'getflash' => 1], $id);
+        $this->openGate($ga);
+        $ra = $this->json($this->http->finish($a));
+        foreach ([$ra, $b] as $r) {
+            $this->assertSame(['notice' => ['saved']], $r['flashes']);
+            $this->assertSame([], $r['errors'], json_encode($r));
+            $this->assertSame([], $r['conflicts']);
+        }
+        $this->assertArrayNotHasKey('_symfony_flashes.notice', $this->serverFields($id));
+    }
+
     /** @return array<string, array{0:string,1:int}> */
     public static function migrations(): array
     {
