@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the race lab runs on Debian, when missing: PHP (cli, fpm,
-# phpredis, php-memcached), nginx, redis-server and memcached. The lab also
+# phpredis, php-memcached), nginx, redis-server, memcached, and Symfony and
+# Laravel for the framework rows. The lab also
 # runs without some of them (it skips those handlers, or serves PHP with
 # `php -S`), but the full table and CI need them all.
 set -euo pipefail
@@ -16,6 +17,9 @@ php_ext memcached || need+=(php-memcached)
 has nginx || need+=(nginx)
 has redis-server || need+=(redis-server)
 has memcached || need+=(memcached)
+# The framework rows (symfony-*, laravel-*): Debian's Symfony 5.4 and Laravel 8.83.
+[ -f /usr/share/php/Symfony/Component/HttpFoundation/autoload.php ] || need+=(php-symfony-http-foundation)
+[ -f /usr/share/php/Illuminate/autoload.php ] || need+=(php-laravel-framework)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "racelab-deps: installing ${need[*]}"

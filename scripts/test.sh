@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh Debian machine with the Rust toolchain:
 # installs what the tests need (redis-cli; redis-server and memcached for
 # the benchmark tool's test and the race lab; PHP, php-fpm and nginx for the
-# PHP client's tests and the race lab), checks formatting and lints, then
+# PHP client's tests and the race lab; Debian's Symfony and Laravel for the
+# framework tests and the race lab's framework rows), checks formatting and lints, then
 # runs every test, and a short race lab run as sessiond's end-to-end
 # acceptance test.
 set -euo pipefail
@@ -21,6 +22,10 @@ command -v php >/dev/null 2>&1 || need+=(php-cli)
 command -v phpunit >/dev/null 2>&1 || need+=(phpunit)
 compgen -G '/usr/sbin/php-fpm*' >/dev/null || need+=(php-fpm)
 [ -x /usr/sbin/nginx ] || need+=(nginx)
+# The framework tests (clients/php/tests/SymfonyTest.php, LaravelTest.php)
+# run Debian's Symfony 5.4 and Laravel 8.83 packages.
+[ -f /usr/share/php/Symfony/Component/HttpKernel/autoload.php ] || need+=(php-symfony-http-kernel php-symfony-http-foundation php-symfony-event-dispatcher php-psr-container)
+[ -f /usr/share/php/Illuminate/Foundation/Application.php ] || need+=(php-laravel-framework)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

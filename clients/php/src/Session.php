@@ -182,7 +182,7 @@ final class Session
         if ($fence !== null) {
             array_push($cmd, 'FENCE', $fence);
         }
-        $r = $this->run($id, $cmd, $fence !== null);
+        $r = $this->run($id, $key, $cmd, $fence !== null);
         $this->handler->remember($key, (int) $r[1], (string) $r[0]);
         return (int) $r[0];
     }
@@ -207,7 +207,7 @@ final class Session
         if ($fence !== null) {
             array_push($cmd, 'FENCE', $fence);
         }
-        $r = $this->run($id, $cmd, $fence !== null);
+        $r = $this->run($id, $key, $cmd, $fence !== null);
         if ((int) $r[0] === 1) {
             $this->handler->remember($key, (int) $r[1], $encNew);
             return true;
@@ -343,17 +343,24 @@ final class Session
             $enc = Codec::encodeValue($new);
             array_push($cmd, 'SET', $key, $enc);
         }
-        $r = $this->run($id, $cmd, true);
+        $r = $this->run($id, $key, $cmd, true);
         $this->handler->remember($key, $enc === null ? 0 : (int) ($r[1][0] ?? 0), $enc);
     }
 
-    private function run(string $id, array $cmd, bool $onLockConn): mixed
+    /**
+     * Sends one command about $key. $key is passed explicitly: the command's
+     * own arguments do not say where the key is (SESSION.COMMIT id FENCE t
+     * … SET k v has the word FENCE in the slot where INCR has the key).
+     *
+     * @param list<string|int> $cmd
+     */
+    private function run(string $id, string $key, array $cmd, bool $onLockConn): mixed
     {
         $conn = $onLockConn ? $this->handler->lockConnection() : $this->conn($id);
         try {
             return $conn->command($cmd);
         } catch (ServerException $e) {
-            throw $this->translate($e, $cmd[2] ?? '');
+            throw $this->translate($e, $key);
         }
     }
 

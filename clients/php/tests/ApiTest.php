@@ -177,4 +177,31 @@ final class ApiTest extends TestCase
         $this->assertSame('1', $f['n'][1]);
         $this->assertSame(serialize('v'), $f['k'][1]);
     }
+
+    /** @return array<string, array{0:string}> */
+    public static function lockLosers(): array
+    {
+        return ['synchronized()' => ['sync_expire'], 'lock()/unlock()' => ['lock_expire'], 'once()' => ['once_expire']];
+    }
+
+    /**
+     * A key lock whose lease runs out under a real server while the request
+     * holds it: the fenced commit is refused and LockLostException names the
+     * key (it used to say "FENCE", the word in the slot where INCR has the
+     * key). The app waits for LOCK.INFO to stop showing the lock, not for a
+     * sleep to pass.
+     *
+     * @dataProvider lockLosers
+     */
+    public function testLostKeyLockNamesTheKey(string $op): void
+    {
+        $id = $this->newSession(['cart' => 'before']);
+        $r = $this->json($this->http->get('/api.php' . self::q(['mode' => 'none', 'op' => $op, 'key' => 'cart', 'lease' => 200]), $id));
+        $this->assertTrue($r['ok']);
+        $this->assertIsArray($r['result'], 'LockLostException expected: ' . json_encode($r));
+        $this->assertSame('Sessiond\\Exception\\LockLostException', $r['result']['class']);
+        $this->assertStringContainsString('lock on key "cart" was lost', $r['result']['message']);
+        $this->assertStringNotContainsString('"FENCE"', $r['result']['message']);
+        $this->assertSame(serialize('before'), $this->serverFields($id)['cart'][1], 'the late write was refused');
+    }
 }

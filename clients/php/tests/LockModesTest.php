@@ -228,13 +228,13 @@ final class LockModesTest extends TestCase
      *
      * @return array{0:array<string,mixed>, 1:string}
      */
-    private function conflictingPair(array $init, array $aParams, array $bSet): array
+    private function conflictingPair(array $init, array $aParams, array $bSet, array $bParams = []): array
     {
         $id = $this->newSession($init);
         $ga = $this->signal('A');
         $a = $this->http->start('/hold.php' . self::q($aParams + ['mode' => 'none', 'ready' => $ga, 'gate' => $ga]), $id);
         $this->awaitReady($ga);
-        $rb = $this->json($this->http->get('/hold.php' . self::q(['mode' => 'none', 'set' => $bSet]), $id));
+        $rb = $this->json($this->http->get('/hold.php' . self::q(array_merge(['mode' => 'none', 'set' => $bSet], $bParams)), $id));
         $this->assertSame([], $rb['errors']);
         $this->assertSame([], $rb['conflicts']);
         $this->openGate($ga);
@@ -283,6 +283,31 @@ final class LockModesTest extends TestCase
         [$ra, $id] = $this->conflictingPair(['x' => 'orig'], ['del' => ['x']], ['x' => 'B']);
         $this->assertSame([['x']], $ra['conflicts']);
         $this->assertSame(serialize('B'), $this->serverFields($id)['x'][1]);
+    }
+
+    /**
+     * Both requests did the same thing (wrote the same value, or deleted the
+     * same key): nothing to decide, so nothing is reported.
+     *
+     * @return array<string, array{0:array<string,mixed>,1:array<string,mixed>}>
+     */
+    public static function sameOutcomes(): array
+    {
+        return [
+            'same value' => [['set' => ['x' => 'B', 'y' => 'A']], ['set' => ['x' => 'B']]],
+            'both deleted' => [['del' => ['x'], 'set' => ['y' => 'A']], ['del' => ['x']]],
+        ];
+    }
+
+    /** @dataProvider sameOutcomes */
+    public function testNoneModeSameOutcomeIsNoConflict(array $aParams, array $bParams): void
+    {
+        [$ra, $id] = $this->conflictingPair(['x' => 'orig', 'y' => 'orig'], $aParams, [], $bParams);
+        $this->assertSame([], $ra['conflicts']);
+        $this->assertSame([], $ra['errors']);
+        $f = $this->serverFields($id);
+        $this->assertSame(isset($aParams['del']) ? null : serialize('B'), $f['x'][1] ?? null);
+        $this->assertSame(serialize('A'), $f['y'][1], 'the rest of the commit went through');
     }
 
     public function testNoneModeWithoutConflictReportsNothing(): void

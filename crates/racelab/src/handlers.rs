@@ -10,8 +10,10 @@ use serde::Serialize;
 
 use crate::scenario::Scenario;
 
-/// Table order: the PHP baseline, the peers, then sessiond.
-pub const ALL: [&str; 9] = [
+/// Table order: the PHP baseline, the peers, then sessiond; then the same
+/// scenarios inside Symfony and Laravel (their own session classes), each
+/// with the framework's stock Redis handler and with sessiond.
+pub const ALL: [&str; 17] = [
     "files",
     "redis",
     "redis-lock",
@@ -21,10 +23,26 @@ pub const ALL: [&str; 9] = [
     "sessiond-none",
     "sessiond-readonly",
     "sessiond-api",
+    "symfony-redis",
+    "symfony-sessiond-session",
+    "symfony-sessiond-none",
+    "symfony-sessiond-api",
+    "laravel-redis",
+    "laravel-sessiond-session",
+    "laravel-sessiond-none",
+    "laravel-sessiond-api",
 ];
 
 pub fn is_sessiond(h: &str) -> bool {
-    h.starts_with("sessiond")
+    h.starts_with("sessiond") || h.contains("-sessiond-")
+}
+
+/// The handler without its framework prefix: `symfony-sessiond-none` makes
+/// the same claims as `sessiond-none`.
+fn base(h: &str) -> &str {
+    h.strip_prefix("symfony-")
+        .or_else(|| h.strip_prefix("laravel-"))
+        .unwrap_or(h)
 }
 
 /// What sessiond promises for a (handler, scenario) cell.
@@ -41,7 +59,7 @@ pub fn claim(handler: &str, scenario: Scenario) -> Claim {
     // Scenarios with a slow request whose fast neighbours only write their
     // own keys or only read: no lock needed, so none mode must not wait.
     let independent = matches!(scenario, Parallel | Search | Readonly);
-    match handler {
+    match base(handler) {
         // The whole-session lock: the files handler's guarantees, any scenario.
         "sessiond-session" => Claim {
             correct: true,
@@ -65,5 +83,31 @@ pub fn claim(handler: &str, scenario: Scenario) -> Claim {
             unblocked: independent,
         },
         _ => Claim::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framework_rows_make_the_plain_rows_claims() {
+        for sc in Scenario::ALL {
+            for h in ["sessiond-session", "sessiond-none", "sessiond-api"] {
+                for fw in ["symfony", "laravel"] {
+                    let f = format!("{fw}-{h}");
+                    assert!(is_sessiond(&f));
+                    let (a, b) = (claim(h, sc), claim(&f, sc));
+                    assert_eq!(
+                        (a.correct, a.unblocked),
+                        (b.correct, b.unblocked),
+                        "{f} {sc:?}"
+                    );
+                }
+            }
+        }
+        assert!(!is_sessiond("symfony-redis"));
+        assert!(!is_sessiond("laravel-redis"));
+        assert!(!claim("laravel-redis", Scenario::Counter).correct);
     }
 }

@@ -5,6 +5,7 @@ declare(strict_types=1);
 namespace Racelab;
 
 require __DIR__ . '/handlers.php';
+require __DIR__ . '/backends.php';
 require __DIR__ . '/fakes.php';
 require __DIR__ . '/scenarios.php';
 
@@ -32,6 +33,8 @@ final class Ctx
     /** @var list<string> */
     public array $notes = [];
     public int $conflicts = 0;
+    /** How this request reaches its session (set by start()). */
+    public ?Backend $session = null;
 
     public function __construct(public readonly float $t0)
     {
@@ -48,9 +51,9 @@ final class Ctx
      */
     public function start(string $role, array $options = []): void
     {
-        Handlers::install($this->h, $role);
+        $this->session = Handlers::backend($this->h);
         $a = microtime(true);
-        $ok = @session_start($options);
+        $ok = $this->session->start($role, !empty($options['read_and_close']));
         $b = microtime(true);
         $this->waits[] = [$this->ms($a), $this->ms($b)];
         if (!$ok) {
@@ -58,15 +61,29 @@ final class Ctx
         }
     }
 
-    /** session_write_close(), timed with the waits (a commit can wait too). */
+    /** The session's attributes, changed in place; close() saves them. */
+    public function &attrs(): array
+    {
+        return $this->session->attrs();
+    }
+
+    public function sid(): ?string
+    {
+        return $this->session?->id();
+    }
+
+    /** session_write_close() (or the framework's save), timed with the waits (a commit can wait too). */
     public function close(): void
     {
-        if (session_status() !== PHP_SESSION_ACTIVE) {
-            return;
-        }
-        if (!session_write_close()) {
+        if ($this->session !== null && !$this->session->close()) {
             $this->errors[] = 'session_write_close() failed';
         }
+    }
+
+    /** The server field of attribute $key (the per-key API works on fields). */
+    public function field(string $key): string
+    {
+        return $this->session->field($key);
     }
 
     /**
@@ -110,10 +127,10 @@ function work(int $ms): void
     }
 }
 
-/** The per-key API of the sessiond handler (sessiond-api only). */
-function api(): \Sessiond\Session
+/** The per-key API of the sessiond handler (the *sessiond-api handlers only). */
+function api(Ctx $c): \Sessiond\Session
 {
-    return \Sessiond\SessionHandler::instance()->session();
+    return $c->session->sessiond()->session();
 }
 
 function param(string $name, string $default = ''): string
@@ -157,9 +174,7 @@ function main(float $t0): void
         $c->close();
     } catch (\Throwable $e) {
         $c->errors[] = ($e instanceof SessionUnavailable ? '' : get_class($e) . ': ') . $e->getMessage();
-        if (session_status() === PHP_SESSION_ACTIVE) {
-            session_abort();
-        }
+        $c->session?->abort();
     }
     $end = microtime(true);
     if ($c->errors !== []) {
@@ -171,7 +186,7 @@ function main(float $t0): void
         'ok' => $c->errors === [],
         'ep' => $ep,
         'h' => $c->h,
-        'sid' => session_id() ?: null,
+        'sid' => $c->sid(),
         't0' => $t0,
         'dur_ms' => $c->ms($end),
         'waits' => $c->waits,

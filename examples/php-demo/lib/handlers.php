@@ -31,7 +31,52 @@ final class Handlers
         'sessiond-none' => 'sessiond handler, lock_mode=none',
         'sessiond-readonly' => 'sessiond handler, readers in lock_mode=readonly, writers in session',
         'sessiond-api' => 'sessiond handler, lock_mode=none + per-key API (increment, synchronized, once)',
+        // The same scenarios inside the frameworks, through their own session classes.
+        'symfony-redis' => "Symfony 5.4 NativeSessionStorage + Symfony's RedisSessionHandler (phpredis)",
+        'symfony-sessiond-session' => 'Symfony 5.4 NativeSessionStorage + sessiond handler, lock_mode=session',
+        'symfony-sessiond-none' => 'Symfony 5.4 NativeSessionStorage + sessiond handler, lock_mode=none',
+        'symfony-sessiond-api' => 'Symfony 5.4 NativeSessionStorage + sessiond handler, lock_mode=none + per-key API',
+        'laravel-redis' => "Laravel 8.83 Session\\Store + Laravel's redis driver (phpredis)",
+        'laravel-sessiond-session' => 'Laravel 8.83 Session\\Store + sessiond driver, lock_mode=session',
+        'laravel-sessiond-none' => 'Laravel 8.83 Session\\Store + sessiond driver, lock_mode=none',
+        'laravel-sessiond-api' => 'Laravel 8.83 Session\\Store + sessiond driver, lock_mode=none + per-key API',
     ];
+
+    /** The framework of handler $id: 'symfony', 'laravel' or null (plain PHP sessions). */
+    public static function framework(string $id): ?string
+    {
+        return match (true) {
+            str_starts_with($id, 'symfony-') => 'symfony',
+            str_starts_with($id, 'laravel-') => 'laravel',
+            default => null,
+        };
+    }
+
+    /** How a request of handler $id reaches its session. */
+    public static function backend(string $id): Backend
+    {
+        $why = self::missing($id);
+        if ($why !== null) {
+            throw new \RuntimeException("handler $id unavailable: $why");
+        }
+        return match (self::framework($id)) {
+            'symfony' => new SymfonyBackend($id),
+            'laravel' => new LaravelBackend($id),
+            default => new NativeBackend($id),
+        };
+    }
+
+    /** The sessiond lock mode of a request in role $role ('write' or 'read') for handler $id. */
+    public static function sessiondMode(string $id, string $role): string
+    {
+        $base = self::framework($id) === null ? $id : substr($id, strlen((string) self::framework($id)) + 1);
+        return match ($base) {
+            'sessiond-session' => 'session',
+            'sessiond-none' => 'none',
+            'sessiond-readonly' => $role === 'read' ? 'readonly' : 'session',
+            'sessiond-api' => $role === 'read' ? 'readonly' : 'none',
+        };
+    }
 
     /** @return array<string, string> the handlers this PHP can run, id => description */
     public static function available(): array
@@ -49,6 +94,14 @@ final class Handlers
     /** Why a handler cannot run here, or null. */
     public static function missing(string $id): ?string
     {
+        $fw = self::framework($id);
+        if ($fw !== null) {
+            $lib = $fw === 'symfony' ? '/usr/share/php/Symfony/Component/HttpFoundation/autoload.php' : '/usr/share/php/Illuminate/autoload.php';
+            if (!is_file($lib)) {
+                return $fw === 'symfony' ? 'php-symfony-http-foundation not installed' : 'php-laravel-framework not installed';
+            }
+            $id = substr($id, strlen($fw) + 1);
+        }
         return match (true) {
             $id === 'files' => null,
             str_starts_with($id, 'redis') => !extension_loaded('redis') ? 'extension redis not loaded'
@@ -63,12 +116,12 @@ final class Handlers
 
     public static function isApi(string $id): bool
     {
-        return $id === 'sessiond-api';
+        return str_ends_with($id, 'sessiond-api');
     }
 
     public static function isSessiond(string $id): bool
     {
-        return str_starts_with($id, 'sessiond');
+        return str_contains($id, 'sessiond');
     }
 
     /**
@@ -109,12 +162,7 @@ final class Handlers
                 break;
             default:
                 require_once self::sessiondSrc() . '/autoload.php';
-                $mode = match ($id) {
-                    'sessiond-session' => 'session',
-                    'sessiond-none' => 'none',
-                    'sessiond-readonly' => $role === 'read' ? 'readonly' : 'session',
-                    'sessiond-api' => $role === 'read' ? 'readonly' : 'none',
-                };
+                $mode = self::sessiondMode($id, $role);
                 \Sessiond\SessionHandler::register((string) self::env('RACELAB_SESSIOND'), [
                     'lock_mode' => $mode,
                     // The same bound phpredis/memcached users would pick: a

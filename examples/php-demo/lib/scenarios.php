@@ -14,25 +14,26 @@ namespace Racelab;
 function setup(Ctx $c, string $scenario): array
 {
     $c->start('write');
-    $sid = session_id();
-    $_SESSION['user'] = 'alice';
+    $sid = $c->sid();
+    $S = &$c->attrs();
+    $S['user'] = 'alice';
     switch ($scenario) {
         case 'counter':
-            $_SESSION['count'] = 0;
-            $_SESSION['produced'] = 0;
-            $_SESSION['consumed'] = 0;
+            $S['count'] = 0;
+            $S['produced'] = 0;
+            $S['consumed'] = 0;
             break;
         case 'search':
-            $_SESSION['popup-position'] = [];
+            $S['popup-position'] = [];
             break;
         case 'payment':
-            $_SESSION['paid'] = false;
+            $S['paid'] = false;
             break;
         case 'oauth':
-            $_SESSION['oauth'] = Fakes::login($sid);
+            $S['oauth'] = Fakes::login($sid);
             break;
         case 'readonly':
-            $_SESSION['profile'] = 'initial';
+            $S['profile'] = 'initial';
             break;
     }
     return ['sid' => $sid];
@@ -42,11 +43,12 @@ function setup(Ctx $c, string $scenario): array
 function inspect(Ctx $c): array
 {
     $c->start('read', ['read_and_close' => true]);
-    $sid = session_id();
+    $sid = $c->sid();
+    $S = &$c->attrs();
     $idp = Fakes::idpState($sid);
-    $oauth = $_SESSION['oauth'] ?? null;
+    $oauth = $S['oauth'] ?? null;
     return [
-        'session' => $_SESSION,
+        'session' => $S,
         'ledger' => Fakes::ledger($sid),
         'idp' => ['calls' => $idp['calls'], 'rejected' => $idp['rejected']],
         // The stored refresh token is the one the provider will accept next:
@@ -64,17 +66,18 @@ function counter(Ctx $c): array
     $c->start('write');
     if (Handlers::isApi($c->h)) {
         work($ms);
-        $s = api();
-        $n = $c->timed(static fn () => $incr ? $s->increment('count') : $s->decrement('count'));
-        $c->timed(static fn () => $s->increment($tally));
+        $s = api($c);
+        $n = $c->timed(static fn () => $incr ? $s->increment($c->field('count')) : $s->decrement($c->field('count')));
+        $c->timed(static fn () => $s->increment($c->field($tally)));
         return ['count' => $n];
     }
-    $n = (int) ($_SESSION['count'] ?? 0);
-    $t = (int) ($_SESSION[$tally] ?? 0);
+    $S = &$c->attrs();
+    $n = (int) ($S['count'] ?? 0);
+    $t = (int) ($S[$tally] ?? 0);
     work($ms);
-    $_SESSION['count'] = $incr ? $n + 1 : $n - 1;
-    $_SESSION[$tally] = $t + 1;
-    return ['read' => $n, 'count' => $_SESSION['count']];
+    $S['count'] = $incr ? $n + 1 : $n - 1;
+    $S[$tally] = $t + 1;
+    return ['read' => $n, 'count' => $S['count']];
 }
 
 /** Seeds 001/002: one of ten concurrent requests; each writes its own key. */
@@ -84,7 +87,8 @@ function parallel(Ctx $c): array
     $c->start('write');
     work(intParam('ms'));
     // The same code for every handler: in none mode only this key is sent.
-    $_SESSION["k$i"] = "written by request $i";
+    $S = &$c->attrs();
+    $S["k$i"] = "written by request $i";
     return ['key' => "k$i"];
 }
 
@@ -94,14 +98,15 @@ function search(Ctx $c): array
     $results = ['result for ' . param('q', 'php sessions'), 'and another'];
     if (Handlers::isApi($c->h)) {
         $c->start('write');
-        session_write_close(); // hold nothing during the slow part
+        $c->close(); // hold nothing during the slow part
         work(intParam('ms'));
-        $c->timed(static fn () => api()->synchronized('searchresult', static fn () => $results));
+        $c->timed(static fn () => api($c)->synchronized($c->field('searchresult'), static fn () => $results));
         return ['results' => count($results)];
     }
     $c->start('write');
     work(intParam('ms'));
-    $_SESSION['searchresult'] = $results;
+    $S = &$c->attrs();
+    $S['searchresult'] = $results;
     return ['results' => count($results)];
 }
 
@@ -113,7 +118,7 @@ function position(Ctx $c): array
     $c->start('write');
     if (Handlers::isApi($c->h)) {
         work(intParam('ms'));
-        $c->timed(static fn () => api()->synchronized('popup-position', static function ($pos) use ($popup, $xy) {
+        $c->timed(static fn () => api($c)->synchronized($c->field('popup-position'), static function ($pos) use ($popup, $xy) {
             $pos = is_array($pos) ? $pos : [];
             $pos[$popup] = $xy;
             return $pos;
@@ -121,7 +126,8 @@ function position(Ctx $c): array
         return ['popup' => $popup];
     }
     work(intParam('ms'));
-    $_SESSION['popup-position'][$popup] = $xy;
+    $S = &$c->attrs();
+    $S['popup-position'][$popup] = $xy;
     return ['popup' => $popup];
 }
 
@@ -130,12 +136,12 @@ function pay(Ctx $c): array
 {
     $ms = intParam('ms');
     $c->start('write');
-    $sid = session_id();
+    $sid = $c->sid();
     $sent = false;
     if (Handlers::isApi($c->h)) {
         // (closures, not arrow functions: $sent must be shared by reference)
-        $c->timed(static function () use ($sid, $ms, &$sent) {
-            return api()->synchronized('paid', static function ($paid) use ($sid, $ms, &$sent) {
+        $c->timed(static function () use ($c, $sid, $ms, &$sent) {
+            return api($c)->synchronized($c->field('paid'), static function ($paid) use ($sid, $ms, &$sent) {
                 if (!$paid) {
                     Fakes::sendMoney($sid, $ms);
                     $sent = true;
@@ -145,8 +151,9 @@ function pay(Ctx $c): array
         });
         return ['sent' => $sent];
     }
-    if (empty($_SESSION['paid'])) {
-        $_SESSION['paid'] = true;
+    $S = &$c->attrs();
+    if (empty($S['paid'])) {
+        $S['paid'] = true;
         Fakes::sendMoney($sid, $ms);
         $sent = true;
     }
@@ -166,8 +173,9 @@ function oauth(Ctx $c): array
 {
     $ms = intParam('ms');
     $c->start('write');
-    $sid = session_id();
-    $tok = $_SESSION['oauth'] ?? null;
+    $sid = $c->sid();
+    $S = &$c->attrs();
+    $tok = $S['oauth'] ?? null;
     $refreshed = false;
     $relogin = false;
     if (!is_array($tok)) {
@@ -176,8 +184,8 @@ function oauth(Ctx $c): array
         if (Handlers::isApi($c->h)) {
             try {
                 // One request refreshes; the others wait and get its tokens.
-                $tok = $c->timed(static function () use ($sid, $ms, &$refreshed) {
-                    return api()->once('oauth', static function ($old) use ($sid, $ms, &$refreshed) {
+                $tok = $c->timed(static function () use ($c, $sid, $ms, &$refreshed) {
+                    return api($c)->once($c->field('oauth'), static function ($old) use ($sid, $ms, &$refreshed) {
                         $refreshed = true;
                         return Fakes::refresh($sid, (string) ($old['refresh'] ?? ''), $ms) ?? throw new RefreshRefused();
                     });
@@ -191,13 +199,13 @@ function oauth(Ctx $c): array
             if ($new === null) {
                 $relogin = true;
             } else {
-                $_SESSION['oauth'] = $new;
+                $S['oauth'] = $new;
             }
         }
     }
     if ($relogin) {
         Fakes::record($sid, 'relogin');
-        unset($_SESSION['oauth']);
+        unset($S['oauth']);
     }
     work(intParam('use_ms', 5)); // call the API with the access token
     return ['refreshed' => $refreshed, 'relogin' => $relogin];
@@ -208,7 +216,8 @@ function slowWrite(Ctx $c): array
 {
     $c->start('write');
     work(intParam('ms'));
-    $_SESSION['profile'] = param('value', 'updated');
+    $S = &$c->attrs();
+    $S['profile'] = param('value', 'updated');
     return [];
 }
 
@@ -216,5 +225,6 @@ function slowWrite(Ctx $c): array
 function read(Ctx $c): array
 {
     $c->start('read', ['read_and_close' => true]);
-    return ['user' => $_SESSION['user'] ?? null];
+    $S = &$c->attrs();
+    return ['user' => $S['user'] ?? null];
 }

@@ -8,6 +8,62 @@ if (!empty($_GET['close_first'])) {
 }
 $key = (string) ($_GET['key'] ?? 'n');
 $result = null;
+
+/**
+ * Waits until the server no longer shows this request's lock on $key (its
+ * lease ran out: ?lease=MS): the evidence that the lock is lost, instead of
+ * sleeping past the lease. Bounded by the hang guard.
+ */
+function await_key_lock_expired(string $id, string $key): void
+{
+    $c = new Sessiond\Connection(Sessiond\Connection::parseUri(getenv('SESSIOND_URI'))['address'], null, 2.0, 5.0, false, 'watcher');
+    $deadline = microtime(true) + 30;
+    while (microtime(true) < $deadline) {
+        $held = false;
+        foreach ($c->command(['LOCK.INFO', $id]) ?? [] as $l) {
+            $held = $held || ($l[1] === 'key' && $l[2] === $key);
+        }
+        if (!$held) {
+            $c->close();
+            return;
+        }
+        usleep(5000);
+    }
+    $GLOBALS['__hung'][] = "key lock on $key never expired";
+}
+
+if (str_ends_with((string) ($_GET['op'] ?? ''), '_expire')) {
+    // The key lock is lost while the request holds it: the exception must name the key.
+    try {
+        switch ($_GET['op']) {
+            case 'sync_expire':
+                $s->synchronized($key, static function ($cur) use ($s, $key) {
+                    await_key_lock_expired($s->id(), $key);
+                    return 'late';
+                });
+                break;
+            case 'lock_expire':
+                $s->lock($key);
+                $_SESSION[$key] = 'late';
+                await_key_lock_expired($s->id(), $key);
+                $s->unlock($key);
+                break;
+            case 'once_expire':
+                $s->once($key, static function () use ($s, $key) {
+                    await_key_lock_expired($s->id(), $key);
+                    return 'late';
+                });
+                break;
+        }
+        $result = 'no exception';
+    } catch (Sessiond\Exception\LockLostException $e) {
+        $result = ['class' => get_class($e), 'message' => $e->getMessage()];
+    }
+    session_abort();
+    out(['ok' => $ok, 'result' => $result]);
+    exit;
+}
+
 switch ($_GET['op'] ?? '') {
     case 'incr':
         $result = $s->increment($key, (int) ($_GET['by'] ?? 1));
