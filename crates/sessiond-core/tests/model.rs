@@ -8,9 +8,12 @@
 //!
 //! Both are given the same generated logs (`workload::generate`: commands
 //! from many connections, time moving, waits cancelled, connections
-//! closing, ticks, regenerate chains), with the clock also steered onto the
-//! millisecond before, at and after deadlines the model knows (session
-//! expiry, alias ends, leases, maximum holds). After every input the test
+//! closing, ticks, regenerate chains), shaped by the harness: the clock is
+//! also steered onto the millisecond before, at and after deadlines the
+//! model knows (session expiry, alias ends, leases, maximum holds); some
+//! regenerates move the session the previous one moved (chains); some reads
+//! and lock requests go through ids regenerates left behind; some lock
+//! requests retry an earlier one with the same REQID. After every input the test
 //! compares everything the input answered: the step (`Done` with the exact
 //! `Response` or `EngineError`, or `Wait` with the waiter id), every
 //! delivery (which waiter, which connection, which token, which reply,
@@ -27,7 +30,7 @@ mod model {
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use sessiond_core::engine::{Command, ConnId, Delivery, Fence, Response, Step};
+use sessiond_core::engine::{AcquireArgs, Command, ConnId, Delivery, Fence, Response, Step};
 use sessiond_core::locks::WaiterId;
 use sessiond_core::workload::{
     BOGUS_TOKEN, Input, LogStep, Rng, Shape, Template, TokenRef, generate,
@@ -114,6 +117,8 @@ struct Reached {
     alias_chains: u64,
     /// Lookups that found a session past its deadline, not purged yet.
     expired_lookups: u64,
+    /// Grants or waits taken over by a retry with the same REQID.
+    reqid_takeovers: u64,
     by_variant: BTreeMap<String, u64>,
 }
 
@@ -134,6 +139,13 @@ struct Harness {
     latest: BTreeMap<ConnId, u64>,
     steer: Rng,
     reached: Reached,
+    /// The last acquire sent with a REQID, to retry it (as a client does
+    /// after a lost reply, from the same or another connection).
+    with_reqid: Option<Command>,
+    /// The id the last regenerate moved a session to.
+    last_moved_to: Option<sessiond_core::SessionId>,
+    /// The ids the last regenerates moved sessions away from.
+    moved_from: Vec<sessiond_core::SessionId>,
 }
 
 impl Harness {
@@ -146,6 +158,9 @@ impl Harness {
             latest: BTreeMap::new(),
             steer: Rng::new(seed ^ 0x0b0d_a7e5),
             reached: Reached::default(),
+            with_reqid: None,
+            last_moved_to: None,
+            moved_from: Vec::new(),
         }
     }
 
@@ -174,6 +189,68 @@ impl Harness {
         (d + self.steer.below(3))
             .saturating_sub(1)
             .saturating_sub(self.now)
+    }
+
+    /// Shapes the log's commands. A quarter of the lock requests become a retry of the last one made with
+    /// a REQID (the log alone rarely repeats one while its grant or wait is
+    /// still there); the others are remembered when they carry one.
+    fn retry(&mut self, cmd: Command) -> Command {
+        // Regenerate chains: half of the regenerates move the session that
+        // the previous one moved, again (its old ids chain: a → b → c).
+        if let Command::Regenerate {
+            id,
+            grace_ms,
+            new_id,
+        } = cmd
+        {
+            let id = match &self.last_moved_to {
+                Some(last) if self.steer.chance(50) => last.clone(),
+                _ => id,
+            };
+            self.last_moved_to = Some(new_id.clone());
+            self.moved_from.push(id.clone());
+            if self.moved_from.len() > 4 {
+                self.moved_from.remove(0);
+            }
+            return Command::Regenerate {
+                id,
+                grace_ms,
+                new_id,
+            };
+        }
+        // Old ids: a fifth of the reads and lock requests go through one
+        // of the ids the last regenerates left behind (an alias, a chain of
+        // them, or one that ended).
+        let cmd = match (cmd, self.moved_from.is_empty() || !self.steer.chance(20)) {
+            (cmd, true) => cmd,
+            (Command::Read { opts, .. }, false) => Command::Read {
+                id: self.old_id(),
+                opts,
+            },
+            (Command::Acquire(args), false) => Command::Acquire(AcquireArgs {
+                id: self.old_id(),
+                ..args
+            }),
+            (cmd, false) => cmd,
+        };
+        let args = match &cmd {
+            Command::Acquire(a) | Command::Once { args: a, .. } => a,
+            _ => return cmd,
+        };
+        if let Some(earlier) = &self.with_reqid
+            && self.steer.chance(25)
+        {
+            return earlier.clone();
+        }
+        if args.reqid.is_some() {
+            self.with_reqid = Some(cmd.clone());
+        }
+        cmd
+    }
+
+    fn old_id(&mut self) -> sessiond_core::SessionId {
+        let i = self.steer.below(self.moved_from.len() as u64);
+        self.moved_from[usize::try_from(i).unwrap()].clone()
     }
 
     fn token(&self, conn: ConnId, r: TokenRef) -> u64 {
@@ -313,7 +390,7 @@ impl Harness {
                 if self.waiting.contains_key(conn) {
                     return;
                 }
-                let cmd = self.resolve(*conn, template);
+                let cmd = self.retry(self.resolve(*conn, template));
                 let what = format!("conn {conn}: {cmd:?}");
                 let e = self.engine.apply(now, *conn, cmd.clone());
                 let m = self.model.apply(now, *conn, cmd);
@@ -460,6 +537,7 @@ fn run(seed: u64, steps: usize) -> Reached {
     let c = h.model.sessions.coverage.get();
     h.reached.alias_chains = c.alias_hops_2_plus;
     h.reached.expired_lookups = c.expired_lookups;
+    h.reached.reqid_takeovers = h.model.locks.adopted;
     h.reached
 }
 
@@ -490,6 +568,7 @@ fn a_long_log_agrees_with_the_model_and_reaches_the_interesting_states() {
     assert!(reached.on_deadline > 100, "{reached:#?}");
     assert!(reached.alias_chains > 0, "{reached:#?}");
     assert!(reached.expired_lookups > 0, "{reached:#?}");
+    assert!(reached.reqid_takeovers > 0, "{reached:#?}");
 }
 
 proptest! {

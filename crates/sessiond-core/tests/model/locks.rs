@@ -37,6 +37,8 @@ pub struct Locks {
     pub queues: BTreeMap<SessionId, VecDeque<Waiter>>,
     /// How long each lock that ended was held (drained per input).
     pub ended: Vec<u64>,
+    /// Coverage: grants and waits taken over by a REQID retry.
+    pub adopted: u64,
 }
 
 pub struct Request {
@@ -58,6 +60,7 @@ impl Locks {
             grants: Vec::new(),
             queues: BTreeMap::new(),
             ended: Vec::new(),
+            adopted: 0,
         }
     }
 
@@ -173,14 +176,18 @@ impl Locks {
                 g.session == req.session && g.scope == req.scope && g.reqid.as_ref() == Some(rid)
             }) {
                 g.owner = req.owner;
-                return Ok(Acq::Granted(g.clone()));
+                let g = g.clone();
+                self.adopted += 1;
+                return Ok(Acq::Granted(g));
             }
             if let Some(w) = self.queues.get_mut(&req.session).and_then(|q| {
                 q.iter_mut()
                     .find(|w| w.scope == req.scope && w.reqid.as_ref() == Some(rid))
             }) {
                 w.owner = req.owner;
-                return Ok(Acq::Queued(w.id));
+                let id = w.id;
+                self.adopted += 1;
+                return Ok(Acq::Queued(id));
             }
         }
         // Free: no holder and no waiter ahead conflicts (no barging).
