@@ -301,6 +301,11 @@ impl LockTable {
         (self.epoch << 32) | self.counter
     }
 
+    /// Whether any lock on `session` is held or waited for.
+    pub fn is_locked(&self, session: &SessionId) -> bool {
+        self.sessions.get(session).is_some_and(|l| !l.is_empty())
+    }
+
     /// The current grant of `token`.
     pub fn grant(&self, token: u64) -> Option<&Grant> {
         let session = self.tokens.get(&token)?;
@@ -689,7 +694,9 @@ impl LockTable {
     }
 
     /// Moves the locks of `old` to `new` (the session was regenerated), so
-    /// holders keep their grants and fenced writes keep working.
+    /// holders keep their grants and fenced writes keep working. `new` must
+    /// have no locks ([`LockTable::is_locked`]; the engine refuses such a
+    /// regenerate), or they would be replaced.
     pub fn rename_session(&mut self, old: &SessionId, new: &SessionId) {
         let Some(mut locks) = self.sessions.remove(old) else {
             return;

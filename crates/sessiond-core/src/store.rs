@@ -971,6 +971,11 @@ impl Store {
     /// or alias of that id may still be waiting for the purge. It is dead;
     /// its index entry and stored rows go now, so the purge cannot later
     /// take the new session for it and no stale field survives on disk.
+    /// Aliases still leading to `id` go too: they were made for a session
+    /// that has since moved on with `GRACE 0`, or whose own alias under
+    /// `id` ended, so they answer nothing now and must not start answering
+    /// for the new session (an old id never answers for a later session
+    /// that takes the same id).
     fn clear_dead(&mut self, id: &SessionId) {
         if self.sessions.contains_key(id) {
             self.remove_session(id);
@@ -978,6 +983,7 @@ impl Store {
         if self.unlink_alias(id).is_some() {
             self.outbox.push(Mutation::DelAlias { old: id.clone() });
         }
+        self.drop_aliases_to(id);
     }
 
     fn insert_new(

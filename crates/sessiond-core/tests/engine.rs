@@ -122,6 +122,99 @@ proptest! {
     }
 }
 
+/// `SESSION.REGENERATE … TO newid` onto an id that has locks (locks name
+/// ids, not stored sessions, so a fresh id can be locked) is refused with
+/// `EXISTS`: moving the session's locks there used to replace the locks
+/// already on `newid`, fencing their holder without a word and leaving its
+/// waiters queued nowhere. Found by the model test (`tests/model.rs`).
+#[test]
+fn regenerate_onto_a_locked_id_is_refused_and_keeps_its_locks() {
+    use sessiond_core::engine::{AcquireArgs, Command, Fence, Response, Step};
+    use sessiond_core::locks::Scope;
+    use sessiond_core::{CommitRequest, EngineError, ReadOptions, SessionId, StoreError};
+    let id = |s: &str| SessionId::parse(s.as_bytes()).unwrap();
+    let lock = |s: &str, wait_ms| {
+        Command::Acquire(AcquireArgs {
+            id: id(s),
+            scope: Scope::Session,
+            wait_ms,
+            lease_ms: None,
+            reqid: None,
+            create: false,
+        })
+    };
+    let token = |step: Step| match step {
+        Step::Done(Ok(Response::Granted { token, .. })) => token,
+        other => panic!("expected a grant, got {other:?}"),
+    };
+    let mut e = fresh_engine();
+    // Connection 1 locks the fresh id "fresh"; connection 3 queues for it.
+    let t1 = token(e.apply(10, 1, lock("fresh", 0)).result);
+    assert!(matches!(
+        e.apply(11, 3, lock("fresh", 1_000)).result,
+        Step::Wait(_)
+    ));
+    // Connection 2 holds the lock of session "s" and regenerates it to "fresh".
+    let read = ReadOptions {
+        create: true,
+        ..Default::default()
+    };
+    e.apply(
+        12,
+        2,
+        Command::Read {
+            id: id("s"),
+            opts: read,
+        },
+    );
+    let t2 = token(e.apply(13, 2, lock("s", 0)).result);
+    let regen = |to: &str| Command::Regenerate {
+        id: id("s"),
+        grace_ms: Some(0),
+        new_id: id(to),
+    };
+    assert_eq!(
+        e.apply(14, 2, regen("fresh")).result,
+        Step::Done(Err(EngineError::Session(StoreError::Exists(
+            "fresh".into()
+        ))))
+    );
+    // Nothing moved: connection 1 still holds "fresh", and its release
+    // hands the lock to connection 3.
+    let fenced = |token| Command::Commit {
+        id: id("fresh"),
+        request: CommitRequest {
+            create: true,
+            ..Default::default()
+        },
+        fence: Fence {
+            token: Some(token),
+            unlock: true,
+        },
+    };
+    let out = e.apply(15, 1, fenced(t1));
+    assert!(
+        matches!(out.result, Step::Done(Ok(Response::Committed(_)))),
+        "{out:?}"
+    );
+    assert_eq!(out.effects.deliveries.len(), 1);
+    assert_eq!(out.effects.deliveries[0].conn, 3);
+    // To an id without locks, the session and its lock move as before.
+    assert_eq!(
+        e.apply(16, 2, regen("other")).result,
+        Step::Done(Ok(Response::Regenerated(id("other"))))
+    );
+    let moved = Command::Commit {
+        id: id("other"),
+        request: CommitRequest::default(),
+        fence: Fence {
+            token: Some(t2),
+            unlock: true,
+        },
+    };
+    assert!(matches!(e.apply(17, 2, moved).result, Step::Done(Ok(_))));
+}
+
 #[test]
 fn an_image_from_a_newer_format_is_refused() {
     let mut image = fresh_engine().image();

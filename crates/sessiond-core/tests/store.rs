@@ -486,6 +486,54 @@ fn aliases_go_with_the_session_they_lead_to() {
     assert_eq!(who(&mut s, clock.now(), "a1"), None);
 }
 
+/// An alias that leads to an id the session has moved away from (a second
+/// regenerate with `GRACE 0`, or one whose own grace ended first) answers
+/// nothing; when a later, unrelated session takes that id, the old alias
+/// must not start answering for it. Found by the model test
+/// (`tests/model.rs`): the store kept such aliases, so `r1` below read
+/// mallory's session.
+#[test]
+fn an_alias_left_behind_by_a_later_move_never_answers_for_a_new_session() {
+    let mut s = Store::new(StoreConfig {
+        default_ttl_ms: 1_000,
+        regenerate_grace_ms: 60_000,
+        limits: Limits::default(),
+    });
+    let commit = |s: &mut Store, now, name: &str, v: &str| {
+        s.commit(
+            now,
+            &id(name),
+            CommitRequest {
+                create: true,
+                ops: vec![set("who", v)],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    };
+    // r1 → r2 (grace), then r2 → r3 with GRACE 0: r1 leads nowhere.
+    commit(&mut s, 100, "r1", "alice");
+    s.regenerate(100, &id("r1"), &id("r2"), None).unwrap();
+    s.regenerate(110, &id("r2"), &id("r3"), Some(0)).unwrap();
+    assert!(!s.exists(120, &id("r1")));
+    // Someone else's session takes r2: r1 stays dead.
+    commit(&mut s, 130, "r2", "mallory");
+    assert!(!s.exists(140, &id("r1")));
+    assert_eq!(s.read(140, &id("r1"), ReadOptions::default()), Ok(None));
+    assert!(s.regenerate(150, &id("r1"), &id("x"), None).is_err());
+
+    // The same when the middle alias ends before the first: a1 → a2 (60 s),
+    // a2 → a3 (100 ms); after 100 ms a2 is free, a1 must not follow it.
+    commit(&mut s, 1_000, "a1", "bob");
+    s.regenerate(1_000, &id("a1"), &id("a2"), None).unwrap();
+    s.regenerate(1_010, &id("a2"), &id("a3"), Some(100))
+        .unwrap();
+    assert!(s.exists(1_109, &id("a1")), "a1 → a2 → a3 in the grace");
+    assert!(!s.exists(1_110, &id("a1")));
+    commit(&mut s, 1_120, "a2", "eve");
+    assert!(!s.exists(1_130, &id("a1")));
+}
+
 /// Conditions and named-key reads on a big session, through the one-pass
 /// lookups: every condition is checked against its own key, conflicts are
 /// named in the order the ops gave them, and nothing is applied on conflict.

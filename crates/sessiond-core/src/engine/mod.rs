@@ -272,6 +272,13 @@ impl Engine {
                     .store
                     .resolve(now, &id)
                     .ok_or_else(|| StoreError::NoSession(id.to_string()))?;
+                // The session's locks move to `new_id`, so it must be free
+                // of locks too, not only of sessions: moving them onto
+                // locks already there would drop those (their holders
+                // fenced without a word, their waiters never served).
+                if self.locks.is_locked(&new_id) {
+                    return Err(StoreError::Exists(new_id.to_string()).into());
+                }
                 self.store.regenerate(now, &id, &new_id, grace_ms)?;
                 // Locks follow the session to its new id.
                 self.locks.rename_session(&old, &new_id);
