@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 /// Why a session operation was refused. A refused operation changes
 /// nothing.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The id is empty, too long, or has a byte outside `[A-Za-z0-9,._:-]`.
@@ -52,7 +52,7 @@ pub enum StoreError {
 
 /// Why a lock operation, or a write fenced by a lock, was refused. A refused
 /// operation changes nothing.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum LockError {
     /// A fencing token that is not the current grant of a lock on the session.
@@ -88,7 +88,7 @@ pub enum LockError {
 
 /// Why a command given to the [`Engine`](crate::engine::Engine) was refused:
 /// a session rule or a lock rule. Either way nothing changed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum EngineError {
     /// A session rule.

@@ -272,6 +272,19 @@ impl LockTable {
         table
     }
 
+    /// Every owner holding or waiting for a lock, in order.
+    pub fn owners(&self) -> std::collections::BTreeSet<OwnerId> {
+        self.sessions
+            .values()
+            .flat_map(|l| {
+                l.holders
+                    .iter()
+                    .map(|g| g.owner)
+                    .chain(l.queue.iter().map(|w| w.owner))
+            })
+            .collect()
+    }
+
     /// Counters.
     pub fn stats(&self) -> LockStats {
         self.stats

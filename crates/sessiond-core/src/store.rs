@@ -133,7 +133,7 @@ pub struct ReadOptions {
 }
 
 /// A field as a read returns it; `value` is `None` for an absent key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadField {
     /// The key.
     pub key: Bytes,
@@ -144,7 +144,7 @@ pub struct ReadField {
 }
 
 /// What a read returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadResult {
     /// The session's current id (the new one when read through an alias).
     pub id: SessionId,
@@ -206,7 +206,7 @@ pub struct CommitRequest {
 }
 
 /// What a successful commit returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitOutcome {
     /// The session version after the commit.
     pub version: u64,
@@ -215,7 +215,7 @@ pub struct CommitOutcome {
 }
 
 /// What a compare-and-set returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CasOutcome {
     /// The value matched and was replaced; the key's new version.
     Swapped {

@@ -103,6 +103,56 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight commands, in seconds [default: 10].
     #[arg(long, env = "SESSIOND_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<u64>,
+    /// This node's id in a cluster (1–65535). With --raft-addr and
+    /// --initial-cluster; without them sessiond runs as a single server.
+    #[arg(long, env = "SESSIOND_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Address this node listens on for its peers (Raft traffic).
+    #[arg(long, env = "SESSIOND_RAFT_ADDR")]
+    pub raft_addr: Option<String>,
+    /// Every initial member: 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT (peer
+    /// addresses). Every node is started with the same list.
+    #[arg(long, env = "SESSIOND_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+}
+
+/// The settings of a cluster node (`--node-id`, `--raft-addr`,
+/// `--initial-cluster`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This node.
+    pub node_id: u64,
+    /// Where this node listens for peers.
+    pub raft_addr: String,
+    /// Every initial member and its peer address.
+    pub initial: std::collections::BTreeMap<u64, String>,
+}
+
+impl ClusterConfig {
+    /// Parses `1=host:port,2=host:port,…`.
+    ///
+    /// # Errors
+    /// A message naming the bad part.
+    pub fn parse_members(list: &str) -> Result<std::collections::BTreeMap<u64, String>, String> {
+        let mut out = std::collections::BTreeMap::new();
+        for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (id, addr) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not ID=HOST:PORT"))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| format!("{id:?} is not a node id"))?;
+            if id == 0 || id >= 1 << 16 {
+                return Err(format!("node id {id} must be between 1 and 65535"));
+            }
+            out.insert(id, addr.trim().to_owned());
+        }
+        if out.is_empty() {
+            return Err("--initial-cluster names no node".into());
+        }
+        Ok(out)
+    }
 }
 
 /// The settings the server runs with.
@@ -140,6 +190,8 @@ pub struct Config {
     pub tcp_keepalive: Duration,
     /// Shutdown drain deadline.
     pub shutdown_timeout: Duration,
+    /// Cluster membership, when this node is part of a cluster.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Why the settings are unusable.
@@ -238,6 +290,7 @@ impl ServeArgs {
             lock_max_hold: Duration::from_secs(s.lock_max_hold.unwrap_or(300)),
             tcp_keepalive: Duration::from_secs(s.tcp_keepalive.unwrap_or(30).max(1)),
             shutdown_timeout: Duration::from_secs(s.shutdown_timeout.unwrap_or(10)),
+            cluster: cluster_config(s.node_id, s.raft_addr, s.initial_cluster)?,
         })
     }
 
@@ -265,7 +318,36 @@ impl ServeArgs {
             lock_max_hold: self.lock_max_hold.or(file.lock_max_hold),
             tcp_keepalive: self.tcp_keepalive.or(file.tcp_keepalive),
             shutdown_timeout: self.shutdown_timeout.or(file.shutdown_timeout),
+            node_id: self.node_id.or(file.node_id),
+            raft_addr: self.raft_addr.or(file.raft_addr),
+            initial_cluster: self.initial_cluster.or(file.initial_cluster),
         }
+    }
+}
+
+fn cluster_config(
+    node_id: Option<u64>,
+    raft_addr: Option<String>,
+    initial: Option<String>,
+) -> Result<Option<ClusterConfig>, ConfigError> {
+    match (node_id, raft_addr, initial) {
+        (None, None, None) => Ok(None),
+        (Some(node_id), Some(raft_addr), Some(initial)) => {
+            let initial = ClusterConfig::parse_members(&initial).map_err(ConfigError::Invalid)?;
+            if !initial.contains_key(&node_id) {
+                return Err(ConfigError::Invalid(format!(
+                    "--node-id {node_id} is not in --initial-cluster"
+                )));
+            }
+            Ok(Some(ClusterConfig {
+                node_id,
+                raft_addr,
+                initial,
+            }))
+        }
+        _ => Err(ConfigError::Invalid(
+            "a cluster node needs all of --node-id, --raft-addr and --initial-cluster".into(),
+        )),
     }
 }
 

@@ -10,16 +10,16 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use sessiond_core::LockError;
-use sessiond_core::engine::Delivery;
+use sessiond_core::engine::{Delivery, Input, InputResult, Step};
 use sessiond_core::locks::WaiterId;
 use tokio::sync::oneshot;
 
 use crate::cmd::{
     CmdError, Command, ConnState, durability_error_reply, engine_error_reply, error_reply,
-    parse_error_reply, response_reply,
+    parse_error_reply, replication_error_reply, response_reply,
 };
 use crate::protocol::{Protocol, Reply, RequestLimits, RequestParser, encode};
-use crate::state::{ClientInfo, Executed, Shared};
+use crate::state::{BoxFuture, ClientInfo, Executed, Replication, Shared};
 
 /// Replies are written once this many bytes are waiting, even in the middle
 /// of a pipeline.
@@ -198,6 +198,19 @@ async fn execute(
         | sessiond_core::engine::Command::Once { args: a, .. } => a.wait_ms,
         _ => 0,
     };
+    if let Some(replication) = shared.replication().cloned() {
+        return execute_replicated(
+            cmd,
+            wait_ms,
+            conn,
+            shared,
+            &*replication,
+            stream,
+            inbuf,
+            shutdown,
+        )
+        .await;
+    }
     let (executed, seq) = shared.execute(conn.id, cmd);
     match executed {
         // Under `always`, a command that changed anything (a write, a
@@ -209,15 +222,127 @@ async fn execute(
         }),
         Executed::Done(Err(e)) => Some(engine_error_reply(&e)),
         Executed::Wait(waiter, rx) => {
-            wait_for_grant(waiter, rx, wait_ms, shared, stream, inbuf, shutdown).await
+            let cancel = CancelLocal {
+                conn: conn.id,
+                waiter,
+            };
+            wait_for_grant(&cancel, rx, wait_ms, shared, stream, inbuf, shutdown).await
         }
+    }
+}
+
+/// Runs an engine command through the cluster's log.
+#[allow(clippy::too_many_arguments)]
+async fn execute_replicated(
+    cmd: sessiond_core::engine::Command,
+    wait_ms: u64,
+    conn: &mut ConnState,
+    shared: &Shared,
+    replication: &dyn Replication,
+    stream: &mut TcpStream,
+    inbuf: &mut BytesMut,
+    shutdown: &CancellationToken,
+) -> Option<Reply> {
+    // The grant of a wait may be applied on this node before the proposal's
+    // answer comes back: register where it goes first.
+    let rx = (wait_ms > 0).then(|| shared.register_waiter(conn.id));
+    let proposed = replication
+        .propose(Input::Command { conn: conn.id, cmd })
+        .await;
+    let clients = |id: u64| shared.clients.lock().get(&id).cloned();
+    match proposed {
+        Ok((InputResult::Step(Step::Wait(waiter)), _)) => match rx {
+            Some(rx) => {
+                let cancel = CancelReplicated {
+                    conn: conn.id,
+                    waiter,
+                    replication,
+                };
+                wait_for_grant(&cancel, rx, wait_ms, shared, stream, inbuf, shutdown).await
+            }
+            None => Some(Reply::error(
+                "ERR",
+                "internal: a wait without a registration",
+            )),
+        },
+        Ok((result, _)) => {
+            if rx.is_some() {
+                shared.unregister_waiter(conn.id);
+            }
+            Some(match result {
+                InputResult::Step(Step::Done(Ok(r))) => response_reply(r, &clients),
+                InputResult::Step(Step::Done(Err(e))) => engine_error_reply(&e),
+                _ => Reply::error("ERR", "internal: unexpected result"),
+            })
+        }
+        Err(e) => {
+            if rx.is_some() {
+                shared.unregister_waiter(conn.id);
+            }
+            Some(replication_error_reply(&e))
+        }
+    }
+}
+
+/// How a wait ends when it is given up: locally, or through the log.
+trait CancelWait {
+    /// Ends the wait; returns the grant if it came meanwhile.
+    fn cancel<'a>(
+        &'a self,
+        shared: &'a Shared,
+        rx: &'a mut oneshot::Receiver<Delivery>,
+    ) -> BoxFuture<'a, Option<Delivery>>;
+}
+
+struct CancelLocal {
+    conn: u64,
+    waiter: WaiterId,
+}
+
+impl CancelWait for CancelLocal {
+    fn cancel<'a>(
+        &'a self,
+        shared: &'a Shared,
+        rx: &'a mut oneshot::Receiver<Delivery>,
+    ) -> BoxFuture<'a, Option<Delivery>> {
+        Box::pin(async move { shared.cancel_wait(self.conn, self.waiter, rx) })
+    }
+}
+
+struct CancelReplicated<'r> {
+    conn: u64,
+    waiter: WaiterId,
+    replication: &'r dyn Replication,
+}
+
+impl CancelWait for CancelReplicated<'_> {
+    fn cancel<'a>(
+        &'a self,
+        shared: &'a Shared,
+        rx: &'a mut oneshot::Receiver<Delivery>,
+    ) -> BoxFuture<'a, Option<Delivery>> {
+        Box::pin(async move {
+            // Once this node applied the cancel, a grant made before it has
+            // been delivered here (the log is applied in order).
+            let cancelled = self
+                .replication
+                .propose(Input::CancelWait {
+                    waiter: self.waiter,
+                })
+                .await;
+            if let Ok((_, index)) = cancelled {
+                self.replication.applied(index).await;
+            }
+            shared.unregister_waiter(self.conn);
+            rx.try_recv().ok()
+        })
     }
 }
 
 /// Waits for a lock hand-off, the wait's end, the client leaving, or
 /// shutdown. Bytes the client pipelines meanwhile are kept for later.
 async fn wait_for_grant(
-    waiter: WaiterId,
+    cancel: &(dyn CancelWait + Sync),
     mut rx: oneshot::Receiver<Delivery>,
     wait_ms: u64,
     shared: &Shared,
@@ -250,7 +375,7 @@ async fn wait_for_grant(
     // the timeout: it then counts.
     let delivered = match outcome {
         Some(d) => Some(d),
-        None => shared.cancel_wait(waiter, &mut rx),
+        None => cancel.cancel(shared, &mut rx).await,
     };
     if client_gone {
         // Whatever it was granted goes with the connection (closed next).

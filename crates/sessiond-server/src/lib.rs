@@ -24,6 +24,7 @@
 //! `http`, `server` (checked by `../shared/tools/module-cycles`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod cluster;
 pub mod cmd;
 pub mod config;
 pub mod connection;

@@ -34,7 +34,10 @@ impl Server {
     /// # Errors
     /// Storage that cannot be opened or read; addresses that cannot be bound.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        // A cluster node keeps its data in the Raft log and snapshots
+        // (`Cluster::start`), not in the single-server store.
         let storage: Box<dyn Storage> = match config.storage {
+            _ if config.cluster.is_some() => Box::new(MemoryStorage::default()),
             StorageKind::Redb => {
                 std::fs::create_dir_all(&config.data_dir).with_context(|| {
                     format!("creating data directory {}", config.data_dir.display())
@@ -101,9 +104,13 @@ impl Server {
             ),
             None => None,
         };
-        let persist = Persistence::start(storage, config.durability);
+        let node_id = config.cluster.as_ref().map_or(0, |c| c.node_id);
+        let persist = match config.cluster {
+            Some(_) => None,
+            None => Some(Persistence::start(storage, config.durability)),
+        };
         Ok(Server {
-            shared: Arc::new(Shared::new(config, clock, engine, persist)),
+            shared: Arc::new(Shared::new(config, clock, engine, persist, node_id)),
             listener,
             metrics,
         })
@@ -134,6 +141,29 @@ impl Server {
             metrics,
         } = self;
         let tracker = TaskTracker::new();
+        if let Some(cluster_config) = shared.config.cluster.clone() {
+            let sync = shared.config.durability == crate::config::Durability::Always;
+            match crate::cluster::Cluster::start(
+                cluster_config,
+                shared.clone(),
+                &shared.config.data_dir,
+                sync,
+                shutdown.clone(),
+            )
+            .await
+            {
+                Ok(cluster) => {
+                    shared.set_replication(cluster);
+                    // Connections of this node's previous run are gone:
+                    // their locks go to the next waiters.
+                    tracker.spawn(close_previous_connections(shared.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cluster start failed");
+                    return;
+                }
+            }
+        }
         if let Some(m) = metrics {
             tracker.spawn(crate::http::serve(m, shared.clone(), shutdown.clone()));
         }
@@ -184,7 +214,9 @@ impl Server {
         {
             tracing::warn!("some connections did not finish within the shutdown timeout");
         }
-        shared.run(|e, now| e.record_accesses(now));
+        if shared.replication().is_none() {
+            shared.run(|e, now| e.record_accesses(now));
+        }
         shared.shutdown_persistence();
         tracing::info!("stopped; storage flushed");
     }
@@ -195,6 +227,9 @@ impl Server {
 /// moved to the storage. Sleeps until the earliest deadline (at most a
 /// second), or until woken because an earlier one appeared.
 async fn timekeeper(shared: Arc<Shared>, shutdown: CancellationToken) {
+    if shared.replication().is_some() {
+        return cluster_timekeeper(shared, shutdown).await;
+    }
     let mut accesses_recorded = Instant::now();
     loop {
         let next = shared.read(|e, _| e.next_deadline());
@@ -224,6 +259,58 @@ async fn timekeeper(shared: Arc<Shared>, shutdown: CancellationToken) {
             accesses_recorded = Instant::now();
         }
     }
+}
+
+/// In a cluster the leader proposes the ticks (with its time, like every
+/// proposal); every node applies them. Followers only watch for becoming
+/// leader. Lease and expiry deadlines are also checked by every command at
+/// the time stamped on it, so a tick only makes them happen without one.
+async fn cluster_timekeeper(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let Some(replication) = shared.replication().cloned() else {
+        return;
+    };
+    loop {
+        let next = shared.read(|e, _| e.next_deadline());
+        let now = shared.clock.now();
+        let sleep = next.map_or(200, |d| d.saturating_sub(now)).clamp(5, 200);
+        shared.set_timer_at(Some(now.saturating_add(sleep)));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = shared.timer.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(sleep)) => {}
+        }
+        let due = shared
+            .read(|e, _| e.next_deadline())
+            .is_some_and(|d| d <= shared.clock.now());
+        if due && replication.is_leader() {
+            let _ = replication
+                .propose(sessiond_core::engine::Input::Tick {
+                    max_purge: PURGE_BATCH,
+                })
+                .await;
+        }
+    }
+}
+
+/// Proposes that every connection of this node's previous run closed, once
+/// a leader is there to take it.
+async fn close_previous_connections(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let Some(replication) = shared.replication().cloned() else {
+        return;
+    };
+    let input = sessiond_core::engine::Input::CloseNode {
+        node: shared.node_id,
+    };
+    for _ in 0..600 {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if replication.propose(input.clone()).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::warn!("could not record that this node's previous connections closed");
 }
 
 /// Runs a server the way the `sessiond` binary does: binds, prints the one

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use sessiond_core::engine::{Command, ConnId, Delivery, Outcome, Step};
+use sessiond_core::engine::{
+    Command, ConnId, Delivery, EngineImage, Input, InputResult, Outcome, Step, conn_node,
+};
 use sessiond_core::locks::WaiterId;
 use sessiond_core::{Clock, Engine, Millis};
 use tokio::sync::{Notify, oneshot};
@@ -24,10 +26,49 @@ use crate::persist::{DurabilityError, Persistence, Seq};
 // do no I/O under it. Shard only when a benchmark shows contention.
 struct Guarded {
     engine: Engine,
-    persist: Persistence,
-    // Connections waiting for a lock: where to send the reply the engine
-    // builds when it hands them the lock.
-    waiters: HashMap<WaiterId, oneshot::Sender<Delivery>>,
+    // The writer to redb; none in a cluster, where the Raft log and
+    // snapshots keep the data.
+    persist: Option<Persistence>,
+    // Connections waiting for a lock (a connection waits for one at a
+    // time): where to send the reply the engine builds when it hands them
+    // the lock.
+    waiters: HashMap<ConnId, oneshot::Sender<Delivery>>,
+}
+
+/// A boxed future, for the object-safe [`Replication`] trait.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// A replicated log the engine's inputs go through (the cluster). The
+/// shell proposes inputs; every node applies them through
+/// [`Shared::apply_replicated`].
+pub trait Replication: Send + Sync {
+    /// Proposes `input`; resolves once it is committed and applied, with
+    /// its result and its log index.
+    fn propose(&self, input: Input) -> BoxFuture<'_, Result<(InputResult, u64), ReplicationError>>;
+
+    /// Resolves once this node applied the log up to `index`.
+    fn applied(&self, index: u64) -> BoxFuture<'_, ()>;
+
+    /// `CLUSTER.INFO` lines.
+    fn info(&self) -> String;
+
+    /// Whether this node is the leader (it runs the timekeeper).
+    fn is_leader(&self) -> bool;
+}
+
+/// Why a proposal failed. The client may retry: nothing was applied, or
+/// (for [`ReplicationError::Unknown`]) it may have been.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicationError {
+    /// No leader is known (an election is running, or this node is cut off
+    /// from the majority): nothing was applied.
+    #[error("no leader reachable from this node; retry")]
+    NoLeader,
+    /// The proposal was sent but its fate is unknown (the leader failed
+    /// mid-request): it may or may not have been applied.
+    #[error("the leader failed during the request; it may or may not have been applied: {0}")]
+    Unknown(String),
 }
 
 /// What [`Shared::execute`] gives back.
@@ -73,6 +114,10 @@ pub struct Shared {
     pub timer: Notify,
     // The deadline the timekeeper sleeps until (ms; u64::MAX: none).
     timer_at: AtomicU64,
+    /// This node's id in a cluster (0 on a single server): the top bits of
+    /// its connection ids.
+    pub node_id: u64,
+    replication: std::sync::OnceLock<Arc<dyn Replication>>,
 }
 
 impl Shared {
@@ -81,7 +126,8 @@ impl Shared {
         config: Config,
         clock: Arc<dyn Clock>,
         engine: Engine,
-        persist: Persistence,
+        persist: Option<Persistence>,
+        node_id: u64,
     ) -> Self {
         Self {
             config,
@@ -97,12 +143,73 @@ impl Shared {
             started: Instant::now(),
             timer: Notify::new(),
             timer_at: AtomicU64::new(u64::MAX),
+            node_id,
+            replication: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The replicated log, in a cluster.
+    pub fn replication(&self) -> Option<&Arc<dyn Replication>> {
+        self.replication.get()
+    }
+
+    /// Joins the cluster: from now on inputs go through `replication`.
+    pub fn set_replication(&self, replication: Arc<dyn Replication>) {
+        let _ = self.replication.set(replication);
+    }
+
+    /// Applies an input that the replicated log committed, at the time the
+    /// leader stamped on it. Deliveries for this node's connections are
+    /// sent; the others belong to other nodes (and one whose connection is
+    /// gone is cleaned up by that connection's own close, proposed next).
+    pub fn apply_replicated(&self, now: Millis, input: Input) -> InputResult {
+        let mut g = self.guarded.lock();
+        let Outcome { result, effects } = g.engine.input(now, input);
+        for d in effects.deliveries {
+            if conn_node(d.conn) == self.node_id
+                && let Some(tx) = g.waiters.remove(&d.conn)
+            {
+                let _ = tx.send(d);
+            }
+        }
+        drop(g);
+        for held_ms in effects.ended_holds {
+            #[allow(clippy::cast_precision_loss)] // ms counts fit f64 exactly
+            self.metrics.lock_hold.observe(held_ms as f64 / 1000.0);
+        }
+        result
+    }
+
+    /// Registers where a lock granted to connection `conn` goes (cluster:
+    /// before proposing its acquire, since the grant may be applied on this
+    /// node before the proposal's answer comes back).
+    pub fn register_waiter(&self, conn: ConnId) -> oneshot::Receiver<Delivery> {
+        let (tx, rx) = oneshot::channel();
+        self.guarded.lock().waiters.insert(conn, tx);
+        rx
+    }
+
+    /// Forgets the registration of [`Shared::register_waiter`].
+    pub fn unregister_waiter(&self, conn: ConnId) {
+        self.guarded.lock().waiters.remove(&conn);
+    }
+
+    /// The engine's whole state (a snapshot).
+    pub fn engine_image(&self) -> EngineImage {
+        self.guarded.lock().engine.image()
+    }
+
+    /// Replaces the engine's state (a snapshot installed).
+    pub fn install_image(&self, image: EngineImage) {
+        self.guarded.lock().engine = Engine::from_image(image);
     }
 
     /// A fresh connection id.
     pub fn next_client_id(&self) -> u64 {
-        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+        // In a cluster the node's id is in the top bits, so ids are unique
+        // across nodes and a node's connections can be closed together.
+        (self.node_id << sessiond_core::engine::CONN_NODE_SHIFT)
+            | self.next_client_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Gives the engine one input at the current time and carries out its
@@ -128,7 +235,7 @@ impl Shared {
                 Step::Done(result) => Executed::Done(result),
                 Step::Wait(waiter) => {
                     let (tx, rx) = oneshot::channel();
-                    waiters.insert(waiter, tx);
+                    waiters.insert(conn, tx);
                     Executed::Wait(waiter, rx)
                 }
             },
@@ -140,6 +247,7 @@ impl Shared {
     /// caller then owns that lock.
     pub fn cancel_wait(
         &self,
+        conn: ConnId,
         waiter: WaiterId,
         rx: &mut oneshot::Receiver<Delivery>,
     ) -> Option<Delivery> {
@@ -148,7 +256,7 @@ impl Shared {
         self.run_then(
             |e, now| e.cancel_wait(now, waiter),
             |(), waiters| {
-                waiters.remove(&waiter);
+                waiters.remove(&conn);
             },
         );
         rx.try_recv().ok()
@@ -157,7 +265,7 @@ impl Shared {
     fn run_then<T, U>(
         &self,
         input: impl FnOnce(&mut Engine, Millis) -> Outcome<T>,
-        then: impl FnOnce(T, &mut HashMap<WaiterId, oneshot::Sender<Delivery>>) -> U,
+        then: impl FnOnce(T, &mut HashMap<ConnId, oneshot::Sender<Delivery>>) -> U,
     ) -> (U, Option<Seq>) {
         let mut g = self.guarded.lock();
         let now = self.clock.now();
@@ -175,7 +283,7 @@ impl Shared {
         while !deliveries.is_empty() {
             let mut abandoned = Vec::new();
             for d in deliveries {
-                match g.waiters.remove(&d.waiter) {
+                match g.waiters.remove(&d.conn) {
                     Some(tx) if !tx.is_closed() => {
                         let token = d.token;
                         if tx.send(d).is_err() {
@@ -199,7 +307,10 @@ impl Shared {
             self.metrics.lock_hold.observe(held_ms as f64 / 1000.0);
         }
         let floor = g.engine.last_version();
-        let seq = g.persist.submit(mutations, floor);
+        let seq = match g.persist.as_mut() {
+            Some(p) => p.submit(mutations, floor),
+            None => None,
+        };
         drop(g);
         if next_deadline.is_some_and(|d| d < self.timer_at.load(Ordering::Relaxed)) {
             self.timer.notify_one();
@@ -207,9 +318,30 @@ impl Shared {
         (result, seq)
     }
 
-    /// Connection `conn` left: its locks go, and its waits end.
+    /// Connection `conn` left: its locks go, and its waits end. In a
+    /// cluster that is a proposal like any other input.
     pub fn connection_closed(&self, conn: ConnId) {
-        self.run(|e, now| e.connection_closed(now, conn));
+        self.unregister_waiter(conn);
+        match self.replication().cloned() {
+            None => {
+                self.run(|e, now| e.connection_closed(now, conn));
+            }
+            Some(replication) => {
+                tokio::spawn(async move {
+                    // Retried while no leader is known; if it never gets
+                    // through, the node's restart (CloseNode) or the locks'
+                    // max hold ends them.
+                    for _ in 0..50 {
+                        match replication.propose(Input::ConnectionClosed { conn }).await {
+                            Ok(_) => return,
+                            Err(_) => {
+                                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                            }
+                        }
+                    }
+                });
+            }
+        }
     }
 
     /// Reads the engine without giving it an input.
@@ -234,8 +366,13 @@ impl Shared {
     pub async fn durable_so_far(&self) -> Result<(), DurabilityError> {
         let waiter = {
             let mut g = self.guarded.lock();
-            let seq = g.persist.last_submitted();
-            g.persist.waiter(seq)
+            match g.persist.as_mut() {
+                Some(p) => {
+                    let seq = p.last_submitted();
+                    p.waiter(seq)
+                }
+                None => None,
+            }
         };
         match waiter {
             Some(w) => w.wait().await,
@@ -253,7 +390,12 @@ impl Shared {
         if seq.is_none() {
             return Ok(());
         }
-        let waiter = self.guarded.lock().persist.waiter(seq);
+        let waiter = self
+            .guarded
+            .lock()
+            .persist
+            .as_mut()
+            .and_then(|p| p.waiter(seq));
         match waiter {
             Some(w) => w.wait().await,
             None => Ok(()),
@@ -265,7 +407,12 @@ impl Shared {
     /// # Errors
     /// [`DurabilityError`] when storage failed.
     pub async fn applied(&self, seq: Option<Seq>) -> Result<(), DurabilityError> {
-        let waiter = self.guarded.lock().persist.applied_waiter(seq);
+        let waiter = self
+            .guarded
+            .lock()
+            .persist
+            .as_mut()
+            .and_then(|p| p.applied_waiter(seq));
         match waiter {
             Some(w) => w.wait().await,
             None => Ok(()),
@@ -275,11 +422,16 @@ impl Shared {
     /// Persistence progress and policy, for INFO.
     pub fn persistence(&self) -> (crate::config::Durability, crate::persist::Progress) {
         let g = self.guarded.lock();
-        (g.persist.policy(), g.persist.progress())
+        match &g.persist {
+            Some(p) => (p.policy(), p.progress()),
+            None => (self.config.durability, crate::persist::Progress::default()),
+        }
     }
 
     /// Flushes and stops the writer. Called once, last, at shutdown.
     pub fn shutdown_persistence(&self) {
-        self.guarded.lock().persist.shutdown();
+        if let Some(p) = self.guarded.lock().persist.as_mut() {
+            p.shutdown();
+        }
     }
 }

@@ -193,7 +193,7 @@ impl Command {
 }
 
 /// One session's locks, as `LOCK.INFO` reports them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionLockInfo {
     /// The session (canonical id).
     pub session: SessionId,
@@ -204,7 +204,7 @@ pub struct SessionLockInfo {
 }
 
 /// What a command answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     /// `SESSION.NEW`: the new session's id.
     Created(SessionId),

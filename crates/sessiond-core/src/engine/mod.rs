@@ -39,7 +39,7 @@ use crate::{
 pub type ConnId = u64;
 
 /// What a command did right away.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Step {
     /// Done: the response or why it was refused (nothing changed then).
     Done(Result<Response, EngineError>),
@@ -51,7 +51,7 @@ pub enum Step {
 
 /// A lock handed to a waiting connection, with its reply, built when the
 /// lock was handed over.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
     /// The wait served.
     pub waiter: WaiterId,
@@ -95,6 +95,68 @@ pub struct Outcome<T> {
     pub result: T,
     /// What it caused.
     pub effects: Effects,
+}
+
+/// Connection ids carry the cluster node they are on in their top 16 bits
+/// (0 on a single server), so a node that died or restarted can have all
+/// its connections closed at once ([`Input::CloseNode`]).
+pub const CONN_NODE_SHIFT: u32 = 48;
+
+/// The node a connection is on.
+pub fn conn_node(conn: ConnId) -> u64 {
+    conn >> CONN_NODE_SHIFT
+}
+
+/// Every input of the engine as data: what a replicated log carries.
+/// [`Engine::input`] applies one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Input {
+    /// [`Engine::apply`].
+    Command {
+        /// The connection.
+        conn: ConnId,
+        /// The command.
+        cmd: Command,
+    },
+    /// [`Engine::connection_closed`].
+    ConnectionClosed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// [`Engine::cancel_wait`].
+    CancelWait {
+        /// The wait.
+        waiter: WaiterId,
+    },
+    /// [`Engine::abandon`].
+    Abandon {
+        /// The token.
+        token: u64,
+    },
+    /// [`Engine::tick`].
+    Tick {
+        /// Most sessions and aliases to remove.
+        max_purge: usize,
+    },
+    /// [`Engine::record_accesses`].
+    RecordAccesses,
+    /// Every connection of cluster node `node` closed (it died or
+    /// restarted).
+    CloseNode {
+        /// The node.
+        node: u64,
+    },
+}
+
+/// What an [`Input`] answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InputResult {
+    /// A command's step.
+    Step(Step),
+    /// How many sessions a tick removed, or access times recorded.
+    Count(usize),
+    /// Nothing to answer.
+    Done,
 }
 
 /// A queued `LOCK.ACQUIRE`/`LOCK.ONCE`: what to answer once granted.
@@ -156,12 +218,51 @@ impl Engine {
         self.finish(now, step, work)
     }
 
+    /// Applies any input (see [`Input`]).
+    pub fn input(&mut self, now: Millis, input: Input) -> Outcome<InputResult> {
+        fn map<T>(o: Outcome<T>, f: impl FnOnce(T) -> InputResult) -> Outcome<InputResult> {
+            Outcome {
+                result: f(o.result),
+                effects: o.effects,
+            }
+        }
+        match input {
+            Input::Command { conn, cmd } => map(self.apply(now, conn, cmd), InputResult::Step),
+            Input::ConnectionClosed { conn } => {
+                map(self.connection_closed(now, conn), |()| InputResult::Done)
+            }
+            Input::CancelWait { waiter } => {
+                map(self.cancel_wait(now, waiter), |()| InputResult::Done)
+            }
+            Input::Abandon { token } => map(self.abandon(now, token), |()| InputResult::Done),
+            Input::Tick { max_purge } => map(self.tick(now, max_purge), InputResult::Count),
+            Input::RecordAccesses => map(self.record_accesses(now), InputResult::Count),
+            Input::CloseNode { node } => map(
+                self.close_connections(now, |c| conn_node(c) == node),
+                |()| InputResult::Done,
+            ),
+        }
+    }
+
     /// Connection `conn` closed: its locks go and its wait ends; waiters
     /// queued behind them are handed the locks.
     pub fn connection_closed(&mut self, now: Millis, conn: ConnId) -> Outcome<()> {
         let mut work = self.locks_due(now);
         self.pending.retain(|_, p| p.conn != conn);
         work.extend(self.locks.release_owner(now, conn));
+        self.finish(now, (), work)
+    }
+
+    /// Every connection `gone` says is gone closed at once, in id order
+    /// (a cluster node died or restarted: its connections went with it).
+    pub fn close_connections(&mut self, now: Millis, gone: impl Fn(ConnId) -> bool) -> Outcome<()> {
+        let mut work = self.locks_due(now);
+        self.pending.retain(|_, p| !gone(p.conn));
+        for conn in self.locks.owners() {
+            if gone(conn) {
+                work.extend(self.locks.release_owner(now, conn));
+            }
+        }
         self.finish(now, (), work)
     }
 

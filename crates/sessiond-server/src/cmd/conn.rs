@@ -79,6 +79,8 @@ pub enum ConnCommand {
     Command(Option<String>),
     /// QUIT
     Quit,
+    /// CLUSTER.INFO (also `CLUSTER INFO`)
+    ClusterInfo,
 }
 
 /// CLIENT subcommands.
@@ -164,6 +166,16 @@ impl ConnCommand {
                 ConnCommand::Command(sub)
             }
             "QUIT" => ConnCommand::Quit,
+            "CLUSTER.INFO" => ConnCommand::ClusterInfo,
+            "CLUSTER" => match a.keyword().as_deref() {
+                Some("INFO") => ConnCommand::ClusterInfo,
+                Some(other) => {
+                    return Err(CmdError::Syntax(format!(
+                        "unknown CLUSTER subcommand {other:?} (sessiond has CLUSTER INFO)"
+                    )));
+                }
+                None => return Err(CmdError::Arity("CLUSTER".into())),
+            },
             _ => return Ok(None),
         }))
     }
@@ -180,6 +192,7 @@ impl ConnCommand {
             ConnCommand::Select(_) => "SELECT",
             ConnCommand::Command(_) => "COMMAND",
             ConnCommand::Quit => "QUIT",
+            ConnCommand::ClusterInfo => "CLUSTER.INFO",
         }
     }
 
@@ -275,6 +288,10 @@ impl ConnCommand {
                 conn.quit = true;
                 Reply::ok()
             }
+            ConnCommand::ClusterInfo => Reply::bulk(match shared.replication() {
+                Some(r) => r.info(),
+                None => "node_id:0\r\nrole:standalone\r\n".to_owned(),
+            }),
         }
     }
 }

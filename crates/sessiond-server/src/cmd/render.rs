@@ -8,7 +8,7 @@ use sessiond_core::{CasOutcome, EngineError, LockError, ReadResult, StoreError};
 use super::CmdError;
 use crate::persist::DurabilityError;
 use crate::protocol::{ParseError, Reply};
-use crate::state::ClientInfo;
+use crate::state::{ClientInfo, ReplicationError};
 
 /// The reply for `response`. `clients` names the holders and waiters of
 /// `LOCK.INFO`.
@@ -200,6 +200,17 @@ pub fn parse_error_reply(e: &ParseError) -> Reply {
     let code = match e {
         ParseError::TooLarge { .. } => "LIMIT",
         ParseError::Protocol(_) => "ERR",
+    };
+    Reply::error(code, e.to_string())
+}
+
+/// The RESP error for a proposal the cluster could not take: `TRYAGAIN`
+/// when nothing was applied (retry, maybe on another node), `UNKNOWN` when
+/// it may have been.
+pub fn replication_error_reply(e: &ReplicationError) -> Reply {
+    let code = match e {
+        ReplicationError::NoLeader => "TRYAGAIN",
+        _ => "UNKNOWN",
     };
     Reply::error(code, e.to_string())
 }

@@ -1,0 +1,272 @@
+//! The cluster: every input of the engine goes through a Raft log
+//! (openraft) and every node applies the committed log to its own engine.
+//!
+//! - [`log_store`]: the log and the vote in redb.
+//! - [`state_machine`]: applies committed entries to the engine (through
+//!   [`Shared::apply_replicated`]), builds and installs snapshots (the
+//!   engine's image).
+//! - [`network`]: peer RPC over TCP (length-prefixed postcard frames): Raft's
+//!   own messages, and proposals forwarded from followers to the leader.
+//!
+//! Time: the leader stamps its clock on every proposal; the state machine
+//! applies `max(stamp, last applied stamp)`, so the engine's time never goes
+//! back, across leader changes and restarts (the last stamp is in every
+//! snapshot). Ids and random values are chosen before proposing.
+//!
+//! Reads go through the log like writes, so a read reflects every write
+//! acknowledged before it (linearizable) and no node answers from a state a
+//! failover could take back.
+
+// openraft's storage and network traits return its error types, which are
+// large; the openraft examples allow this too.
+#![allow(clippy::result_large_err)]
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Raft};
+use serde::{Deserialize, Serialize};
+use sessiond_core::engine::{Input, InputResult};
+use sessiond_core::{Clock, Millis};
+use tokio::sync::watch;
+
+pub use crate::config::ClusterConfig;
+use crate::state::{BoxFuture, Replication, ReplicationError, Shared};
+
+/// A node's id (`--node-id`).
+pub type NodeId = u64;
+
+/// What the log carries: an engine input and the leader's time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The leader's clock when it accepted the proposal (ms).
+    pub now: Millis,
+    /// The input.
+    pub input: Input,
+}
+
+/// What applying an entry answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The engine's result (`Done` for Raft's own entries).
+    pub result: InputResult,
+}
+
+openraft::declare_raft_types!(
+    /// sessiond's Raft types.
+    pub TypeConfig:
+        D = Proposal,
+        R = Applied,
+);
+
+/// A running cluster node: the Raft instance and what the shell needs.
+pub struct Cluster {
+    raft: Raft<TypeConfig>,
+    node_id: NodeId,
+    clock: Arc<dyn Clock>,
+    applied: watch::Receiver<u64>,
+    peers: network::PeerPool,
+}
+
+/// How long a proposal may take before the client gets an error.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Cluster {
+    /// Starts the node: opens the log in `data_dir`, loads the last
+    /// snapshot into `shared`'s engine, starts Raft and the peer listener,
+    /// and initializes the cluster from `config.initial` if it never was.
+    ///
+    /// # Errors
+    /// Storage that cannot be opened, a peer address that cannot be bound.
+    pub async fn start(
+        config: ClusterConfig,
+        shared: Arc<Shared>,
+        data_dir: &std::path::Path,
+        sync: bool,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        use anyhow::Context;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let log = log_store::LogStore::open(&data_dir.join("raft.redb"), sync)
+            .context("opening the raft log")?;
+        let (sm, applied) = state_machine::StateMachine::open(shared.clone(), data_dir)
+            .context("loading the last snapshot")?;
+        let raft_config = openraft::Config {
+            cluster_name: "sessiond".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        }
+        .validate()
+        .context("raft settings")?;
+        let peers = network::PeerPool::default();
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            network::Network {
+                peers: peers.clone(),
+            },
+            log,
+            sm,
+        )
+        .await
+        .context("starting raft")?;
+        let cluster = Arc::new(Cluster {
+            raft: raft.clone(),
+            node_id: config.node_id,
+            clock: shared.clock.clone(),
+            applied,
+            peers,
+        });
+        let listener = tokio::net::TcpListener::bind(&config.raft_addr)
+            .await
+            .with_context(|| format!("binding --raft-addr {}", config.raft_addr))?;
+        tokio::spawn(network::serve(listener, cluster.clone(), shutdown.clone()));
+        if !raft.is_initialized().await.unwrap_or(false) {
+            let members: BTreeMap<NodeId, BasicNode> = config
+                .initial
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect();
+            // Every initial member may do this; the first to be elected
+            // wins and the others' attempts are refused harmlessly.
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!(error = %e, "initialize");
+            }
+        }
+        tracing::info!(node_id = config.node_id, raft_addr = %config.raft_addr, "cluster node started");
+        Ok(cluster)
+    }
+
+    /// Proposes on this node if it leads; the leader's clock stamps it.
+    /// Returns the result and the log index.
+    async fn propose_here(&self, input: Input) -> Result<(InputResult, u64), ProposeError> {
+        let proposal = Proposal {
+            now: self.clock.now(),
+            input,
+        };
+        match self.raft.client_write(proposal).await {
+            Ok(resp) => Ok((resp.data.result, resp.log_id.index)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(
+                ProposeError::Forward(f.leader_id, f.leader_node.map(|n| n.addr)),
+            ),
+            Err(e) => Err(ProposeError::Failed(e.to_string())),
+        }
+    }
+
+    /// Proposes anywhere: here if this node leads, else through the leader.
+    async fn propose_anywhere(&self, input: Input) -> Result<(InputResult, u64), ReplicationError> {
+        let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let attempt = match self.propose_here(input.clone()).await {
+                Ok(done) => return Ok(done),
+                Err(ProposeError::Forward(Some(leader), Some(addr))) if leader != self.node_id => {
+                    match self.peers.forward(&addr, input.clone()).await {
+                        Ok(Ok(done)) => return Ok(done),
+                        // The leader answered but could not commit (it was
+                        // deposed meanwhile): nothing applied; retry.
+                        Ok(Err(network::ForwardRefused::NotLeader)) => None,
+                        Ok(Err(network::ForwardRefused::Failed(e))) => {
+                            return Err(ReplicationError::Unknown(e));
+                        }
+                        // Sent, and no answer: it may have been applied.
+                        Err(network::CallError::AfterSend(e)) => {
+                            return Err(ReplicationError::Unknown(e));
+                        }
+                        Err(network::CallError::BeforeSend(_)) => None,
+                    }
+                }
+                Err(ProposeError::Forward(..)) => None,
+                Err(ProposeError::Failed(e)) => Some(e),
+            };
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(match attempt {
+                    Some(e) => ReplicationError::Unknown(e),
+                    None => ReplicationError::NoLeader,
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// This node's Raft state, as `key:value` lines.
+    pub fn info_text(&self) -> String {
+        let m = self.raft.metrics().borrow().clone();
+        let role = match m.state {
+            openraft::ServerState::Leader => "leader",
+            openraft::ServerState::Follower => "follower",
+            openraft::ServerState::Learner => "learner",
+            openraft::ServerState::Candidate => "candidate",
+            openraft::ServerState::Shutdown => "shutdown",
+        };
+        let members: Vec<String> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| format!("{id}={}", n.addr))
+            .collect();
+        // openraft 0.9 does not report the commit index; what this node has
+        // applied is committed, and is what it serves.
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let mut out = format!(
+            "node_id:{}\r\nrole:{role}\r\nleader_id:{}\r\nterm:{}\r\ncommit_index:{applied}\r\napplied_index:{applied}\r\nlast_log_index:{}\r\nsnapshot_index:{}\r\nmembers:{}\r\n",
+            self.node_id,
+            m.current_leader.map_or(String::new(), |l| l.to_string()),
+            m.current_term,
+            m.last_log_index.unwrap_or(0),
+            m.snapshot.map_or(0, |l| l.index),
+            members.join(","),
+        );
+        if let Some(repl) = &m.replication {
+            let last = m.last_log_index.unwrap_or(0);
+            for (id, matched) in repl {
+                let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
+                out.push_str(&format!("follower_{id}_lag:{lag}\r\n"));
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug)]
+enum ProposeError {
+    Forward(Option<NodeId>, Option<String>),
+    Failed(String),
+}
+
+impl Replication for Cluster {
+    fn propose(&self, input: Input) -> BoxFuture<'_, Result<(InputResult, u64), ReplicationError>> {
+        Box::pin(self.propose_anywhere(input))
+    }
+
+    fn applied(
+        &self,
+        index: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        let mut rx = self.applied.clone();
+        Box::pin(async move {
+            let _ = tokio::time::timeout(PROPOSE_TIMEOUT, rx.wait_for(|a| *a >= index)).await;
+        })
+    }
+
+    fn info(&self) -> String {
+        self.info_text()
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.node_id)
+    }
+}

@@ -1,0 +1,328 @@
+//! Peer RPC: Raft's messages between nodes, and proposals a follower
+//! forwards to the leader. One request, one response, each a frame of a
+//! 4-byte big-endian length and a postcard body, over a TCP connection kept
+//! open and reused (one call at a time per connection).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::BasicNode;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use sessiond_core::engine::{Input, InputResult};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::{Cluster, NodeId, ProposeError, TypeConfig};
+
+/// The largest frame accepted from a peer (snapshots come in chunks).
+const MAX_FRAME: usize = 256 << 20;
+
+/// How long one RPC may take when openraft sets no deadline.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Serialize, Deserialize)]
+enum PeerRequest {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    Propose(Input),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum PeerResponse {
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    Propose(Result<(InputResult, u64), ForwardRefused>),
+}
+
+/// Why a leader refused a forwarded proposal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardRefused {
+    /// It is not the leader (any more): nothing was applied.
+    NotLeader,
+    /// It failed to commit it: it may or may not have been applied.
+    Failed(String),
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Nothing reached the peer (connect failed).
+    #[error("peer unreachable: {0}")]
+    BeforeSend(String),
+    /// The request may have reached the peer; no answer came.
+    #[error("no answer from peer: {0}")]
+    AfterSend(String),
+}
+
+async fn write_frame(stream: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("frame too large"))?;
+    stream.write_all(&len.to_be_bytes()).await?;
+    stream.write_all(body).await?;
+    stream.flush().await
+}
+
+async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::other(format!("peer frame of {len} bytes")));
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// One reusable connection to a peer address.
+#[derive(Default)]
+struct Channel {
+    stream: Option<TcpStream>,
+}
+
+impl Channel {
+    async fn call(
+        &mut self,
+        addr: &str,
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, CallError> {
+        let body = postcard::to_stdvec(req).map_err(|e| CallError::BeforeSend(e.to_string()))?;
+        if self.stream.is_none() {
+            let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| CallError::BeforeSend(format!("connect to {addr} timed out")))?
+                .map_err(|e| CallError::BeforeSend(format!("connect to {addr}: {e}")))?;
+            let _ = stream.set_nodelay(true);
+            self.stream = Some(stream);
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(CallError::BeforeSend("no connection".into()));
+        };
+        let exchange = async {
+            write_frame(stream, &body).await?;
+            read_frame(stream).await
+        };
+        let answer = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => {
+                self.stream = None;
+                return Err(CallError::AfterSend(e.to_string()));
+            }
+            Err(_) => {
+                self.stream = None;
+                return Err(CallError::AfterSend(format!(
+                    "{addr} did not answer in time"
+                )));
+            }
+        };
+        postcard::from_bytes(&answer).map_err(|e| {
+            self.stream = None;
+            CallError::AfterSend(format!("undecodable answer from {addr}: {e}"))
+        })
+    }
+}
+
+/// Connections for forwarded proposals, by leader address: a small pool,
+/// so concurrent client requests on a follower do not queue behind one
+/// another.
+#[derive(Clone, Default)]
+pub struct PeerPool {
+    idle: Arc<parking_lot::Mutex<HashMap<String, Vec<Channel>>>>,
+}
+
+impl PeerPool {
+    /// Forwards `input` to the leader at `addr`.
+    ///
+    /// # Errors
+    /// [`CallError`] when the call failed.
+    pub async fn forward(
+        &self,
+        addr: &str,
+        input: Input,
+    ) -> Result<Result<(InputResult, u64), ForwardRefused>, CallError> {
+        let mut channel = self
+            .idle
+            .lock()
+            .get_mut(addr)
+            .and_then(Vec::pop)
+            .unwrap_or_default();
+        let answer = channel
+            .call(addr, &PeerRequest::Propose(input), CALL_TIMEOUT)
+            .await;
+        if channel.stream.is_some() {
+            let mut idle = self.idle.lock();
+            let list = idle.entry(addr.to_owned()).or_default();
+            if list.len() < 16 {
+                list.push(channel);
+            }
+        }
+        match answer? {
+            PeerResponse::Propose(r) => Ok(r),
+            other => Err(CallError::AfterSend(format!("unexpected answer {other:?}"))),
+        }
+    }
+}
+
+/// Makes Raft's connections to peers.
+pub struct Network {
+    /// Shared with the forwarding path (not used by Raft's own calls).
+    pub peers: PeerPool,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        PeerConnection {
+            target,
+            addr: node.addr.clone(),
+            channel: Channel::default(),
+        }
+    }
+}
+
+/// Raft's connection to one peer.
+pub struct PeerConnection {
+    target: NodeId,
+    addr: String,
+    channel: Channel,
+}
+
+impl PeerConnection {
+    async fn call<E: std::error::Error>(
+        &mut self,
+        req: PeerRequest,
+        option: &RPCOption,
+    ) -> Result<PeerResponse, RPCError<NodeId, BasicNode, E>> {
+        let timeout = option.hard_ttl().min(CALL_TIMEOUT);
+        self.channel
+            .call(&self.addr, &req, timeout)
+            .await
+            .map_err(|e| match e {
+                CallError::BeforeSend(m) => {
+                    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(m)))
+                }
+                CallError::AfterSend(m) => {
+                    RPCError::Network(NetworkError::new(&std::io::Error::other(m)))
+                }
+            })
+    }
+}
+
+fn unexpected<E: std::error::Error>(
+    target: NodeId,
+    got: &PeerResponse,
+) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
+        "node {target} answered {got:?}"
+    ))))
+}
+
+fn remote<E: std::error::Error>(
+    target: NodeId,
+    e: RaftError<NodeId, E>,
+) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    RPCError::RemoteError(openraft::error::RemoteError::new(target, e))
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        req: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self.call(PeerRequest::Append(req), &option).await? {
+            PeerResponse::Append(r) => r.map_err(|e| remote(self.target, e)),
+            other => Err(unexpected(self.target, &other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        req: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        match self.call(PeerRequest::Snapshot(req), &option).await? {
+            PeerResponse::Snapshot(r) => r.map_err(|e| remote(self.target, e)),
+            other => Err(unexpected(self.target, &other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        req: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self.call(PeerRequest::Vote(req), &option).await? {
+            PeerResponse::Vote(r) => r.map_err(|e| remote(self.target, e)),
+            other => Err(unexpected(self.target, &other)),
+        }
+    }
+}
+
+/// Serves peers on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, cluster: Arc<Cluster>, shutdown: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "peer accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (cluster, shutdown) = (cluster.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                r = serve_peer(stream, &cluster) => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "peer connection ended");
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_peer(mut stream: TcpStream, cluster: &Cluster) -> std::io::Result<()> {
+    loop {
+        let body = read_frame(&mut stream).await?;
+        let req: PeerRequest = postcard::from_bytes(&body)
+            .map_err(|e| std::io::Error::other(format!("undecodable peer request: {e}")))?;
+        let resp = match req {
+            PeerRequest::Append(r) => PeerResponse::Append(cluster.raft.append_entries(r).await),
+            PeerRequest::Vote(r) => PeerResponse::Vote(cluster.raft.vote(r).await),
+            PeerRequest::Snapshot(r) => {
+                PeerResponse::Snapshot(cluster.raft.install_snapshot(r).await)
+            }
+            PeerRequest::Propose(input) => {
+                PeerResponse::Propose(match cluster.propose_here(input).await {
+                    Ok(done) => Ok(done),
+                    Err(ProposeError::Forward(..)) => Err(ForwardRefused::NotLeader),
+                    Err(ProposeError::Failed(e)) => Err(ForwardRefused::Failed(e)),
+                })
+            }
+        };
+        let bytes = postcard::to_stdvec(&resp)
+            .map_err(|e| std::io::Error::other(format!("encoding an answer: {e}")))?;
+        write_frame(&mut stream, &bytes).await?;
+    }
+}

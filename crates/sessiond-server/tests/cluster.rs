@@ -1,0 +1,402 @@
+//! A three-node cluster of real server processes on loopback: it forms,
+//! serves from every node, keeps every acknowledged write when its leader
+//! is killed with SIGKILL, and its clients' history (increments and reads
+//! of one key through every node, across the kills) is linearizable.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use common::ServerProcess;
+use sessiond_client::{Client, Value};
+use sessiond_lincheck::{Operation, Register, RegisterOp, RegisterRet, check};
+
+/// A free loopback port (bound, then released for the node to take).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Node {
+    id: u64,
+    dir: std::path::PathBuf,
+    raft: String,
+    process: Option<ServerProcess>,
+}
+
+struct TestCluster {
+    _tmp: tempfile::TempDir,
+    initial: String,
+    nodes: Vec<Node>,
+}
+
+impl TestCluster {
+    fn start(n: u64) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let raft: Vec<String> = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let initial = raft
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = (1..=n)
+            .map(|id| Node {
+                id,
+                dir: tmp.path().join(format!("n{id}")),
+                raft: raft[(id - 1) as usize].clone(),
+                process: None,
+            })
+            .collect();
+        let mut c = Self {
+            _tmp: tmp,
+            initial,
+            nodes,
+        };
+        for i in 0..c.nodes.len() {
+            c.start_node(i);
+        }
+        c
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let id = node.id.to_string();
+        let process = ServerProcess::start(
+            &node.dir,
+            &[
+                "--durability",
+                "always",
+                "--node-id",
+                &id,
+                "--raft-addr",
+                &node.raft,
+                "--initial-cluster",
+                &self.initial,
+            ],
+        );
+        node.process = Some(process);
+    }
+
+    fn addr(&self, i: usize) -> Option<SocketAddr> {
+        self.nodes[i].process.as_ref().map(|p| p.addr)
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(p) = self.nodes[i].process.take() {
+            p.kill();
+        }
+    }
+
+    /// The index of the node that says it leads, once one does (bounded).
+    async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            for i in 0..self.nodes.len() {
+                let Some(addr) = self.addr(i) else { continue };
+                if let Ok(info) = cluster_info(addr).await
+                    && info.contains("role:leader")
+                {
+                    return i;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no leader within 20 s");
+    }
+}
+
+async fn cluster_info(addr: SocketAddr) -> anyhow::Result<String> {
+    let mut c = tokio::time::timeout(Duration::from_secs(2), Client::connect(addr)).await??;
+    match tokio::time::timeout(Duration::from_secs(2), c.command(&["CLUSTER.INFO"])).await?? {
+        Value::Bulk(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        other => anyhow::bail!("CLUSTER.INFO answered {other:?}"),
+    }
+}
+
+/// How a call ended.
+#[derive(Debug)]
+enum Outcome {
+    /// Answered.
+    Done(Value),
+    /// Refused, or never sent: nothing was applied.
+    NotApplied(#[allow(dead_code)] String),
+    /// Sent, and no answer (or `UNKNOWN`): it may or may not have been
+    /// applied.
+    Unknown(#[allow(dead_code)] String),
+}
+
+/// Runs `args` on `addr`, retrying `TRYAGAIN` (nothing applied) for up to
+/// 10 s.
+async fn call_outcome(addr: SocketAddr, args: &[&str]) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut client = match Client::connect(addr).await {
+            Ok(c) => c,
+            Err(e) => return Outcome::NotApplied(format!("connect: {e}")),
+        };
+        match tokio::time::timeout(Duration::from_secs(8), client.command(args)).await {
+            Ok(Err(e)) if e.code() == Some("TRYAGAIN") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(Ok(v)) => return Outcome::Done(v),
+            Ok(Err(e)) if e.code() == Some("TRYAGAIN") => {
+                return Outcome::NotApplied(e.to_string());
+            }
+            Ok(Err(e)) if e.is_server_error() && e.code() != Some("UNKNOWN") => {
+                return Outcome::NotApplied(e.to_string());
+            }
+            Ok(Err(e)) => return Outcome::Unknown(e.to_string()),
+            Err(_) => return Outcome::Unknown("timeout".into()),
+        }
+    }
+}
+
+/// [`call_outcome`] for calls that must succeed.
+async fn call(addr: SocketAddr, args: &[&str]) -> Result<Value, String> {
+    match call_outcome(addr, args).await {
+        Outcome::Done(v) => Ok(v),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_form_a_cluster_and_serve_from_every_node() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let info = cluster_info(cluster.addr(follower).unwrap()).await.unwrap();
+    assert!(info.contains("role:follower"), "{info}");
+    assert!(
+        info.contains(&format!("leader_id:{}", leader + 1)),
+        "{info}"
+    );
+    assert!(
+        info.contains("members:1=") && info.contains(",3="),
+        "{info}"
+    );
+
+    // A write through a follower is read through the other one.
+    let created = call(
+        cluster.addr(follower).unwrap(),
+        &["SESSION.COMMIT", "s1", "CREATE", "SET", "user", "alice"],
+    )
+    .await
+    .expect("commit through a follower");
+    assert!(matches!(created, Value::Array(_)), "{created:?}");
+    let read = call(cluster.addr(other).unwrap(), &["SESSION.READ", "s1"])
+        .await
+        .expect("read");
+    assert!(format!("{read:?}").contains("alice"), "{read:?}");
+
+    // A lock taken through one node excludes a taker on another; the
+    // release hands it over, and the waiter on its own node gets it.
+    let a = cluster.addr(follower).unwrap();
+    let b = cluster.addr(other).unwrap();
+    let mut holder = Client::connect(a).await.unwrap();
+    let grant = holder
+        .command(&["LOCK.ACQUIRE", "s1", "WAIT", "5000"])
+        .await
+        .unwrap();
+    let token = match &grant {
+        Value::Array(v) => match &v[0] {
+            Value::Int(t) => *t,
+            other => panic!("token {other:?}"),
+        },
+        other => panic!("grant {other:?}"),
+    };
+    let waiter = tokio::spawn(async move {
+        let mut c = Client::connect(b).await.unwrap();
+        c.command(&["LOCK.ACQUIRE", "s1", "WAIT", "10000"])
+            .await
+            .unwrap()
+    });
+    // The waiter is queued (seen through the leader) before the release.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = call(cluster.addr(leader).unwrap(), &["LOCK.INFO", "s1"])
+            .await
+            .unwrap();
+        if format!("{info:?}").matches("Int").count() >= 6 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "waiter never queued: {info:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let released = holder
+        .command(&["LOCK.RELEASE", "s1", &token.to_string()])
+        .await
+        .unwrap();
+    assert_eq!(released, Value::Int(1));
+    let second = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("hand-off within 10 s")
+        .unwrap();
+    match second {
+        Value::Array(v) => match &v[0] {
+            Value::Int(t) => assert!(*t > token, "tokens grow across nodes: {t} after {token}"),
+            other => panic!("token {other:?}"),
+        },
+        other => panic!("second grant {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_loses_no_acknowledged_increment_and_the_history_is_linearizable() {
+    let mut cluster = TestCluster::start(3);
+    call(
+        cluster.addr(0).unwrap(),
+        &["SESSION.COMMIT", "ctr", "CREATE", "TTL", "600"],
+    )
+    .await
+    .expect("create");
+    let started = Instant::now();
+    let now = move || u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let mut history: Vec<Operation<RegisterOp, RegisterRet>> = Vec::new();
+    let mut acknowledged = 0i64;
+    let mut kills = Vec::new();
+    for round in 0..3 {
+        // Three clients, one per node, increment and read for a while.
+        let mut tasks = Vec::new();
+        for i in 0..3 {
+            let Some(addr) = cluster.addr(i) else {
+                continue;
+            };
+            tasks.push(tokio::spawn(async move {
+                let mut ops = Vec::new();
+                for k in 0..15 {
+                    let is_read = k % 3 == 2;
+                    let call_at = now();
+                    let args: &[&str] = if is_read {
+                        &["SESSION.READ", "ctr", "KEYS", "n"]
+                    } else {
+                        &["SESSION.INCR", "ctr", "n", "1"]
+                    };
+                    let result = call_outcome(addr, args).await;
+                    let ret_at = now();
+                    let refused = matches!(result, Outcome::NotApplied(_));
+                    ops.push((i as u64, call_at, ret_at, is_read, result));
+                    if refused {
+                        // This client's node is down: it stops here, as
+                        // an app server would move to another node.
+                        break;
+                    }
+                }
+                ops
+            }));
+        }
+        if round < 2 {
+            // Kill the leader while the clients run.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let leader = cluster.leader().await;
+            cluster.kill(leader);
+            let killed_at = Instant::now();
+            // Failover: from the kill to the first write acknowledged by a
+            // surviving node.
+            let survivor = cluster.addr((leader + 1) % 3).unwrap();
+            let mut first_ack = None;
+            for _ in 0..200 {
+                if let Outcome::Done(_) =
+                    call_outcome(survivor, &["SESSION.INCR", "probe", "n", "1", "CREATE"]).await
+                {
+                    first_ack = Some(killed_at.elapsed());
+                    break;
+                }
+            }
+            let first_ack = first_ack.expect("a write acknowledged after the kill");
+            eprintln!("kill {round}: first acknowledged write after {first_ack:?}");
+            kills.push((leader, killed_at));
+        }
+        for t in tasks {
+            for (client, call_at, ret_at, is_read, result) in t.await.unwrap() {
+                let (op, out, ret) = match (is_read, result) {
+                    (_, Outcome::NotApplied(_)) => continue,
+                    (false, Outcome::Done(Value::Array(v))) => match &v[0] {
+                        Value::Int(n) => {
+                            acknowledged += 1;
+                            (RegisterOp::Add(1), RegisterRet::Value(*n), Some(ret_at))
+                        }
+                        other => panic!("INCR answered {other:?}"),
+                    },
+                    (true, Outcome::Done(v)) => {
+                        let text = format!("{v:?}");
+                        let n = field_value(&v).unwrap_or_else(|| panic!("read {text}"));
+                        (RegisterOp::Read, RegisterRet::Value(n), Some(ret_at))
+                    }
+                    // Unknown outcome: it may or may not have happened.
+                    (false, Outcome::Unknown(_)) => {
+                        (RegisterOp::Add(1), RegisterRet::Value(0), None)
+                    }
+                    (true, Outcome::Unknown(_)) => continue,
+                    (false, Outcome::Done(other)) => panic!("INCR answered {other:?}"),
+                };
+                history.push(Operation {
+                    client,
+                    call: call_at,
+                    ret,
+                    op,
+                    out,
+                });
+            }
+        }
+        if round < 2 {
+            // Bring the killed node back on its data directory.
+            let (killed, at) = kills[round];
+            let leader = cluster.leader().await;
+            eprintln!(
+                "round {round}: node {} killed, node {} leads {:?} later",
+                killed + 1,
+                leader + 1,
+                at.elapsed()
+            );
+            cluster.start_node(killed);
+        }
+    }
+    // Every acknowledged increment is there, read through every node.
+    let leader = cluster.leader().await;
+    let final_read = call(
+        cluster.addr(leader).unwrap(),
+        &["SESSION.READ", "ctr", "KEYS", "n"],
+    )
+    .await
+    .expect("final read");
+    let total = field_value(&final_read).expect("counter");
+    let unknown = history.iter().filter(|o| o.ret.is_none()).count() as i64;
+    assert!(
+        total >= acknowledged && total <= acknowledged + unknown,
+        "counter {total}: {acknowledged} acknowledged, {unknown} unknown"
+    );
+    assert!(
+        acknowledged > 30,
+        "too few increments got through: {acknowledged}"
+    );
+    let unknown_texts: Vec<&Operation<RegisterOp, RegisterRet>> =
+        history.iter().filter(|o| o.ret.is_none()).collect();
+    eprintln!(
+        "{} operations checked: {acknowledged} increments acknowledged, {} with unknown outcome",
+        history.len(),
+        unknown_texts.len()
+    );
+    let verdict = check(&Register::default(), &history);
+    assert!(verdict.is_linearizable(), "{verdict:?}\n{history:#?}");
+}
+
+/// The integer value of the one field of a `SESSION.READ … KEYS n` reply
+/// (0 when absent).
+fn field_value(v: &Value) -> Option<i64> {
+    let Value::Array(parts) = v else { return None };
+    let Value::Array(fields) = parts.get(3)? else {
+        return None;
+    };
+    match fields.get(2)? {
+        Value::Bulk(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::Nil => Some(0),
+        _ => None,
+    }
+}
