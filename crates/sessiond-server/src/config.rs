@@ -114,6 +114,11 @@ pub struct ServeArgs {
     /// addresses). Every node is started with the same list.
     #[arg(long, env = "SESSIOND_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
+    /// In a cluster: after how many seconds without an answer the leader
+    /// declares a node dead and releases its connections' locks (the
+    /// lock-delay of Chubby and Consul) [default: 10].
+    #[arg(long, env = "SESSIOND_NODE_DOWN_AFTER")]
+    pub node_down_after: Option<u64>,
 }
 
 /// The settings of a cluster node (`--node-id`, `--raft-addr`,
@@ -126,6 +131,8 @@ pub struct ClusterConfig {
     pub raft_addr: String,
     /// Every initial member and its peer address.
     pub initial: std::collections::BTreeMap<u64, String>,
+    /// After how long without an answer a node is declared dead.
+    pub node_down_after: Duration,
 }
 
 impl ClusterConfig {
@@ -290,7 +297,12 @@ impl ServeArgs {
             lock_max_hold: Duration::from_secs(s.lock_max_hold.unwrap_or(300)),
             tcp_keepalive: Duration::from_secs(s.tcp_keepalive.unwrap_or(30).max(1)),
             shutdown_timeout: Duration::from_secs(s.shutdown_timeout.unwrap_or(10)),
-            cluster: cluster_config(s.node_id, s.raft_addr, s.initial_cluster)?,
+            cluster: cluster_config(s.node_id, s.raft_addr, s.initial_cluster)?.map(|c| {
+                ClusterConfig {
+                    node_down_after: Duration::from_secs(s.node_down_after.unwrap_or(10).max(1)),
+                    ..c
+                }
+            }),
         })
     }
 
@@ -321,6 +333,7 @@ impl ServeArgs {
             node_id: self.node_id.or(file.node_id),
             raft_addr: self.raft_addr.or(file.raft_addr),
             initial_cluster: self.initial_cluster.or(file.initial_cluster),
+            node_down_after: self.node_down_after.or(file.node_down_after),
         }
     }
 }
@@ -343,6 +356,7 @@ fn cluster_config(
                 node_id,
                 raft_addr,
                 initial,
+                node_down_after: Duration::from_secs(10),
             }))
         }
         _ => Err(ConfigError::Invalid(

@@ -88,6 +88,13 @@ pub fn render(shared: &Shared, section: Option<&str>) -> String {
             m.rejected_connections.get()
         ),
     );
+    section_text(
+        "Cluster",
+        match shared.replication() {
+            Some(r) => r.info(),
+            None => "node_id:0\r\nrole:standalone\r\n".to_owned(),
+        },
+    );
     section_text("Commandstats", m.command_stats());
     out
 }

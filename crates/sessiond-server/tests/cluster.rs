@@ -78,6 +78,8 @@ impl TestCluster {
                 &node.raft,
                 "--initial-cluster",
                 &self.initial,
+                "--node-down-after",
+                "2",
             ],
         );
         node.process = Some(process);
@@ -399,4 +401,63 @@ fn field_value(v: &Value) -> Option<i64> {
         Value::Nil => Some(0),
         _ => None,
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_locks_of_a_dead_node_go_to_the_next_waiter() {
+    let mut cluster = TestCluster::start(3);
+    let leader = cluster.leader().await;
+    let doomed = (leader + 1) % 3;
+    let survivor = (leader + 2) % 3;
+    let mut holder = Client::connect(cluster.addr(doomed).unwrap())
+        .await
+        .unwrap();
+    let grant = holder
+        .command(&["LOCK.ACQUIRE", "s9", "CREATE", "WAIT", "5000"])
+        .await
+        .unwrap();
+    let Value::Array(parts) = &grant else {
+        panic!("grant {grant:?}")
+    };
+    let Value::Int(first_token) = parts[0] else {
+        panic!("token {grant:?}")
+    };
+    let waiter_addr = cluster.addr(survivor).unwrap();
+    let waiter = tokio::spawn(async move {
+        let mut c = Client::connect(waiter_addr).await.unwrap();
+        let asked = Instant::now();
+        let got = c.command(&["LOCK.ACQUIRE", "s9", "WAIT", "30000"]).await;
+        (got, asked.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The holder's node dies; its client can no longer release anything.
+    cluster.kill(doomed);
+    let (got, waited) = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("the waiter was served")
+        .unwrap();
+    let got = got.expect("granted");
+    let Value::Array(parts) = &got else {
+        panic!("grant {got:?}")
+    };
+    let Value::Int(token) = parts[0] else {
+        panic!("token {got:?}")
+    };
+    assert!(token > first_token, "{token} after {first_token}");
+    eprintln!("the waiter got the dead node's lock after {waited:?}");
+    // The old token is fenced.
+    let fenced = call_outcome(
+        cluster.addr(leader).unwrap(),
+        &[
+            "SESSION.COMMIT",
+            "s9",
+            "FENCE",
+            &first_token.to_string(),
+            "SET",
+            "k",
+            "v",
+        ],
+    )
+    .await;
+    assert!(format!("{fenced:?}").contains("FENCED"), "{fenced:?}");
 }

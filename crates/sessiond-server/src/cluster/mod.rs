@@ -133,6 +133,11 @@ impl Cluster {
             .await
             .with_context(|| format!("binding --raft-addr {}", config.raft_addr))?;
         tokio::spawn(network::serve(listener, cluster.clone(), shutdown.clone()));
+        tokio::spawn(watch_nodes(
+            cluster.clone(),
+            config.node_down_after,
+            shutdown.clone(),
+        ));
         if !raft.is_initialized().await.unwrap_or(false) {
             let members: BTreeMap<NodeId, BasicNode> = config
                 .initial
@@ -156,7 +161,13 @@ impl Cluster {
             now: self.clock.now(),
             input,
         };
-        match self.raft.client_write(proposal).await {
+        // A leader cut off from the majority cannot commit: it would wait
+        // forever; the client gets an error instead (the entry may still be
+        // committed later by a new leader, so the outcome is unknown).
+        let written = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(proposal))
+            .await
+            .map_err(|_| ProposeError::Failed("not committed in time (no majority?)".into()))?;
+        match written {
             Ok(resp) => Ok((resp.data.result, resp.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(
                 ProposeError::Forward(f.leader_id, f.leader_node.map(|n| n.addr)),
@@ -238,6 +249,69 @@ impl Cluster {
             }
         }
         out
+    }
+}
+
+/// On the leader: pings every other member; one that has not answered for
+/// `down_after` is declared dead, and its connections' locks are released
+/// through the log (their waiters get them). Its clients cannot notice in
+/// time, but cannot do harm either: their fencing tokens are no longer
+/// current. A node that comes back closes its old connections itself.
+async fn watch_nodes(
+    cluster: Arc<Cluster>,
+    down_after: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut last_seen: BTreeMap<NodeId, tokio::time::Instant> = BTreeMap::new();
+    let mut declared: std::collections::BTreeSet<NodeId> = std::collections::BTreeSet::new();
+    let mut was_leader = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let metrics = cluster.raft.metrics().borrow().clone();
+        let leading = metrics.current_leader == Some(cluster.node_id);
+        if !leading {
+            was_leader = false;
+            continue;
+        }
+        let now = tokio::time::Instant::now();
+        let members: Vec<(NodeId, String)> = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != cluster.node_id)
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        if !was_leader {
+            // A new leader gives every node the full time from now.
+            for (id, _) in &members {
+                last_seen.insert(*id, now);
+            }
+            was_leader = true;
+        }
+        for (id, addr) in members {
+            if cluster.peers.ping(&addr, Duration::from_millis(300)).await {
+                last_seen.insert(id, now);
+                declared.remove(&id);
+                continue;
+            }
+            let seen = *last_seen.entry(id).or_insert(now);
+            if now.duration_since(seen) >= down_after && !declared.contains(&id) {
+                tracing::warn!(
+                    node = id,
+                    "node not answering: releasing its connections' locks"
+                );
+                if cluster
+                    .propose_anywhere(Input::CloseNode { node: id })
+                    .await
+                    .is_ok()
+                {
+                    declared.insert(id);
+                }
+            }
+        }
     }
 }
 

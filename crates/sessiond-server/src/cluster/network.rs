@@ -34,6 +34,7 @@ enum PeerRequest {
     Vote(VoteRequest<NodeId>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     Propose(Input),
+    Ping,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -42,6 +43,7 @@ enum PeerResponse {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Propose(Result<(InputResult, u64), ForwardRefused>),
+    Pong,
 }
 
 /// Why a leader refused a forwarded proposal.
@@ -170,6 +172,30 @@ impl PeerPool {
             PeerResponse::Propose(r) => Ok(r),
             other => Err(CallError::AfterSend(format!("unexpected answer {other:?}"))),
         }
+    }
+}
+
+impl PeerPool {
+    /// Whether the node at `addr` answers within `timeout`.
+    pub async fn ping(&self, addr: &str, timeout: Duration) -> bool {
+        let mut channel = self
+            .idle
+            .lock()
+            .get_mut(addr)
+            .and_then(Vec::pop)
+            .unwrap_or_default();
+        let ok = matches!(
+            channel.call(addr, &PeerRequest::Ping, timeout).await,
+            Ok(PeerResponse::Pong)
+        );
+        if channel.stream.is_some() {
+            let mut idle = self.idle.lock();
+            let list = idle.entry(addr.to_owned()).or_default();
+            if list.len() < 16 {
+                list.push(channel);
+            }
+        }
+        ok
     }
 }
 
@@ -313,6 +339,7 @@ async fn serve_peer(mut stream: TcpStream, cluster: &Cluster) -> std::io::Result
             PeerRequest::Snapshot(r) => {
                 PeerResponse::Snapshot(cluster.raft.install_snapshot(r).await)
             }
+            PeerRequest::Ping => PeerResponse::Pong,
             PeerRequest::Propose(input) => {
                 PeerResponse::Propose(match cluster.propose_here(input).await {
                     Ok(done) => Ok(done),
