@@ -1,6 +1,6 @@
 //! The `sessiond` command.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use sessiond_server::config::ServeArgs;
 
 /// sessiond: a session store for web applications on many servers.
@@ -17,6 +17,16 @@ struct Cli {
 enum Cmd {
     /// Run the server (the default).
     Serve(Box<ServeArgs>),
+    /// Check the settings (flags, environment, --config file) without
+    /// starting: print them as resolved, or say what is wrong (exit 1).
+    CheckConfig(Box<ServeArgs>),
+    /// Print the man page (roff) on stdout.
+    Man,
+    /// Print shell completions on stdout.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// List the locks held and waited for (the lock inspector).
     Locks {
         /// Server address.
@@ -33,6 +43,22 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    match &cli.command {
+        Some(Cmd::Man) => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            return Ok(());
+        }
+        Some(Cmd::Completions { shell }) => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "sessiond",
+                &mut std::io::stdout(),
+            );
+            return Ok(());
+        }
+        _ => {}
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SESSIOND_LOG")
@@ -53,9 +79,15 @@ fn main() -> anyhow::Result<()> {
             session.as_deref(),
             password,
         )),
+        Some(Cmd::Man | Cmd::Completions { .. }) => Ok(()),
         // `sessiond --port 7000 serve --durability always`: both sets of
         // flags count, the subcommand's first.
         Some(Cmd::Serve(args)) => runtime.block_on(serve(args.merge(cli.serve))),
+        Some(Cmd::CheckConfig(args)) => {
+            let config = args.merge(cli.serve).resolve()?;
+            print!("{}", config.describe());
+            Ok(())
+        }
         None => runtime.block_on(serve(cli.serve)),
     }
 }
