@@ -21,6 +21,9 @@ command -v php >/dev/null 2>&1 || need+=(php-cli)
 command -v phpunit >/dev/null 2>&1 || need+=(phpunit)
 compgen -G '/usr/sbin/php-fpm*' >/dev/null || need+=(php-fpm)
 [ -x /usr/sbin/nginx ] || need+=(nginx)
+# The metrics test reads scrapes with the reference Prometheus parsers; the
+# package test builds a .deb (dpkg-deb is part of every Debian install).
+/usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -33,6 +36,10 @@ bash scripts/racelab-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+
+# The Debian package: built from the debug binary, installed, started with
+# its shipped config, removed.
+bash scripts/package-test.sh --profile dev
 
 # The PHP session handler against the target/debug/sessiond that
 # `cargo test` just built (it builds one only if missing or stale).

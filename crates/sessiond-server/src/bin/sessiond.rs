@@ -5,7 +5,7 @@ use sessiond_server::config::ServeArgs;
 
 /// sessiond: a session store for web applications on many servers.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "sessiond", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
