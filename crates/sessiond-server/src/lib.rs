@@ -22,10 +22,11 @@
 //!
 //! Modules point one way: `protocol`, `config`, `metrics`, `slowlog`,
 //! `notify`, `process`,
-//! `storage` → `persist` → `state` → `info` → `cmd` → `connection` →
+//! `storage` → `persist` → `state` → `info`, `backup` → `cmd` → `connection` →
 //! `http`, `server` (checked by `../shared/tools/module-cycles`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod backup;
 pub mod cmd;
 pub mod config;
 pub mod connection;

@@ -180,5 +180,8 @@ fn resident_memory_counts_pages_of_the_kernels_size() {
         .expect("resident memory sample")
         .parse()
         .unwrap();
-    assert!(rss > 0 && rss.is_multiple_of(page), "{rss} with pages of {page}");
+    assert!(
+        rss > 0 && rss.is_multiple_of(page),
+        "{rss} with pages of {page}"
+    );
 }

@@ -85,7 +85,9 @@ async fn the_password_comes_from_a_file_without_its_newline() {
     };
     let wrong = connect("s3cret\n").await;
     assert!(format!("{:?}", wrong.err()).contains("WRONGPASS"));
-    let mut c = connect("s3cret").await.expect("the password without its newline");
+    let mut c = connect("s3cret")
+        .await
+        .expect("the password without its newline");
     assert_eq!(
         c.command(&["PING"]).await.unwrap(),
         Value::Simple("PONG".into())

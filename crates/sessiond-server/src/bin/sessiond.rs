@@ -20,6 +20,29 @@ enum Cmd {
     /// Check the settings (flags, environment, --config file) without
     /// starting: print them as resolved, or say what is wrong (exit 1).
     CheckConfig(Box<ServeArgs>),
+    /// Copy the data of a running server into a file, without stopping it:
+    /// a consistent snapshot holding every write acknowledged before it.
+    Backup {
+        /// The file to write (replaced whole, or left as it was).
+        #[arg(long)]
+        to: std::path::PathBuf,
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:6380", env = "SESSIOND_ADDR")]
+        addr: String,
+        /// Password.
+        #[arg(long, env = "SESSIOND_REQUIREPASS", hide_env_values = true)]
+        password: Option<String>,
+    },
+    /// Write a new data directory from a backup file (then start the server
+    /// on it).
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: std::path::PathBuf,
+        /// The data directory to create (its data file must not exist).
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+    },
     /// Print the man page (roff) on stdout.
     Man,
     /// Print shell completions on stdout.
@@ -80,6 +103,16 @@ fn main() -> anyhow::Result<()> {
             password,
         )),
         Some(Cmd::Man | Cmd::Completions { .. }) => Ok(()),
+        Some(Cmd::Backup { to, addr, password }) => {
+            let n = runtime.block_on(sessiond_server::backup::backup(&addr, password, &to))?;
+            eprintln!("backed up {n} sessions from {addr} to {}", to.display());
+            Ok(())
+        }
+        Some(Cmd::Restore { from, data_dir }) => {
+            let n = sessiond_server::backup::restore(&from, &data_dir)?;
+            eprintln!("restored {n} sessions into {}", data_dir.display());
+            Ok(())
+        }
         // `sessiond --port 7000 serve --durability always`: both sets of
         // flags count, the subcommand's first.
         Some(Cmd::Serve(args)) => runtime.block_on(serve(args.merge(cli.serve))),

@@ -1,5 +1,5 @@
 //! Connection and server commands: PING, ECHO, HELLO, AUTH, CLIENT, INFO,
-//! SLOWLOG, SELECT, COMMAND, QUIT.
+//! SLOWLOG, BACKUP.SNAPSHOT, SELECT, COMMAND, QUIT.
 
 use bytes::Bytes;
 use subtle::ConstantTimeEq;
@@ -75,6 +75,8 @@ pub enum ConnCommand {
     Client(ClientSub),
     /// SLOWLOG subcommand
     SlowLog(SlowLogSub),
+    /// BACKUP.SNAPSHOT: the whole state, encoded (see [`crate::backup`]).
+    BackupSnapshot,
     /// SELECT db
     Select(i64),
     /// COMMAND [sub …]
@@ -238,6 +240,7 @@ impl ConnCommand {
                 }
                 None => return Err(CmdError::Arity("SLOWLOG".into())),
             }),
+            "BACKUP.SNAPSHOT" => ConnCommand::BackupSnapshot,
             "SELECT" => ConnCommand::Select(a.i64()?),
             "COMMAND" => {
                 let sub = a.keyword();
@@ -259,6 +262,7 @@ impl ConnCommand {
             ConnCommand::Info(_) => "INFO",
             ConnCommand::Client(_) => "CLIENT",
             ConnCommand::SlowLog(_) => "SLOWLOG",
+            ConnCommand::BackupSnapshot => "BACKUP.SNAPSHOT",
             ConnCommand::Select(_) => "SELECT",
             ConnCommand::Command(_) => "COMMAND",
             ConnCommand::Quit => "QUIT",
@@ -377,6 +381,9 @@ impl ConnCommand {
             ConnCommand::SlowLog(SlowLogSub::Reset) => {
                 shared.slowlog.reset();
                 Reply::ok()
+            }
+            ConnCommand::BackupSnapshot => {
+                Reply::Bulk(Bytes::from(crate::backup::snapshot(shared)))
             }
             ConnCommand::Select(0) => Reply::ok(),
             ConnCommand::Select(_) => Reply::error(
