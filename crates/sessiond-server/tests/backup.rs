@@ -72,7 +72,11 @@ async fn a_backup_under_writes_restores_every_acknowledged_session() {
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
@@ -91,7 +95,11 @@ async fn a_backup_under_writes_restores_every_acknowledged_session() {
         "--data-dir",
         restored.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Never over an existing data file.
     let again = sessiond(&[
         "restore",
