@@ -24,6 +24,8 @@ compgen -G '/usr/sbin/php-fpm*' >/dev/null || need+=(php-fpm)
 # The metrics test reads scrapes with the reference Prometheus parsers; the
 # package test builds a .deb (dpkg-deb is part of every Debian install).
 /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
+# redis-py: the admin commands as operators' scripts call them.
+/usr/bin/python3 -c 'import redis' 2>/dev/null || need+=(python3-redis)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -61,6 +61,8 @@ async fn client_list_shows_locks_held_and_awaited_and_kill_frees_them() {
     let key = cmd(&mut holder, &["LOCK.ACQUIRE", "s3", "KEY", "a b", "CREATE"]).await;
     assert!(matches!(key, Value::Array(_)), "{key:?}");
 
+    // The waiter queues behind a third lock of the holder.
+    cmd(&mut holder, &["LOCK.ACQUIRE", "s2", "CREATE"]).await;
     let mut waiter = server.client().await;
     let waiter_id = waiter.client_id().await.unwrap();
     let waiting = tokio::spawn(async move {
@@ -69,8 +71,6 @@ async fn client_list_shows_locks_held_and_awaited_and_kill_frees_them() {
             .await;
         (waiter, v)
     });
-    // The waiter queues behind a second lock of the holder.
-    cmd(&mut holder, &["LOCK.ACQUIRE", "s2", "CREATE"]).await;
     let list = wait_for_client(&mut admin, waiter_id, |e| {
         e.is_some_and(|e| e["waits"] == "s2")
     })
