@@ -26,6 +26,11 @@ compgen -G '/usr/sbin/php-fpm*' >/dev/null || need+=(php-fpm)
 # run Debian's Symfony 5.4 and Laravel 8.83 packages.
 [ -f /usr/share/php/Symfony/Component/HttpKernel/autoload.php ] || need+=(php-symfony-http-kernel php-symfony-http-foundation php-symfony-event-dispatcher php-psr-container)
 [ -f /usr/share/php/Illuminate/Foundation/Application.php ] || need+=(php-laravel-framework)
+# The metrics test reads scrapes with the reference Prometheus parsers; the
+# package test builds a .deb (dpkg-deb is part of every Debian install).
+/usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
+# redis-py: the admin commands as operators' scripts call them.
+/usr/bin/python3 -c 'import redis' 2>/dev/null || need+=(python3-redis)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -38,6 +43,10 @@ bash scripts/racelab-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+
+# The Debian package: built from the debug binary, installed, started with
+# its shipped config, removed.
+bash scripts/package-test.sh --profile dev
 
 # The PHP session handler against the target/debug/sessiond that
 # `cargo test` just built (it builds one only if missing or stale).

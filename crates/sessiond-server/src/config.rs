@@ -63,6 +63,15 @@ pub struct ServeArgs {
     /// Password clients must give with AUTH or HELLO (Redis's requirepass).
     #[arg(long, env = "SESSIOND_REQUIREPASS", hide_env_values = true)]
     pub requirepass: Option<String>,
+    /// File holding the password (one line; a trailing newline is not part
+    /// of it), so it stays out of the process list and the environment.
+    /// Not together with --requirepass.
+    #[arg(
+        long,
+        env = "SESSIOND_REQUIREPASS_FILE",
+        conflicts_with = "requirepass"
+    )]
+    pub requirepass_file: Option<PathBuf>,
     /// Listen on a non-loopback address without a password. Sessions hold
     /// login tokens: only for networks you trust completely.
     #[arg(
@@ -119,6 +128,17 @@ pub struct ServeArgs {
     /// lock-delay of Chubby and Consul) [default: 10].
     #[arg(long, env = "SESSIOND_NODE_DOWN_AFTER")]
     pub node_down_after: Option<u64>,
+    /// Commands slower than this, in microseconds, go to the SLOWLOG; a
+    /// negative value turns it off, 0 logs every command [default: 10000].
+    #[arg(
+        long,
+        env = "SESSIOND_SLOWLOG_LOG_SLOWER_THAN",
+        allow_negative_numbers = true
+    )]
+    pub slowlog_log_slower_than: Option<i64>,
+    /// Entries the SLOWLOG keeps; older ones go [default: 128].
+    #[arg(long, env = "SESSIOND_SLOWLOG_MAX_LEN")]
+    pub slowlog_max_len: Option<usize>,
 }
 
 /// The settings of a cluster node (`--node-id`, `--raft-addr`,
@@ -199,6 +219,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Cluster membership, when this node is part of a cluster.
     pub cluster: Option<ClusterConfig>,
+    /// SLOWLOG threshold in µs; negative: off.
+    pub slowlog_log_slower_than: i64,
+    /// SLOWLOG length.
+    pub slowlog_max_len: usize,
 }
 
 /// Why the settings are unusable.
@@ -247,7 +271,15 @@ impl ServeArgs {
         };
         let s = self.merge(file);
         let bind = s.bind.unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        let requirepass = s.requirepass.filter(|p| !p.is_empty());
+        let requirepass = match (s.requirepass, &s.requirepass_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "give the password with --requirepass or --requirepass-file, not both".into(),
+                ));
+            }
+            (None, Some(path)) => Some(read_password_file(path)?),
+            (pass, None) => pass.filter(|p| !p.is_empty()),
+        };
         if !bind.is_loopback()
             && requirepass.is_none()
             && !s.allow_remote_without_password.unwrap_or(false)
@@ -303,6 +335,8 @@ impl ServeArgs {
                     ..c
                 }
             }),
+            slowlog_log_slower_than: s.slowlog_log_slower_than.unwrap_or(10_000),
+            slowlog_max_len: s.slowlog_max_len.unwrap_or(128),
         })
     }
 
@@ -317,6 +351,7 @@ impl ServeArgs {
             durability: self.durability.or(file.durability),
             storage_cache_mb: self.storage_cache_mb.or(file.storage_cache_mb),
             requirepass: self.requirepass.or(file.requirepass),
+            requirepass_file: self.requirepass_file.or(file.requirepass_file),
             allow_remote_without_password: self
                 .allow_remote_without_password
                 .or(file.allow_remote_without_password),
@@ -334,6 +369,10 @@ impl ServeArgs {
             raft_addr: self.raft_addr.or(file.raft_addr),
             initial_cluster: self.initial_cluster.or(file.initial_cluster),
             node_down_after: self.node_down_after.or(file.node_down_after),
+            slowlog_log_slower_than: self
+                .slowlog_log_slower_than
+                .or(file.slowlog_log_slower_than),
+            slowlog_max_len: self.slowlog_max_len.or(file.slowlog_max_len),
         }
     }
 }
@@ -365,7 +404,78 @@ fn cluster_config(
     }
 }
 
+/// The password in `path`: its first line, without the line end.
+fn read_password_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let pass = text
+        .strip_suffix('\n')
+        .map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+    if pass.is_empty() || pass.contains('\n') {
+        return Err(ConfigError::Invalid(format!(
+            "--requirepass-file {}: the file must hold the password on one line",
+            path.display()
+        )));
+    }
+    Ok(pass.to_owned())
+}
+
 impl Config {
+    /// The settings as `name = value` lines (TOML, the file's key names),
+    /// the password shown only as set or not: what `sessiond check-config`
+    /// prints.
+    pub fn describe(&self) -> String {
+        let secs = |d: Duration| d.as_secs();
+        let lower = |v: &dyn std::fmt::Debug| format!("{v:?}").to_lowercase();
+        let lines = [
+            format!("bind = \"{}\"", self.listen.ip()),
+            format!("port = {}", self.listen.port()),
+            format!("data_dir = {:?}", self.data_dir.display().to_string()),
+            format!("storage = \"{}\"", lower(&self.storage)),
+            format!("durability = \"{}\"", lower(&self.durability)),
+            format!("storage_cache_mb = {}", self.storage_cache_bytes >> 20),
+            format!(
+                "# requirepass: {}",
+                if self.requirepass.is_some() {
+                    "set"
+                } else {
+                    "not set"
+                }
+            ),
+            format!(
+                "metrics_addr = \"{}\"",
+                self.metrics_addr
+                    .map_or("off".to_owned(), |a| a.to_string())
+            ),
+            format!("default_ttl = {}", secs(self.default_ttl)),
+            format!("regenerate_grace = {}", secs(self.regenerate_grace)),
+            format!("max_value_bytes = {}", self.max_value_bytes),
+            format!("max_keys_per_session = {}", self.max_keys_per_session),
+            format!("max_request_bytes = {}", self.max_request_bytes),
+            format!("max_connections = {}", self.max_connections),
+            format!("lock_max_hold = {}", secs(self.lock_max_hold)),
+            format!("tcp_keepalive = {}", secs(self.tcp_keepalive)),
+            format!("shutdown_timeout = {}", secs(self.shutdown_timeout)),
+            format!("slowlog_log_slower_than = {}", self.slowlog_log_slower_than),
+            format!("slowlog_max_len = {}", self.slowlog_max_len),
+        ];
+        let mut lines = lines.to_vec();
+        if let Some(c) = &self.cluster {
+            let members: Vec<String> = c
+                .initial
+                .iter()
+                .map(|(id, a)| format!("{id}={a}"))
+                .collect();
+            lines.push(format!("node_id = {}", c.node_id));
+            lines.push(format!("raft_addr = {:?}", c.raft_addr));
+            lines.push(format!("initial_cluster = {:?}", members.join(",")));
+            lines.push(format!("node_down_after = {}", secs(c.node_down_after)));
+        }
+        lines.join("\n") + "\n"
+    }
+
     /// Settings for tests: loopback port 0, memory storage, no metrics.
     pub fn for_tests() -> Self {
         ServeArgs {
@@ -417,6 +527,42 @@ mod tests {
         assert_eq!(cfg.listen.port(), 7001);
         assert_eq!(cfg.durability, Durability::Always);
         assert_eq!(cfg.default_ttl, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_password_file_loses_its_line_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pass");
+        for (text, want) in [
+            ("s3cret\n", "s3cret"),
+            ("s3cret", "s3cret"),
+            ("a b\r\n", "a b"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let cfg = ServeArgs {
+                requirepass_file: Some(path.clone()),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap();
+            assert_eq!(cfg.requirepass.as_deref(), Some(want));
+        }
+        for bad in ["", "\n", "two\nlines\n"] {
+            std::fs::write(&path, bad).unwrap();
+            let err = ServeArgs {
+                requirepass_file: Some(path.clone()),
+                ..Default::default()
+            }
+            .resolve();
+            assert!(matches!(err, Err(ConfigError::Invalid(_))), "{bad:?}");
+        }
+        let both = ServeArgs {
+            requirepass: Some("x".into()),
+            requirepass_file: Some(path),
+            ..Default::default()
+        }
+        .resolve();
+        assert!(matches!(both, Err(ConfigError::Invalid(m)) if m.contains("not both")));
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let id = shared.next_client_id();
+    // Shutdown or CLIENT KILL: either ends this connection the same way.
+    let kill = shutdown.child_token();
     shared.clients.lock().insert(
         id,
         ClientInfo {
@@ -62,6 +64,7 @@ pub async fn run(
             name: None,
             lib: None,
             connected: Instant::now(),
+            kill: kill.clone(),
         },
     );
     shared.metrics.connections.inc();
@@ -74,7 +77,7 @@ pub async fn run(
         lib: None,
         quit: false,
     };
-    if let Err(e) = serve(&mut stream, &mut conn, &shared, &shutdown).await {
+    if let Err(e) = serve(&mut stream, &mut conn, &shared, &kill).await {
         tracing::debug!(client = id, %addr, error = %e, "connection ended");
     }
     // Whatever ended the connection, its locks go now and its wait is
@@ -99,6 +102,9 @@ async fn serve(
         loop {
             match parser.parse(&mut inbuf, request_limits(conn, shared)) {
                 Ok(Some(argv)) => {
+                    // Kept for the slow log (cheap: the arguments are
+                    // reference-counted).
+                    let logged = shared.slowlog.enabled().then(|| argv.clone());
                     // Before AUTH, only AUTH, HELLO and QUIT may say why
                     // they are malformed; other requests learn nothing but
                     // NOAUTH, unless the command is unknown or its argument
@@ -111,13 +117,33 @@ async fn serve(
                         Ok(cmd) => {
                             let started = Instant::now();
                             let name = cmd.name();
-                            let reply =
-                                execute(cmd, conn, shared, stream, &mut inbuf, shutdown).await;
+                            let mut waited = Duration::ZERO;
+                            let reply = execute(
+                                cmd,
+                                conn,
+                                shared,
+                                stream,
+                                &mut inbuf,
+                                shutdown,
+                                &mut waited,
+                            )
+                            .await;
+                            let took = started.elapsed();
                             let outcome = match &reply {
                                 Some(r) => r.error_code().unwrap_or("ok"),
                                 None => "disconnected",
                             };
-                            shared.metrics.record(name, outcome, started.elapsed());
+                            shared.metrics.record(name, outcome, took);
+                            if let Some(argv) = &logged {
+                                // As Redis: time blocked (here: queued for
+                                // a lock) is not counted.
+                                shared.slowlog.record(
+                                    argv,
+                                    took.saturating_sub(waited),
+                                    conn.addr,
+                                    conn.name.as_deref().unwrap_or(""),
+                                );
+                            }
                             match reply {
                                 Some(r) => r,
                                 // The client left during a wait.
@@ -178,6 +204,7 @@ async fn serve(
 }
 
 /// Runs one command. `None` means the client disconnected while it waited.
+/// `waited` is set to the time spent queued for a lock.
 async fn execute(
     cmd: Command,
     conn: &mut ConnState,
@@ -185,6 +212,7 @@ async fn execute(
     stream: &mut TcpStream,
     inbuf: &mut BytesMut,
     shutdown: &CancellationToken,
+    waited: &mut Duration,
 ) -> Option<Reply> {
     if !conn.authed && !crate::cmd::conn_allowed_unauthenticated(cmd.name().as_bytes()) {
         return Some(Reply::error("NOAUTH", "Authentication required."));
@@ -208,6 +236,7 @@ async fn execute(
             stream,
             inbuf,
             shutdown,
+            waited,
         )
         .await;
     }
@@ -226,7 +255,10 @@ async fn execute(
                 conn: conn.id,
                 waiter,
             };
-            wait_for_grant(&cancel, rx, wait_ms, shared, stream, inbuf, shutdown).await
+            let queued = Instant::now();
+            let reply = wait_for_grant(&cancel, rx, wait_ms, shared, stream, inbuf, shutdown).await;
+            *waited = queued.elapsed();
+            reply
         }
     }
 }
@@ -242,6 +274,7 @@ async fn execute_replicated(
     stream: &mut TcpStream,
     inbuf: &mut BytesMut,
     shutdown: &CancellationToken,
+    waited: &mut Duration,
 ) -> Option<Reply> {
     // The grant of a wait may be applied on this node before the proposal's
     // answer comes back: register where it goes first.
@@ -258,7 +291,11 @@ async fn execute_replicated(
                     waiter,
                     replication,
                 };
-                wait_for_grant(&cancel, rx, wait_ms, shared, stream, inbuf, shutdown).await
+                let queued = Instant::now();
+                let reply =
+                    wait_for_grant(&cancel, rx, wait_ms, shared, stream, inbuf, shutdown).await;
+                *waited = queued.elapsed();
+                reply
             }
             None => Some(Reply::error(
                 "ERR",

@@ -16,14 +16,17 @@
 //!   lock leases), shutdown in order.
 //! - [`storage`]: the [`storage::Storage`] trait, redb and memory backends.
 //! - [`persist`]: the writer thread: group commit and durability policies.
-//! - [`config`], [`metrics`], [`http`] (the metrics endpoint), [`info`],
+//! - [`config`], [`metrics`], [`http`] (metrics, health and readiness),
+//!   [`slowlog`], [`notify`] (systemd's sd_notify), [`backup`], [`info`],
 //!   [`ids`], [`process`].
 //!
-//! Modules point one way: `protocol`, `config`, `metrics`, `process`,
-//! `storage` → `persist` → `state` → `info` → `cmd` → `connection` →
+//! Modules point one way: `protocol`, `config`, `metrics`, `slowlog`,
+//! `notify`, `process`,
+//! `storage` → `persist` → `state` → `info`, `backup` → `cmd` → `connection` →
 //! `http`, `server` (checked by `../shared/tools/module-cycles`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod backup;
 pub mod cluster;
 pub mod cmd;
 pub mod config;
@@ -33,10 +36,12 @@ pub mod ids;
 pub mod info;
 pub mod inspect;
 pub mod metrics;
+pub mod notify;
 pub mod persist;
 pub mod process;
 pub mod protocol;
 pub mod server;
+pub mod slowlog;
 pub mod state;
 pub mod storage;
 

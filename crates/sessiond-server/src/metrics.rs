@@ -1,15 +1,14 @@
 //! Prometheus metrics: what the server counts, and their text format. The
 //! HTTP endpoint that serves them is in the `http` module.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -55,14 +54,6 @@ pub struct Metrics {
     pub lock_timeouts: Counter,
     /// How long locks were held, from grant to their end (seconds).
     pub lock_hold: Histogram,
-    sessions: Gauge,
-    sessions_expired: Gauge<u64, AtomicU64>,
-    locks_held: Gauge,
-    lock_waiters: Gauge,
-    lock_deadlocks: Gauge<u64, AtomicU64>,
-    lock_fenced: Gauge<u64, AtomicU64>,
-    lock_expired: Gauge<u64, AtomicU64>,
-    rss: Gauge<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -78,14 +69,6 @@ impl Default for Metrics {
             lock_timeouts: Counter::default(),
             // The lock table counts in whole ms: 1 ms … ~2 min.
             lock_hold: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
-            sessions: Gauge::default(),
-            sessions_expired: Gauge::default(),
-            locks_held: Gauge::default(),
-            lock_waiters: Gauge::default(),
-            lock_deadlocks: Gauge::default(),
-            lock_fenced: Gauge::default(),
-            lock_expired: Gauge::default(),
-            rss: Gauge::default(),
         }
     }
 }
@@ -133,7 +116,11 @@ impl Metrics {
             .collect()
     }
 
-    fn registry(&self) -> Registry {
+    // A registry per scrape: the metrics of this struct are shared handles,
+    // the state's values are constants read under the state lock just
+    // before (counts the engine keeps are counters, not gauges).
+    fn registry(&self, g: &StateGauges) -> Registry {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         let mut r = Registry::with_prefix("sessiond");
         r.register(
             "commands",
@@ -156,11 +143,15 @@ impl Metrics {
             self.rejected_connections.clone(),
         );
         r.register("connections", "Connections open", self.connections.clone());
-        r.register("sessions", "Sessions held", self.sessions.clone());
+        r.register(
+            "sessions",
+            "Sessions held",
+            ConstGauge::new(count(g.sessions)),
+        );
         r.register(
             "sessions_expired",
             "Sessions removed by expiry",
-            self.sessions_expired.clone(),
+            ConstCounter::new(g.sessions_expired),
         );
         r.register(
             "lock_wait_seconds",
@@ -177,28 +168,51 @@ impl Metrics {
             "Time from a grant to its release, expiry, break or disconnect",
             self.lock_hold.clone(),
         );
-        r.register("locks_held", "Locks held now", self.locks_held.clone());
+        r.register(
+            "locks_held",
+            "Locks held now",
+            ConstGauge::new(count(g.locks_held)),
+        );
         r.register(
             "lock_waiters",
             "Lock waiters queued now",
-            self.lock_waiters.clone(),
+            ConstGauge::new(count(g.lock_waiters)),
         );
         r.register(
             "lock_deadlocks",
             "Waits refused for deadlock",
-            self.lock_deadlocks.clone(),
+            ConstCounter::new(g.lock_deadlocks),
         );
         r.register(
             "lock_fenced_writes",
             "Writes refused for a stale fencing token",
-            self.lock_fenced.clone(),
+            ConstCounter::new(g.lock_fenced),
         );
         r.register(
             "lock_expired",
             "Locks taken away by lease or max hold",
-            self.lock_expired.clone(),
+            ConstCounter::new(g.lock_expired),
         );
-        r.register("resident_memory_bytes", "Resident memory", self.rss.clone());
+        r.register(
+            "storage_transactions",
+            "Storage transactions applied by the writer",
+            ConstCounter::new(g.storage_transactions),
+        );
+        r.register(
+            "storage_syncs",
+            "Syncs of the data file to disk",
+            ConstCounter::new(g.storage_syncs),
+        );
+        r.register(
+            "storage_failed",
+            "1 when the writer failed and writes no longer reach the disk",
+            ConstGauge::new(i64::from(g.storage_failed)),
+        );
+        r.register(
+            "resident_memory_bytes",
+            "Resident memory of the process",
+            ConstGauge::new(i64::try_from(g.rss_bytes).unwrap_or(i64::MAX)),
+        );
         r
     }
 }
@@ -221,24 +235,134 @@ pub struct StateGauges {
     pub lock_fenced: u64,
     /// Locks taken away by lease or max hold so far.
     pub lock_expired: u64,
+    /// Storage transactions applied so far.
+    pub storage_transactions: u64,
+    /// Syncs to disk so far.
+    pub storage_syncs: u64,
+    /// Whether the storage writer failed.
+    pub storage_failed: bool,
     /// Resident memory in bytes.
     pub rss_bytes: u64,
 }
 
+/// The two text formats of a scrape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0 (`application/openmetrics-text`): counter families
+    /// named without `_total`, ends with `# EOF`.
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4 (`text/plain`): what Prometheus
+    /// reads when it did not ask for OpenMetrics.
+    Prometheus,
+}
+
+impl Format {
+    /// The format a scraper's `Accept` header asks for: OpenMetrics when it
+    /// names it, the Prometheus text format otherwise.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+
+    /// The Content-Type of a response in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4: a counter family's
+/// HELP and TYPE lines name its samples (`x_total`), and there are no `# UNIT`
+/// or `# EOF` lines. Samples are written the same way in both.
+fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 impl Metrics {
-    /// The metrics as Prometheus text, with `gauges` read from the state.
-    pub fn render(&self, gauges: StateGauges) -> String {
-        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        self.sessions.set(count(gauges.sessions));
-        self.sessions_expired.set(gauges.sessions_expired);
-        self.locks_held.set(count(gauges.locks_held));
-        self.lock_waiters.set(count(gauges.lock_waiters));
-        self.lock_deadlocks.set(gauges.lock_deadlocks);
-        self.lock_fenced.set(gauges.lock_fenced);
-        self.lock_expired.set(gauges.lock_expired);
-        self.rss.set(gauges.rss_bytes);
+    /// The metrics in `format`, with `gauges` read from the state.
+    pub fn render(&self, gauges: StateGauges, format: Format) -> String {
         let mut text = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry());
-        text
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry(&gauges));
+        match format {
+            Format::OpenMetrics => text,
+            Format::Prometheus => openmetrics_to_prometheus(&text),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_format_names_counter_families_by_their_samples() {
+        let m = Metrics::default();
+        m.record("PING", "ok", Duration::from_millis(1));
+        let gauges = StateGauges {
+            sessions_expired: 7,
+            ..Default::default()
+        };
+        let om = m.render(gauges, Format::OpenMetrics);
+        assert!(
+            om.contains("# TYPE sessiond_sessions_expired counter\n"),
+            "{om}"
+        );
+        assert!(om.contains("sessiond_sessions_expired_total 7\n"), "{om}");
+        assert!(om.ends_with("# EOF\n"));
+        let prom = m.render(gauges, Format::Prometheus);
+        assert!(
+            prom.contains("# TYPE sessiond_sessions_expired_total counter\n"),
+            "{prom}"
+        );
+        assert!(
+            prom.contains("# HELP sessiond_commands_total Commands"),
+            "{prom}"
+        );
+        assert!(prom.contains("# TYPE sessiond_sessions gauge\n"), "{prom}");
+        assert!(!prom.contains("# EOF"));
+    }
+
+    #[test]
+    fn accept_header_chooses_the_format() {
+        assert_eq!(Format::from_accept(None), Format::Prometheus);
+        assert_eq!(
+            Format::from_accept(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+            )),
+            Format::OpenMetrics
+        );
+        assert_eq!(Format::from_accept(Some("text/plain")), Format::Prometheus);
     }
 }

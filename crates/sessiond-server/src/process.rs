@@ -1,13 +1,37 @@
 //! Facts about this process.
 
-/// The process's resident memory, from /proc (0 where there is none).
+/// The process's resident memory: resident pages from /proc times the page
+/// size the kernel reports (`sysconf(_SC_PAGESIZE)`; 4 KiB on most x86, 16
+/// or 64 KiB on some arm64 and ppc64 kernels). 0 where there is no /proc.
 pub fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u64>().ok())
-        })
-        .map_or(0, |pages| pages * 4096)
+        .and_then(|s| resident_pages(&s))
+        .map_or(0, |pages| pages.saturating_mul(page_size()))
+}
+
+/// The second field of /proc/self/statm.
+fn resident_pages(statm: &str) -> Option<u64> {
+    statm.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The memory page size in bytes.
+pub fn page_size() -> u64 {
+    rustix::param::page_size() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statm_resident_field() {
+        assert_eq!(resident_pages("100 25 3 1 0 20 0\n"), Some(25));
+        assert_eq!(resident_pages("100"), None);
+    }
+
+    #[test]
+    fn page_size_is_a_power_of_two() {
+        assert!(page_size().is_power_of_two() && page_size() >= 4096);
+    }
 }

@@ -315,8 +315,9 @@ async fn close_previous_connections(shared: Arc<Shared>, shutdown: CancellationT
 
 /// Runs a server the way the `sessiond` binary does: binds, prints the one
 /// machine-readable line `sessiond ready: resp=ADDR metrics=ADDR|off` on
-/// stdout for scripts and tests, and serves until SIGTERM or Ctrl-C, then
-/// shuts down cleanly.
+/// stdout for scripts and tests, tells systemd (`READY=1`, then
+/// `WATCHDOG=1` and a status line, `STOPPING=1`; see [`crate::notify`]),
+/// and serves until SIGTERM or Ctrl-C, then shuts down cleanly.
 ///
 /// # Errors
 /// When the server cannot start (bad settings, port taken, storage).
@@ -331,14 +332,55 @@ pub async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
     );
     tracing::info!(%addr, durability = ?config.durability, storage = ?config.storage, data_dir = %config.data_dir.display(), "listening");
     let shutdown = CancellationToken::new();
+    let notifier = crate::notify::Notifier::from_env();
+    if let Some(n) = notifier.clone() {
+        // Loaded and listening: bind did both.
+        n.send(&format!("READY=1\nSTATUS={}", status_text(&server.shared)));
+        tokio::spawn(supervisor_pings(n, server.shared(), shutdown.clone()));
+    }
     let signal = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
+        if let Some(n) = notifier {
+            n.send("STOPPING=1\nSTATUS=stopping: draining connections, flushing storage");
+        }
         signal.cancel();
     });
     server.run(shutdown).await;
     Ok(())
+}
+
+/// The status line systemd shows (`systemctl status`).
+fn status_text(shared: &Shared) -> String {
+    let sessions = shared.read(|e, _| e.store().len());
+    let clients = shared.clients.lock().len();
+    format!("serving {sessions} sessions to {clients} clients")
+}
+
+/// Until shutdown: `WATCHDOG=1` at half the watchdog interval when systemd
+/// set one, and the status line (every 10 s without a watchdog). Both read
+/// the state, so a server stuck on its state lock stops pinging and the
+/// watchdog restarts it.
+async fn supervisor_pings(
+    n: crate::notify::Notifier,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let watchdog = crate::notify::watchdog_interval();
+    let every = watchdog.unwrap_or(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let status = status_text(&shared);
+        if watchdog.is_some() {
+            n.send(&format!("WATCHDOG=1\nSTATUS={status}"));
+        } else {
+            n.send(&format!("STATUS={status}"));
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -14,10 +14,12 @@ use sessiond_core::engine::{
 use sessiond_core::locks::WaiterId;
 use sessiond_core::{Clock, Engine, Millis};
 use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::persist::{DurabilityError, Persistence, Seq};
+use crate::slowlog::SlowLog;
 
 // Why one lock for the engine, the waiting connections and the persistence
 // queue: the engine's outputs must reach the writer in the order it made
@@ -94,6 +96,9 @@ pub struct ClientInfo {
     pub lib: Option<String>,
     /// When it connected.
     pub connected: Instant,
+    /// Cancelled by CLIENT KILL: the connection closes (its locks go as on
+    /// any close).
+    pub kill: CancellationToken,
 }
 
 /// Shared by every connection and background task.
@@ -108,6 +113,8 @@ pub struct Shared {
     next_client_id: AtomicU64,
     /// Metrics.
     pub metrics: Metrics,
+    /// SLOWLOG.
+    pub slowlog: SlowLog,
     /// When the server started.
     pub started: Instant,
     /// Wakes the timekeeper when a deadline earlier than its sleep appears.
@@ -129,6 +136,7 @@ impl Shared {
         persist: Option<Persistence>,
         node_id: u64,
     ) -> Self {
+        let slowlog = SlowLog::new(config.slowlog_log_slower_than, config.slowlog_max_len);
         Self {
             config,
             clock,
@@ -140,6 +148,7 @@ impl Shared {
             clients: Mutex::new(HashMap::new()),
             next_client_id: AtomicU64::new(1),
             metrics: Metrics::default(),
+            slowlog,
             started: Instant::now(),
             timer: Notify::new(),
             timer_at: AtomicU64::new(u64::MAX),

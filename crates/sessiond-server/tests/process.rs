@@ -145,8 +145,8 @@ async fn lock_metrics_are_exported() {
         ("sessiond_lock_wait_seconds_count", 1.0),
         ("sessiond_lock_hold_seconds_count", 2.0),
         ("sessiond_lock_timeouts_total", 1.0),
-        ("sessiond_lock_deadlocks", 1.0),
-        ("sessiond_lock_fenced_writes", 1.0),
+        ("sessiond_lock_deadlocks_total", 1.0),
+        ("sessiond_lock_fenced_writes_total", 1.0),
         ("sessiond_locks_held", 0.0),
         ("sessiond_lock_waiters", 0.0),
     ] {

@@ -1,11 +1,11 @@
 //! The `sessiond` command.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use sessiond_server::config::ServeArgs;
 
 /// sessiond: a session store for web applications on many servers.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "sessiond", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -17,6 +17,39 @@ struct Cli {
 enum Cmd {
     /// Run the server (the default).
     Serve(Box<ServeArgs>),
+    /// Check the settings (flags, environment, --config file) without
+    /// starting: print them as resolved, or say what is wrong (exit 1).
+    CheckConfig(Box<ServeArgs>),
+    /// Copy the data of a running server into a file, without stopping it:
+    /// a consistent snapshot holding every write acknowledged before it.
+    Backup {
+        /// The file to write (replaced whole, or left as it was).
+        #[arg(long)]
+        to: std::path::PathBuf,
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:6380", env = "SESSIOND_ADDR")]
+        addr: String,
+        /// Password.
+        #[arg(long, env = "SESSIOND_REQUIREPASS", hide_env_values = true)]
+        password: Option<String>,
+    },
+    /// Write a new data directory from a backup file (then start the server
+    /// on it).
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: std::path::PathBuf,
+        /// The data directory to create (its data file must not exist).
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+    },
+    /// Print the man page (roff) on stdout.
+    Man,
+    /// Print shell completions on stdout.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// List the locks held and waited for (the lock inspector).
     Locks {
         /// Server address.
@@ -33,6 +66,22 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    match &cli.command {
+        Some(Cmd::Man) => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            return Ok(());
+        }
+        Some(Cmd::Completions { shell }) => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "sessiond",
+                &mut std::io::stdout(),
+            );
+            return Ok(());
+        }
+        _ => {}
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SESSIOND_LOG")
@@ -53,9 +102,25 @@ fn main() -> anyhow::Result<()> {
             session.as_deref(),
             password,
         )),
+        Some(Cmd::Man | Cmd::Completions { .. }) => Ok(()),
+        Some(Cmd::Backup { to, addr, password }) => {
+            let n = runtime.block_on(sessiond_server::backup::backup(&addr, password, &to))?;
+            eprintln!("backed up {n} sessions from {addr} to {}", to.display());
+            Ok(())
+        }
+        Some(Cmd::Restore { from, data_dir }) => {
+            let n = sessiond_server::backup::restore(&from, &data_dir)?;
+            eprintln!("restored {n} sessions into {}", data_dir.display());
+            Ok(())
+        }
         // `sessiond --port 7000 serve --durability always`: both sets of
         // flags count, the subcommand's first.
         Some(Cmd::Serve(args)) => runtime.block_on(serve(args.merge(cli.serve))),
+        Some(Cmd::CheckConfig(args)) => {
+            let config = args.merge(cli.serve).resolve()?;
+            print!("{}", config.describe());
+            Ok(())
+        }
         None => runtime.block_on(serve(cli.serve)),
     }
 }

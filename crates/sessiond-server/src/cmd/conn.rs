@@ -1,5 +1,5 @@
 //! Connection and server commands: PING, ECHO, HELLO, AUTH, CLIENT, INFO,
-//! SELECT, COMMAND, QUIT.
+//! SLOWLOG, BACKUP.SNAPSHOT, SELECT, COMMAND, QUIT.
 
 use bytes::Bytes;
 use subtle::ConstantTimeEq;
@@ -73,6 +73,10 @@ pub enum ConnCommand {
     Info(Option<String>),
     /// CLIENT subcommand
     Client(ClientSub),
+    /// SLOWLOG subcommand
+    SlowLog(SlowLogSub),
+    /// BACKUP.SNAPSHOT: the whole state, encoded (see [`crate::backup`]).
+    BackupSnapshot,
     /// SELECT db
     Select(i64),
     /// COMMAND [sub …]
@@ -96,6 +100,30 @@ pub enum ClientSub {
     SetInfo(String, String),
     /// CLIENT INFO
     Info,
+    /// CLIENT LIST
+    List,
+    /// CLIENT KILL ip:port (the old form: OK or an error)
+    KillAddr(String),
+    /// CLIENT KILL [ID id] [ADDR ip:port] [SKIPME yes|no] (the number killed)
+    Kill {
+        /// Only this connection id.
+        id: Option<u64>,
+        /// Only this peer address.
+        addr: Option<String>,
+        /// Spare the connection that asks (default yes).
+        skip_me: bool,
+    },
+}
+
+/// SLOWLOG subcommands.
+#[derive(Debug)]
+pub enum SlowLogSub {
+    /// SLOWLOG GET [count]: the newest `count` (10; -1: all).
+    Get(Option<usize>),
+    /// SLOWLOG LEN
+    Len,
+    /// SLOWLOG RESET
+    Reset,
 }
 
 /// Whether the command named `name` (any case) is allowed before AUTH.
@@ -152,6 +180,33 @@ impl ConnCommand {
                     ClientSub::SetInfo(a.string()?.to_ascii_lowercase(), a.string()?)
                 }
                 Some("INFO") => ClientSub::Info,
+                Some("LIST") => ClientSub::List,
+                Some("KILL") if a.remaining() == 1 => ClientSub::KillAddr(a.string()?),
+                Some("KILL") => {
+                    let (mut id, mut addr, mut skip_me) = (None, None, true);
+                    while let Some(kw) = a.keyword() {
+                        match kw.as_str() {
+                            "ID" => id = Some(a.u64()?),
+                            "ADDR" => addr = Some(a.string()?),
+                            "SKIPME" => {
+                                skip_me = match a.keyword().as_deref() {
+                                    Some("YES") => true,
+                                    Some("NO") => false,
+                                    _ => return Err(CmdError::Syntax("SKIPME yes or no".into())),
+                                }
+                            }
+                            other => {
+                                return Err(CmdError::Syntax(format!(
+                                    "unknown filter {other:?} for CLIENT KILL (ID, ADDR, SKIPME)"
+                                )));
+                            }
+                        }
+                    }
+                    if id.is_none() && addr.is_none() {
+                        return Err(CmdError::Arity("CLIENT KILL".into()));
+                    }
+                    ClientSub::Kill { id, addr, skip_me }
+                }
                 Some(other) => {
                     return Err(CmdError::Syntax(format!(
                         "unknown CLIENT subcommand {other:?}"
@@ -159,6 +214,35 @@ impl ConnCommand {
                 }
                 None => return Err(CmdError::Arity("CLIENT".into())),
             }),
+            "SLOWLOG" => ConnCommand::SlowLog(match a.keyword().as_deref() {
+                Some("GET") => SlowLogSub::Get(match a.maybe_bytes() {
+                    None => Some(10),
+                    Some(n) => {
+                        let n: i64 = std::str::from_utf8(&n)
+                            .ok()
+                            .and_then(|n| n.parse().ok())
+                            .ok_or(CmdError::NotInteger)?;
+                        match n {
+                            -1 => None,
+                            n => Some(usize::try_from(n).map_err(|_| {
+                                CmdError::Other(
+                                    "ERR",
+                                    "count should be greater than or equal to -1".into(),
+                                )
+                            })?),
+                        }
+                    }
+                }),
+                Some("LEN") => SlowLogSub::Len,
+                Some("RESET") => SlowLogSub::Reset,
+                Some(other) => {
+                    return Err(CmdError::Syntax(format!(
+                        "unknown SLOWLOG subcommand {other:?}"
+                    )));
+                }
+                None => return Err(CmdError::Arity("SLOWLOG".into())),
+            }),
+            "BACKUP.SNAPSHOT" => ConnCommand::BackupSnapshot,
             "SELECT" => ConnCommand::Select(a.i64()?),
             "COMMAND" => {
                 let sub = a.keyword();
@@ -189,6 +273,8 @@ impl ConnCommand {
             ConnCommand::Auth(..) => "AUTH",
             ConnCommand::Info(_) => "INFO",
             ConnCommand::Client(_) => "CLIENT",
+            ConnCommand::SlowLog(_) => "SLOWLOG",
+            ConnCommand::BackupSnapshot => "BACKUP.SNAPSHOT",
             ConnCommand::Select(_) => "SELECT",
             ConnCommand::Command(_) => "COMMAND",
             ConnCommand::Quit => "QUIT",
@@ -275,7 +361,43 @@ impl ConnCommand {
                     conn.name.as_deref().unwrap_or(""),
                     conn.lib.as_deref().unwrap_or("")
                 )),
+                ClientSub::List => Reply::bulk(client_list(shared)),
+                ClientSub::KillAddr(addr) => {
+                    if kill_clients(shared, conn.id, None, Some(&addr), false) > 0 {
+                        Reply::ok()
+                    } else {
+                        Reply::error("ERR", "No such client")
+                    }
+                }
+                ClientSub::Kill { id, addr, skip_me } => {
+                    Reply::uint(kill_clients(shared, conn.id, id, addr.as_deref(), skip_me))
+                }
             },
+            ConnCommand::SlowLog(SlowLogSub::Get(n)) => Reply::Array(
+                shared
+                    .slowlog
+                    .get(n)
+                    .into_iter()
+                    .map(|e| {
+                        Reply::Array(vec![
+                            Reply::uint(e.id),
+                            Reply::uint(e.unix_time),
+                            Reply::uint(e.micros),
+                            Reply::Array(e.args.into_iter().map(Reply::Bulk).collect()),
+                            Reply::bulk(e.addr.to_string()),
+                            Reply::bulk(e.name),
+                        ])
+                    })
+                    .collect(),
+            ),
+            ConnCommand::SlowLog(SlowLogSub::Len) => Reply::uint(shared.slowlog.len() as u64),
+            ConnCommand::SlowLog(SlowLogSub::Reset) => {
+                shared.slowlog.reset();
+                Reply::ok()
+            }
+            ConnCommand::BackupSnapshot => {
+                Reply::Bulk(Bytes::from(crate::backup::snapshot(shared)))
+            }
             ConnCommand::Select(0) => Reply::ok(),
             ConnCommand::Select(_) => Reply::error(
                 "ERR",
@@ -294,6 +416,98 @@ impl ConnCommand {
             }),
         }
     }
+}
+
+/// CLIENT LIST: one line per connection, `key=value` fields separated by
+/// spaces as Redis writes them (redis-py's `client_list()` reads them), plus
+/// `locks=` (the locks it holds) and `waits=` (those it is queued for), each
+/// a comma-separated list of `session` or `session/key` (bytes outside
+/// printable ASCII, and ` `, `,`, `\`, written `\xHH`).
+fn client_list(shared: &Shared) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write;
+    let mut holds: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut waits: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    shared.read(|e, _| {
+        for (session, holders, waiters) in e.locks().inspect(None) {
+            for g in holders {
+                holds
+                    .entry(g.owner)
+                    .or_default()
+                    .push(lock_name(session.as_str(), &g.scope));
+            }
+            for w in waiters {
+                waits
+                    .entry(w.owner)
+                    .or_default()
+                    .push(lock_name(session.as_str(), &w.scope));
+            }
+        }
+    });
+    let mut clients: Vec<_> = shared.clients.lock().values().cloned().collect();
+    clients.sort_by_key(|c| c.id);
+    let mut out = String::new();
+    for c in clients {
+        let (lib_name, lib_ver) = match c.lib.as_deref() {
+            Some(l) => l.split_once(' ').unwrap_or((l, "")),
+            None => ("", ""),
+        };
+        let list =
+            |m: &BTreeMap<u64, Vec<String>>| m.get(&c.id).map_or(String::new(), |v| v.join(","));
+        let _ = writeln!(
+            out,
+            "id={} addr={} name={} age={} db=0 lib-name={} lib-ver={} locks={} waits={}",
+            c.id,
+            c.addr,
+            c.name.as_deref().unwrap_or(""),
+            c.connected.elapsed().as_secs(),
+            lib_name,
+            lib_ver,
+            list(&holds),
+            list(&waits),
+        );
+    }
+    out
+}
+
+fn lock_name(session: &str, scope: &sessiond_core::locks::Scope) -> String {
+    match scope {
+        sessiond_core::locks::Scope::Session => session.to_owned(),
+        sessiond_core::locks::Scope::Key(k) => {
+            let mut s = format!("{session}/");
+            for &b in k.iter() {
+                if b.is_ascii_graphic() && b != b',' && b != b'\\' {
+                    s.push(char::from(b));
+                } else {
+                    s.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+            s
+        }
+    }
+}
+
+/// Closes the connections that match every filter given (`skip_me`: not
+/// the one asking, `me`); returns how many.
+fn kill_clients(
+    shared: &Shared,
+    me: u64,
+    id: Option<u64>,
+    addr: Option<&str>,
+    skip_me: bool,
+) -> u64 {
+    let clients = shared.clients.lock();
+    let mut killed = 0;
+    for c in clients.values() {
+        let matches = id.is_none_or(|id| c.id == id)
+            && addr.is_none_or(|a| c.addr.to_string() == a)
+            && !(skip_me && c.id == me);
+        if matches && !c.kill.is_cancelled() {
+            c.kill.cancel();
+            killed += 1;
+        }
+    }
+    killed
 }
 
 fn client_name(a: &mut Args) -> Result<String, CmdError> {
