@@ -56,7 +56,7 @@ pub enum Mutation {
     },
 }
 
-/// Options of [`Store::read`].
+/// Options of [`Store::read`](super::Store::read).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadOptions {
     /// Create the session empty when it does not exist.
