@@ -1,7 +1,7 @@
 //! The `sessiond` command.
 
-use clap::{Parser, Subcommand};
-use sessiond_server::config::ServeArgs;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use sessiond_server::config::{ServeArgs, show_defaults};
 
 /// sessiond: a session store for web applications on many servers.
 #[derive(Parser)]
@@ -32,7 +32,12 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // The serve flags' defaults are applied by `ServeArgs::resolve` and
+    // shown in `--help` by `show_defaults`, both from `config::defaults`.
+    let matches = show_defaults(Cli::command())
+        .mut_subcommand("serve", show_defaults)
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SESSIOND_LOG")
