@@ -14,6 +14,7 @@
 //! - `verdict`: the notes and each target's pass/fail, from the report.
 //!
 //! See docs/benchmarks.md for what is measured and the latest numbers.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod benches;
 mod driver;

@@ -87,7 +87,7 @@ pub fn targets(rep: &Report) -> Vec<Goal> {
                 measured: "not measured".into(),
                 met: None,
             },
-        })
+        });
     };
     push(
         &mut g,

@@ -300,7 +300,7 @@ impl ServeArgs {
             )));
         }
         let metrics_addr = match s.metrics_addr.as_deref() {
-            Some("off") | Some("") => None,
+            Some("off" | "") => None,
             Some(a) => Some(a.parse().map_err(|_| {
                 ConfigError::Invalid(format!(
                     "--metrics-addr {a:?} is not an address like 127.0.0.1:9380"

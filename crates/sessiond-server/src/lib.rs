@@ -22,7 +22,7 @@
 //! Modules point one way: `protocol`, `config`, `metrics`, `process`,
 //! `storage` → `persist` → `state` → `info` → `cmd` → `connection` →
 //! `http`, `server` (checked by `../shared/tools/module-cycles`).
-#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod cmd;
 pub mod config;

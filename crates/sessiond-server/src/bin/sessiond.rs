@@ -1,4 +1,5 @@
 //! The `sessiond` command.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sessiond_server::config::{ServeArgs, show_defaults};

@@ -248,7 +248,7 @@ pub async fn raw_exchange(addr: SocketAddr, input: &[u8]) -> (Vec<u8>, bool) {
     let closed = loop {
         let wait = if out.is_empty() { 5_000 } else { 300 };
         match tokio::time::timeout(std::time::Duration::from_millis(wait), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(0) | Err(_)) => break true,
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
             Err(_) => break false,
         }
