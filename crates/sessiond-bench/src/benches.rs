@@ -14,6 +14,7 @@ use crate::store::{self, Acquired, Client, Kind, Polling, Shape};
 use crate::wire::{Resp, Value};
 
 /// `PING` on one connection for `dur`.
+#[allow(clippy::unnecessary_wraps)] // fallible like every other bench
 pub fn ping(name: &str, addr: SocketAddr, dur: Duration) -> Result<PingRow> {
     let m = drive(
         &format!("ping {name}"),
@@ -212,6 +213,7 @@ fn now_ns(base: Instant) -> u64 {
 /// The hand-off latency is, for each release made while another client was
 /// waiting, the time until a client that was waiting at that release gets
 /// the lock (a lock re-taken by the releaser does not count as handed off).
+#[allow(clippy::unnecessary_wraps)] // fallible like every other bench
 pub fn handoff(name: &str, who: &Contender, clients: usize, dur: Duration) -> Result<HandoffRow> {
     let base = Instant::now();
     // Releases made while another client was waiting, not yet followed by a

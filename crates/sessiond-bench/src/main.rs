@@ -11,8 +11,10 @@
 //! - `php`: a session page on `php -S` with each session handler.
 //! - `servers`: starting and always stopping the servers under test.
 //! - `report`: the JSON document and its Markdown tables.
+//! - `verdict`: the notes and each target's pass/fail, from the report.
 //!
 //! See docs/benchmarks.md for what is measured and the latest numbers.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod benches;
 mod driver;
@@ -21,6 +23,7 @@ mod report;
 mod scale;
 mod servers;
 mod store;
+mod verdict;
 mod wire;
 
 use std::net::SocketAddr;
@@ -31,7 +34,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::benches::{Contender, Target};
-use crate::report::{Report, Target as Goal};
+use crate::report::Report;
 use crate::servers::{Server, SessiondCmd};
 use crate::store::{Kind, PHPREDIS5, PHPREDIS6};
 
@@ -549,8 +552,8 @@ fn run(mut a: RunArgs) -> Result<()> {
         "Load average (1, 5, 15 min) at the start: {load_start}; at the end: {}. The machine is shared: other builds and tests may run during a measurement.",
         loadavg()
     ));
-    rep.targets = targets(&rep);
-    notes(&mut rep);
+    rep.targets = verdict::targets(&rep);
+    verdict::notes(&mut rep);
     let json = serde_json::to_string_pretty(&rep)?;
     std::fs::write(&a.json, json).with_context(|| format!("write {}", a.json.display()))?;
     let md = rep.markdown();
@@ -573,206 +576,4 @@ fn run(mut a: RunArgs) -> Result<()> {
         bail!("nothing was measured");
     }
     Ok(())
-}
-
-fn notes(rep: &mut Report) {
-    rep.notes.push(
-        "Every store is driven by the same code: blocking sockets, one thread per connection, one request in flight (no pipelining except when preloading), a small hand-written RESP2 (sessiond, Redis) or memcached text client."
-            .into(),
-    );
-    if let Some(s) = &rep.scale
-        && s.sessions < 1_000_000
-    {
-        rep.notes.push(format!(
-            "The scale benchmark ran with {} sessions, not 1,000,000.",
-            s.sessions
-        ));
-    }
-}
-
-fn ratio_goal(
-    rows: &[report::CycleRow],
-    min_ratio: f64,
-    check_p99: bool,
-) -> Option<(String, bool)> {
-    let mut worst: Option<(f64, String)> = None;
-    let mut p99_bad = Vec::new();
-    let mut cells = 0;
-    for r in rows.iter().filter(|r| r.store.starts_with("sessiond")) {
-        let Some(p) = rows.iter().find(|p| {
-            p.store == report::redis_peer(&r.durability) && p.size == r.size && p.conns == r.conns
-        }) else {
-            continue;
-        };
-        if p.ops_per_sec <= 0.0 {
-            continue;
-        }
-        cells += 1;
-        let x = r.ops_per_sec / p.ops_per_sec;
-        let label = format!(
-            "{} vs {} {} c={}",
-            r.store,
-            p.store,
-            store::shape(r.size).label(),
-            r.conns
-        );
-        if worst.as_ref().is_none_or(|w| x < w.0) {
-            worst = Some((x, label.clone()));
-        }
-        if check_p99 && r.lat.p99_us > p.lat.p99_us {
-            p99_bad.push(format!(
-                "{label}: p99 {:.0} µs vs {:.0} µs",
-                r.lat.p99_us, p.lat.p99_us
-            ));
-        }
-    }
-    let (w, label) = worst?;
-    let mut m = format!("{cells} cells; lowest ratio {w:.2}× ({label})");
-    if check_p99 {
-        if p99_bad.is_empty() {
-            m.push_str("; p99 never worse");
-        } else {
-            m.push_str(&format!(
-                "; p99 worse in {} cells, e.g. {}",
-                p99_bad.len(),
-                p99_bad[0]
-            ));
-        }
-    }
-    Some((m, w >= min_ratio && p99_bad.is_empty()))
-}
-
-fn targets(rep: &Report) -> Vec<Goal> {
-    let mut g = Vec::new();
-    let push = |g: &mut Vec<Goal>, t: &str, m: Option<(String, bool)>| {
-        g.push(match m {
-            Some((measured, met)) => Goal {
-                target: t.into(),
-                measured,
-                met: Some(met),
-            },
-            None => Goal {
-                target: t.into(),
-                measured: "not measured".into(),
-                met: None,
-            },
-        })
-    };
-    push(
-        &mut g,
-        "Session cycle throughput ≥ 1.0× Redis at equal durability, p99 no worse",
-        ratio_goal(&rep.cycle, 1.0, true),
-    );
-    push(
-        &mut g,
-        "Locked cycle throughput ≥ 1.5× the phpredis recipe",
-        ratio_goal(&rep.locked, 1.5, false),
-    );
-    let ping = rep
-        .ping
-        .iter()
-        .find(|p| p.store.starts_with("sessiond") && !p.store.contains("idle"))
-        .map(|p| p.lat.p50_us);
-    let sd: Vec<_> = rep
-        .handoff
-        .iter()
-        .filter(|h| h.contender == "sessiond")
-        .collect();
-    push(
-        &mut g,
-        "Hand-off p50 within 2× of one loopback round trip",
-        ping.filter(|_| !sd.is_empty()).map(|rtt| {
-            let worst = sd
-                .iter()
-                .map(|h| h.handoff.p50_us / rtt)
-                .fold(0.0, f64::max);
-            let each: Vec<String> = sd
-                .iter()
-                .map(|h| {
-                    format!(
-                        "{} clients {:.0} µs = {:.1}×",
-                        h.clients,
-                        h.handoff.p50_us,
-                        h.handoff.p50_us / rtt
-                    )
-                })
-                .collect();
-            (
-                format!("PING p50 {rtt:.0} µs; {}", each.join(", ")),
-                worst <= 2.0,
-            )
-        }),
-    );
-    let polling: Vec<_> = rep
-        .handoff
-        .iter()
-        .filter(|h| h.contender == "phpredis-6 recipe")
-        .collect();
-    push(
-        &mut g,
-        "Hand-off ≥ 100× faster than the phpredis recipe's polling (p50)",
-        (!sd.is_empty() && !polling.is_empty()).then(|| {
-            let mut worst = f64::INFINITY;
-            let mut each = Vec::new();
-            for h in &sd {
-                if let Some(p) = polling.iter().find(|p| p.clients == h.clients) {
-                    let x = p.handoff.p50_us / h.handoff.p50_us.max(1e-3);
-                    worst = worst.min(x);
-                    each.push(format!("{} clients {:.0}×", h.clients, x));
-                }
-            }
-            (each.join(", "), worst >= 100.0)
-        }),
-    );
-    push(
-        &mut g,
-        "Memory per idle 1 KB session ≤ 1.5× Redis's",
-        rep.scale.as_ref().map(|s| {
-            let x = s.sessiond_bytes_per_session / s.redis_bytes_per_session.max(1.0);
-            let y = s.sessiond_bytes_per_session_after_restart / s.redis_bytes_per_session.max(1.0);
-            (
-                format!(
-                    "{} sessions: {:.0} B vs {:.0} B = {x:.2}× (after restart {:.0} B = {y:.2}×)",
-                    s.sessions,
-                    s.sessiond_bytes_per_session,
-                    s.redis_bytes_per_session,
-                    s.sessiond_bytes_per_session_after_restart
-                ),
-                x <= 1.5,
-            )
-        }),
-    );
-    push(
-        &mut g,
-        "Expiring 1M sessions costs < 10% of throughput while it runs",
-        rep.scale.as_ref().and_then(|s| {
-            s.expiry.as_ref().map(|e| {
-                (
-                    format!(
-                        "{} sessions in {:.1} s: {:.1}% dip ({:.0} → {:.0} ops/s)",
-                        e.expired,
-                        e.expiry_secs,
-                        e.dip_pct,
-                        e.ops_per_sec_before,
-                        e.ops_per_sec_during
-                    ),
-                    e.dip_pct < 10.0,
-                )
-            })
-        }),
-    );
-    push(
-        &mut g,
-        "Restart with 1M sessions serving in ≤ 5 s",
-        rep.scale.as_ref().map(|s| {
-            (
-                format!(
-                    "{} sessions: serving after {:.2} s, {} of {} intact",
-                    s.sessions, s.restart_serving_secs, s.restart_sessions_verified, s.sessions
-                ),
-                s.restart_serving_secs <= 5.0 && s.restart_sessions_verified == s.sessions,
-            )
-        }),
-    );
-    g
 }

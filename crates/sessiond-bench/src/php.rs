@@ -172,7 +172,7 @@ pub fn run(h: &Handler, o: &Opts) -> Result<PhpRow> {
                     match http_get(addr, None) {
                         Ok((200, Some(sid), body)) if body.starts_with("ok 1") => {
                             if let Ok(mut v) = ids.lock() {
-                                v.push(sid)
+                                v.push(sid);
                             }
                         }
                         r => {

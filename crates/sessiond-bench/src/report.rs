@@ -205,7 +205,7 @@ fn cycle_table(out: &mut String, rows: &[CycleRow], locked: bool) {
         out.push_str(&format!(" {s} ÷ eq. Redis |"));
     }
     out.push_str(" best sessiond ÷ best peer |\n|---|---|");
-    for _ in 0..stores.len() + sd.len() + 1 {
+    for _ in 0..=(stores.len() + sd.len()) {
         out.push_str("---|");
     }
     out.push('\n');
@@ -225,7 +225,7 @@ fn cycle_table(out: &mut String, rows: &[CycleRow], locked: bool) {
             let peer = r.and_then(|r| find(rows, redis_peer(&r.durability), size, conns));
             match (r, peer) {
                 (Some(r), Some(p)) if p.ops_per_sec > 0.0 => {
-                    out.push_str(&format!(" {:.2}× |", r.ops_per_sec / p.ops_per_sec))
+                    out.push_str(&format!(" {:.2}× |", r.ops_per_sec / p.ops_per_sec));
                 }
                 _ => out.push_str(" – |"),
             }

@@ -393,5 +393,5 @@ fn expiry(o: &Opts, sd: &Server, sh: &Shape, admin: &mut Resp) -> Result<Expiry>
 /// Every fifth sample, when stderr is a terminal.
 fn show_progress(k: usize) -> bool {
     use std::io::IsTerminal;
-    k % 5 == 0 && std::io::stderr().is_terminal()
+    k.is_multiple_of(5) && std::io::stderr().is_terminal()
 }

@@ -392,7 +392,7 @@ impl Server {
                 match c.try_wait() {
                     Ok(Some(_)) => break,
                     Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(5))
+                        std::thread::sleep(Duration::from_millis(5));
                     }
                     _ => {
                         let _ = c.kill();

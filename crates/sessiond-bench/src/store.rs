@@ -43,7 +43,7 @@ impl Shape {
     }
 
     pub fn label(&self) -> String {
-        if self.size >= 1024 && self.size % 1024 == 0 {
+        if self.size >= 1024 && self.size.is_multiple_of(1024) {
             format!("{}KB", self.size / 1024)
         } else {
             format!("{}B", self.size)

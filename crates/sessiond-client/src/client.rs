@@ -8,9 +8,10 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 
 use crate::cmd::{Cmd, ms_ceil};
 use crate::error::{Error, Result};
+use crate::reply;
 use crate::types::{
-    self, CasResult, Commit, CommitResult, IncrOptions, LockGrant, LockInfo, LockOptions,
-    NewOptions, OnceResult, ReadOptions, SessionData,
+    CasResult, Commit, CommitResult, IncrOptions, LockGrant, LockInfo, LockOptions, NewOptions,
+    OnceResult, ReadOptions, SessionData,
 };
 use crate::value::{Decoded, Value, decode};
 
@@ -108,12 +109,12 @@ impl Client {
             if let Some(password) = &opts.password {
                 let mut cmd = Cmd::new("AUTH");
                 cmd.arg("default").arg(password);
-                types::ok(client.request(&cmd).await?, "AUTH")?;
+                reply::ok(client.request(&cmd).await?, "AUTH")?;
             }
             if let Some(name) = &opts.client_name {
                 let mut cmd = Cmd::new("CLIENT");
                 cmd.arg("SETNAME").arg(name);
-                types::ok(client.request(&cmd).await?, "CLIENT SETNAME")?;
+                reply::ok(client.request(&cmd).await?, "CLIENT SETNAME")?;
             }
         }
         Ok(client)
@@ -211,7 +212,7 @@ impl Client {
         let mut cmd = Cmd::new("SESSION.NEW");
         cmd.opt_secs("TTL", opts.ttl)
             .opt_secs("LIFETIME", opts.lifetime);
-        types::string(self.request(&cmd).await?, "SESSION.NEW")
+        reply::string(self.request(&cmd).await?, "SESSION.NEW")
     }
 
     /// `SESSION.READ id [CREATE] [TTL s] [LIFETIME s] [KEYS k …]`: the
@@ -228,7 +229,7 @@ impl Client {
                 cmd.arg(k);
             }
         }
-        types::session(self.request(&cmd).await?, "SESSION.READ")
+        reply::session(self.request(&cmd).await?, "SESSION.READ")
     }
 
     /// `SESSION.COMMIT id …`: applies the delta atomically.
@@ -239,21 +240,21 @@ impl Client {
         let mut cmd = Cmd::new("SESSION.COMMIT");
         cmd.arg(id);
         commit.write_args(&mut cmd);
-        types::commit_result(self.request(&cmd).await?)
+        reply::commit_result(self.request(&cmd).await?)
     }
 
     /// `SESSION.DESTROY id`: true if the session existed.
     pub async fn destroy(&mut self, id: &str) -> Result<bool> {
         let mut cmd = Cmd::new("SESSION.DESTROY");
         cmd.arg(id);
-        types::flag(&self.request(&cmd).await?, "SESSION.DESTROY")
+        reply::flag(&self.request(&cmd).await?, "SESSION.DESTROY")
     }
 
     /// `SESSION.EXISTS id` (does not slide the expiry).
     pub async fn exists(&mut self, id: &str) -> Result<bool> {
         let mut cmd = Cmd::new("SESSION.EXISTS");
         cmd.arg(id);
-        types::flag(&self.request(&cmd).await?, "SESSION.EXISTS")
+        reply::flag(&self.request(&cmd).await?, "SESSION.EXISTS")
     }
 
     /// `SESSION.TOUCH id [TTL s]`: slides the idle expiry (and sets a new idle
@@ -261,7 +262,7 @@ impl Client {
     pub async fn touch(&mut self, id: &str, ttl: Option<Duration>) -> Result<bool> {
         let mut cmd = Cmd::new("SESSION.TOUCH");
         cmd.arg(id).opt_secs("TTL", ttl);
-        types::flag(&self.request(&cmd).await?, "SESSION.TOUCH")
+        reply::flag(&self.request(&cmd).await?, "SESSION.TOUCH")
     }
 
     /// `SESSION.TTL id`: milliseconds until expiry, -2 if the session does not
@@ -269,7 +270,7 @@ impl Client {
     pub async fn ttl_ms(&mut self, id: &str) -> Result<i64> {
         let mut cmd = Cmd::new("SESSION.TTL");
         cmd.arg(id);
-        types::int(&self.request(&cmd).await?, "SESSION.TTL")
+        reply::int(&self.request(&cmd).await?, "SESSION.TTL")
     }
 
     /// `SESSION.INCR id key delta [CREATE] [FENCE t]`: returns
@@ -287,7 +288,7 @@ impl Client {
             .arg_i64(delta)
             .flag("CREATE", opts.create)
             .opt_fence(opts.fence);
-        types::incr_result(self.request(&cmd).await?)
+        reply::incr_result(self.request(&cmd).await?)
     }
 
     /// `SESSION.CAS id key expected new [FENCE t]`.
@@ -301,7 +302,7 @@ impl Client {
     ) -> Result<CasResult> {
         let mut cmd = Cmd::new("SESSION.CAS");
         cmd.arg(id).arg(key).arg(expected).arg(new).opt_fence(fence);
-        types::cas_result(self.request(&cmd).await?)
+        reply::cas_result(self.request(&cmd).await?)
     }
 
     /// `SESSION.REGENERATE id [GRACE s] [TO newid]`: returns the new id.
@@ -316,7 +317,7 @@ impl Client {
         if let Some(to) = to {
             cmd.arg("TO").arg(to);
         }
-        types::string(self.request(&cmd).await?, "SESSION.REGENERATE")
+        reply::string(self.request(&cmd).await?, "SESSION.REGENERATE")
     }
 
     /// `LOCK.ACQUIRE id [KEY k] [WAIT ms] [LEASE ms] [REQID rid] [CREATE]`.
@@ -338,7 +339,7 @@ impl Client {
             cmd.arg("REQID").arg(reqid);
         }
         cmd.flag("CREATE", opts.create);
-        types::lock_grant(self.request(&cmd).await?)
+        reply::lock_grant(self.request(&cmd).await?)
     }
 
     /// `LOCK.RELEASE id [KEY k] token`: true if released, false if `token` was
@@ -346,7 +347,7 @@ impl Client {
     pub async fn unlock(&mut self, id: &str, key: Option<&[u8]>, token: u64) -> Result<bool> {
         let mut cmd = Cmd::new("LOCK.RELEASE");
         cmd.arg(id).opt_key(key).arg_u64(token);
-        types::flag(&self.request(&cmd).await?, "LOCK.RELEASE")
+        reply::flag(&self.request(&cmd).await?, "LOCK.RELEASE")
     }
 
     /// `LOCK.RENEW id [KEY k] token LEASE ms`: extends the lease. Fails with
@@ -365,7 +366,7 @@ impl Client {
             .arg("LEASE")
             .arg_u64(ms_ceil(lease));
         let v = self.request(&cmd).await?;
-        if types::flag(&v, "LOCK.RENEW")? {
+        if reply::flag(&v, "LOCK.RENEW")? {
             Ok(())
         } else {
             Err(Error::Protocol(
@@ -394,7 +395,7 @@ impl Client {
             cmd.arg("WAIT").arg_u64(ms_ceil(wait));
         }
         cmd.opt_ms("LEASE", lease);
-        types::once_result(self.request(&cmd).await?)
+        reply::once_result(self.request(&cmd).await?)
     }
 
     /// `LOCK.INFO [id]`: the locks of one session, or of all sessions.
@@ -403,7 +404,7 @@ impl Client {
         if let Some(id) = id {
             cmd.arg(id);
         }
-        types::lock_infos(self.request(&cmd).await?)
+        reply::lock_infos(self.request(&cmd).await?)
     }
 
     /// `LOCK.BREAK id [KEY k]` (admin): true if a lock was held and is now
@@ -411,7 +412,7 @@ impl Client {
     pub async fn break_lock(&mut self, id: &str, key: Option<&[u8]>) -> Result<bool> {
         let mut cmd = Cmd::new("LOCK.BREAK");
         cmd.arg(id).opt_key(key);
-        types::flag(&self.request(&cmd).await?, "LOCK.BREAK")
+        reply::flag(&self.request(&cmd).await?, "LOCK.BREAK")
     }
 
     /// `INFO [section]`: the server's text report.
@@ -420,7 +421,7 @@ impl Client {
         if let Some(section) = section {
             cmd.arg(section);
         }
-        let b = types::bytes(self.request(&cmd).await?, "INFO")?;
+        let b = reply::bytes(self.request(&cmd).await?, "INFO")?;
         Ok(String::from_utf8_lossy(&b).into_owned())
     }
 
@@ -428,6 +429,6 @@ impl Client {
     pub async fn client_id(&mut self) -> Result<i64> {
         let mut cmd = Cmd::new("CLIENT");
         cmd.arg("ID");
-        types::int(&self.request(&cmd).await?, "CLIENT ID")
+        reply::int(&self.request(&cmd).await?, "CLIENT ID")
     }
 }

@@ -69,6 +69,7 @@
 mod client;
 mod cmd;
 mod error;
+mod reply;
 mod types;
 mod value;
 

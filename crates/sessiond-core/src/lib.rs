@@ -23,7 +23,7 @@
 //!   the server would, for determinism, snapshot and model tests.
 //! - [`error`]: [`StoreError`] (sessions), [`LockError`] (locks) and
 //!   [`EngineError`] (either), which the server maps to RESP error codes.
-#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
 pub mod clock;

@@ -233,7 +233,7 @@ pub fn generate(seed: u64, shape: Shape) -> Vec<LogStep> {
             ),
             24..=37 => {
                 let mut ops = Vec::new();
-                for _ in 0..1 + rng.below(3) {
+                for _ in 0..=rng.below(3) {
                     let k = Bytes::from(format!("k{}", rng.below(shape.keys)));
                     let if_version = (rng.chance(30)).then(|| rng.below(8));
                     if rng.chance(80) {

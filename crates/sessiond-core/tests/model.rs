@@ -93,7 +93,7 @@ fn normalize(
 fn normalize_step(s: Step) -> Step {
     match s {
         Step::Done(r) => Step::Done(normalize(r)),
-        w => w,
+        w @ Step::Wait(_) => w,
     }
 }
 
@@ -233,9 +233,8 @@ impl Harness {
             }),
             (cmd, false) => cmd,
         };
-        let args = match &cmd {
-            Command::Acquire(a) | Command::Once { args: a, .. } => a,
-            _ => return cmd,
+        let (Command::Acquire(args) | Command::Once { args, .. }) = &cmd else {
+            return cmd;
         };
         if let Some(earlier) = &self.with_reqid
             && self.steer.chance(25)

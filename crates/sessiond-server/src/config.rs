@@ -1,12 +1,124 @@
 //! Settings: defaults, then an optional TOML file, then environment
 //! variables, then flags; later sources win.
+//!
+//! Each default is declared once, in [`defaults`]; [`ServeArgs::resolve`]
+//! takes it from there, [`show_defaults`] puts it in `--help`, and a test
+//! checks the settings table of docs/operations.md against both.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
+
+/// The default of every setting that has one, declared once.
+///
+/// The defaults that are the core's own (TTL, grace, limits) are the core's
+/// constants, so [`sessiond_core::StoreConfig::default`] agrees with them.
+pub mod defaults {
+    use super::{Durability, IpAddr, Ipv4Addr, SocketAddr, StorageKind};
+
+    pub use sessiond_core::store::config::{
+        DEFAULT_MAX_KEYS_PER_SESSION as MAX_KEYS_PER_SESSION,
+        DEFAULT_MAX_VALUE_BYTES as MAX_VALUE_BYTES,
+        DEFAULT_REGENERATE_GRACE_SECS as REGENERATE_GRACE_SECS, DEFAULT_TTL_SECS as TTL_SECS,
+    };
+
+    /// `--bind`.
+    pub const BIND: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    /// `--port`.
+    pub const PORT: u16 = 6380;
+    /// `--data-dir`.
+    pub const DATA_DIR: &str = "./data";
+    /// `--storage`.
+    pub const STORAGE: StorageKind = StorageKind::Redb;
+    /// `--durability`.
+    pub const DURABILITY: Durability = Durability::Everysec;
+    /// `--storage-cache-mb`.
+    pub const STORAGE_CACHE_MB: usize = 64;
+    /// `--allow-remote-without-password`.
+    pub const ALLOW_REMOTE_WITHOUT_PASSWORD: bool = false;
+    /// `--metrics-addr`.
+    pub const METRICS_ADDR: SocketAddr = SocketAddr::new(BIND, 9380);
+    /// `--max-request-bytes`.
+    pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+    /// `--max-connections`.
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    /// `--lock-max-hold`, in seconds.
+    pub const LOCK_MAX_HOLD_SECS: u64 = 300;
+    /// `--tcp-keepalive`, in seconds.
+    pub const TCP_KEEPALIVE_SECS: u64 = 30;
+    /// `--shutdown-timeout`, in seconds.
+    pub const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+    /// `--slowlog-log-slower-than`, in microseconds (Redis's default).
+    pub const SLOWLOG_LOG_SLOWER_THAN: i64 = 10_000;
+    /// `--slowlog-max-len` (Redis's default).
+    pub const SLOWLOG_MAX_LEN: usize = 128;
+    /// `--node-down-after`, in seconds.
+    pub const NODE_DOWN_AFTER_SECS: u64 = 10;
+}
+
+/// Each flag of [`ServeArgs`] that has a default, by its id, with the
+/// default as `--help` and docs/operations.md show it.
+pub fn shown_defaults() -> Vec<(&'static str, String)> {
+    use defaults as d;
+    let name = |v: Option<clap::builder::PossibleValue>| {
+        v.map(|v| v.get_name().to_owned()).unwrap_or_default()
+    };
+    vec![
+        ("bind", d::BIND.to_string()),
+        ("port", d::PORT.to_string()),
+        ("data_dir", d::DATA_DIR.to_owned()),
+        ("storage", name(d::STORAGE.to_possible_value())),
+        ("durability", name(d::DURABILITY.to_possible_value())),
+        ("storage_cache_mb", d::STORAGE_CACHE_MB.to_string()),
+        (
+            "allow_remote_without_password",
+            d::ALLOW_REMOTE_WITHOUT_PASSWORD.to_string(),
+        ),
+        ("metrics_addr", d::METRICS_ADDR.to_string()),
+        ("default_ttl", d::TTL_SECS.to_string()),
+        ("regenerate_grace", d::REGENERATE_GRACE_SECS.to_string()),
+        ("max_value_bytes", d::MAX_VALUE_BYTES.to_string()),
+        ("max_keys_per_session", d::MAX_KEYS_PER_SESSION.to_string()),
+        ("max_request_bytes", d::MAX_REQUEST_BYTES.to_string()),
+        ("max_connections", d::MAX_CONNECTIONS.to_string()),
+        ("lock_max_hold", d::LOCK_MAX_HOLD_SECS.to_string()),
+        ("tcp_keepalive", d::TCP_KEEPALIVE_SECS.to_string()),
+        ("shutdown_timeout", d::SHUTDOWN_TIMEOUT_SECS.to_string()),
+        ("node_down_after", d::NODE_DOWN_AFTER_SECS.to_string()),
+        (
+            "slowlog_log_slower_than",
+            d::SLOWLOG_LOG_SLOWER_THAN.to_string(),
+        ),
+        ("slowlog_max_len", d::SLOWLOG_MAX_LEN.to_string()),
+    ]
+}
+
+/// `cmd` (a command with [`ServeArgs`] flattened in) with `[default: …]`
+/// added to the help of every flag that has a default.
+///
+/// The flags have no clap `default_value`: a default there would hide the
+/// TOML file's value (flags win over the file), so the defaults are applied
+/// in [`ServeArgs::resolve`] and only shown here.
+pub fn show_defaults(cmd: clap::Command) -> clap::Command {
+    shown_defaults().into_iter().fold(cmd, |cmd, (id, value)| {
+        cmd.mut_arg(id, |arg| {
+            let suffix = format!(" [default: {value}]");
+            let help = arg.get_help().map(|h| format!("{h}{suffix}"));
+            let long = arg.get_long_help().map(|h| format!("{h}{suffix}"));
+            let arg = match help {
+                Some(h) => arg.help(h),
+                None => arg,
+            };
+            match long {
+                Some(h) => arg.long_help(h),
+                None => arg,
+            }
+        })
+    })
+}
 
 /// When an acknowledged write is on disk; the names are Redis's `appendfsync`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -41,22 +153,22 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSIOND_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1].
+    /// Address to listen on.
     #[arg(long, env = "SESSIOND_BIND")]
     pub bind: Option<IpAddr>,
-    /// Port for RESP clients; 0 picks a free one [default: 6380].
+    /// Port for RESP clients; 0 picks a free one.
     #[arg(long, env = "SESSIOND_PORT")]
     pub port: Option<u16>,
-    /// Directory for the data file [default: ./data].
+    /// Directory for the data file.
     #[arg(long, env = "SESSIOND_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Storage engine [default: redb].
+    /// Storage engine.
     #[arg(long, env = "SESSIOND_STORAGE")]
     pub storage: Option<StorageKind>,
-    /// When writes reach the disk [default: everysec].
+    /// When writes reach the disk.
     #[arg(long, env = "SESSIOND_DURABILITY")]
     pub durability: Option<Durability>,
-    /// redb's page cache, in MiB [default: 64]. Every session is also held
+    /// redb's page cache, in MiB. Every session is also held
     /// in memory, so the cache only speeds the writer's B-tree updates.
     #[arg(long, env = "SESSIOND_STORAGE_CACHE_MB")]
     pub storage_cache_mb: Option<usize>,
@@ -81,35 +193,34 @@ pub struct ServeArgs {
         default_missing_value = "true"
     )]
     pub allow_remote_without_password: Option<bool>,
-    /// Address for Prometheus metrics over HTTP; "off" disables
-    /// [default: 127.0.0.1:9380].
+    /// Address for Prometheus metrics over HTTP; "off" disables.
     #[arg(long, env = "SESSIOND_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
-    /// Idle TTL of a session created without one, in seconds [default: 1440].
+    /// Idle TTL of a session created without one, in seconds.
     #[arg(long, env = "SESSIOND_DEFAULT_TTL")]
     pub default_ttl: Option<u64>,
-    /// How long an old id answers after SESSION.REGENERATE, in seconds [default: 30].
+    /// How long an old id answers after SESSION.REGENERATE, in seconds.
     #[arg(long, env = "SESSIOND_REGENERATE_GRACE")]
     pub regenerate_grace: Option<u64>,
-    /// Largest value, in bytes [default: 1048576].
+    /// Largest value, in bytes.
     #[arg(long, env = "SESSIOND_MAX_VALUE_BYTES")]
     pub max_value_bytes: Option<usize>,
-    /// Most keys in one session [default: 10000].
+    /// Most keys in one session.
     #[arg(long, env = "SESSIOND_MAX_KEYS_PER_SESSION")]
     pub max_keys_per_session: Option<usize>,
-    /// Largest request, in bytes [default: 16777216].
+    /// Largest request, in bytes.
     #[arg(long, env = "SESSIOND_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
-    /// Most client connections at once [default: 10000].
+    /// Most client connections at once.
     #[arg(long, env = "SESSIOND_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Longest any lock may be held, in seconds [default: 300].
+    /// Longest any lock may be held, in seconds.
     #[arg(long, env = "SESSIOND_LOCK_MAX_HOLD")]
     pub lock_max_hold: Option<u64>,
-    /// TCP keepalive idle time, in seconds, to find dead peers [default: 30].
+    /// TCP keepalive idle time, in seconds, to find dead peers.
     #[arg(long, env = "SESSIOND_TCP_KEEPALIVE")]
     pub tcp_keepalive: Option<u64>,
-    /// How long shutdown waits for in-flight commands, in seconds [default: 10].
+    /// How long shutdown waits for in-flight commands, in seconds.
     #[arg(long, env = "SESSIOND_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<u64>,
     /// This node's id in a cluster (1–65535). With --raft-addr and
@@ -125,18 +236,18 @@ pub struct ServeArgs {
     pub initial_cluster: Option<String>,
     /// In a cluster: after how many seconds without an answer the leader
     /// declares a node dead and releases its connections' locks (the
-    /// lock-delay of Chubby and Consul) [default: 10].
+    /// lock-delay of Chubby and Consul).
     #[arg(long, env = "SESSIOND_NODE_DOWN_AFTER")]
     pub node_down_after: Option<u64>,
     /// Commands slower than this, in microseconds, go to the SLOWLOG; a
-    /// negative value turns it off, 0 logs every command [default: 10000].
+    /// negative value turns it off, 0 logs every command.
     #[arg(
         long,
         env = "SESSIOND_SLOWLOG_LOG_SLOWER_THAN",
         allow_negative_numbers = true
     )]
     pub slowlog_log_slower_than: Option<i64>,
-    /// Entries the SLOWLOG keeps; older ones go [default: 128].
+    /// Entries the SLOWLOG keeps; older ones go.
     #[arg(long, env = "SESSIOND_SLOWLOG_MAX_LEN")]
     pub slowlog_max_len: Option<usize>,
 }
@@ -270,7 +381,7 @@ impl ServeArgs {
             None => ServeArgs::default(),
         };
         let s = self.merge(file);
-        let bind = s.bind.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let bind = s.bind.unwrap_or(defaults::BIND);
         let requirepass = match (s.requirepass, &s.requirepass_file) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::Invalid(
@@ -282,7 +393,9 @@ impl ServeArgs {
         };
         if !bind.is_loopback()
             && requirepass.is_none()
-            && !s.allow_remote_without_password.unwrap_or(false)
+            && !s
+                .allow_remote_without_password
+                .unwrap_or(defaults::ALLOW_REMOTE_WITHOUT_PASSWORD)
         {
             return Err(ConfigError::Invalid(format!(
                 "refusing to listen on {bind} without a password: set --requirepass \
@@ -290,13 +403,13 @@ impl ServeArgs {
             )));
         }
         let metrics_addr = match s.metrics_addr.as_deref() {
-            Some("off") | Some("") => None,
+            Some("off" | "") => None,
             Some(a) => Some(a.parse().map_err(|_| {
                 ConfigError::Invalid(format!(
                     "--metrics-addr {a:?} is not an address like 127.0.0.1:9380"
                 ))
             })?),
-            None => Some(SocketAddr::from(([127, 0, 0, 1], 9380))),
+            None => Some(defaults::METRICS_ADDR),
         };
         let positive = |name: &str, v: usize| {
             if v == 0 {
@@ -306,37 +419,67 @@ impl ServeArgs {
             }
         };
         Ok(Config {
-            listen: SocketAddr::new(bind, s.port.unwrap_or(6380)),
-            data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from("data")),
-            storage: s.storage.unwrap_or(StorageKind::Redb),
-            durability: s.durability.unwrap_or(Durability::Everysec),
-            storage_cache_bytes: positive("storage-cache-mb", s.storage_cache_mb.unwrap_or(64))?
-                .saturating_mul(1 << 20),
+            listen: SocketAddr::new(bind, s.port.unwrap_or(defaults::PORT)),
+            data_dir: s
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
+            storage: s.storage.unwrap_or(defaults::STORAGE),
+            durability: s.durability.unwrap_or(defaults::DURABILITY),
+            storage_cache_bytes: positive(
+                "storage-cache-mb",
+                s.storage_cache_mb.unwrap_or(defaults::STORAGE_CACHE_MB),
+            )?
+            .saturating_mul(1 << 20),
             requirepass,
             metrics_addr,
-            default_ttl: Duration::from_secs(s.default_ttl.unwrap_or(1440)),
-            regenerate_grace: Duration::from_secs(s.regenerate_grace.unwrap_or(30)),
-            max_value_bytes: positive("max-value-bytes", s.max_value_bytes.unwrap_or(1 << 20))?,
+            default_ttl: Duration::from_secs(s.default_ttl.unwrap_or(defaults::TTL_SECS)),
+            regenerate_grace: Duration::from_secs(
+                s.regenerate_grace
+                    .unwrap_or(defaults::REGENERATE_GRACE_SECS),
+            ),
+            max_value_bytes: positive(
+                "max-value-bytes",
+                s.max_value_bytes.unwrap_or(defaults::MAX_VALUE_BYTES),
+            )?,
             max_keys_per_session: positive(
                 "max-keys-per-session",
-                s.max_keys_per_session.unwrap_or(10_000),
+                s.max_keys_per_session
+                    .unwrap_or(defaults::MAX_KEYS_PER_SESSION),
             )?,
             max_request_bytes: positive(
                 "max-request-bytes",
-                s.max_request_bytes.unwrap_or(16 << 20),
+                s.max_request_bytes.unwrap_or(defaults::MAX_REQUEST_BYTES),
             )?,
-            max_connections: positive("max-connections", s.max_connections.unwrap_or(10_000))?,
-            lock_max_hold: Duration::from_secs(s.lock_max_hold.unwrap_or(300)),
-            tcp_keepalive: Duration::from_secs(s.tcp_keepalive.unwrap_or(30).max(1)),
-            shutdown_timeout: Duration::from_secs(s.shutdown_timeout.unwrap_or(10)),
+            max_connections: positive(
+                "max-connections",
+                s.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
+            )?,
+            lock_max_hold: Duration::from_secs(
+                s.lock_max_hold.unwrap_or(defaults::LOCK_MAX_HOLD_SECS),
+            ),
+            tcp_keepalive: Duration::from_secs(
+                s.tcp_keepalive
+                    .unwrap_or(defaults::TCP_KEEPALIVE_SECS)
+                    .max(1),
+            ),
+            shutdown_timeout: Duration::from_secs(
+                s.shutdown_timeout
+                    .unwrap_or(defaults::SHUTDOWN_TIMEOUT_SECS),
+            ),
             cluster: cluster_config(s.node_id, s.raft_addr, s.initial_cluster)?.map(|c| {
                 ClusterConfig {
-                    node_down_after: Duration::from_secs(s.node_down_after.unwrap_or(10).max(1)),
+                    node_down_after: Duration::from_secs(
+                        s.node_down_after
+                            .unwrap_or(defaults::NODE_DOWN_AFTER_SECS)
+                            .max(1),
+                    ),
                     ..c
                 }
             }),
-            slowlog_log_slower_than: s.slowlog_log_slower_than.unwrap_or(10_000),
-            slowlog_max_len: s.slowlog_max_len.unwrap_or(128),
+            slowlog_log_slower_than: s
+                .slowlog_log_slower_than
+                .unwrap_or(defaults::SLOWLOG_LOG_SLOWER_THAN),
+            slowlog_max_len: s.slowlog_max_len.unwrap_or(defaults::SLOWLOG_MAX_LEN),
         })
     }
 
@@ -395,7 +538,7 @@ fn cluster_config(
                 node_id,
                 raft_addr,
                 initial,
-                node_down_after: Duration::from_secs(10),
+                node_down_after: Duration::from_secs(defaults::NODE_DOWN_AFTER_SECS),
             }))
         }
         _ => Err(ConfigError::Invalid(
@@ -492,6 +635,98 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Command;
+
+    /// The settings table of docs/operations.md: flag → default column.
+    fn documented() -> Vec<(String, String)> {
+        let doc = include_str!("../../../docs/operations.md");
+        doc.lines()
+            .filter_map(|l| l.strip_prefix("| `--"))
+            .map(|l| {
+                let mut cols = l.split('|').map(str::trim);
+                let flag = cols.next().unwrap_or("").trim_end_matches('`').to_owned();
+                (flag, cols.next().unwrap_or("").to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_settings_table_of_operations_md_matches_the_flags_and_their_defaults() {
+        let cmd = ServeArgs::augment_args(Command::new("serve"));
+        let defaults = shown_defaults();
+        let table = documented();
+        let flags: Vec<String> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_owned))
+            .collect();
+        let rows: Vec<&String> = table.iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            rows,
+            flags.iter().collect::<Vec<_>>(),
+            "the table lists every flag, in order"
+        );
+        for arg in cmd.get_arguments() {
+            let long = arg.get_long().unwrap();
+            let documented = &table.iter().find(|(f, _)| f == long).unwrap().1;
+            let declared = defaults
+                .iter()
+                .find(|(id, _)| *id == arg.get_id().as_str())
+                .map_or("none", |(_, v)| v.as_str());
+            assert_eq!(documented, declared, "default of --{long}");
+        }
+    }
+
+    #[test]
+    fn help_shows_each_declared_default() {
+        let mut cmd = show_defaults(ServeArgs::augment_args(Command::new("serve")));
+        let help = cmd.render_help().to_string();
+        for (id, value) in shown_defaults() {
+            let long = format!("--{} ", id.replace('_', "-"));
+            let at = help
+                .find(&long)
+                .unwrap_or_else(|| panic!("{long}not in\n{help}"));
+            let entry = &help[at..];
+            let entry = &entry[..entry.find("\n      --").unwrap_or(entry.len())];
+            assert!(
+                entry.contains(&format!("[default: {value}]")),
+                "{long}: no [default: {value}] in {entry:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn resolve_applies_the_declared_defaults() {
+        let cfg = ServeArgs::default().resolve().unwrap();
+        assert_eq!(cfg.listen, SocketAddr::new(defaults::BIND, defaults::PORT));
+        assert_eq!(cfg.data_dir, PathBuf::from(defaults::DATA_DIR));
+        assert_eq!(cfg.storage, defaults::STORAGE);
+        assert_eq!(cfg.durability, defaults::DURABILITY);
+        assert_eq!(cfg.storage_cache_bytes, defaults::STORAGE_CACHE_MB << 20);
+        assert_eq!(cfg.metrics_addr, Some(defaults::METRICS_ADDR));
+        assert_eq!(cfg.max_request_bytes, defaults::MAX_REQUEST_BYTES);
+        assert_eq!(cfg.max_connections, defaults::MAX_CONNECTIONS);
+        assert_eq!(
+            cfg.lock_max_hold,
+            Duration::from_secs(defaults::LOCK_MAX_HOLD_SECS)
+        );
+        assert_eq!(
+            cfg.tcp_keepalive,
+            Duration::from_secs(defaults::TCP_KEEPALIVE_SECS)
+        );
+        assert_eq!(
+            cfg.shutdown_timeout,
+            Duration::from_secs(defaults::SHUTDOWN_TIMEOUT_SECS)
+        );
+        // The core's own defaults are the same constants.
+        let core = sessiond_core::StoreConfig::default();
+        assert_eq!(cfg.default_ttl.as_millis(), u128::from(core.default_ttl_ms));
+        assert_eq!(
+            cfg.regenerate_grace.as_millis(),
+            u128::from(core.regenerate_grace_ms)
+        );
+        assert_eq!(cfg.max_value_bytes, core.limits.max_value_bytes);
+        assert_eq!(cfg.max_keys_per_session, core.limits.max_keys_per_session);
+    }
 
     #[test]
     fn refuses_remote_without_password() {

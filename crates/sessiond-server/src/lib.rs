@@ -24,7 +24,7 @@
 //! `notify`, `process`,
 //! `storage` → `persist` → `state` → `info`, `backup` → `cmd` → `connection` →
 //! `http`, `server` (checked by `../shared/tools/module-cycles`).
-#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod backup;
 pub mod cluster;

@@ -352,26 +352,56 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn always_acknowledges_after_the_batch_is_durable() {
+    async fn always_acknowledges_after_the_batch_is_durable_and_queued_batches_share_a_sync() {
         let storage = MemoryStorage::default();
-        let mut p = Persistence::start(Box::new(storage.clone()), Durability::Always);
-        let mut last = None;
-        for i in 1..=100 {
+        let (gated, open, entered) = GatedStorage::new(storage.clone());
+        let mut p = Persistence::start(Box::new(gated), Durability::Always);
+        let first = p.submit(put(1), 1);
+        // The writer is inside the apply of batch 1 (held at the gate) while
+        // batches 2..=100 queue behind it.
+        entered.recv().unwrap();
+        let mut last = first;
+        for i in 2..=100 {
             last = p.submit(put(i), i);
         }
-        p.waiter(last).unwrap().wait().await.unwrap();
-        let loaded = stored_fields(&storage);
-        assert_eq!(loaded, 100);
-        // Group commit: 100 batches took fewer syncs than batches (at least
-        // one; how many depends on scheduling).
-        assert!(p.progress().syncs >= 1 && p.progress().syncs <= 100);
+        let wait = tokio::spawn(p.waiter(last).unwrap().wait());
+        open.send(()).unwrap();
+        entered.recv().unwrap();
+        assert_eq!(p.progress().durable, 1, "batch 1 alone, then the rest");
+        tokio::task::yield_now().await;
+        assert!(!wait.is_finished(), "acknowledged before it was durable");
+        open.send(()).unwrap();
+        wait.await.unwrap().unwrap();
+        assert_eq!(stored_fields(&storage), 100);
+        let progress = p.progress();
+        assert_eq!(progress.durable, 100);
+        // Group commit: the 99 batches queued during the first write went
+        // in one transaction with one sync.
+        assert_eq!((progress.transactions, progress.syncs), (2, 2));
+        drop(open);
         p.shutdown();
     }
 
-    /// Storage whose `apply` waits for the test to open a gate.
+    /// Storage whose `apply` reports that it was entered, then waits for
+    /// the test to open a gate.
     struct GatedStorage {
         inner: MemoryStorage,
         gate: std::sync::Mutex<mpsc::Receiver<()>>,
+        entered: mpsc::Sender<()>,
+    }
+
+    impl GatedStorage {
+        /// The storage, the gate's opener and the "entered" signal.
+        fn new(inner: MemoryStorage) -> (Self, mpsc::Sender<()>, mpsc::Receiver<()>) {
+            let (open, gate) = mpsc::channel();
+            let (entered_tx, entered) = mpsc::channel();
+            let storage = GatedStorage {
+                inner,
+                gate: std::sync::Mutex::new(gate),
+                entered: entered_tx,
+            };
+            (storage, open, entered)
+        }
     }
 
     impl Storage for GatedStorage {
@@ -384,6 +414,7 @@ mod tests {
             floor: u64,
             sync: bool,
         ) -> Result<(), crate::storage::StorageError> {
+            let _ = self.entered.send(());
             let _ = self.gate.lock().unwrap().recv();
             self.inner.apply(batch, floor, sync)
         }
@@ -394,11 +425,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_writer_behind_by_more_than_the_lag_limit_holds_replies_back() {
-        let (open, gate) = mpsc::channel();
-        let storage = GatedStorage {
-            inner: MemoryStorage::default(),
-            gate: std::sync::Mutex::new(gate),
-        };
+        let (storage, open, entered) = GatedStorage::new(MemoryStorage::default());
         // A zero limit: any backlog at all is too much.
         let mut p = Persistence::start_with_max_lag(
             Box::new(storage),
@@ -406,13 +433,17 @@ mod tests {
             Duration::ZERO,
         );
         let seq = p.submit(put(1), 1);
+        // The writer holds batch 1 at the gate: nothing is applied.
+        entered.recv().unwrap();
+        // Time passes, so the backlog is older than the (zero) limit.
         std::thread::sleep(Duration::from_millis(5));
         let wait = tokio::spawn(p.waiter(seq).expect("behind: the reply must wait").wait());
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::task::yield_now().await;
         assert!(!wait.is_finished(), "the writer has not applied anything");
+        assert_eq!(p.progress().applied, 0);
         open.send(()).unwrap();
         wait.await.unwrap().unwrap();
-        assert!(p.progress().applied >= 1);
+        assert_eq!(p.progress().applied, 1);
         // Caught up: the next reply waits only if a new backlog is over the limit.
         assert!(p.waiter(None).is_none());
         drop(open);

@@ -344,7 +344,7 @@ impl Shared {
                         match replication.propose(Input::ConnectionClosed { conn }).await {
                             Ok(_) => return,
                             Err(_) => {
-                                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                             }
                         }
                     }

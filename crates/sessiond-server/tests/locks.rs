@@ -53,7 +53,7 @@ async fn a_connection_that_dies_releases_its_lock_at_once() {
     holder.lock("dies", &wait(0)).await.unwrap();
     let mut waiter = server.client().await;
     let w = tokio::spawn(async move { waiter.lock("dies", &wait(10_000)).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.await_waiters("dies", 1).await;
     drop(holder); // the socket closes, as when a PHP worker is killed
     let g = tokio::time::timeout(Duration::from_secs(5), w)
         .await
@@ -209,7 +209,7 @@ async fn a_wait_that_closes_a_cycle_fails_with_deadlock() {
         let r = a.lock("d2", &wait(10_000)).await;
         (a, r)
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.await_waiters("d2", 1).await;
     let err = b.lock("d1", &wait(10_000)).await.unwrap_err();
     assert!(matches!(err, Error::Deadlock(_)), "{err:?}");
     drop(b);
@@ -233,7 +233,7 @@ async fn the_inspector_shows_holder_and_waiters_and_break_fences() {
     let g = holder.lock("insp", &wait(0)).await.unwrap();
     let mut waiter = server.client().await;
     let w = tokio::spawn(async move { waiter.lock("insp", &wait(10_000)).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.await_waiters("insp", 1).await;
     let mut admin = server.client().await;
     let info = admin.lock_info(Some("insp")).await.unwrap();
     assert_eq!(info.len(), 1);

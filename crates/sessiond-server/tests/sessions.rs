@@ -142,7 +142,8 @@ async fn a_late_write_after_destroy_does_not_resurrect_the_session() {
 
 #[tokio::test]
 async fn a_session_expires_after_its_idle_ttl_and_touch_slides_it() {
-    let server = common::TestServer::start().await;
+    let clock = sessiond_core::ManualClock::new(1_000_000);
+    let server = common::TestServer::start_with_clock(clock.clone()).await;
     let mut c = server.client().await;
     c.read(
         "short",
@@ -156,12 +157,14 @@ async fn a_session_expires_after_its_idle_ttl_and_touch_slides_it() {
     .unwrap();
     let ttl = c.ttl_ms("short").await.unwrap();
     assert!(ttl > 0 && ttl <= 1000, "{ttl}");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(ttl, 1000, "no time passed on the test clock");
+    clock.advance(600);
     assert!(c.touch("short", None).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    clock.advance(600);
     assert!(c.exists("short").await.unwrap(), "touch slid the deadline");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert!(!c.exists("short").await.unwrap());
+    assert_eq!(c.ttl_ms("short").await.unwrap(), 400);
+    clock.advance(400);
+    assert!(!c.exists("short").await.unwrap(), "gone at its deadline");
     assert_eq!(c.ttl_ms("short").await.unwrap(), -2);
     server.stop().await;
 }
@@ -362,8 +365,16 @@ async fn connections_beyond_the_limit_are_refused_with_an_error() {
     assert!(String::from_utf8_lossy(&out).starts_with("-LIMIT max number of clients"));
     assert!(closed);
     drop(a);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (out, _) = raw_exchange(server.addr, b"PING\r\n").await;
+    // Until the server has noticed the close, a new connection may still be
+    // refused; poll (bounded) until one is served.
+    let mut out = Vec::new();
+    for _ in 0..500 {
+        out = raw_exchange(server.addr, b"PING\r\n").await.0;
+        if out == b"+PONG\r\n" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(&out, b"+PONG\r\n");
     server.stop().await;
 }

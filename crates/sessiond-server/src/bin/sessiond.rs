@@ -1,7 +1,8 @@
 //! The `sessiond` command.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-use clap::{CommandFactory, Parser, Subcommand};
-use sessiond_server::config::ServeArgs;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use sessiond_server::config::{ServeArgs, show_defaults};
 
 /// sessiond: a session store for web applications on many servers.
 #[derive(Parser)]
@@ -65,10 +66,18 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // The serve flags' defaults are applied by `ServeArgs::resolve` and
+    // shown in `--help` by `show_defaults`, both from `config::defaults`.
+    let matches = show_defaults(Cli::command())
+        .mut_subcommand("serve", show_defaults)
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match &cli.command {
         Some(Cmd::Man) => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            clap_mangen::Man::new(
+                show_defaults(Cli::command()).mut_subcommand("serve", show_defaults),
+            )
+            .render(&mut std::io::stdout())?;
             return Ok(());
         }
         Some(Cmd::Completions { shell }) => {

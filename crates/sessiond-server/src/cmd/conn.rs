@@ -475,7 +475,7 @@ fn lock_name(session: &str, scope: &sessiond_core::locks::Scope) -> String {
         sessiond_core::locks::Scope::Session => session.to_owned(),
         sessiond_core::locks::Scope::Key(k) => {
             let mut s = format!("{session}/");
-            for &b in k.iter() {
+            for &b in k {
                 if b.is_ascii_graphic() && b != b',' && b != b'\\' {
                     s.push(char::from(b));
                 } else {

@@ -18,10 +18,12 @@ use sessiond_core::{Alias, Mutation, Session, SessionId};
 /// Why storage failed. Storage failures are not the client's fault; the
 /// server reports them as `ERR storage: …` and keeps serving from memory.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StorageError {
-    /// The engine reported an error.
+    /// The engine reported an error, kept as the source. (Its text is also
+    /// in the message: the server logs the message alone.)
     #[error("storage engine: {0}")]
-    Engine(String),
+    Engine(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
     /// Stored data that does not decode.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -194,6 +196,28 @@ mod conformance {
     fn memory_storage_conforms() {
         let shared = MemoryStorage::default();
         suite(|| Box::new(shared.clone()));
+    }
+
+    #[test]
+    fn engine_errors_keep_their_source() {
+        let io = std::io::Error::other("disk on fire");
+        let e = StorageError::Engine(Box::new(io));
+        assert_eq!(e.to_string(), "storage engine: disk on fire");
+        let source = std::error::Error::source(&e).expect("a source");
+        assert!(source.downcast_ref::<std::io::Error>().is_some());
+    }
+
+    #[test]
+    fn a_file_that_is_not_redb_is_an_engine_error_with_the_redb_error_as_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not.redb");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let Err(e) = RedbStorage::open(&path) else {
+            panic!("opened a file that is not redb");
+        };
+        assert!(matches!(e, StorageError::Engine(_)), "{e:?}");
+        let source = std::error::Error::source(&e).expect("a source");
+        assert!(source.downcast_ref::<redb::Error>().is_some(), "{source:?}");
     }
 
     #[test]

@@ -37,8 +37,8 @@ pub struct RedbStorage {
     db: Database,
 }
 
-fn engine(e: impl std::fmt::Display) -> StorageError {
-    StorageError::Engine(e.to_string())
+fn engine(e: impl Into<redb::Error>) -> StorageError {
+    StorageError::Engine(Box::new(e.into()))
 }
 
 impl RedbStorage {

@@ -22,8 +22,25 @@ impl TestServer {
         Self::start_with(Config::for_tests()).await
     }
 
+    /// A server whose clock is `clock`: expiry and leases move only when
+    /// the test advances it.
+    pub async fn start_with_clock(clock: sessiond_core::ManualClock) -> Self {
+        let server = Server::bind_with(
+            Config::for_tests(),
+            Box::new(sessiond_server::storage::MemoryStorage::default()),
+            std::sync::Arc::new(clock),
+        )
+        .await
+        .expect("bind");
+        Self::running(server)
+    }
+
     pub async fn start_with(config: Config) -> Self {
         let server = Server::bind(config).await.expect("bind");
+        Self::running(server)
+    }
+
+    fn running(server: Server) -> Self {
         let addr = server.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(server.run(shutdown.clone()));
@@ -55,6 +72,21 @@ impl TestServer {
         for t in tasks {
             t.await.expect("client task");
         }
+    }
+
+    /// Returns once `n` connections wait for locks of session `id`, as
+    /// LOCK.INFO shows: ordering evidence for a test that must act only
+    /// after a wait is queued. Bounded: a hang guard, not a speed test.
+    pub async fn await_waiters(&self, id: &str, n: usize) {
+        let mut c = self.client().await;
+        for _ in 0..2000 {
+            let info = c.lock_info(Some(id)).await.expect("LOCK.INFO");
+            if info.iter().map(|l| l.waiters.len()).sum::<usize>() >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("never saw {n} waiters on {id}");
     }
 
     /// The whole session `id`, which must exist.
@@ -216,7 +248,7 @@ pub async fn raw_exchange(addr: SocketAddr, input: &[u8]) -> (Vec<u8>, bool) {
     let closed = loop {
         let wait = if out.is_empty() { 5_000 } else { 300 };
         match tokio::time::timeout(std::time::Duration::from_millis(wait), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(0) | Err(_)) => break true,
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
             Err(_) => break false,
         }

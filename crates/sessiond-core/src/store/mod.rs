@@ -6,269 +6,35 @@
 //! lock that guards the store, so the disk sees changes in the order they
 //! were made.
 
+//!
+//! ## Layout
+//! - [`config`]: [`StoreConfig`], [`Limits`] and their defaults.
+//! - [`ops`]: what the operations take and return, and [`Mutation`].
+//! - [`aliases`]: regenerate aliases ([`Alias`]) and
+//!   [`Store::regenerate`].
+//! - [`image`]: [`StoreImage`], the store as plain data.
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 
 use crate::expiry::ExpiryIndex;
 use crate::fields::PackedFields;
 use crate::session::{Field, Session, SessionMeta};
 use crate::{Millis, SessionId, StoreError};
 
-/// How many alias hops a lookup follows. A session regenerated twice within
-/// one grace period leaves a chain `a → b → c`; longer chains need many
-/// regenerates inside one grace period and end at this bound.
-const MAX_ALIAS_HOPS: usize = 8;
+pub mod aliases;
+pub mod config;
+pub mod image;
+pub mod ops;
 
-/// Limits on what clients may store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Limits {
-    /// Largest value in bytes.
-    pub max_value_bytes: usize,
-    /// Most keys in one session.
-    pub max_keys_per_session: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_value_bytes: 1024 * 1024,
-            max_keys_per_session: 10_000,
-        }
-    }
-}
-
-/// Store-wide settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoreConfig {
-    /// Idle TTL of a session created without one (PHP's default
-    /// `session.gc_maxlifetime`, 1440 s).
-    pub default_ttl_ms: u64,
-    /// How long an old id keeps answering after a regenerate, by default.
-    pub regenerate_grace_ms: u64,
-    /// Limits on values and keys.
-    pub limits: Limits,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        Self {
-            default_ttl_ms: 1_440_000,
-            regenerate_grace_ms: 30_000,
-            limits: Limits::default(),
-        }
-    }
-}
-
-/// A change the storage must make, in the order the store made it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mutation {
-    /// Write the session's metadata (creates it on disk if new).
-    PutMeta {
-        /// The session.
-        id: SessionId,
-        /// Its metadata now.
-        meta: SessionMeta,
-    },
-    /// Write one field.
-    PutField {
-        /// The session.
-        id: SessionId,
-        /// The key.
-        key: Bytes,
-        /// The field.
-        field: Field,
-    },
-    /// Delete one field.
-    DelField {
-        /// The session.
-        id: SessionId,
-        /// The key.
-        key: Bytes,
-    },
-    /// Delete the session's metadata and the listed fields (all it had).
-    DelSession {
-        /// The session.
-        id: SessionId,
-        /// Every key it had.
-        keys: Vec<Bytes>,
-    },
-    /// Record that `old` answers for `new` until `until`.
-    PutAlias {
-        /// The old id.
-        old: SessionId,
-        /// The new id.
-        new: SessionId,
-        /// End of the grace period.
-        until: Millis,
-    },
-    /// Forget an alias.
-    DelAlias {
-        /// The old id.
-        old: SessionId,
-    },
-}
-
-/// An old id answering for a regenerated session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Alias {
-    /// Where the session went.
-    pub target: SessionId,
-    /// When the old id stops answering.
-    pub until: Millis,
-}
-
-/// Options of [`Store::read`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReadOptions {
-    /// Create the session empty when it does not exist.
-    pub create: bool,
-    /// Set the idle TTL (ms).
-    pub ttl_ms: Option<u64>,
-    /// Absolute lifetime (ms), for a session created here.
-    pub lifetime_ms: Option<u64>,
-    /// Only these keys (all when `None`).
-    pub keys: Option<Vec<Bytes>>,
-}
-
-/// A field as a read returns it; `value` is `None` for an absent key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReadField {
-    /// The key.
-    pub key: Bytes,
-    /// Its version, 0 when absent.
-    pub version: u64,
-    /// Its value, `None` when absent.
-    pub value: Option<Bytes>,
-}
-
-/// What a read returns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReadResult {
-    /// The session's current id (the new one when read through an alias).
-    pub id: SessionId,
-    /// The session version.
-    pub version: u64,
-    /// Whether this read created the session.
-    pub created: bool,
-    /// The fields asked for, sorted by key when all were asked for.
-    pub fields: Vec<ReadField>,
-}
-
-/// One operation of a commit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Op {
-    /// Set `key` to `value`, if its version is `if_version` when given.
-    Set {
-        /// The key.
-        key: Bytes,
-        /// The value.
-        value: Bytes,
-        /// The version the key must have (0: absent).
-        if_version: Option<u64>,
-    },
-    /// Delete `key`, if its version is `if_version` when given.
-    Del {
-        /// The key.
-        key: Bytes,
-        /// The version the key must have (0: absent).
-        if_version: Option<u64>,
-    },
-}
-
-impl Op {
-    /// The key the op touches.
-    pub fn key(&self) -> &Bytes {
-        match self {
-            Op::Set { key, .. } | Op::Del { key, .. } => key,
-        }
-    }
-
-    fn if_version(&self) -> Option<u64> {
-        match self {
-            Op::Set { if_version, .. } | Op::Del { if_version, .. } => *if_version,
-        }
-    }
-}
-
-/// A delta to apply atomically.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommitRequest {
-    /// Create the session if it does not exist.
-    pub create: bool,
-    /// Set the idle TTL (ms).
-    pub ttl_ms: Option<u64>,
-    /// Absolute lifetime (ms), for a session created here.
-    pub lifetime_ms: Option<u64>,
-    /// The operations, applied in order.
-    pub ops: Vec<Op>,
-}
-
-/// What a successful commit returns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommitOutcome {
-    /// The session version after the commit.
-    pub version: u64,
-    /// Per op, the key's version after it (0 for a delete).
-    pub op_versions: Vec<u64>,
-}
-
-/// What a compare-and-set returns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CasOutcome {
-    /// The value matched and was replaced; the key's new version.
-    Swapped {
-        /// The new version.
-        version: u64,
-    },
-    /// The value did not match; the key's current version and value.
-    Mismatch {
-        /// Current version (0: absent).
-        version: u64,
-        /// Current value.
-        value: Option<Bytes>,
-    },
-}
-
-/// Counters the server exports as metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoreStats {
-    /// Sessions removed because they expired.
-    pub expired: u64,
-    /// Sessions created.
-    pub created: u64,
-    /// Sessions destroyed by clients.
-    pub destroyed: u64,
-}
-
-/// One session in a [`StoreImage`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionImage {
-    /// Its id.
-    pub id: SessionId,
-    /// Versions and timing.
-    pub meta: SessionMeta,
-    /// Its fields, sorted by key.
-    pub fields: Vec<(Bytes, Field)>,
-}
-
-/// A [`Store`] as plain data, sorted: see [`Store::image`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoreImage {
-    /// The settings.
-    pub config: StoreConfig,
-    /// Every session held (expired ones not purged yet included), by id.
-    pub sessions: Vec<SessionImage>,
-    /// Every alias, by old id.
-    pub aliases: Vec<(SessionId, Alias)>,
-    /// The last version handed out.
-    pub last_version: u64,
-    /// Sessions whose last access is not recorded in storage yet, by id.
-    pub accessed: Vec<SessionId>,
-    /// Counters.
-    pub stats: StoreStats,
-}
+pub use aliases::Alias;
+pub use config::{Limits, StoreConfig};
+pub use image::{SessionImage, StoreImage};
+pub use ops::{
+    CasOutcome, CommitOutcome, CommitRequest, Mutation, Op, ReadField, ReadOptions, ReadResult,
+    StoreStats,
+};
 
 /// Every session, its expiry, and regenerate aliases.
 ///
@@ -346,11 +112,6 @@ impl Store {
         self.sessions.is_empty()
     }
 
-    /// Number of regenerate aliases held.
-    pub fn alias_count(&self) -> usize {
-        self.aliases.len()
-    }
-
     /// The last version handed out.
     pub fn last_version(&self) -> u64 {
         self.last_version
@@ -392,68 +153,6 @@ impl Store {
         recorded
     }
 
-    // ---- image ---------------------------------------------------------
-
-    /// The whole state as plain, sorted data: equal stores give equal
-    /// images, and [`Store::from_image`] rebuilds an equal store. What a
-    /// snapshot of a replica holds.
-    pub fn image(&self) -> StoreImage {
-        let mut sessions: Vec<SessionImage> = self
-            .sessions
-            .iter()
-            .map(|(id, s)| SessionImage {
-                id: id.clone(),
-                meta: s.meta,
-                fields: s.fields.iter().collect(),
-            })
-            .collect();
-        sessions.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        let mut aliases: Vec<(SessionId, Alias)> = self
-            .aliases
-            .iter()
-            .map(|(old, a)| (old.clone(), a.clone()))
-            .collect();
-        aliases.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut accessed: Vec<SessionId> = self.accessed.iter().cloned().collect();
-        accessed.sort_unstable();
-        StoreImage {
-            config: self.config,
-            sessions,
-            aliases,
-            last_version: self.last_version,
-            accessed,
-            stats: self.stats,
-        }
-    }
-
-    /// The store an [`image`](Store::image) was taken of (with an empty
-    /// outbox).
-    pub fn from_image(image: StoreImage) -> Self {
-        let mut store = Store::new(image.config);
-        store.restore_sessions(
-            image
-                .sessions
-                .into_iter()
-                .map(|s| {
-                    (
-                        s.id,
-                        Session {
-                            meta: s.meta,
-                            fields: PackedFields::from_entries(s.fields),
-                        },
-                    )
-                })
-                .collect(),
-        );
-        for (old, alias) in image.aliases {
-            store.link_alias(old, alias);
-        }
-        store.last_version = image.last_version;
-        store.accessed = image.accessed.into_iter().collect();
-        store.stats = image.stats;
-        store
-    }
-
     // ---- loading -------------------------------------------------------
 
     /// Puts sessions loaded from storage back, all at once (startup): the
@@ -474,11 +173,6 @@ impl Store {
         self.expiry.extend(deadlines);
     }
 
-    /// Puts an alias loaded from storage back. Used only at startup.
-    pub fn restore_alias(&mut self, old: SessionId, alias: Alias) {
-        self.link_alias(old, alias);
-    }
-
     /// Raises the version counter to at least `floor` (the high-water mark
     /// kept by the storage, which covers versions of destroyed sessions).
     pub fn raise_version_floor(&mut self, floor: u64) {
@@ -487,33 +181,9 @@ impl Store {
 
     // ---- lookups -------------------------------------------------------
 
-    /// The live session `id` answers for at `now`: itself, or the target of a
-    /// live alias. `None` when neither exists.
-    pub fn resolve(&self, now: Millis, id: &SessionId) -> Option<SessionId> {
-        let mut current = id.clone();
-        for _ in 0..=MAX_ALIAS_HOPS {
-            if let Some(s) = self.sessions.get(&current) {
-                return (!s.meta.is_expired(now)).then_some(current);
-            }
-            match self.aliases.get(&current) {
-                Some(alias) if now < alias.until => current = alias.target.clone(),
-                _ => return None,
-            }
-        }
-        None
-    }
-
     /// Whether `id` (or an alias of it) names a live session at `now`.
     pub fn exists(&self, now: Millis, id: &SessionId) -> bool {
         self.resolve(now, id).is_some()
-    }
-
-    /// Whether `id` is taken at `now`, as a session or as a live alias.
-    fn id_taken(&self, now: Millis, id: &SessionId) -> bool {
-        self.sessions
-            .get(id)
-            .is_some_and(|s| !s.meta.is_expired(now))
-            || self.aliases.get(id).is_some_and(|a| now < a.until)
     }
 
     /// Milliseconds until `id` expires, without sliding it.
@@ -855,66 +525,6 @@ impl Store {
         }
     }
 
-    /// Moves the session `id` answers for to `new_id`; the old id answers for
-    /// `grace_ms` (the configured default when `None`).
-    ///
-    /// # Errors
-    /// [`StoreError::NoSession`], or [`StoreError::Exists`] when `new_id` is
-    /// taken.
-    pub fn regenerate(
-        &mut self,
-        now: Millis,
-        id: &SessionId,
-        new_id: &SessionId,
-        grace_ms: Option<u64>,
-    ) -> Result<(), StoreError> {
-        let old = self
-            .resolve(now, id)
-            .ok_or_else(|| StoreError::NoSession(id.to_string()))?;
-        if self.id_taken(now, new_id) {
-            return Err(StoreError::Exists(new_id.to_string()));
-        }
-        let Some(mut session) = self.sessions.remove(&old) else {
-            return Err(StoreError::NoSession(id.to_string()));
-        };
-        self.expiry.remove(session.meta.deadline(), &old);
-        self.outbox.push(Mutation::DelSession {
-            id: old.clone(),
-            keys: session.fields.keys().collect(),
-        });
-        self.clear_dead(new_id);
-        session.meta.last_access = now;
-        self.outbox.push(Mutation::PutMeta {
-            id: new_id.clone(),
-            meta: session.meta,
-        });
-        for (key, field) in session.fields.iter() {
-            self.outbox.push(Mutation::PutField {
-                id: new_id.clone(),
-                key,
-                field,
-            });
-        }
-        self.expiry.insert(session.meta.deadline(), new_id.clone());
-        self.sessions.insert(new_id.clone(), session);
-
-        let grace = grace_ms.unwrap_or(self.config.regenerate_grace_ms);
-        if grace > 0 {
-            let until = now.saturating_add(grace);
-            let alias = Alias {
-                target: new_id.clone(),
-                until,
-            };
-            self.link_alias(old.clone(), alias);
-            self.outbox.push(Mutation::PutAlias {
-                old,
-                new: new_id.clone(),
-                until,
-            });
-        }
-        Ok(())
-    }
-
     // ---- expiry --------------------------------------------------------
 
     /// Removes up to `max` sessions and aliases that are due at `now`.
@@ -1019,49 +629,6 @@ impl Store {
                 keys: session.fields.keys().collect(),
             });
             self.drop_aliases_to(id);
-        }
-    }
-
-    /// Records `old → alias.target` (replacing any alias of `old`).
-    fn link_alias(&mut self, old: SessionId, alias: Alias) {
-        self.unlink_alias(&old);
-        self.alias_expiry.insert(alias.until, old.clone());
-        self.alias_sources
-            .entry(alias.target.clone())
-            .or_default()
-            .push(old.clone());
-        self.aliases.insert(old, alias);
-    }
-
-    /// Forgets the alias of `old` in memory (the caller records the
-    /// deletion for the storage); returns it.
-    fn unlink_alias(&mut self, old: &SessionId) -> Option<Alias> {
-        let alias = self.aliases.remove(old)?;
-        self.alias_expiry.remove(alias.until, old);
-        if let Some(sources) = self.alias_sources.get_mut(&alias.target) {
-            sources.retain(|o| o != old);
-            if sources.is_empty() {
-                self.alias_sources.remove(&alias.target);
-            }
-        }
-        Some(alias)
-    }
-
-    /// Drops every alias that leads to `target`, directly or through other
-    /// aliases (a session regenerated twice in one grace period).
-    fn drop_aliases_to(&mut self, target: &SessionId) {
-        let mut work = vec![target.clone()];
-        while let Some(t) = work.pop() {
-            // Sorted: the order of the removals must not depend on the order
-            // the aliases were made or restored in.
-            let mut sources = self.alias_sources.remove(&t).unwrap_or_default();
-            sources.sort_unstable();
-            for old in sources {
-                if self.unlink_alias(&old).is_some() {
-                    self.outbox.push(Mutation::DelAlias { old: old.clone() });
-                    work.push(old);
-                }
-            }
         }
     }
 
