@@ -13,7 +13,9 @@
 //! - [`server`]: listeners, the connection limit, the timekeeper (expiry and
 //!   lock leases), shutdown in order.
 //! - [`storage`]: the [`storage::Storage`] trait, redb and memory backends.
-//! - [`persist`]: the writer thread: group commit and durability policies.
+//! - [`persist`]: the writer thread: group commit, durability policies,
+//!   storage faults (refuse writes, retry, resume).
+//! - [`write_gate`]: which commands are writes, refused while storage fails.
 //! - [`config`], [`metrics`], [`info`], [`ids`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -29,6 +31,7 @@ pub mod protocol;
 pub mod server;
 pub mod state;
 pub mod storage;
+pub mod write_gate;
 
 pub use config::Config;
 pub use server::Server;

@@ -229,7 +229,9 @@ pub fn render(shared: &Shared) -> String {
     m.lock_expired.set(lock_stats.expired);
     m.rss.set(crate::info::rss_bytes());
     let mut text = String::new();
-    let _ = prometheus_client::encoding::text::encode(&mut text, &m.registry());
+    let mut registry = m.registry();
+    crate::persist::register_metrics(&mut registry, &shared.storage_health());
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
     text
 }
 

@@ -130,6 +130,12 @@ impl Server {
     /// in-flight commands finish (up to the shutdown timeout), and flushes
     /// storage.
     pub async fn run(self, shutdown: CancellationToken) {
+        self.run_reporting(shutdown).await;
+    }
+
+    /// [`Server::run`], returning what the final flush could and could not
+    /// write to storage.
+    pub async fn run_reporting(self, shutdown: CancellationToken) -> crate::persist::FlushReport {
         let Server {
             shared,
             listener,
@@ -187,8 +193,13 @@ impl Server {
             tracing::warn!("some connections did not finish within the shutdown timeout");
         }
         shared.apply(|st, _| st.store.record_accesses());
-        shared.shutdown_persistence();
-        tracing::info!("stopped; storage flushed");
+        let report = shared.shutdown_persistence();
+        if report.flushed() {
+            tracing::info!("stopped; {report}");
+        } else {
+            tracing::error!("stopped; {report}");
+        }
+        report
     }
 }
 
@@ -260,7 +271,8 @@ pub async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         signal.cancel();
     });
-    server.run(shutdown).await;
+    // Exits non-zero when changes could not be written to storage.
+    server.run_reporting(shutdown).await.into_result()?;
     Ok(())
 }
 

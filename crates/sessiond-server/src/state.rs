@@ -166,8 +166,20 @@ impl Shared {
         (g.persist.policy(), g.persist.progress())
     }
 
-    /// Flushes and stops the writer. Called once, last, at shutdown.
-    pub fn shutdown_persistence(&self) {
-        self.guarded.lock().persist.shutdown();
+    /// Flushes and stops the writer, and says what it could not write.
+    /// Called once, last, at shutdown.
+    pub fn shutdown_persistence(&self) -> crate::persist::FlushReport {
+        self.guarded.lock().persist.shutdown()
+    }
+
+    /// Why write commands must be refused now (storage is failing), if
+    /// they must. See [`crate::write_gate`].
+    pub fn write_refusal(&self) -> Option<crate::persist::StorageFault> {
+        self.guarded.lock().persist.write_refusal()
+    }
+
+    /// The storage state (fault, counters) for INFO and metrics.
+    pub fn storage_health(&self) -> Arc<crate::persist::StorageHealth> {
+        self.guarded.lock().persist.health()
     }
 }

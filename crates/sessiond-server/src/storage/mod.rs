@@ -15,16 +15,35 @@ pub use memory::MemoryStorage;
 pub use redb_store::RedbStorage;
 use sessiond_core::{Alias, Mutation, Session, SessionId};
 
-/// Why storage failed. Storage failures are not the client's fault; the
-/// server reports them as `ERR storage: …` and keeps serving from memory.
+/// Why storage failed. Storage failures are not the client's fault: while
+/// storage fails, the server refuses writes (`MISCONF`, see
+/// [`crate::persist`]), keeps serving reads from memory, and retries.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// The engine reported an error.
+    /// The engine reported an error (an I/O error of the file among them).
     #[error("storage engine: {0}")]
-    Engine(String),
+    Engine(#[from] redb::Error),
+    /// An I/O error outside the engine (and the one fault-injecting test
+    /// storages report).
+    #[error("storage I/O: {0}")]
+    Io(#[from] std::io::Error),
     /// Stored data that does not decode.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A loader thread panicked.
+    #[error("storage loader panicked")]
+    LoaderPanicked,
+}
+
+impl StorageError {
+    /// The operating system's error underneath, if it was one (ENOSPC,
+    /// EIO, EDQUOT, …).
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        match self {
+            StorageError::Io(e) | StorageError::Engine(redb::Error::Io(e)) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 /// What is on disk, as loaded at startup.
@@ -74,6 +93,21 @@ pub trait Storage: Send + 'static {
     /// # Errors
     /// Engine failures.
     fn set_fence_epoch(&mut self, epoch: u64) -> Result<(), StorageError>;
+
+    /// Called after a failed [`Storage::apply`], before it is retried:
+    /// brings storage back to a state where `apply` can run again. After a
+    /// failure, only what was applied with `sync` before it is known to be
+    /// kept; the caller re-applies everything after that, in order (every
+    /// [`Mutation`] is an upsert or a delete, so applying one twice is
+    /// harmless). redb latches an I/O error (every later operation fails
+    /// with `PreviousIo`) until the database is closed and opened again;
+    /// the open recovers the file. The default does nothing.
+    ///
+    /// # Errors
+    /// When storage is still unusable (the next retry calls this again).
+    fn recover(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -32,13 +32,18 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The page cache [`RedbStorage::open`] gives redb: 64 MiB.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
+/// Opens the database again after a failure (see [`Storage::recover`]).
+type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send>;
+
 /// Storage in a redb file.
 pub struct RedbStorage {
-    db: Database,
+    // `None` between a failed reopen and the next retry.
+    db: Option<Database>,
+    open: Opener,
 }
 
-fn engine(e: impl std::fmt::Display) -> StorageError {
-    StorageError::Engine(e.to_string())
+fn engine(e: impl Into<redb::Error>) -> StorageError {
+    StorageError::Engine(e.into())
 }
 
 impl RedbStorage {
@@ -57,10 +62,33 @@ impl RedbStorage {
     /// # Errors
     /// As [`RedbStorage::open`].
     pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StorageError> {
-        let db = Builder::new()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(engine)?;
+        let path = path.to_owned();
+        Self::open_with(move || Builder::new().set_cache_size(cache_bytes).create(&path))
+    }
+
+    /// Storage in the database `open` opens (or creates), on any redb
+    /// backend; `open` is called again to reopen it after a failure. Tests
+    /// use it with backends that fail or lose power on command.
+    ///
+    /// # Errors
+    /// As [`RedbStorage::open`].
+    pub fn open_with(
+        open: impl Fn() -> Result<Database, redb::DatabaseError> + Send + 'static,
+    ) -> Result<Self, StorageError> {
+        let mut storage = Self {
+            db: None,
+            open: Box::new(open),
+        };
+        storage.reopen()?;
+        Ok(storage)
+    }
+
+    /// Closes the database (if open) and opens it again, creating the tables.
+    fn reopen(&mut self) -> Result<(), StorageError> {
+        // Dropping closes the file; after a latched I/O error redb leaves it
+        // for the next open to recover.
+        self.db = None;
+        let db = (self.open)().map_err(engine)?;
         let txn = db.begin_write().map_err(engine)?;
         {
             txn.open_table(SESSIONS).map_err(engine)?;
@@ -69,7 +97,14 @@ impl RedbStorage {
             txn.open_table(META).map_err(engine)?;
         }
         txn.commit().map_err(engine)?;
-        Ok(Self { db })
+        self.db = Some(db);
+        Ok(())
+    }
+
+    fn db(&self) -> Result<&Database, StorageError> {
+        self.db
+            .as_ref()
+            .ok_or(StorageError::Engine(redb::Error::DatabaseClosed))
     }
 }
 
@@ -101,7 +136,7 @@ fn parse_id(s: &str) -> Result<SessionId, StorageError> {
 impl RedbStorage {
     /// [`Storage::load`] with `threads_for(sessions)` threads reading fields.
     fn load_with(&self, threads_for: impl Fn(usize) -> usize) -> Result<Loaded, StorageError> {
-        let txn = self.db.begin_read().map_err(engine)?;
+        let txn = self.db()?.begin_read().map_err(engine)?;
 
         let metas: Vec<(SessionId, SessionMeta)> = {
             let table = txn.open_table(SESSIONS).map_err(engine)?;
@@ -136,9 +171,8 @@ impl RedbStorage {
                 handles
                     .into_iter()
                     .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(StorageError::Engine("a loader thread panicked".into()))
-                        })
+                        h.join()
+                            .unwrap_or_else(|_| Err(StorageError::LoaderPanicked))
                     })
                     .collect()
             });
@@ -249,7 +283,7 @@ impl Storage for RedbStorage {
         version_floor: u64,
         sync: bool,
     ) -> Result<(), StorageError> {
-        let mut txn = self.db.begin_write().map_err(engine)?;
+        let mut txn = self.db()?.begin_write().map_err(engine)?;
         txn.set_durability(if sync {
             Durability::Immediate
         } else {
@@ -306,12 +340,16 @@ impl Storage for RedbStorage {
     }
 
     fn set_fence_epoch(&mut self, epoch: u64) -> Result<(), StorageError> {
-        let txn = self.db.begin_write().map_err(engine)?;
+        let txn = self.db()?.begin_write().map_err(engine)?;
         {
             let mut meta = txn.open_table(META).map_err(engine)?;
             meta.insert("fence_epoch", epoch).map_err(engine)?;
         }
         txn.commit().map_err(engine)
+    }
+
+    fn recover(&mut self) -> Result<(), StorageError> {
+        self.reopen()
     }
 }
 
