@@ -683,9 +683,8 @@ impl Writer {
                 }
                 continue;
             }
-            let sync_due = self.shutting_down
-                || self.last_sync.elapsed() >= self.options.sync_every
-                || self.unsynced_bytes >= RETAIN_SYNC_BYTES;
+            let sync_due =
+                self.shutting_down || self.last_sync.elapsed() >= self.options.sync_every;
             self.write(sync_due);
             if self.shutting_down {
                 if self.retry.is_some() {
@@ -725,6 +724,8 @@ impl Writer {
     /// the last one when `sync_due`. A failure starts the retries.
     fn write(&mut self, sync_due: bool) {
         loop {
+            // Past the limit of what may wait for a sync: sync now.
+            let sync_due = sync_due || self.unsynced_bytes >= RETAIN_SYNC_BYTES;
             let all_applied = self.applied_n == self.queue.len();
             if all_applied && !(sync_due && self.applied_n > 0) {
                 return;
@@ -1116,6 +1117,203 @@ mod tests {
             assert!(p.waiter(seq).is_none(), "batch {i} had to wait");
         }
         p.shutdown();
+    }
+
+    /// Storage that loses what was not synced when it fails, as redb may
+    /// when it recovers its file, and fails on command.
+    #[derive(Clone, Default)]
+    struct LossyStorage {
+        durable: MemoryStorage,
+        inner: std::sync::Arc<parking_lot::Mutex<Lossy>>,
+    }
+
+    #[derive(Default)]
+    struct Lossy {
+        unsynced: Vec<(Vec<Mutation>, u64)>,
+        failing: bool,
+        applies: u64,
+        recovers: u64,
+    }
+
+    impl LossyStorage {
+        fn fail(&self, on: bool) {
+            self.inner.lock().failing = on;
+        }
+    }
+
+    fn enospc() -> crate::storage::StorageError {
+        std::io::Error::from_raw_os_error(28).into()
+    }
+
+    impl Storage for LossyStorage {
+        fn load(&mut self) -> Result<crate::storage::Loaded, crate::storage::StorageError> {
+            self.durable.load()
+        }
+        fn apply(
+            &mut self,
+            batch: &[Mutation],
+            floor: u64,
+            sync: bool,
+        ) -> Result<(), crate::storage::StorageError> {
+            let mut inner = self.inner.lock();
+            inner.applies += 1;
+            if inner.failing {
+                return Err(enospc());
+            }
+            inner.unsynced.push((batch.to_vec(), floor));
+            if sync {
+                for (b, f) in inner.unsynced.drain(..) {
+                    self.durable.apply(&b, f, true)?;
+                }
+            }
+            Ok(())
+        }
+        fn set_fence_epoch(&mut self, epoch: u64) -> Result<(), crate::storage::StorageError> {
+            self.durable.set_fence_epoch(epoch)
+        }
+        fn recover(&mut self) -> Result<(), crate::storage::StorageError> {
+            let mut inner = self.inner.lock();
+            inner.recovers += 1;
+            // What was not synced is gone.
+            inner.unsynced.clear();
+            if inner.failing {
+                return Err(enospc());
+            }
+            Ok(())
+        }
+    }
+
+    fn fast_retries(policy: Durability) -> WriterOptions {
+        WriterOptions {
+            retry_min: Duration::from_millis(5),
+            retry_max: Duration::from_millis(20),
+            sync_every: match policy {
+                Durability::Always => Duration::ZERO,
+                _ => Duration::from_millis(30),
+            },
+            ..WriterOptions::for_policy(policy)
+        }
+    }
+
+    /// Waits (bounded) until `cond` holds.
+    async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+        for _ in 0..1_000 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn a_failure_refuses_writes_keeps_everything_queued_and_recovers_in_order() {
+        for policy in [Durability::Always, Durability::Everysec, Durability::No] {
+            let storage = LossyStorage::default();
+            let mut p = Persistence::start_with_options(
+                Box::new(storage.clone()),
+                policy,
+                fast_retries(policy),
+            );
+            // Acknowledged before the failure (under everysec and no: applied
+            // but maybe not synced).
+            for i in 1..=20 {
+                let seq = p.submit(put(i), i);
+                if policy == Durability::Always {
+                    p.waiter(seq).unwrap().wait().await.unwrap();
+                }
+            }
+            assert!(p.write_refusal().is_none());
+            storage.fail(true);
+            let seq = p.submit(put(21), 21);
+            eventually("the fault", || p.write_refusal().is_some()).await;
+            let fault = p.write_refusal().unwrap();
+            assert_eq!(fault.kind, FaultKind::DiskFull, "{policy:?}");
+            assert!(fault.cause.contains("os error 28"), "{}", fault.cause);
+            assert!(p.progress().failed);
+            if policy == Durability::Always {
+                // The reply to the write that hit the failure says so.
+                assert!(p.waiter(seq).unwrap().wait().await.is_err());
+            }
+            // Changes that still arrive (expiry, access times) are queued.
+            p.submit(put(22), 22);
+            let failures = p.health().failures();
+            eventually("retries", || p.health().failures() > failures + 2).await;
+            assert!(p.write_refusal().is_some());
+            assert!(stored_fields(&storage.durable) < 22);
+
+            storage.fail(false);
+            eventually("the recovery", || p.write_refusal().is_none()).await;
+            assert!(!p.progress().failed);
+            assert_eq!(p.health().recoveries(), 1);
+            // Everything, also what was applied but not synced before the
+            // failure (lost by the storage's recovery), is durable now.
+            assert_eq!(stored_fields(&storage.durable), 22, "{policy:?}");
+            assert_eq!(p.progress().durable, 22);
+            assert_eq!(p.health().queued(), (0, 0));
+            // And writes go on.
+            let seq = p.submit(put(23), 23);
+            if policy == Durability::Always {
+                p.waiter(seq).unwrap().wait().await.unwrap();
+            }
+            let report = p.shutdown();
+            assert!(report.flushed(), "{report}");
+            assert_eq!(stored_fields(&storage.durable), 23);
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_while_storage_fails_reports_what_was_not_written() {
+        let storage = LossyStorage::default();
+        let policy = Durability::Everysec;
+        let mut p = Persistence::start_with_options(
+            Box::new(storage.clone()),
+            policy,
+            fast_retries(policy),
+        );
+        for i in 1..=5 {
+            p.submit(put(i), i);
+        }
+        storage.fail(true);
+        for i in 6..=8 {
+            p.submit(put(i), i);
+        }
+        let report = p.shutdown();
+        assert!(!report.flushed());
+        assert_eq!(report.unflushed_batches, 8, "{report}");
+        assert_eq!(report.unflushed_mutations, 16);
+        assert_eq!(report.fault.as_ref().unwrap().kind, FaultKind::DiskFull);
+        assert!(report.to_string().contains("NOT flushed"), "{report}");
+        assert!(report.clone().into_result().is_err());
+        // Shutdown tried more than once.
+        assert!(storage.inner.lock().recovers >= u64::from(SHUTDOWN_ATTEMPTS));
+        assert_eq!(stored_fields(&storage.durable), 0);
+    }
+
+    #[tokio::test]
+    async fn the_queue_held_for_retries_is_bounded_by_early_syncs() {
+        // Under `no` (a sync every 30 s) a big burst is synced early once
+        // the unsynced bytes pass the limit.
+        let storage = LossyStorage::default();
+        let mut p = Persistence::start(Box::new(storage.clone()), Durability::No);
+        let big = Bytes::from(vec![b'x'; 1 << 20]);
+        let id = SessionId::parse(b"big").unwrap();
+        for i in 0..(RETAIN_SYNC_BYTES >> 20) as u64 + 8 {
+            p.submit(
+                vec![Mutation::PutField {
+                    id: id.clone(),
+                    key: Bytes::from(format!("k{i}")),
+                    field: Field {
+                        value: big.clone(),
+                        version: i + 1,
+                    },
+                }],
+                i + 1,
+            );
+        }
+        eventually("an early sync", || p.progress().syncs >= 1).await;
+        assert!(p.health().queued().0 < (RETAIN_SYNC_BYTES >> 20) as u64);
+        assert!(p.shutdown().flushed());
     }
 
     #[tokio::test]
