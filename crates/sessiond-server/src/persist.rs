@@ -84,6 +84,11 @@ pub const SHUTDOWN_ATTEMPTS: u32 = 4;
 pub const RETAIN_SYNC_BYTES: usize = 64 << 20;
 /// At most this many mutations go into one storage transaction.
 const MAX_TRANSACTION_MUTATIONS: usize = 50_000;
+/// While recovering from a failure, the queue is written in synced
+/// transactions of about this many bytes: each that gets through is
+/// durable and leaves the queue, so a disk with a little space left drains
+/// part of the queue, and a transaction needs little free space to commit.
+pub const RECOVERY_TRANSACTION_BYTES: usize = 1 << 20;
 
 // How often the submit side notes (seq, time) to measure the writer's lag.
 const LAG_MARK_EVERY: Duration = Duration::from_millis(50);
@@ -730,7 +735,7 @@ impl Writer {
             if all_applied && !(sync_due && self.applied_n > 0) {
                 return;
             }
-            let end = self.chunk_end(self.applied_n);
+            let end = self.chunk_end(self.applied_n, usize::MAX);
             let sync = self.policy == Durability::Always || (sync_due && end == self.queue.len());
             if let Err(e) = self.apply_range(self.applied_n, end, sync) {
                 self.fail(&e);
@@ -743,14 +748,18 @@ impl Writer {
         }
     }
 
-    /// The end of the transaction starting at queue index `start`.
-    fn chunk_end(&self, start: usize) -> usize {
+    /// The end of the transaction starting at queue index `start`: at
+    /// least one batch, at most [`MAX_TRANSACTION_MUTATIONS`] mutations and
+    /// about `max_bytes`.
+    fn chunk_end(&self, start: usize, max_bytes: usize) -> usize {
         let mut end = start;
-        let mut count = 0;
+        let (mut count, mut bytes) = (0, 0);
         while end < self.queue.len() {
-            count += self.queue[end].mutations.len();
+            let q = &self.queue[end];
+            count += q.mutations.len();
+            bytes += q.mutations.iter().map(mutation_bytes).sum::<usize>();
             end += 1;
-            if count >= MAX_TRANSACTION_MUTATIONS {
+            if count >= MAX_TRANSACTION_MUTATIONS || bytes >= max_bytes {
                 break;
             }
         }
@@ -874,7 +883,7 @@ impl Writer {
         // Each transaction synced, so what got through is durable even if
         // a later one fails.
         while !self.queue.is_empty() {
-            let end = self.chunk_end(0);
+            let end = self.chunk_end(0, RECOVERY_TRANSACTION_BYTES);
             if let Err(e) = self.apply_range(0, end, true) {
                 self.fail(&e);
                 return;
