@@ -62,6 +62,9 @@ impl RedbStorage {
     /// # Errors
     /// As [`RedbStorage::open`].
     pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StorageError> {
+        if !path.exists() {
+            create_atomically(path, cache_bytes)?;
+        }
         let path = path.to_owned();
         Self::open_with(move || Builder::new().set_cache_size(cache_bytes).create(&path))
     }
@@ -89,14 +92,7 @@ impl RedbStorage {
         // for the next open to recover.
         self.db = None;
         let db = (self.open)().map_err(engine)?;
-        let txn = db.begin_write().map_err(engine)?;
-        {
-            txn.open_table(SESSIONS).map_err(engine)?;
-            txn.open_table(FIELDS).map_err(engine)?;
-            txn.open_table(ALIASES).map_err(engine)?;
-            txn.open_table(META).map_err(engine)?;
-        }
-        txn.commit().map_err(engine)?;
+        create_tables(&db)?;
         self.db = Some(db);
         Ok(())
     }
@@ -106,6 +102,43 @@ impl RedbStorage {
             .as_ref()
             .ok_or(StorageError::Engine(redb::Error::DatabaseClosed))
     }
+}
+
+/// Creates a new database file at `path` with its tables: under a temporary
+/// name first, renamed into place once synced. A power loss while a new
+/// file is created can leave a file without a complete header, which redb
+/// then refuses to open ("not a redb database"); this way it leaves no
+/// file, or a complete one. (Found by the power-loss tests.)
+fn create_atomically(path: &Path, cache_bytes: usize) -> Result<(), StorageError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".creating");
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let db = Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(&tmp)
+            .map_err(engine)?;
+        create_tables(&db)?;
+        db.close().map_err(engine)?;
+    }
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn create_tables(db: &Database) -> Result<(), StorageError> {
+    let txn = db.begin_write().map_err(engine)?;
+    {
+        txn.open_table(SESSIONS).map_err(engine)?;
+        txn.open_table(FIELDS).map_err(engine)?;
+        txn.open_table(ALIASES).map_err(engine)?;
+        txn.open_table(META).map_err(engine)?;
+    }
+    txn.commit().map_err(engine)
 }
 
 fn to_row(m: &SessionMeta) -> MetaRow {
