@@ -33,5 +33,8 @@ pub mod state;
 pub mod storage;
 pub mod write_gate;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use config::Config;
 pub use server::Server;
