@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 struct Running {
     addr: std::net::SocketAddr,
+    shared: Arc<sessiond_server::state::Shared>,
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<FlushReport>,
 }
@@ -30,10 +31,12 @@ async fn start(config: Config, storage: RedbStorage) -> Running {
         .await
         .expect("bind");
     let addr = server.local_addr().unwrap();
+    let shared = server.shared();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(server.run_reporting(shutdown.clone()));
     Running {
         addr,
+        shared,
         shutdown,
         handle,
     }
@@ -160,6 +163,16 @@ async fn disk_full_refuses_writes_then_resumes(durability: Durability) {
             .unwrap()
             >= 5
     );
+    // And the metrics.
+    let metrics = sessiond_server::metrics::render(&server.shared);
+    assert!(
+        metrics.contains("\nsessiond_storage_failing 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nsessiond_storage_failing_since_seconds "),
+        "{metrics}"
+    );
 
     // Space comes back: without a restart, writes are accepted again.
     switch.set_failing(false);
@@ -181,6 +194,15 @@ async fn disk_full_refuses_writes_then_resumes(durability: Durability) {
     acked.insert(first.clone(), "after".into());
     assert_eq!(info_field(&mut c, "storage_failed").await, "0");
     assert_eq!(info_field(&mut c, "storage_recoveries").await, "1");
+    let metrics = sessiond_server::metrics::render(&server.shared);
+    assert!(
+        metrics.contains("\nsessiond_storage_failing 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nsessiond_storage_recoveries 1\n"),
+        "{metrics}"
+    );
     for i in 0..5 {
         let id = format!("after{i}");
         c.commit(&id, &Commit::new().create().set("v", "x"))
