@@ -37,6 +37,7 @@ cargo afl build --release --quiet
 export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
 export AFL_NO_UI=1 AFL_QUIET=1 AFL_NO_AFFINITY=1
 
+mkdir -p out
 found=0
 for t in "${targets[@]}"; do
   rm -rf "out/$t"

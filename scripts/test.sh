@@ -2,9 +2,10 @@
 # The whole test suite, on a fresh Debian machine with the Rust toolchain:
 # installs what the tests need (redis-cli; redis-server and memcached for
 # the benchmark tool's test and the race lab; PHP, php-fpm and nginx for the
-# PHP client's tests and the race lab), checks formatting and lints, then
-# runs every test, and a short race lab run as sessiond's end-to-end
-# acceptance test.
+# PHP client's tests and the race lab; cargo-afl for fuzzing), checks
+# formatting and lints, then runs every test (the power-loss crash test and
+# the disk-full tests among them), short fuzzing and soak runs, and a short
+# race lab run as sessiond's end-to-end acceptance test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,15 @@ bash scripts/racelab-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+
+# Fuzzing, short: the request parser and command parsing under AFL++
+# (cargo-afl, stable toolchain; installed on first use), 25 s per target.
+# Fails on any crash or hang found, which it copies to fuzz/regressions/.
+bash scripts/fuzz.sh --seconds 25
+
+# Soak, short: a mixed session load against the debug binary for 45 s.
+# Fails on any error, any lost update, or resident memory that keeps growing.
+bash scripts/soak.sh --seconds 45
 
 # The PHP session handler against the target/debug/sessiond that
 # `cargo test` just built (it builds one only if missing or stale).

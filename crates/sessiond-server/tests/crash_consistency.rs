@@ -43,7 +43,7 @@ fn sid(n: u64) -> SessionId {
 fn batch(g: u64) -> (u64, Option<u64>, Vec<Mutation>) {
     let n = g % SESSIONS;
     let id = sid(n);
-    if g % 7 == 0 {
+    if g.is_multiple_of(7) {
         let m = vec![Mutation::DelSession {
             id,
             keys: vec![Bytes::from_static(b"v")],
