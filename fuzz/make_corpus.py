@@ -21,7 +21,7 @@ COMMANDS = [
     ["SESSION.REGENERATE", SID, "GRACE", "30", "TO", "fedcba9876543210fedcba9876543210"],
     ["LOCK.ACQUIRE", SID, "KEY", "cart", "WAIT", "100", "LEASE", "1000", "REQID", "r1", "CREATE"],
     ["LOCK.ONCE", SID, "job", "WAIT", "0"], ["LOCK.RELEASE", SID, "KEY", "cart", "12"],
-    ["LOCK.RENEW", SID, "5", "1000"], ["LOCK.INFO"], ["LOCK.INFO", SID], ["LOCK.BREAK", SID, "KEY", "k"],
+    ["LOCK.RENEW", SID, "5", "1000"], ["LOCK.RENEW", SID, "5", "LEASE", "1000"], ["LOCK.INFO"], ["LOCK.INFO", SID], ["LOCK.BREAK", SID, "KEY", "k"],
     ["session.read", SID], ["NOSUCH", "x"], ["SESSION.READ"], ["SESSION.NEW", "TTL", "-1"],
     ["SESSION.NEW", "TTL", "99999999999999999999999"],
 ]

@@ -56,3 +56,55 @@ pub fn refuse(shared: &Shared, cmd: &Command) -> Option<Reply> {
     shared.storage_health().count_refused_write();
     Some(fault.reply())
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::is_write;
+    use crate::cmd::Command;
+
+    fn write(line: &str) -> bool {
+        let argv = line
+            .split_whitespace()
+            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+            .collect();
+        is_write(&Command::parse(argv).unwrap_or_else(|e| panic!("{line}: {e}")))
+    }
+
+    #[test]
+    fn writes_are_what_may_change_stored_sessions() {
+        let id = "0123456789abcdef0123456789abcdef";
+        for line in [
+            "SESSION.NEW".to_owned(),
+            format!("SESSION.COMMIT {id} SET k v"),
+            format!("SESSION.DESTROY {id}"),
+            format!("SESSION.TOUCH {id}"),
+            format!("SESSION.INCR {id} k 1"),
+            format!("SESSION.CAS {id} k a b"),
+            format!("SESSION.REGENERATE {id}"),
+            format!("SESSION.READ {id} CREATE"),
+            format!("SESSION.READ {id} TTL 10"),
+            format!("LOCK.ACQUIRE {id} CREATE"),
+            format!("LOCK.ONCE {id} job CREATE"),
+        ] {
+            assert!(write(&line), "{line} is a write");
+        }
+        for line in [
+            format!("SESSION.READ {id}"),
+            format!("SESSION.READ {id} KEYS a"),
+            format!("SESSION.EXISTS {id}"),
+            format!("SESSION.TTL {id}"),
+            format!("LOCK.ACQUIRE {id}"),
+            format!("LOCK.ONCE {id} job"),
+            format!("LOCK.RELEASE {id} 1"),
+            format!("LOCK.RENEW {id} 1 LEASE 1000"),
+            format!("LOCK.BREAK {id}"),
+            "LOCK.INFO".to_owned(),
+            "INFO persistence".to_owned(),
+            "PING".to_owned(),
+        ] {
+            assert!(!write(&line), "{line} is no write");
+        }
+    }
+}
