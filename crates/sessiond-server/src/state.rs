@@ -68,11 +68,14 @@ pub struct Shared {
     pub started: Instant,
     /// Wakes the timekeeper when a deadline earlier than its sleep appears.
     pub timer: Notify,
+    // The writer's storage state, readable without the state lock.
+    storage_health: Arc<crate::persist::StorageHealth>,
 }
 
 impl Shared {
     /// Wraps the loaded state.
     pub fn new(config: Config, clock: Arc<dyn Clock>, state: State, persist: Persistence) -> Self {
+        let storage_health = persist.health();
         Self {
             config,
             clock,
@@ -82,6 +85,7 @@ impl Shared {
             metrics: Metrics::default(),
             started: Instant::now(),
             timer: Notify::new(),
+            storage_health,
         }
     }
 
@@ -175,11 +179,11 @@ impl Shared {
     /// Why write commands must be refused now (storage is failing), if
     /// they must. See [`crate::write_gate`].
     pub fn write_refusal(&self) -> Option<crate::persist::StorageFault> {
-        self.guarded.lock().persist.write_refusal()
+        self.storage_health.fault()
     }
 
     /// The storage state (fault, counters) for INFO and metrics.
     pub fn storage_health(&self) -> Arc<crate::persist::StorageHealth> {
-        self.guarded.lock().persist.health()
+        self.storage_health.clone()
     }
 }
