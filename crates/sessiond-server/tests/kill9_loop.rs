@@ -55,7 +55,8 @@ async fn acknowledged_writes_survive_repeated_kill_9_mid_load_under_always() {
         let p = ServerProcess::start(dir.path(), &["--durability", "always"]);
         let mut c = Client::connect(p.addr).await.unwrap();
         // Everything acknowledged in earlier rounds is there.
-        for (id, n) in acked.lock().clone() {
+        let snapshot = acked.lock().clone();
+        for (id, n) in snapshot {
             let s = c.read(&id, &Default::default()).await.unwrap();
             let got: u64 = s
                 .unwrap_or_else(|| panic!("round {round}: {id} lost"))
