@@ -31,6 +31,12 @@ fi
 cargo afl config --build >/dev/null 2>&1 || true
 
 cd fuzz
+# cargo-afl builds with -C codegen-units=1, so the first build (sessiond-server
+# and its dependencies, instrumented) is slow: here, on 2 shared cores, about
+# 8 minutes at opt-level 1 and 18 at 3. Short runs build at 1, real campaigns
+# at 3; AFL_OPT_LEVEL overrides.
+if [ "$seconds" -le 60 ]; then default_opt=1; else default_opt=3; fi
+export AFL_OPT_LEVEL="${AFL_OPT_LEVEL:-$default_opt}"
 cargo afl build --release --quiet
 
 # No core_pattern or CPU-governor tuning on shared CI machines.
