@@ -3,9 +3,11 @@
 # installs what the tests need (redis-cli; redis-server and memcached for
 # the benchmark tool's test and the race lab; PHP, php-fpm and nginx for the
 # PHP client's tests and the race lab; Debian's Symfony and Laravel for the
-# framework tests and the race lab's framework rows), checks formatting and lints, then
-# runs every test, and a short race lab run as sessiond's end-to-end
-# acceptance test.
+# framework tests and the race lab's framework rows; cargo-afl for fuzzing),
+# checks formatting and lints, then runs every test (the power-loss crash
+# test and the disk-full tests among them), short fuzzing and soak runs, the
+# package test, and a short race lab run as sessiond's end-to-end acceptance
+# test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +49,15 @@ cargo test --workspace
 # The Debian package: built from the debug binary, installed, started with
 # its shipped config, removed.
 bash scripts/package-test.sh --profile dev
+
+# Fuzzing, short: the request parser and command parsing under AFL++
+# (cargo-afl, stable toolchain; installed on first use), 25 s per target.
+# Fails on any crash or hang found, which it copies to fuzz/regressions/.
+bash scripts/fuzz.sh --seconds 25
+
+# Soak, short: a mixed session load against the debug binary for 45 s.
+# Fails on any error, any lost update, or resident memory that keeps growing.
+bash scripts/soak.sh --seconds 45
 
 # The PHP session handler against the target/debug/sessiond that
 # `cargo test` just built (it builds one only if missing or stale).

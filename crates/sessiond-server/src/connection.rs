@@ -217,6 +217,10 @@ async fn execute(
     if !conn.authed && !crate::cmd::conn_allowed_unauthenticated(cmd.name().as_bytes()) {
         return Some(Reply::error("NOAUTH", "Authentication required."));
     }
+    // Storage failing: write commands are refused before anything is applied.
+    if let Some(refusal) = crate::write_gate::refuse(shared, &cmd) {
+        return Some(refusal);
+    }
     let cmd = match cmd {
         Command::Conn(c) => return Some(c.execute(shared, conn)),
         Command::Engine(c) => c,

@@ -33,7 +33,16 @@ pub fn state_gauges(shared: &Shared) -> StateGauges {
     let (_, progress) = shared.persistence();
     gauges.storage_transactions = progress.transactions;
     gauges.storage_syncs = progress.syncs;
-    gauges.storage_failed = progress.failed;
+    let health = shared.storage_health();
+    let fault = health.fault();
+    gauges.storage_failed = progress.failed || fault.is_some();
+    gauges.storage_failing_since = fault
+        .as_ref()
+        .map_or(0, crate::persist::StorageFault::since_unix_secs);
+    gauges.storage_failures = health.failures();
+    gauges.storage_recoveries = health.recoveries();
+    gauges.storage_refused_writes = health.refused_writes();
+    (gauges.storage_queued_batches, gauges.storage_queued_changes) = health.queued();
     gauges.rss_bytes = crate::process::rss_bytes();
     gauges
 }

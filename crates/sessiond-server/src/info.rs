@@ -73,11 +73,12 @@ pub fn render(shared: &Shared, section: Option<&str>) -> String {
     );
     section_text(
         "Persistence",
-        format!(
-            "storage:{:?}\r\ndurability:{:?}\r\nstorage_transactions:{}\r\nstorage_syncs:{}\r\nstorage_failed:{}\r\n",
-            shared.config.storage, policy, progress.transactions, progress.syncs, u8::from(progress.failed)
-        )
-        .to_lowercase(),
+        crate::persist::info_text(
+            &format!("{:?}", shared.config.storage),
+            policy,
+            &progress,
+            &shared.storage_health(),
+        ),
     );
     section_text(
         "Stats",

@@ -15,14 +15,17 @@
 //! - [`server`]: listeners, the connection limit, the timekeeper (expiry and
 //!   lock leases), shutdown in order.
 //! - [`storage`]: the [`storage::Storage`] trait, redb and memory backends.
-//! - [`persist`]: the writer thread: group commit and durability policies.
+//! - [`persist`]: the writer thread: group commit, durability policies,
+//!   storage faults (refuse writes, retry, resume).
+//! - [`write_gate`]: which commands are writes, refused while storage fails.
+//! - [`cluster`]: replication through Raft (openraft).
 //! - [`config`], [`metrics`], [`http`] (metrics, health and readiness),
 //!   [`slowlog`], [`notify`] (systemd's sd_notify), [`backup`], [`info`],
 //!   [`ids`], [`process`].
 //!
 //! Modules point one way: `protocol`, `config`, `metrics`, `slowlog`,
 //! `notify`, `process`,
-//! `storage` → `persist` → `state` → `info`, `backup` → `cmd` → `connection` →
+//! `storage` → `persist` → `state` (`write_gate`, `cluster` after it) → `info`, `backup` → `cmd` → `connection` →
 //! `http`, `server` (checked by `../shared/tools/module-cycles`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -44,6 +47,10 @@ pub mod server;
 pub mod slowlog;
 pub mod state;
 pub mod storage;
+pub mod write_gate;
+
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use config::Config;
 pub use server::Server;

@@ -205,8 +205,39 @@ impl Metrics {
         );
         r.register(
             "storage_failed",
-            "1 when the writer failed and writes no longer reach the disk",
+            "1 while storage fails and write commands are refused (MISCONF)",
             ConstGauge::new(i64::from(g.storage_failed)),
+        );
+        let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+        r.register(
+            "storage_failing_since_seconds",
+            "Unix time of the first failure of the current storage fault (0 when none)",
+            gauge(g.storage_failing_since),
+        );
+        r.register(
+            "storage_failures",
+            "Failed storage writes, syncs and reopens",
+            ConstCounter::new(g.storage_failures),
+        );
+        r.register(
+            "storage_recoveries",
+            "Times storage came back after failing",
+            ConstCounter::new(g.storage_recoveries),
+        );
+        r.register(
+            "storage_refused_writes",
+            "Write commands refused because storage was failing",
+            ConstCounter::new(g.storage_refused_writes),
+        );
+        r.register(
+            "storage_queued_batches",
+            "Batches of changes not yet on disk",
+            gauge(g.storage_queued_batches),
+        );
+        r.register(
+            "storage_queued_changes",
+            "Changes not yet on disk",
+            gauge(g.storage_queued_changes),
         );
         r.register(
             "resident_memory_bytes",
@@ -239,8 +270,20 @@ pub struct StateGauges {
     pub storage_transactions: u64,
     /// Syncs to disk so far.
     pub storage_syncs: u64,
-    /// Whether the storage writer failed.
+    /// Whether storage is failing now (writes refused).
     pub storage_failed: bool,
+    /// Unix time the current storage fault began (0: none).
+    pub storage_failing_since: u64,
+    /// Failed storage writes, syncs and reopens so far.
+    pub storage_failures: u64,
+    /// Times storage came back after failing.
+    pub storage_recoveries: u64,
+    /// Write commands refused while storage failed.
+    pub storage_refused_writes: u64,
+    /// Batches of changes not yet on disk.
+    pub storage_queued_batches: u64,
+    /// Changes not yet on disk.
+    pub storage_queued_changes: u64,
     /// Resident memory in bytes.
     pub rss_bytes: u64,
 }

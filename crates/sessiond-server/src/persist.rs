@@ -6,23 +6,57 @@
 //! of them; every client waiting on any of those batches is then answered.
 //! Under `everysec` it applies without syncing and syncs at least once a
 //! second; under `no`, every 30 seconds. Shutdown applies what is queued and
-//! syncs before returning.
+//! syncs before returning, and reports whether it could.
 //!
 //! Backpressure: under `everysec` and `no` nothing waits for the disk, so a
 //! long write burst could queue more than the policy may lose. Once the
 //! oldest change not yet applied is older than [`MAX_LAG`], replies to
 //! writes wait until the writer has caught up to it.
+//!
+//! # Storage faults
+//!
+//! A failed storage write (ENOSPC, EIO, EDQUOT, a failed fsync) is never
+//! hidden and never drops anything that was acknowledged:
+//!
+//! - The writer keeps every batch until it is *durable* (synced), not only
+//!   until it is applied: after a failure only synced data is known to be
+//!   in the file (redb may roll unsynced commits back when it recovers the
+//!   file). The batch that failed and everything after it stay queued, in
+//!   order.
+//! - From the first failure on, [`Persistence::write_refusal`] returns the
+//!   [`StorageFault`]; the command path refuses write commands with
+//!   `-MISCONF …` before applying anything ([`crate::write_gate`]). Reads,
+//!   lock releases and everything that only touches memory keep working.
+//!   Clients waiting for the disk (`always`, backpressure) get an error.
+//! - The writer retries in the background with backoff ([`RETRY_MIN`] to
+//!   [`RETRY_MAX`]): it asks storage to [`Storage::recover`] (redb: close and
+//!   reopen the file, which redb requires after an I/O error), then applies
+//!   the whole queue again from the last durable point, in order, syncing.
+//!   [`sessiond_core::Mutation`]s are upserts and deletes, so a batch that
+//!   reached the file before the failure is harmless to apply again. Once
+//!   the queue is durable, writes are accepted again.
+//! - Shutdown tries a few more times and returns a [`FlushReport`] saying
+//!   what was and was not written; the binary exits non-zero when it could
+//!   not flush.
+//! - INFO (`# Persistence`), the metrics (`sessiond_storage_*`) and the log
+//!   show the state, the cause and since when.
+//!
+//! Under every policy the queue held back between syncs is bounded: once
+//! it holds more than [`RETAIN_SYNC_BYTES`] the writer syncs early.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use sessiond_core::Mutation;
 use tokio::sync::watch;
 
 use crate::config::Durability;
-use crate::storage::Storage;
+use crate::protocol::Reply;
+use crate::storage::{Storage, StorageError};
 
 /// A position in the stream of batches; waiting for it means waiting for
 /// every batch up to it.
@@ -37,6 +71,25 @@ enum Msg {
 /// replies to writes wait for it.
 pub const MAX_LAG: Duration = Duration::from_secs(1);
 
+/// The first retry after a storage failure comes this long after it.
+pub const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Retries back off (doubling) up to this interval.
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Attempts to flush at shutdown while storage fails, [`RETRY_MIN`] apart
+/// and doubling.
+pub const SHUTDOWN_ATTEMPTS: u32 = 4;
+/// When the batches applied but not yet synced hold more than this many
+/// bytes of keys and values, the writer syncs early (they are kept in
+/// memory until synced, to be re-applied after a failure).
+pub const RETAIN_SYNC_BYTES: usize = 64 << 20;
+/// At most this many mutations go into one storage transaction.
+const MAX_TRANSACTION_MUTATIONS: usize = 50_000;
+/// While recovering from a failure, the queue is written in synced
+/// transactions of about this many bytes: each that gets through is
+/// durable and leaves the queue, so a disk with a little space left drains
+/// part of the queue, and a transaction needs little free space to commit.
+pub const RECOVERY_TRANSACTION_BYTES: usize = 1 << 20;
+
 // How often the submit side notes (seq, time) to measure the writer's lag.
 const LAG_MARK_EVERY: Duration = Duration::from_millis(50);
 
@@ -47,7 +100,8 @@ pub struct Progress {
     pub applied: Seq,
     /// Every batch up to this one is on disk.
     pub durable: Seq,
-    /// The writer failed; nothing after `durable` is known to be on disk.
+    /// Storage is failing now: writes are refused and the writer retries.
+    /// Nothing after `durable` is known to be on disk.
     pub failed: bool,
     /// Storage transactions applied.
     pub transactions: u64,
@@ -55,10 +109,253 @@ pub struct Progress {
     pub syncs: u64,
 }
 
-/// Why a wait for durability failed.
+/// Why a wait for the disk failed.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("storage failed; the change is applied in memory but may not be on disk")]
+#[error(
+    "storage is failing: the change is applied in memory and queued for the disk, but is not on disk yet (the server retries; see INFO persistence)"
+)]
 pub struct DurabilityError;
+
+/// What kind of failure storage reported, from the operating system's
+/// error underneath when there is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// ENOSPC.
+    DiskFull,
+    /// EDQUOT.
+    QuotaExceeded,
+    /// EIO and other I/O errors (a failed fsync among them).
+    Io,
+    /// Anything else the engine reported.
+    Engine,
+}
+
+impl FaultKind {
+    fn of(e: &StorageError) -> Self {
+        let Some(io) = e.io_error() else {
+            return FaultKind::Engine;
+        };
+        match (io.raw_os_error(), io.kind()) {
+            (Some(28), _) | (_, std::io::ErrorKind::StorageFull) => FaultKind::DiskFull,
+            (Some(122), _) | (_, std::io::ErrorKind::QuotaExceeded) => FaultKind::QuotaExceeded,
+            _ => FaultKind::Io,
+        }
+    }
+
+    /// A short name: `disk-full`, `quota-exceeded`, `io-error`, `engine-error`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::DiskFull => "disk-full",
+            FaultKind::QuotaExceeded => "quota-exceeded",
+            FaultKind::Io => "io-error",
+            FaultKind::Engine => "engine-error",
+        }
+    }
+}
+
+/// Storage is failing: what, since when, how often.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageFault {
+    /// What kind of failure.
+    pub kind: FaultKind,
+    /// The latest error, its source included.
+    pub cause: String,
+    /// When the first failure of this run of failures happened.
+    pub since: SystemTime,
+    /// Failed attempts since then, the first included.
+    pub failures: u64,
+}
+
+impl StorageFault {
+    /// `since` in seconds since the Unix epoch.
+    pub fn since_unix_secs(&self) -> u64 {
+        self.since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    /// The text of the refusal.
+    pub fn message(&self) -> String {
+        let ago = self.since.elapsed().map_or(0, |d| d.as_secs());
+        format!(
+            "storage is failing ({}: {}) since unix time {} ({ago} s ago); write commands are refused until the server can persist again (it retries by itself); reads work",
+            self.kind.name(),
+            self.cause,
+            self.since_unix_secs(),
+        )
+    }
+
+    /// The `-MISCONF` error reply refusing a write.
+    pub fn reply(&self) -> Reply {
+        Reply::error("MISCONF", self.message())
+    }
+}
+
+/// The storage state the writer shares with the server, readable without
+/// the state lock.
+#[derive(Debug, Default)]
+pub struct StorageHealth {
+    failing: AtomicBool,
+    fault: parking_lot::Mutex<Option<StorageFault>>,
+    failures: AtomicU64,
+    recoveries: AtomicU64,
+    refused_writes: AtomicU64,
+    queued_batches: AtomicU64,
+    queued_mutations: AtomicU64,
+}
+
+impl StorageHealth {
+    /// The fault, while storage is failing.
+    pub fn fault(&self) -> Option<StorageFault> {
+        if !self.failing.load(Ordering::Acquire) {
+            return None;
+        }
+        self.fault.lock().clone()
+    }
+
+    /// Failed storage attempts (writes, syncs, reopens) since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Times storage came back after failing.
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries.load(Ordering::Relaxed)
+    }
+
+    /// Write commands refused because storage was failing.
+    pub fn refused_writes(&self) -> u64 {
+        self.refused_writes.load(Ordering::Relaxed)
+    }
+
+    /// Counts one refused write command.
+    pub fn count_refused_write(&self) {
+        self.refused_writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Batches (and their mutations) held by the writer and not yet on disk.
+    pub fn queued(&self) -> (u64, u64) {
+        (
+            self.queued_batches.load(Ordering::Relaxed),
+            self.queued_mutations.load(Ordering::Relaxed),
+        )
+    }
+
+    fn set_fault(&self, fault: StorageFault) {
+        *self.fault.lock() = Some(fault);
+        self.failing.store(true, Ordering::Release);
+    }
+
+    fn clear_fault(&self) {
+        self.failing.store(false, Ordering::Release);
+        *self.fault.lock() = None;
+    }
+}
+
+/// What shutdown could and could not write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Every batch up to this one is on disk.
+    pub durable: Seq,
+    /// Batches left in memory only: lost with this process.
+    pub unflushed_batches: usize,
+    /// Mutations in them.
+    pub unflushed_mutations: usize,
+    /// Why, when storage was failing.
+    pub fault: Option<StorageFault>,
+}
+
+impl FlushReport {
+    /// Everything submitted is on disk.
+    pub fn flushed(&self) -> bool {
+        self.unflushed_batches == 0 && self.fault.is_none()
+    }
+
+    /// `Ok` when flushed, else the error to exit with.
+    ///
+    /// # Errors
+    /// [`NotFlushed`] when something was not written.
+    pub fn into_result(self) -> Result<(), NotFlushed> {
+        if self.flushed() {
+            Ok(())
+        } else {
+            Err(NotFlushed(self))
+        }
+    }
+}
+
+impl std::fmt::Display for FlushReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.flushed() {
+            return write!(
+                f,
+                "storage flushed (every change up to batch {} is on disk)",
+                self.durable
+            );
+        }
+        write!(
+            f,
+            "storage NOT flushed: {} batches ({} changes) after batch {} are not on disk and are lost",
+            self.unflushed_batches, self.unflushed_mutations, self.durable
+        )?;
+        if let Some(fault) = &self.fault {
+            write!(
+                f,
+                "; storage failing since unix time {} ({}: {})",
+                fault.since_unix_secs(),
+                fault.kind.name(),
+                fault.cause
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Shutdown could not write everything to storage.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct NotFlushed(pub FlushReport);
+
+/// Writer settings; [`WriterOptions::for_policy`] gives the production ones.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterOptions {
+    /// See [`MAX_LAG`].
+    pub max_lag: Duration,
+    /// Sync at least this often when applied changes are not synced
+    /// (`always` syncs every transaction whatever this says).
+    pub sync_every: Duration,
+    /// How long changes gather before they are applied when no reply waits.
+    pub gather: Duration,
+    /// First retry delay after a failure.
+    pub retry_min: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+}
+
+impl WriterOptions {
+    /// The settings for `policy`.
+    pub fn for_policy(policy: Durability) -> Self {
+        Self {
+            max_lag: MAX_LAG,
+            sync_every: match policy {
+                Durability::Always => Duration::ZERO,
+                Durability::Everysec => Duration::from_secs(1),
+                Durability::No => Duration::from_secs(30),
+            },
+            // When no reply waits for the disk, changes gather this long
+            // before they are applied: one storage transaction then carries
+            // the changes of many requests instead of each paying for its
+            // own B-tree copy on write. Well inside the one second
+            // `everysec` may lose anyway.
+            gather: match policy {
+                Durability::Always => Duration::ZERO,
+                Durability::Everysec | Durability::No => Duration::from_millis(50),
+            },
+            retry_min: RETRY_MIN,
+            retry_max: RETRY_MAX,
+        }
+    }
+}
 
 /// The handle the server uses to send changes and wait for them.
 pub struct Persistence {
@@ -67,11 +364,13 @@ pub struct Persistence {
     next_seq: Seq,
     progress: watch::Receiver<Progress>,
     policy: Durability,
-    writer: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<FlushReport>>,
+    health: Arc<StorageHealth>,
     // Submitted batches not yet known to be applied, one mark per
     // LAG_MARK_EVERY: (last seq submitted, when). Oldest first.
     lag_marks: VecDeque<(Seq, Instant)>,
     max_lag: Duration,
+    report: Option<FlushReport>,
 }
 
 /// What a reply waits for before it is sent.
@@ -87,7 +386,7 @@ impl DiskWait {
     /// Waits until the writer got there.
     ///
     /// # Errors
-    /// [`DurabilityError`] when the writer failed before getting there.
+    /// [`DurabilityError`] when storage is failing before it got there.
     pub async fn wait(mut self) -> Result<(), DurabilityError> {
         let (seq, durable) = (self.seq, self.durable);
         let reached = |p: &Progress| {
@@ -113,7 +412,7 @@ impl DiskWait {
 impl Persistence {
     /// Starts the writer thread over `storage`.
     pub fn start(storage: Box<dyn Storage>, policy: Durability) -> Self {
-        Self::start_with_max_lag(storage, policy, MAX_LAG)
+        Self::start_with_options(storage, policy, WriterOptions::for_policy(policy))
     }
 
     /// [`Self::start`] with another lag limit (tests).
@@ -122,11 +421,28 @@ impl Persistence {
         policy: Durability,
         max_lag: Duration,
     ) -> Self {
+        let options = WriterOptions {
+            max_lag,
+            ..WriterOptions::for_policy(policy)
+        };
+        Self::start_with_options(storage, policy, options)
+    }
+
+    /// [`Self::start`] with other writer settings (tests).
+    pub fn start_with_options(
+        storage: Box<dyn Storage>,
+        policy: Durability,
+        options: WriterOptions,
+    ) -> Self {
         let (tx, rx) = mpsc::channel();
         let (progress_tx, progress) = watch::channel(Progress::default());
+        let health = Arc::new(StorageHealth::default());
+        let writer_health = health.clone();
         let writer = std::thread::Builder::new()
             .name("sessiond-writer".into())
-            .spawn(move || writer_loop(storage, rx, progress_tx, policy))
+            .spawn(move || {
+                Writer::new(storage, rx, progress_tx, writer_health, policy, options).run()
+            })
             .ok();
         Self {
             tx,
@@ -134,8 +450,10 @@ impl Persistence {
             progress,
             policy,
             writer,
+            health,
             lag_marks: VecDeque::new(),
-            max_lag,
+            max_lag: options.max_lag,
+            report: None,
         }
     }
 
@@ -209,106 +527,437 @@ impl Persistence {
         self.policy
     }
 
-    /// Applies everything queued, syncs, and stops the writer. Called once
-    /// at shutdown, after the last change.
-    pub fn shutdown(&mut self) {
+    /// Why write commands must be refused now: storage is failing. `None`
+    /// while it works.
+    pub fn write_refusal(&self) -> Option<StorageFault> {
+        self.health.fault()
+    }
+
+    /// The storage state shared with the writer.
+    pub fn health(&self) -> Arc<StorageHealth> {
+        self.health.clone()
+    }
+
+    /// Applies everything queued, syncs, and stops the writer; retries a
+    /// few times while storage fails. Called once at shutdown, after the
+    /// last change; later calls return the same report.
+    pub fn shutdown(&mut self) -> FlushReport {
+        if let Some(report) = &self.report {
+            return report.clone();
+        }
         let _ = self.tx.send(Msg::Shutdown);
-        if let Some(writer) = self.writer.take()
-            && writer.join().is_err()
-        {
-            tracing::error!("storage writer panicked during shutdown");
+        let report = match self.writer.take().map(JoinHandle::join) {
+            Some(Ok(report)) => report,
+            _ => {
+                tracing::error!("storage writer panicked or never started");
+                let durable = self.progress.borrow().durable;
+                let unflushed = usize::try_from(self.next_seq - durable).unwrap_or(usize::MAX);
+                FlushReport {
+                    durable,
+                    unflushed_batches: unflushed,
+                    unflushed_mutations: 0,
+                    fault: Some(StorageFault {
+                        kind: FaultKind::Engine,
+                        cause: "the storage writer thread panicked".into(),
+                        since: SystemTime::now(),
+                        failures: 1,
+                    }),
+                }
+            }
+        };
+        self.report = Some(report.clone());
+        report
+    }
+}
+
+/// One submitted batch the writer holds until it is durable.
+struct Queued {
+    seq: Seq,
+    mutations: Vec<Mutation>,
+    floor: u64,
+}
+
+fn mutation_bytes(m: &Mutation) -> usize {
+    match m {
+        Mutation::PutField { key, field, .. } => 48 + key.len() + field.value.len(),
+        Mutation::DelField { key, .. } => 48 + key.len(),
+        Mutation::DelSession { keys, .. } => 48 + keys.iter().map(|k| k.len()).sum::<usize>(),
+        Mutation::PutMeta { .. } | Mutation::PutAlias { .. } | Mutation::DelAlias { .. } => 64,
+    }
+}
+
+/// A run of failures: when the next retry is due.
+struct Retry {
+    since: Instant,
+    next: Instant,
+    backoff: Duration,
+}
+
+struct Writer {
+    storage: Box<dyn Storage>,
+    rx: mpsc::Receiver<Msg>,
+    progress: watch::Sender<Progress>,
+    health: Arc<StorageHealth>,
+    policy: Durability,
+    options: WriterOptions,
+    // Submitted and not yet durable, in order; the first `applied_n` are
+    // applied to storage (not synced).
+    queue: VecDeque<Queued>,
+    applied_n: usize,
+    // Bytes of keys and values in the first `applied_n`.
+    unsynced_bytes: usize,
+    queued_mutations: usize,
+    last_apply: Instant,
+    last_sync: Instant,
+    shutting_down: bool,
+    retry: Option<Retry>,
+}
+
+impl Writer {
+    fn new(
+        storage: Box<dyn Storage>,
+        rx: mpsc::Receiver<Msg>,
+        progress: watch::Sender<Progress>,
+        health: Arc<StorageHealth>,
+        policy: Durability,
+        options: WriterOptions,
+    ) -> Self {
+        Self {
+            storage,
+            rx,
+            progress,
+            health,
+            policy,
+            options,
+            queue: VecDeque::new(),
+            applied_n: 0,
+            unsynced_bytes: 0,
+            queued_mutations: 0,
+            last_apply: Instant::now(),
+            last_sync: Instant::now(),
+            shutting_down: false,
+            retry: None,
+        }
+    }
+
+    fn run(mut self) -> FlushReport {
+        loop {
+            // Wait for work, the next periodic sync, or the next retry.
+            let wait = if let Some(retry) = &self.retry {
+                Some(retry.next.saturating_duration_since(Instant::now()))
+            } else if self.applied_n > 0 {
+                Some(
+                    self.options
+                        .sync_every
+                        .saturating_sub(self.last_sync.elapsed()),
+                )
+            } else {
+                None
+            };
+            let first = match wait {
+                Some(left) => match self.rx.recv_timeout(left) {
+                    Ok(m) => Some(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Some(Msg::Shutdown),
+                },
+                None => Some(self.rx.recv().unwrap_or(Msg::Shutdown)),
+            };
+            if first.is_some() && self.retry.is_none() && !self.shutting_down {
+                std::thread::sleep(
+                    self.options
+                        .gather
+                        .saturating_sub(self.last_apply.elapsed()),
+                );
+            }
+            if let Some(m) = first {
+                self.take(m);
+            }
+            while let Ok(m) = self.rx.try_recv() {
+                self.take(m);
+            }
+            if self.retry.is_some() {
+                if self.shutting_down {
+                    return self.shutdown_retries();
+                }
+                if self
+                    .retry
+                    .as_ref()
+                    .is_some_and(|r| Instant::now() >= r.next)
+                {
+                    self.recover();
+                }
+                continue;
+            }
+            let sync_due =
+                self.shutting_down || self.last_sync.elapsed() >= self.options.sync_every;
+            self.write(sync_due);
+            if self.shutting_down {
+                if self.retry.is_some() {
+                    return self.shutdown_retries();
+                }
+                return self.report();
+            }
+        }
+    }
+
+    fn take(&mut self, msg: Msg) {
+        match msg {
+            Msg::Batch(seq, mutations, floor) => {
+                self.queued_mutations += mutations.len();
+                self.queue.push_back(Queued {
+                    seq,
+                    mutations,
+                    floor,
+                });
+                self.publish_queue();
+            }
+            Msg::Shutdown => self.shutting_down = true,
+        }
+    }
+
+    fn publish_queue(&self) {
+        self.health
+            .queued_batches
+            .store(self.queue.len() as u64, Ordering::Relaxed);
+        self.health
+            .queued_mutations
+            .store(self.queued_mutations as u64, Ordering::Relaxed);
+    }
+
+    /// Applies what is not applied yet, in transactions of at most
+    /// [`MAX_TRANSACTION_MUTATIONS`]; under `always` each is synced, else
+    /// the last one when `sync_due`. A failure starts the retries.
+    fn write(&mut self, sync_due: bool) {
+        loop {
+            // Past the limit of what may wait for a sync: sync now.
+            let sync_due = sync_due || self.unsynced_bytes >= RETAIN_SYNC_BYTES;
+            let all_applied = self.applied_n == self.queue.len();
+            if all_applied && !(sync_due && self.applied_n > 0) {
+                return;
+            }
+            let end = self.chunk_end(self.applied_n, usize::MAX);
+            let sync = self.policy == Durability::Always || (sync_due && end == self.queue.len());
+            if let Err(e) = self.apply_range(self.applied_n, end, sync) {
+                self.fail(&e);
+                return;
+            }
+            if all_applied {
+                // That was the sync of what was already applied.
+                return;
+            }
+        }
+    }
+
+    /// The end of the transaction starting at queue index `start`: at
+    /// least one batch, at most [`MAX_TRANSACTION_MUTATIONS`] mutations and
+    /// about `max_bytes`.
+    fn chunk_end(&self, start: usize, max_bytes: usize) -> usize {
+        let mut end = start;
+        let (mut count, mut bytes) = (0, 0);
+        while end < self.queue.len() {
+            let q = &self.queue[end];
+            count += q.mutations.len();
+            bytes += q.mutations.iter().map(mutation_bytes).sum::<usize>();
+            end += 1;
+            if count >= MAX_TRANSACTION_MUTATIONS || bytes >= max_bytes {
+                break;
+            }
+        }
+        end
+    }
+
+    /// Applies `queue[start..end]` in one transaction (an empty range with
+    /// `sync` only syncs what is applied), then records the progress; a
+    /// sync makes everything applied durable and drops it from the queue.
+    fn apply_range(&mut self, start: usize, end: usize, sync: bool) -> Result<(), StorageError> {
+        let floor = self.queue.range(..end).map(|q| q.floor).max().unwrap_or(0);
+        self.last_apply = Instant::now();
+        let result = if end == start + 1 {
+            self.storage
+                .apply(&self.queue[start].mutations, floor, sync)
+        } else {
+            let batch: Vec<Mutation> = self
+                .queue
+                .range(start..end)
+                .flat_map(|q| q.mutations.iter().cloned())
+                .collect();
+            self.storage.apply(&batch, floor, sync)
+        };
+        result?;
+        let bytes: usize = self
+            .queue
+            .range(start..end)
+            .flat_map(|q| q.mutations.iter())
+            .map(mutation_bytes)
+            .sum();
+        self.unsynced_bytes += bytes;
+        self.applied_n = end;
+        let applied = self
+            .queue
+            .get(end.wrapping_sub(1))
+            .map(|q| q.seq)
+            .unwrap_or(self.progress.borrow().applied);
+        let mut durable = None;
+        if sync {
+            for q in self.queue.drain(..end) {
+                self.queued_mutations -= q.mutations.len();
+            }
+            self.applied_n = 0;
+            self.unsynced_bytes = 0;
+            self.last_sync = Instant::now();
+            self.publish_queue();
+            durable = Some(applied);
+        }
+        self.progress.send_modify(|p| {
+            p.applied = p.applied.max(applied);
+            p.transactions += 1;
+            if let Some(d) = durable {
+                p.durable = p.durable.max(d);
+                p.syncs += 1;
+            }
+        });
+        Ok(())
+    }
+
+    /// Records a failure: refuses writes from now on, and schedules a retry.
+    /// Nothing after the last sync is known to be kept, so everything in
+    /// the queue is applied again.
+    fn fail(&mut self, e: &StorageError) {
+        self.applied_n = 0;
+        self.unsynced_bytes = 0;
+        self.health.failures.fetch_add(1, Ordering::Relaxed);
+        let kind = FaultKind::of(e);
+        let cause = e.to_string();
+        let now = Instant::now();
+        match &mut self.retry {
+            None => {
+                tracing::error!(
+                    error = %e,
+                    kind = kind.name(),
+                    queued_batches = self.queue.len(),
+                    "storage write failed: refusing writes (MISCONF) until storage accepts them again; nothing queued is dropped, retrying in the background"
+                );
+                self.health.set_fault(StorageFault {
+                    kind,
+                    cause,
+                    since: SystemTime::now(),
+                    failures: 1,
+                });
+                self.retry = Some(Retry {
+                    since: now,
+                    next: now + self.options.retry_min,
+                    backoff: self.options.retry_min,
+                });
+                self.progress.send_modify(|p| p.failed = true);
+            }
+            Some(retry) => {
+                retry.backoff = (retry.backoff * 2).min(self.options.retry_max);
+                retry.next = now + retry.backoff;
+                let mut fault = self.health.fault.lock();
+                if let Some(f) = fault.as_mut() {
+                    f.failures += 1;
+                    // Log again when the cause changes, and now and then.
+                    if f.cause != cause || f.failures.is_power_of_two() {
+                        tracing::warn!(
+                            error = %e,
+                            failures = f.failures,
+                            failing_for_s = retry.since.elapsed().as_secs(),
+                            queued_batches = self.queue.len(),
+                            next_retry_ms = retry.backoff.as_millis() as u64,
+                            "storage still failing"
+                        );
+                    }
+                    f.kind = kind;
+                    f.cause = cause;
+                }
+            }
+        }
+    }
+
+    /// One retry: recover storage, then apply and sync the whole queue.
+    fn recover(&mut self) {
+        if let Err(e) = self.storage.recover() {
+            self.fail(&e);
+            return;
+        }
+        // Each transaction synced, so what got through is durable even if
+        // a later one fails.
+        while !self.queue.is_empty() {
+            let end = self.chunk_end(0, RECOVERY_TRANSACTION_BYTES);
+            if let Err(e) = self.apply_range(0, end, true) {
+                self.fail(&e);
+                return;
+            }
+        }
+        // Nothing queued (or all of it written): one synced transaction
+        // proves storage accepts writes again.
+        if let Err(e) = self.apply_range(0, 0, true) {
+            self.fail(&e);
+            return;
+        }
+        let failing_for = self.retry.take().map_or(0, |r| r.since.elapsed().as_secs());
+        self.health.recoveries.fetch_add(1, Ordering::Relaxed);
+        self.health.clear_fault();
+        self.progress.send_modify(|p| p.failed = false);
+        tracing::warn!(
+            failing_for_s = failing_for,
+            durable = self.progress.borrow().durable,
+            "storage recovered: everything queued is on disk; accepting writes again"
+        );
+    }
+
+    /// Shutdown while storage fails: a few more attempts, then the report.
+    fn shutdown_retries(mut self) -> FlushReport {
+        let mut delay = self.options.retry_min;
+        for _ in 0..SHUTDOWN_ATTEMPTS {
+            std::thread::sleep(delay);
+            while let Ok(m) = self.rx.try_recv() {
+                self.take(m);
+            }
+            self.recover();
+            if self.retry.is_none() {
+                break;
+            }
+            delay = (delay * 2).min(self.options.retry_max);
+        }
+        self.report()
+    }
+
+    fn report(&self) -> FlushReport {
+        FlushReport {
+            durable: self.progress.borrow().durable,
+            unflushed_batches: self.queue.len(),
+            unflushed_mutations: self.queued_mutations,
+            fault: self.health.fault(),
         }
     }
 }
 
-fn writer_loop(
-    mut storage: Box<dyn Storage>,
-    rx: mpsc::Receiver<Msg>,
-    progress: watch::Sender<Progress>,
+/// The `# Persistence` section of INFO.
+pub fn info_text(
+    storage: &str,
     policy: Durability,
-) {
-    let sync_every = match policy {
-        Durability::Always => Duration::ZERO,
-        Durability::Everysec => Duration::from_secs(1),
-        Durability::No => Duration::from_secs(30),
-    };
-    // When no reply waits for the disk, changes gather this long before
-    // they are applied: one storage transaction then carries the changes
-    // of many requests instead of each paying for its own B-tree copy on
-    // write. Well inside the one second `everysec` may lose anyway.
-    let gather = match policy {
-        Durability::Always => Duration::ZERO,
-        Durability::Everysec | Durability::No => Duration::from_millis(50),
-    };
-    let mut last_apply = Instant::now();
-    let mut last_sync = Instant::now();
-    let mut applied: Seq = 0; // last batch applied (maybe not synced)
-    let mut floor = 0;
-    let mut shutting_down = false;
-    let mut failed = false;
-    loop {
-        // Wait for work, or for the next periodic sync.
-        let first = if applied > progress.borrow().durable {
-            let left = sync_every.saturating_sub(last_sync.elapsed());
-            match rx.recv_timeout(left) {
-                Ok(m) => Some(m),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => Some(Msg::Shutdown),
-            }
-        } else {
-            Some(rx.recv().unwrap_or(Msg::Shutdown))
-        };
-        if first.is_some() {
-            std::thread::sleep(gather.saturating_sub(last_apply.elapsed()));
-        }
-        let mut batch: Vec<Mutation> = Vec::new();
-        let mut last_seq = applied;
-        for msg in first
-            .into_iter()
-            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
-        {
-            match msg {
-                Msg::Batch(seq, mutations, f) => {
-                    batch.extend(mutations);
-                    last_seq = seq;
-                    floor = floor.max(f);
-                }
-                Msg::Shutdown => shutting_down = true,
-            }
-            // Keep one transaction bounded; the rest waits for the next turn.
-            if batch.len() >= 50_000 {
-                break;
-            }
-        }
-        let sync = shutting_down || last_sync.elapsed() >= sync_every;
-        if !failed && (!batch.is_empty() || (sync && applied > progress.borrow().durable)) {
-            last_apply = Instant::now();
-            match storage.apply(&batch, floor, sync) {
-                Ok(()) => {
-                    applied = last_seq;
-                    progress.send_modify(|p| {
-                        p.applied = applied;
-                        p.transactions += 1;
-                        if sync {
-                            p.durable = applied;
-                            p.syncs += 1;
-                        }
-                    });
-                    if sync {
-                        last_sync = Instant::now();
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "storage write failed; changes stay in memory only");
-                    failed = true;
-                    progress.send_modify(|p| p.failed = true);
-                }
-            }
-        }
-        if shutting_down {
-            return;
-        }
-    }
+    progress: &Progress,
+    health: &StorageHealth,
+) -> String {
+    let fault = health.fault();
+    let (queued_batches, queued_mutations) = health.queued();
+    format!(
+        "storage:{storage}\r\ndurability:{policy}\r\nstorage_transactions:{}\r\nstorage_syncs:{}\r\nstorage_failed:{}\r\nstorage_failed_since:{}\r\nstorage_failed_kind:{}\r\nstorage_failed_cause:{}\r\nstorage_failures:{}\r\nstorage_recoveries:{}\r\nstorage_refused_writes:{}\r\nstorage_queued_batches:{queued_batches}\r\nstorage_queued_changes:{queued_mutations}\r\n",
+        progress.transactions,
+        progress.syncs,
+        u8::from(fault.is_some()),
+        fault.as_ref().map_or(0, StorageFault::since_unix_secs),
+        fault.as_ref().map_or("", |f| f.kind.name()),
+        fault
+            .as_ref()
+            .map_or(String::new(), |f| f.cause.replace(['\r', '\n'], " ")),
+        health.failures(),
+        health.recoveries(),
+        health.refused_writes(),
+        storage = storage.to_lowercase(),
+        policy = format!("{policy:?}").to_lowercase(),
+    )
 }
 
 #[cfg(test)]
@@ -458,6 +1107,203 @@ mod tests {
             assert!(p.waiter(seq).is_none(), "batch {i} had to wait");
         }
         p.shutdown();
+    }
+
+    /// Storage that loses what was not synced when it fails, as redb may
+    /// when it recovers its file, and fails on command.
+    #[derive(Clone, Default)]
+    struct LossyStorage {
+        durable: MemoryStorage,
+        inner: std::sync::Arc<parking_lot::Mutex<Lossy>>,
+    }
+
+    #[derive(Default)]
+    struct Lossy {
+        unsynced: Vec<(Vec<Mutation>, u64)>,
+        failing: bool,
+        applies: u64,
+        recovers: u64,
+    }
+
+    impl LossyStorage {
+        fn fail(&self, on: bool) {
+            self.inner.lock().failing = on;
+        }
+    }
+
+    fn enospc() -> crate::storage::StorageError {
+        std::io::Error::from_raw_os_error(28).into()
+    }
+
+    impl Storage for LossyStorage {
+        fn load(&mut self) -> Result<crate::storage::Loaded, crate::storage::StorageError> {
+            self.durable.load()
+        }
+        fn apply(
+            &mut self,
+            batch: &[Mutation],
+            floor: u64,
+            sync: bool,
+        ) -> Result<(), crate::storage::StorageError> {
+            let mut inner = self.inner.lock();
+            inner.applies += 1;
+            if inner.failing {
+                return Err(enospc());
+            }
+            inner.unsynced.push((batch.to_vec(), floor));
+            if sync {
+                for (b, f) in inner.unsynced.drain(..) {
+                    self.durable.apply(&b, f, true)?;
+                }
+            }
+            Ok(())
+        }
+        fn set_fence_epoch(&mut self, epoch: u64) -> Result<(), crate::storage::StorageError> {
+            self.durable.set_fence_epoch(epoch)
+        }
+        fn recover(&mut self) -> Result<(), crate::storage::StorageError> {
+            let mut inner = self.inner.lock();
+            inner.recovers += 1;
+            // What was not synced is gone.
+            inner.unsynced.clear();
+            if inner.failing {
+                return Err(enospc());
+            }
+            Ok(())
+        }
+    }
+
+    fn fast_retries(policy: Durability) -> WriterOptions {
+        WriterOptions {
+            retry_min: Duration::from_millis(5),
+            retry_max: Duration::from_millis(20),
+            sync_every: match policy {
+                Durability::Always => Duration::ZERO,
+                _ => Duration::from_millis(30),
+            },
+            ..WriterOptions::for_policy(policy)
+        }
+    }
+
+    /// Waits (bounded) until `cond` holds.
+    async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+        for _ in 0..1_000 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn a_failure_refuses_writes_keeps_everything_queued_and_recovers_in_order() {
+        for policy in [Durability::Always, Durability::Everysec, Durability::No] {
+            let storage = LossyStorage::default();
+            let mut p = Persistence::start_with_options(
+                Box::new(storage.clone()),
+                policy,
+                fast_retries(policy),
+            );
+            // Acknowledged before the failure (under everysec and no: applied
+            // but maybe not synced).
+            for i in 1..=20 {
+                let seq = p.submit(put(i), i);
+                if policy == Durability::Always {
+                    p.waiter(seq).unwrap().wait().await.unwrap();
+                }
+            }
+            assert!(p.write_refusal().is_none());
+            storage.fail(true);
+            let seq = p.submit(put(21), 21);
+            eventually("the fault", || p.write_refusal().is_some()).await;
+            let fault = p.write_refusal().unwrap();
+            assert_eq!(fault.kind, FaultKind::DiskFull, "{policy:?}");
+            assert!(fault.cause.contains("os error 28"), "{}", fault.cause);
+            assert!(p.progress().failed);
+            if policy == Durability::Always {
+                // The reply to the write that hit the failure says so.
+                assert!(p.waiter(seq).unwrap().wait().await.is_err());
+            }
+            // Changes that still arrive (expiry, access times) are queued.
+            p.submit(put(22), 22);
+            let failures = p.health().failures();
+            eventually("retries", || p.health().failures() > failures + 2).await;
+            assert!(p.write_refusal().is_some());
+            assert!(stored_fields(&storage.durable) < 22);
+
+            storage.fail(false);
+            eventually("the recovery", || p.write_refusal().is_none()).await;
+            assert!(!p.progress().failed);
+            assert_eq!(p.health().recoveries(), 1);
+            // Everything, also what was applied but not synced before the
+            // failure (lost by the storage's recovery), is durable now.
+            assert_eq!(stored_fields(&storage.durable), 22, "{policy:?}");
+            assert_eq!(p.progress().durable, 22);
+            assert_eq!(p.health().queued(), (0, 0));
+            // And writes go on.
+            let seq = p.submit(put(23), 23);
+            if policy == Durability::Always {
+                p.waiter(seq).unwrap().wait().await.unwrap();
+            }
+            let report = p.shutdown();
+            assert!(report.flushed(), "{report}");
+            assert_eq!(stored_fields(&storage.durable), 23);
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_while_storage_fails_reports_what_was_not_written() {
+        let storage = LossyStorage::default();
+        let policy = Durability::Everysec;
+        let mut p = Persistence::start_with_options(
+            Box::new(storage.clone()),
+            policy,
+            fast_retries(policy),
+        );
+        for i in 1..=5 {
+            p.submit(put(i), i);
+        }
+        storage.fail(true);
+        for i in 6..=8 {
+            p.submit(put(i), i);
+        }
+        let report = p.shutdown();
+        assert!(!report.flushed());
+        assert_eq!(report.unflushed_batches, 8, "{report}");
+        assert_eq!(report.unflushed_mutations, 16);
+        assert_eq!(report.fault.as_ref().unwrap().kind, FaultKind::DiskFull);
+        assert!(report.to_string().contains("NOT flushed"), "{report}");
+        assert!(report.clone().into_result().is_err());
+        // Shutdown tried more than once.
+        assert!(storage.inner.lock().recovers >= u64::from(SHUTDOWN_ATTEMPTS));
+        assert_eq!(stored_fields(&storage.durable), 0);
+    }
+
+    #[tokio::test]
+    async fn the_queue_held_for_retries_is_bounded_by_early_syncs() {
+        // Under `no` (a sync every 30 s) a big burst is synced early once
+        // the unsynced bytes pass the limit.
+        let storage = LossyStorage::default();
+        let mut p = Persistence::start(Box::new(storage.clone()), Durability::No);
+        let big = Bytes::from(vec![b'x'; 1 << 20]);
+        let id = SessionId::parse(b"big").unwrap();
+        for i in 0..(RETAIN_SYNC_BYTES >> 20) as u64 + 8 {
+            p.submit(
+                vec![Mutation::PutField {
+                    id: id.clone(),
+                    key: Bytes::from(format!("k{i}")),
+                    field: Field {
+                        value: big.clone(),
+                        version: i + 1,
+                    },
+                }],
+                i + 1,
+            );
+        }
+        eventually("an early sync", || p.progress().syncs >= 1).await;
+        assert!(p.health().queued().0 < (RETAIN_SYNC_BYTES >> 20) as u64);
+        assert!(p.shutdown().flushed());
     }
 
     #[tokio::test]

@@ -26,6 +26,9 @@ pub struct Server {
     shared: Arc<Shared>,
     listener: TcpListener,
     metrics: Option<TcpListener>,
+    // Stops the cluster node's background work (peer listener, Raft's
+    // helpers) when the server stops.
+    cluster_shutdown: CancellationToken,
 }
 
 impl Server {
@@ -109,10 +112,26 @@ impl Server {
             Some(_) => None,
             None => Some(Persistence::start(storage, config.durability)),
         };
+        let shared = Arc::new(Shared::new(config, clock, engine, persist, node_id));
+        let cluster_shutdown = CancellationToken::new();
+        if let Some(cluster_config) = shared.config.cluster.clone() {
+            let sync = shared.config.durability == crate::config::Durability::Always;
+            let cluster = crate::cluster::Cluster::start(
+                cluster_config,
+                shared.clone(),
+                &shared.config.data_dir,
+                sync,
+                cluster_shutdown.clone(),
+            )
+            .await
+            .context("starting the cluster node")?;
+            shared.set_replication(cluster);
+        }
         Ok(Server {
-            shared: Arc::new(Shared::new(config, clock, engine, persist, node_id)),
+            shared,
             listener,
             metrics,
+            cluster_shutdown,
         })
     }
 
@@ -135,34 +154,30 @@ impl Server {
     /// in-flight commands finish (up to the shutdown timeout), and flushes
     /// storage.
     pub async fn run(self, shutdown: CancellationToken) {
+        self.run_reporting(shutdown).await;
+    }
+
+    /// [`Server::run`], returning what the final flush could and could not
+    /// write to storage.
+    pub async fn run_reporting(self, shutdown: CancellationToken) -> crate::persist::FlushReport {
         let Server {
             shared,
             listener,
             metrics,
+            cluster_shutdown,
         } = self;
         let tracker = TaskTracker::new();
-        if let Some(cluster_config) = shared.config.cluster.clone() {
-            let sync = shared.config.durability == crate::config::Durability::Always;
-            match crate::cluster::Cluster::start(
-                cluster_config,
-                shared.clone(),
-                &shared.config.data_dir,
-                sync,
-                shutdown.clone(),
-            )
-            .await
-            {
-                Ok(cluster) => {
-                    shared.set_replication(cluster);
-                    // Connections of this node's previous run are gone:
-                    // their locks go to the next waiters.
-                    tracker.spawn(close_previous_connections(shared.clone(), shutdown.clone()));
-                }
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "cluster start failed");
-                    return;
-                }
-            }
+        {
+            let (shutdown, cluster_shutdown) = (shutdown.clone(), cluster_shutdown.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                cluster_shutdown.cancel();
+            });
+        }
+        if shared.replication().is_some() {
+            // Connections of this node's previous run are gone: their locks
+            // go to the next waiters.
+            tracker.spawn(close_previous_connections(shared.clone(), shutdown.clone()));
         }
         if let Some(m) = metrics {
             tracker.spawn(crate::http::serve(m, shared.clone(), shutdown.clone()));
@@ -217,8 +232,13 @@ impl Server {
         if shared.replication().is_none() {
             shared.run(|e, now| e.record_accesses(now));
         }
-        shared.shutdown_persistence();
-        tracing::info!("stopped; storage flushed");
+        let report = shared.shutdown_persistence();
+        if report.flushed() {
+            tracing::info!("stopped; {report}");
+        } else {
+            tracing::error!("stopped; {report}");
+        }
+        report
     }
 }
 
@@ -347,7 +367,8 @@ pub async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
         }
         signal.cancel();
     });
-    server.run(shutdown).await;
+    // Exits non-zero when changes could not be written to storage.
+    server.run_reporting(shutdown).await.into_result()?;
     Ok(())
 }
 

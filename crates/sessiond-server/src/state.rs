@@ -125,6 +125,9 @@ pub struct Shared {
     /// its connection ids.
     pub node_id: u64,
     replication: std::sync::OnceLock<Arc<dyn Replication>>,
+    // The writer's storage state, readable without the state lock (a
+    // cluster node has no writer: it stays healthy).
+    storage_health: Arc<crate::persist::StorageHealth>,
 }
 
 impl Shared {
@@ -137,6 +140,9 @@ impl Shared {
         node_id: u64,
     ) -> Self {
         let slowlog = SlowLog::new(config.slowlog_log_slower_than, config.slowlog_max_len);
+        let storage_health = persist
+            .as_ref()
+            .map_or_else(Default::default, Persistence::health);
         Self {
             config,
             clock,
@@ -154,6 +160,7 @@ impl Shared {
             timer_at: AtomicU64::new(u64::MAX),
             node_id,
             replication: std::sync::OnceLock::new(),
+            storage_health,
         }
     }
 
@@ -437,10 +444,29 @@ impl Shared {
         }
     }
 
-    /// Flushes and stops the writer. Called once, last, at shutdown.
-    pub fn shutdown_persistence(&self) {
-        if let Some(p) = self.guarded.lock().persist.as_mut() {
-            p.shutdown();
+    /// Flushes and stops the writer, and says what it could not write.
+    /// Called once, last, at shutdown. A cluster node has no writer (its
+    /// log is synced as it goes): nothing is left.
+    pub fn shutdown_persistence(&self) -> crate::persist::FlushReport {
+        match self.guarded.lock().persist.as_mut() {
+            Some(p) => p.shutdown(),
+            None => crate::persist::FlushReport {
+                durable: 0,
+                unflushed_batches: 0,
+                unflushed_mutations: 0,
+                fault: None,
+            },
         }
+    }
+
+    /// Why write commands must be refused now (storage is failing), if
+    /// they must. See [`crate::write_gate`].
+    pub fn write_refusal(&self) -> Option<crate::persist::StorageFault> {
+        self.storage_health.fault()
+    }
+
+    /// The storage state (fault, counters) for INFO and metrics.
+    pub fn storage_health(&self) -> Arc<crate::persist::StorageHealth> {
+        self.storage_health.clone()
     }
 }

@@ -15,18 +15,36 @@ pub use memory::MemoryStorage;
 pub use redb_store::RedbStorage;
 use sessiond_core::{Alias, Mutation, Session, SessionId};
 
-/// Why storage failed. Storage failures are not the client's fault; the
-/// server reports them as `ERR storage: …` and keeps serving from memory.
+/// Why storage failed. Storage failures are not the client's fault: while
+/// storage fails, the server refuses writes (`MISCONF`, see
+/// [`crate::persist`]), keeps serving reads from memory, and retries.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {
-    /// The engine reported an error, kept as the source. (Its text is also
-    /// in the message: the server logs the message alone.)
+    /// The engine reported an error (an I/O error of the file among them).
     #[error("storage engine: {0}")]
-    Engine(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    Engine(#[from] redb::Error),
+    /// An I/O error outside the engine (and the one fault-injecting test
+    /// storages report).
+    #[error("storage I/O: {0}")]
+    Io(#[from] std::io::Error),
     /// Stored data that does not decode.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A loader thread panicked.
+    #[error("storage loader panicked")]
+    LoaderPanicked,
+}
+
+impl StorageError {
+    /// The operating system's error underneath, if it was one (ENOSPC,
+    /// EIO, EDQUOT, …).
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        match self {
+            StorageError::Io(e) | StorageError::Engine(redb::Error::Io(e)) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 /// What is on disk, as loaded at startup.
@@ -76,6 +94,21 @@ pub trait Storage: Send + 'static {
     /// # Errors
     /// Engine failures.
     fn set_fence_epoch(&mut self, epoch: u64) -> Result<(), StorageError>;
+
+    /// Called after a failed [`Storage::apply`], before it is retried:
+    /// brings storage back to a state where `apply` can run again. After a
+    /// failure, only what was applied with `sync` before it is known to be
+    /// kept; the caller re-applies everything after that, in order (every
+    /// [`Mutation`] is an upsert or a delete, so applying one twice is
+    /// harmless). redb latches an I/O error (every later operation fails
+    /// with `PreviousIo`) until the database is closed and opened again;
+    /// the open recovers the file. The default does nothing.
+    ///
+    /// # Errors
+    /// When storage is still unusable (the next retry calls this again).
+    fn recover(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -201,10 +234,10 @@ mod conformance {
     #[test]
     fn engine_errors_keep_their_source() {
         let io = std::io::Error::other("disk on fire");
-        let e = StorageError::Engine(Box::new(io));
-        assert_eq!(e.to_string(), "storage engine: disk on fire");
+        let e = StorageError::Engine(redb::Error::Io(io));
+        assert!(e.to_string().contains("disk on fire"), "{e}");
         let source = std::error::Error::source(&e).expect("a source");
-        assert!(source.downcast_ref::<std::io::Error>().is_some());
+        assert!(source.downcast_ref::<redb::Error>().is_some());
     }
 
     #[test]

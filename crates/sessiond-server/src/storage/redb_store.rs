@@ -32,13 +32,18 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The page cache [`RedbStorage::open`] gives redb: 64 MiB.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
+/// Opens the database again after a failure (see [`Storage::recover`]).
+type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send>;
+
 /// Storage in a redb file.
 pub struct RedbStorage {
-    db: Database,
+    // `None` between a failed reopen and the next retry.
+    db: Option<Database>,
+    open: Opener,
 }
 
 fn engine(e: impl Into<redb::Error>) -> StorageError {
-    StorageError::Engine(Box::new(e.into()))
+    StorageError::Engine(e.into())
 }
 
 impl RedbStorage {
@@ -57,20 +62,83 @@ impl RedbStorage {
     /// # Errors
     /// As [`RedbStorage::open`].
     pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StorageError> {
+        if !path.exists() {
+            create_atomically(path, cache_bytes)?;
+        }
+        let path = path.to_owned();
+        Self::open_with(move || Builder::new().set_cache_size(cache_bytes).create(&path))
+    }
+
+    /// Storage in the database `open` opens (or creates), on any redb
+    /// backend; `open` is called again to reopen it after a failure. Tests
+    /// use it with backends that fail or lose power on command.
+    ///
+    /// # Errors
+    /// As [`RedbStorage::open`].
+    pub fn open_with(
+        open: impl Fn() -> Result<Database, redb::DatabaseError> + Send + 'static,
+    ) -> Result<Self, StorageError> {
+        let mut storage = Self {
+            db: None,
+            open: Box::new(open),
+        };
+        storage.reopen()?;
+        Ok(storage)
+    }
+
+    /// Closes the database (if open) and opens it again, creating the tables.
+    fn reopen(&mut self) -> Result<(), StorageError> {
+        // Dropping closes the file; after a latched I/O error redb leaves it
+        // for the next open to recover.
+        self.db = None;
+        let db = (self.open)().map_err(engine)?;
+        create_tables(&db)?;
+        self.db = Some(db);
+        Ok(())
+    }
+
+    fn db(&self) -> Result<&Database, StorageError> {
+        self.db
+            .as_ref()
+            .ok_or(StorageError::Engine(redb::Error::DatabaseClosed))
+    }
+}
+
+/// Creates a new database file at `path` with its tables: under a temporary
+/// name first, renamed into place once synced. A power loss while a new
+/// file is created can leave a file without a complete header, which redb
+/// then refuses to open ("not a redb database"); this way it leaves no
+/// file, or a complete one. (Found by the power-loss tests.)
+fn create_atomically(path: &Path, cache_bytes: usize) -> Result<(), StorageError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".creating");
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    {
         let db = Builder::new()
             .set_cache_size(cache_bytes)
-            .create(path)
+            .create(&tmp)
             .map_err(engine)?;
-        let txn = db.begin_write().map_err(engine)?;
-        {
-            txn.open_table(SESSIONS).map_err(engine)?;
-            txn.open_table(FIELDS).map_err(engine)?;
-            txn.open_table(ALIASES).map_err(engine)?;
-            txn.open_table(META).map_err(engine)?;
-        }
-        txn.commit().map_err(engine)?;
-        Ok(Self { db })
+        create_tables(&db)?;
+        db.close().map_err(engine)?;
     }
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn create_tables(db: &Database) -> Result<(), StorageError> {
+    let txn = db.begin_write().map_err(engine)?;
+    {
+        txn.open_table(SESSIONS).map_err(engine)?;
+        txn.open_table(FIELDS).map_err(engine)?;
+        txn.open_table(ALIASES).map_err(engine)?;
+        txn.open_table(META).map_err(engine)?;
+    }
+    txn.commit().map_err(engine)
 }
 
 fn to_row(m: &SessionMeta) -> MetaRow {
@@ -101,7 +169,7 @@ fn parse_id(s: &str) -> Result<SessionId, StorageError> {
 impl RedbStorage {
     /// [`Storage::load`] with `threads_for(sessions)` threads reading fields.
     fn load_with(&self, threads_for: impl Fn(usize) -> usize) -> Result<Loaded, StorageError> {
-        let txn = self.db.begin_read().map_err(engine)?;
+        let txn = self.db()?.begin_read().map_err(engine)?;
 
         let metas: Vec<(SessionId, SessionMeta)> = {
             let table = txn.open_table(SESSIONS).map_err(engine)?;
@@ -136,9 +204,8 @@ impl RedbStorage {
                 handles
                     .into_iter()
                     .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(StorageError::Engine("a loader thread panicked".into()))
-                        })
+                        h.join()
+                            .unwrap_or_else(|_| Err(StorageError::LoaderPanicked))
                     })
                     .collect()
             });
@@ -249,7 +316,7 @@ impl Storage for RedbStorage {
         version_floor: u64,
         sync: bool,
     ) -> Result<(), StorageError> {
-        let mut txn = self.db.begin_write().map_err(engine)?;
+        let mut txn = self.db()?.begin_write().map_err(engine)?;
         txn.set_durability(if sync {
             Durability::Immediate
         } else {
@@ -306,12 +373,16 @@ impl Storage for RedbStorage {
     }
 
     fn set_fence_epoch(&mut self, epoch: u64) -> Result<(), StorageError> {
-        let txn = self.db.begin_write().map_err(engine)?;
+        let txn = self.db()?.begin_write().map_err(engine)?;
         {
             let mut meta = txn.open_table(META).map_err(engine)?;
             meta.insert("fence_epoch", epoch).map_err(engine)?;
         }
         txn.commit().map_err(engine)
+    }
+
+    fn recover(&mut self) -> Result<(), StorageError> {
+        self.reopen()
     }
 }
 
