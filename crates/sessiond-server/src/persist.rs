@@ -25,7 +25,7 @@
 //!   order.
 //! - From the first failure on, [`Persistence::write_refusal`] returns the
 //!   [`StorageFault`]; the command path refuses write commands with
-//!   `-MISCONF …` before applying anything ([`crate::write_gate`]). Reads,
+//!   `-MISCONF …` before applying anything (the `write_gate` module). Reads,
 //!   lock releases and everything that only touches memory keep working.
 //!   Clients waiting for the disk (`always`, backpressure) get an error.
 //! - The writer retries in the background with backoff ([`RETRY_MIN`] to

@@ -460,7 +460,7 @@ impl Shared {
     }
 
     /// Why write commands must be refused now (storage is failing), if
-    /// they must. See [`crate::write_gate`].
+    /// they must (the `write_gate` module asks).
     pub fn write_refusal(&self) -> Option<crate::persist::StorageFault> {
         self.storage_health.fault()
     }

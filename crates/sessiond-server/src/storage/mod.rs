@@ -17,7 +17,7 @@ use sessiond_core::{Alias, Mutation, Session, SessionId};
 
 /// Why storage failed. Storage failures are not the client's fault: while
 /// storage fails, the server refuses writes (`MISCONF`, see
-/// [`crate::persist`]), keeps serving reads from memory, and retries.
+/// the `persist` module), keeps serving reads from memory, and retries.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {
