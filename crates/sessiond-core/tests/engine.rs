@@ -223,3 +223,61 @@ fn an_image_from_a_newer_format_is_refused() {
     assert!(EngineImage::decode(&bytes).is_err());
     assert!(EngineImage::decode(b"\xff\xff garbage").is_err());
 }
+
+#[test]
+fn closing_a_node_spares_the_connections_of_its_current_run() {
+    use sessiond_core::engine::{AcquireArgs, Command, Input, InputResult, Step};
+    use sessiond_core::locks::Scope;
+    let mut engine = fresh_engine();
+    let conn = |node: u64, incarnation: u64, n: u64| (node << 48) | (incarnation << 32) | n;
+    let old = conn(1, 1, 7);
+    let current = conn(1, 2, 7);
+    let other_node = conn(2, 1, 7);
+    let take = |e: &mut Engine, c: u64, id: &str| {
+        let args = AcquireArgs {
+            id: sessiond_core::SessionId::parse(id.as_bytes()).unwrap(),
+            scope: Scope::Session,
+            wait_ms: 0,
+            lease_ms: None,
+            reqid: None,
+            create: true,
+        };
+        let out = e.input(
+            10,
+            Input::Command {
+                conn: c,
+                cmd: Command::Acquire(args),
+            },
+        );
+        assert!(
+            matches!(out.result, InputResult::Step(Step::Done(Ok(_)))),
+            "{out:?}"
+        );
+    };
+    take(&mut engine, old, "a");
+    take(&mut engine, current, "b");
+    take(&mut engine, other_node, "c");
+    engine.input(
+        20,
+        Input::CloseNode {
+            node: 1,
+            except_incarnation: Some(2),
+        },
+    );
+    let owners = engine.locks().owners();
+    assert!(
+        !owners.contains(&old),
+        "the previous run's lock is released"
+    );
+    assert!(owners.contains(&current) && owners.contains(&other_node));
+    // A node declared dead loses every connection.
+    engine.input(
+        30,
+        Input::CloseNode {
+            node: 1,
+            except_incarnation: None,
+        },
+    );
+    let owners = engine.locks().owners();
+    assert!(!owners.contains(&current) && owners.contains(&other_node));
+}

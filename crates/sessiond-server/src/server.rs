@@ -108,11 +108,24 @@ impl Server {
             None => None,
         };
         let node_id = config.cluster.as_ref().map_or(0, |c| c.node_id);
+        // Which run of this node this is: connection ids carry it, so the
+        // close of a previous run's connections spares this run's.
+        let incarnation = match &config.cluster {
+            Some(_) => next_incarnation(&config.data_dir)?,
+            None => 0,
+        };
         let persist = match config.cluster {
             Some(_) => None,
             None => Some(Persistence::start(storage, config.durability)),
         };
-        let shared = Arc::new(Shared::new(config, clock, engine, persist, node_id));
+        let shared = Arc::new(Shared::new(
+            config,
+            clock,
+            engine,
+            persist,
+            node_id,
+            incarnation,
+        ));
         let cluster_shutdown = CancellationToken::new();
         if let Some(cluster_config) = shared.config.cluster.clone() {
             let sync = shared.config.durability == crate::config::Durability::Always;
@@ -312,6 +325,27 @@ async fn cluster_timekeeper(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
 }
 
+/// Reads, increments and durably records the node's incarnation (kept in
+/// `data_dir/node-incarnation`), modulo 2^16.
+fn next_incarnation(data_dir: &std::path::Path) -> anyhow::Result<u64> {
+    use std::io::Write;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let path = data_dir.join("node-incarnation");
+    let previous: u64 = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().unwrap_or(0),
+        Err(_) => 0,
+    };
+    let next = (previous + 1) & 0xffff;
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    writeln!(f, "{next}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(next)
+}
+
 /// Proposes that every connection of this node's previous run closed, once
 /// a leader is there to take it.
 async fn close_previous_connections(shared: Arc<Shared>, shutdown: CancellationToken) {
@@ -320,6 +354,7 @@ async fn close_previous_connections(shared: Arc<Shared>, shutdown: CancellationT
     };
     let input = sessiond_core::engine::Input::CloseNode {
         node: shared.node_id,
+        except_incarnation: Some(shared.incarnation),
     };
     for _ in 0..600 {
         if shutdown.is_cancelled() {

@@ -124,6 +124,8 @@ pub struct Shared {
     /// This node's id in a cluster (0 on a single server): the top bits of
     /// its connection ids.
     pub node_id: u64,
+    /// Which run of this node this is (cluster; 0 on a single server).
+    pub incarnation: u64,
     replication: std::sync::OnceLock<Arc<dyn Replication>>,
     // The writer's storage state, readable without the state lock (a
     // cluster node has no writer: it stays healthy).
@@ -138,6 +140,7 @@ impl Shared {
         engine: Engine,
         persist: Option<Persistence>,
         node_id: u64,
+        incarnation: u64,
     ) -> Self {
         let slowlog = SlowLog::new(config.slowlog_log_slower_than, config.slowlog_max_len);
         let storage_health = persist
@@ -159,6 +162,7 @@ impl Shared {
             timer: Notify::new(),
             timer_at: AtomicU64::new(u64::MAX),
             node_id,
+            incarnation,
             replication: std::sync::OnceLock::new(),
             storage_health,
         }
@@ -225,6 +229,7 @@ impl Shared {
         // In a cluster the node's id is in the top bits, so ids are unique
         // across nodes and a node's connections can be closed together.
         (self.node_id << sessiond_core::engine::CONN_NODE_SHIFT)
+            | (self.incarnation << sessiond_core::engine::CONN_INCARNATION_SHIFT)
             | self.next_client_id.fetch_add(1, Ordering::Relaxed)
     }
 

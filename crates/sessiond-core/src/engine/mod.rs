@@ -98,13 +98,23 @@ pub struct Outcome<T> {
 }
 
 /// Connection ids carry the cluster node they are on in their top 16 bits
-/// (0 on a single server), so a node that died or restarted can have all
-/// its connections closed at once ([`Input::CloseNode`]).
+/// (0 on a single server) and the node's incarnation (how many times it
+/// started, modulo 2^16) in the next 16, so a node that died or restarted
+/// can have its connections closed at once ([`Input::CloseNode`]) without
+/// touching those of its current run.
 pub const CONN_NODE_SHIFT: u32 = 48;
+
+/// Where the incarnation sits in a connection id.
+pub const CONN_INCARNATION_SHIFT: u32 = 32;
 
 /// The node a connection is on.
 pub fn conn_node(conn: ConnId) -> u64 {
     conn >> CONN_NODE_SHIFT
+}
+
+/// The incarnation of its node a connection belongs to.
+pub fn conn_incarnation(conn: ConnId) -> u64 {
+    (conn >> CONN_INCARNATION_SHIFT) & 0xffff
 }
 
 /// Every input of the engine as data: what a replicated log carries.
@@ -140,11 +150,14 @@ pub enum Input {
     },
     /// [`Engine::record_accesses`].
     RecordAccesses,
-    /// Every connection of cluster node `node` closed (it died or
+    /// Every connection of cluster node `node` closed (it died), or, with
+    /// `except_incarnation`, every connection of its earlier runs (it
     /// restarted).
     CloseNode {
         /// The node.
         node: u64,
+        /// The node's current incarnation, whose connections stay.
+        except_incarnation: Option<u64>,
     },
 }
 
@@ -237,8 +250,13 @@ impl Engine {
             Input::Abandon { token } => map(self.abandon(now, token), |()| InputResult::Done),
             Input::Tick { max_purge } => map(self.tick(now, max_purge), InputResult::Count),
             Input::RecordAccesses => map(self.record_accesses(now), InputResult::Count),
-            Input::CloseNode { node } => map(
-                self.close_connections(now, |c| conn_node(c) == node),
+            Input::CloseNode {
+                node,
+                except_incarnation,
+            } => map(
+                self.close_connections(now, |c| {
+                    conn_node(c) == node && Some(conn_incarnation(c)) != except_incarnation
+                }),
                 |()| InputResult::Done,
             ),
         }

@@ -304,7 +304,10 @@ async fn watch_nodes(
                     "node not answering: releasing its connections' locks"
                 );
                 if cluster
-                    .propose_anywhere(Input::CloseNode { node: id })
+                    .propose_anywhere(Input::CloseNode {
+                        node: id,
+                        except_incarnation: None,
+                    })
                     .await
                     .is_ok()
                 {
