@@ -55,7 +55,6 @@ use sessiond_core::Mutation;
 use tokio::sync::watch;
 
 use crate::config::Durability;
-use crate::protocol::Reply;
 use crate::storage::{Storage, StorageError};
 
 /// A position in the stream of batches; waiting for it means waiting for
@@ -183,11 +182,6 @@ impl StorageFault {
             self.cause,
             self.since_unix_secs(),
         )
-    }
-
-    /// The `-MISCONF` error reply refusing a write.
-    pub fn reply(&self) -> Reply {
-        Reply::error("MISCONF", self.message())
     }
 }
 

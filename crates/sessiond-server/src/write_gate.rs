@@ -54,7 +54,7 @@ pub fn refuse(shared: &Shared, cmd: &Command) -> Option<Reply> {
     }
     let fault = shared.write_refusal()?;
     shared.storage_health().count_refused_write();
-    Some(fault.reply())
+    Some(crate::cmd::storage_fault_reply(&fault))
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ pub use args::{Args, CmdError};
 pub use conn::{ConnCommand, ConnState, allowed_unauthenticated as conn_allowed_unauthenticated};
 pub use render::{
     durability_error_reply, engine_error_reply, error_reply, parse_error_reply,
-    replication_error_reply, response_reply,
+    replication_error_reply, response_reply, storage_fault_reply,
 };
 
 /// A parsed request.

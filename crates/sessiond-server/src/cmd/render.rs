@@ -6,7 +6,7 @@ use sessiond_core::locks::Scope;
 use sessiond_core::{CasOutcome, EngineError, LockError, ReadResult, StoreError};
 
 use super::CmdError;
-use crate::persist::DurabilityError;
+use crate::persist::{DurabilityError, StorageFault};
 use crate::protocol::{ParseError, Reply};
 use crate::state::{ClientInfo, ReplicationError};
 
@@ -213,6 +213,12 @@ pub fn replication_error_reply(e: &ReplicationError) -> Reply {
         _ => "UNKNOWN",
     };
     Reply::error(code, e.to_string())
+}
+
+/// The `-MISCONF` error refusing a write while storage fails (as Redis
+/// refuses writes it cannot persist).
+pub fn storage_fault_reply(fault: &StorageFault) -> Reply {
+    Reply::error("MISCONF", fault.message())
 }
 
 /// The RESP error for a change that storage failed to keep.
