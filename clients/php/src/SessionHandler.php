@@ -378,6 +378,10 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
                 if ($this->opt['lease_ms'] !== null) {
                     array_push($cmd, 'LEASE', (int) $this->opt['lease_ms']);
                 }
+                // A request id: when the acquire's outcome is unknown (a
+                // cluster failing over), sending it again with the same id
+                // adopts the grant or the wait it made, never a second one.
+                array_push($cmd, 'REQID', 'php-' . bin2hex(random_bytes(12)));
                 $pre = [];
                 if ($create) {
                     $cmd[] = 'CREATE';
@@ -389,14 +393,28 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
                         $pre[] = array_merge(['SESSION.READ', $id, 'CREATE', 'TTL', $this->ttl()], $this->lifetimeArgs(), ['KEYS', "\0"]);
                     }
                 }
+                $retryUntil = microtime(true) + (float) $this->opt['failover_timeout'];
                 try {
-                    $replies = $this->lockConn->pipeline([...$pre, $cmd], $wait / 1000);
-                    foreach ($replies as $x) {
-                        if ($x instanceof ServerException) {
-                            throw $x;
+                    for ($attempt = 1; ; $attempt++) {
+                        try {
+                            $replies = $this->lockConn->pipeline([...$pre, $cmd], $wait / 1000);
+                            foreach ($replies as $x) {
+                                if ($x instanceof ServerException) {
+                                    throw $x;
+                                }
+                            }
+                            $r = end($replies);
+                            break;
+                        } catch (OutcomeUnknownException | ServerException $e) {
+                            $unknown = $e instanceof OutcomeUnknownException || $e->is('UNKNOWN');
+                            if (!$unknown || microtime(true) >= $retryUntil) {
+                                throw $e;
+                            }
+                            // Same REQID again (after the connection was lost:
+                            // from the next node): adopts what the lost one got.
+                            usleep(min(500000, 25000 << min($attempt, 5)));
                         }
                     }
-                    $r = end($replies);
                 } catch (OutcomeUnknownException | ServerException $e) {
                     if ($e instanceof OutcomeUnknownException || $e->is('UNKNOWN')) {
                         // The acquire may have been granted, to this

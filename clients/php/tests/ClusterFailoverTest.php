@@ -186,11 +186,17 @@ final class ClusterFailoverTest extends TestCase
         $failed = 0;
         $before = [];
         $after = 0;
+        $causes = [];
         foreach ($files as $w => $f) {
             $recs = self::records($f);
             $this->assertCount($perWorker, $recs, "worker $w ran every request");
             foreach ($recs as $r) {
                 $msgs = implode("\n", $r['errors']);
+                if ($msgs !== '') {
+                    // what went wrong, without the session id and the ports
+                    $cause = preg_replace(['/"[^"]*"/', '/\d+/'], ['"…"', 'N'], $r['errors'][0]);
+                    $causes[$cause] = ($causes[$cause] ?? 0) + 1;
+                }
                 if (!$r['started']) {
                     $this->assertNull($r['token']);
                     $this->assertNotSame('', $msgs, 'a failed session_start() says why');
@@ -230,6 +236,9 @@ final class ClusterFailoverTest extends TestCase
             "\ncluster failover: %d committed, %d unknown, %d lock lost (conditional write), %d failed cleanly; counter %d; survivor node %d; %.1f s after the kill\n",
             $committed, $unknown, $fenced, $failed, $n, $survivor + 1, microtime(true) - $killedAt,
         ));
+        foreach ($causes as $cause => $count) {
+            fwrite(STDERR, "  {$count}× $cause\n");
+        }
         $this->assertGreaterThanOrEqual($committed, $n, 'every committed increment is there');
         $this->assertLessThanOrEqual($committed + $unknown + $fenced, $n, 'nothing but committed (or reported) increments');
         $this->assertSame($workers * $perWorker, $committed + $unknown + $fenced + $failed);

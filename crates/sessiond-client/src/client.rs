@@ -134,7 +134,9 @@ struct Nodes {
 /// - the connection is lost **after** the request was sent, or the server
 ///   answers `UNKNOWN`: the request may have been applied. Reads
 ///   (`SESSION.READ`, `SESSION.EXISTS`, `SESSION.TTL`, `LOCK.INFO`, `PING`,
-///   `INFO`, `CLUSTER.INFO`) are sent again; anything else returns
+///   `INFO`, `CLUSTER.INFO`) and `LOCK.ACQUIRE` with a request id
+///   ([`LockOptions::reqid`](crate::LockOptions::reqid): the retry adopts
+///   the grant or wait already made) are sent again; anything else returns
 ///   [`Error::Unknown`] (never retried silently), and the next call
 ///   reconnects.
 ///
@@ -577,7 +579,9 @@ impl Client {
         }
         cmd.opt_ms("LEASE", opts.lease);
         if let Some(reqid) = &opts.reqid {
-            cmd.arg("REQID").arg(reqid);
+            // A retry with the same id adopts the grant (or the wait)
+            // already made, never a second one: safe to fail over.
+            cmd.arg("REQID").arg(reqid).mark_retryable();
         }
         cmd.flag("CREATE", opts.create);
         reply::lock_grant(self.request(&cmd).await?)

@@ -9,6 +9,9 @@ use bytes::{BufMut, BytesMut};
 pub(crate) struct Cmd {
     argc: usize,
     body: BytesMut,
+    /// Safe to send again although it changes something (an acquire with a
+    /// request id: a retry adopts the grant or wait already made).
+    retryable: bool,
 }
 
 impl Cmd {
@@ -112,7 +115,13 @@ impl Cmd {
             b"ECHO",
         ];
         let name = self.name();
-        READS.iter().any(|r| r.eq_ignore_ascii_case(name))
+        self.retryable || READS.iter().any(|r| r.eq_ignore_ascii_case(name))
+    }
+
+    /// Marks the request as safe to send again (see [`Cmd::is_retryable`]).
+    pub(crate) fn mark_retryable(&mut self) -> &mut Cmd {
+        self.retryable = true;
+        self
     }
 
     pub(crate) fn encode_into(&self, out: &mut BytesMut) {

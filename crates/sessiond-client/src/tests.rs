@@ -735,3 +735,32 @@ async fn lock_info_takes_a_nil_address_as_empty() {
     assert_eq!(info[0].waiters[0].client_id, 5);
     finish(ha).await;
 }
+
+#[tokio::test]
+async fn an_acquire_with_a_request_id_is_sent_again() {
+    let (a, ha) = fake(vec![
+        req(&["LOCK.ACQUIRE", "s", "REQID", "r1"]),
+        Reply(b"-UNKNOWN the leader failed during the request\r\n"),
+        req(&["LOCK.ACQUIRE", "s", "REQID", "r1"]),
+        Close,
+    ])
+    .await;
+    let (b, hb) = fake(vec![
+        req(&["LOCK.ACQUIRE", "s", "REQID", "r1"]),
+        Reply(b"*2\r\n:7\r\n_\r\n"),
+    ])
+    .await;
+    let mut c = Client::connect_any(&[a, b], fast()).await.unwrap();
+    let opts = LockOptions {
+        reqid: Some("r1".into()),
+        ..Default::default()
+    };
+    assert_eq!(c.lock("s", &opts).await.unwrap().token, 7);
+    finish(ha).await;
+    finish(hb).await;
+    // Without a request id, an acquire is not sent again.
+    let (a, ha) = fake(vec![req(&["LOCK.ACQUIRE", "s"]), Close]).await;
+    let mut c = Client::connect_any(&[a], fast()).await.unwrap();
+    assert!(c.lock("s", &LockOptions::default()).await.unwrap_err().is_outcome_unknown());
+    finish(ha).await;
+}
