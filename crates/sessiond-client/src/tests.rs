@@ -761,6 +761,11 @@ async fn an_acquire_with_a_request_id_is_sent_again() {
     // Without a request id, an acquire is not sent again.
     let (a, ha) = fake(vec![req(&["LOCK.ACQUIRE", "s"]), Close]).await;
     let mut c = Client::connect_any(&[a], fast()).await.unwrap();
-    assert!(c.lock("s", &LockOptions::default()).await.unwrap_err().is_outcome_unknown());
+    assert!(
+        c.lock("s", &LockOptions::default())
+            .await
+            .unwrap_err()
+            .is_outcome_unknown()
+    );
     finish(ha).await;
 }
