@@ -5,6 +5,7 @@ declare(strict_types=1);
 namespace Sessiond;
 
 use Sessiond\Exception\ConnectionException;
+use Sessiond\Exception\OutcomeUnknownException;
 use Sessiond\Exception\ServerException;
 
 /**
@@ -20,6 +21,24 @@ use Sessiond\Exception\ServerException;
  * ConnectionException: after a half-read reply the stream cannot be framed
  * any more, and closing it also makes the server release every lock this
  * connection held (locks are connection-scoped).
+ *
+ * Node lists: the address may name several nodes of a cluster,
+ * `tcp://n1:6380,tcp://n2:6380,tcp://n3:6380` (parseUri() makes that from
+ * `tcp://n1:6380,n2:6380,n3:6380`). connect() tries them in the order given
+ * and stays on the first that answers (every node serves every command; the
+ * order is the operator's choice: put a nearby node first, or shuffle the
+ * list per app server to spread connections). A request then fails over:
+ *  - a node that cannot be reached, or whose idle connection was closed
+ *    (it died between requests), is left for the next one before anything
+ *    is sent;
+ *  - when every reply of a request is `TRYAGAIN` (no leader reachable from
+ *    that node, nothing applied) it is sent again, on the next node — or on
+ *    the same connection when it holds locks (see setPinned()) — with a
+ *    short backoff, within `failoverTimeout` seconds in all;
+ *  - when the connection is lost after the request was sent, requests that
+ *    only read (SESSION.READ, SESSION.EXISTS, SESSION.TTL, LOCK.INFO, PING)
+ *    are sent again on the next node; any other throws
+ *    OutcomeUnknownException: it may or may not have been applied.
  */
 final class Connection
 {
@@ -27,9 +46,21 @@ final class Connection
     private $sock = null;
     private string $buf = '';
     private bool $reused = false;
+    /** @var list<string> the nodes, each tcp://host:port or unix:///path */
+    private array $nodes;
+    /** Index in $nodes of the node connected to (or to try first). */
+    private int $current = 0;
+    /** @var (\Closure(): bool)|null true while this connection holds locks */
+    private ?\Closure $pinned = null;
+
+    /** Commands that change nothing: sent again after a lost reply. */
+    private const READS = ['SESSION.READ', 'SESSION.EXISTS', 'SESSION.TTL', 'LOCK.INFO', 'PING'];
 
     /**
-     * @param string $address   tcp://host:port or unix:///path
+     * @param string $address   tcp://host:port or unix:///path, or several
+     *                          separated by commas (a cluster's nodes)
+     * @param float $failoverTimeout seconds one request may spend failing
+     *                          over (reconnecting, TRYAGAIN) in all
      */
     public function __construct(
         private string $address,
@@ -38,7 +69,31 @@ final class Connection
         private float $timeout = 5.0,
         private bool $persistent = false,
         private ?string $clientName = null,
+        private float $failoverTimeout = 10.0,
     ) {
+        $this->nodes = array_values(array_filter(array_map('trim', explode(',', $address)), static fn ($a) => $a !== ''));
+        if ($this->nodes === []) {
+            throw new \InvalidArgumentException('sessiond: no server address');
+        }
+        $this->address = $this->nodes[0];
+    }
+
+    /**
+     * $f() says whether this connection holds locks now: then a TRYAGAIN is
+     * retried on this same connection (moving to another node would drop
+     * the locks with it) instead of on the next node.
+     *
+     * @param (\Closure(): bool)|null $f
+     */
+    public function setPinned(?\Closure $f): void
+    {
+        $this->pinned = $f;
+    }
+
+    /** @return list<string> */
+    public function nodes(): array
+    {
+        return $this->nodes;
     }
 
     /**
@@ -70,15 +125,33 @@ final class Connection
         if (!in_array($scheme, ['tcp', 'redis', 'sessiond'], true)) {
             throw new \InvalidArgumentException("sessiond: unsupported URI scheme '$scheme' (use tcp:// or unix://)");
         }
-        $p = parse_url('tcp://' . substr($uri, strlen($scheme) + 3));
-        if ($p === false || !isset($p['host'])) {
+        // Several nodes: tcp://[:password@]n1:6380,n2:6380,n3:6380 (each may
+        // repeat the scheme; the password applies to every node).
+        $rest = substr($uri, strlen($scheme) + 3);
+        $password = null;
+        $addrs = [];
+        foreach (explode(',', $rest) as $i => $part) {
+            $part = trim($part);
+            if ($part === '') {
+                continue;
+            }
+            $part = preg_replace('#^(tcp|redis|sessiond)://#i', '', $part);
+            $p = parse_url('tcp://' . $part);
+            if ($p === false || !isset($p['host'])) {
+                throw new \InvalidArgumentException('sessiond: cannot parse server URI');
+            }
+            if (isset($p['pass'])) {
+                $password ??= rawurldecode($p['pass']);
+            }
+            $host = $p['host'];
+            $port = $p['port'] ?? 6380;
+            $addrs[] = "tcp://$host:$port";
+        }
+        if ($addrs === []) {
             throw new \InvalidArgumentException('sessiond: cannot parse server URI');
         }
-        $host = $p['host'];
-        $port = $p['port'] ?? 6380;
-        $password = isset($p['pass']) ? rawurldecode($p['pass']) : null;
-        $addr = "tcp://$host:$port";
-        return ['address' => $addr, 'password' => $password, 'query' => $query, 'display' => $addr];
+        $addr = implode(',', $addrs);
+        return ['address' => $addr, 'password' => $password, 'query' => $query, 'display' => count($addrs) === 1 ? $addr : 'tcp://' . implode(',', array_map(static fn ($a) => substr($a, 6), $addrs))];
     }
 
     public function address(): string
@@ -97,11 +170,59 @@ final class Connection
         return $this->reused;
     }
 
+    /**
+     * Connects to a node: the current one, else the next ones in order,
+     * each once. Throws the last node's error when none answers.
+     */
     public function connect(): void
     {
         if ($this->sock !== null) {
             return;
         }
+        $n = count($this->nodes);
+        $errors = [];
+        for ($i = 0; $i < $n; $i++) {
+            $idx = ($this->current + $i) % $n;
+            $this->address = $this->nodes[$idx];
+            try {
+                $this->connectOne();
+                $this->current = $idx;
+                return;
+            } catch (ConnectionException $e) {
+                $errors[] = $e;
+            }
+        }
+        $last = end($errors);
+        if ($n === 1) {
+            throw $last;
+        }
+        throw new ConnectionException('sessiond: no node of ' . implode(',', $this->nodes) . ' answered; last: ' . $last->getMessage(), 0, $last);
+    }
+
+    /** Closes the connection; the next request connects to the next node. */
+    private function moveOn(): void
+    {
+        $this->close();
+        $this->current = ($this->current + 1) % count($this->nodes);
+    }
+
+    /** True when the peer closed (or reset) this idle connection. */
+    private function peerGone(): bool
+    {
+        $sock = $this->sock;
+        stream_set_blocking($sock, false);
+        $data = @fread($sock, 8192);
+        $eof = feof($sock);
+        stream_set_blocking($sock, true);
+        if (is_string($data) && $data !== '') {
+            $this->buf .= $data;
+            return false;
+        }
+        return $eof || $data === false;
+    }
+
+    private function connectOne(): void
+    {
         $flags = STREAM_CLIENT_CONNECT;
         $ctx = stream_context_create(['socket' => ['tcp_nodelay' => true]]);
         if ($this->persistent) {
@@ -138,7 +259,7 @@ final class Connection
                 $this->sock = null;
                 $this->reused = false;
                 $this->persistent = false; // fall back to a fresh non-persistent socket
-                $this->connect();
+                $this->connectOne();
                 return;
             }
             return; // AUTH/SETNAME were done when it was opened
@@ -151,7 +272,7 @@ final class Connection
             $init[] = ['CLIENT', 'SETNAME', $this->clientName];
         }
         if ($init !== []) {
-            foreach ($this->pipeline($init) as $r) {
+            foreach ($this->exchange($init, 0.0) as $r) {
                 if ($r instanceof ServerException) {
                     $this->close();
                     throw new ConnectionException("sessiond: connection setup failed on {$this->address}: " . $r->getMessage());
@@ -203,7 +324,94 @@ final class Connection
      */
     public function pipeline(array $commands, float $extraWait = 0.0): array
     {
-        $this->connect();
+        $deadline = microtime(true) + $this->failoverTimeout;
+        $backoff = 0.025;
+        $reads = true;
+        foreach ($commands as $args) {
+            $reads = $reads && in_array(strtoupper((string) $args[0]), self::READS, true);
+        }
+        $cluster = count($this->nodes) > 1;
+        for ($attempt = 1; ; $attempt++) {
+            $more = microtime(true) < $deadline;
+            // A single address is not failed over: unreachable is final.
+            $moreNodes = $cluster && $more;
+            if ($this->sock !== null && $this->peerGone()) {
+                // The node closed this idle connection (it died, or was
+                // restarted): nothing of this request was sent yet.
+                $this->moveOn();
+            }
+            try {
+                $this->connect();
+            } catch (ConnectionException $e) {
+                if (!$moreNodes) {
+                    throw $e;
+                }
+                $backoff = self::pause($backoff, $deadline);
+                continue;
+            }
+            try {
+                $replies = $this->exchange($commands, $extraWait);
+            } catch (ConnectionException $e) {
+                if (!$this->sent) {
+                    // The write failed before any byte left: safe to go on.
+                    $this->moveOn();
+                    if ($moreNodes) {
+                        $backoff = self::pause($backoff, $deadline);
+                        continue;
+                    }
+                    throw $e;
+                }
+                $this->moveOn();
+                if ($reads && $moreNodes) {
+                    $backoff = self::pause($backoff, $deadline);
+                    continue;
+                }
+                if ($reads) {
+                    throw $e;
+                }
+                throw new OutcomeUnknownException(
+                    $e->getMessage() . ' after the request was sent: it may or may not have been applied',
+                    0,
+                    $e,
+                );
+            }
+            $tryAgain = true;
+            foreach ($replies as $r) {
+                $tryAgain = $tryAgain && $r instanceof ServerException && $r->is('TRYAGAIN');
+            }
+            if (!$tryAgain || !$more) {
+                return $replies;
+            }
+            // Nothing was applied. A connection that holds locks stays (they
+            // live with it); any other tries the next node.
+            if (!($this->pinned !== null && ($this->pinned)())) {
+                $this->moveOn();
+            }
+            $backoff = self::pause($backoff, $deadline);
+        }
+    }
+
+    /** Sleeps $backoff seconds (never past $deadline); returns the next backoff. */
+    private static function pause(float $backoff, float $deadline): float
+    {
+        $left = $deadline - microtime(true);
+        if ($left > 0) {
+            usleep((int) (min($backoff, $left) * 1e6));
+        }
+        return min($backoff * 2, 0.5);
+    }
+
+    /** True once a byte of the current request was written. */
+    private bool $sent = false;
+
+    /**
+     * One round trip on the current connection.
+     *
+     * @param list<list<string|int|float>> $commands
+     * @return list<mixed>
+     */
+    private function exchange(array $commands, float $extraWait): array
+    {
         $out = '';
         foreach ($commands as $args) {
             $out .= '*' . count($args) . "\r\n";
@@ -212,6 +420,7 @@ final class Connection
                 $out .= '$' . strlen($a) . "\r\n" . $a . "\r\n";
             }
         }
+        $this->sent = false;
         $this->writeAll($out);
         $deadline = microtime(true) + $this->timeout + $extraWait;
         $replies = [];
@@ -231,10 +440,12 @@ final class Connection
             if ($n === false || $n === 0) {
                 $meta = stream_get_meta_data($this->sock);
                 $this->close();
+                $this->sent = $this->sent || $done > 0;
                 $why = !empty($meta['timed_out']) ? 'write timed out' : 'connection closed while writing';
                 throw new ConnectionException("sessiond: $why ({$this->address})");
             }
             $done += $n;
+            $this->sent = true;
         }
     }
 

@@ -5,6 +5,7 @@ declare(strict_types=1);
 namespace Sessiond;
 
 use Sessiond\Exception\ConnectionException;
+use Sessiond\Exception\OutcomeUnknownException;
 use Sessiond\Exception\ServerException;
 use Sessiond\Exception\SessiondException;
 
@@ -41,6 +42,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         'lease_ms' => null,           // LEASE for session/key locks; null: server's --lock-max-hold bounds it
         'connect_timeout' => 2.0,     // seconds
         'timeout' => 5.0,             // seconds to wait for a reply (lock waits add their WAIT)
+        'failover_timeout' => 10.0,   // seconds one request may spend failing over between a cluster's nodes
         'persistent' => false,        // persistent socket for lock-free commands (locks never use it)
         'password' => null,
         'name' => null,               // CLIENT SETNAME, shown in LOCK.INFO / `sessiond locks`
@@ -140,9 +142,12 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             (float) $opt['timeout'],
             false,
             $opt['name'],
+            (float) $opt['failover_timeout'],
         );
+        // While it holds a lock, a TRYAGAIN is retried on the same connection.
+        $this->lockConn->setPinned(fn (): bool => $this->token !== null || $this->keyLocks !== []);
         $this->conn = $opt['persistent']
-            ? new Connection($u['address'], $opt['password'], (float) $opt['connect_timeout'], (float) $opt['timeout'], true, $opt['name'])
+            ? new Connection($u['address'], $opt['password'], (float) $opt['connect_timeout'], (float) $opt['timeout'], true, $opt['name'], (float) $opt['failover_timeout'])
             : $this->lockConn;
         $this->mode = $opt['lock_mode'];
         register_shutdown_function([$this, 'onShutdown']);
@@ -373,6 +378,10 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
                 if ($this->opt['lease_ms'] !== null) {
                     array_push($cmd, 'LEASE', (int) $this->opt['lease_ms']);
                 }
+                // A request id: when the acquire's outcome is unknown (a
+                // cluster failing over), sending it again with the same id
+                // adopts the grant or the wait it made, never a second one.
+                array_push($cmd, 'REQID', 'php-' . bin2hex(random_bytes(12)));
                 $pre = [];
                 if ($create) {
                     $cmd[] = 'CREATE';
@@ -384,15 +393,41 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
                         $pre[] = array_merge(['SESSION.READ', $id, 'CREATE', 'TTL', $this->ttl()], $this->lifetimeArgs(), ['KEYS', "\0"]);
                     }
                 }
+                $retryUntil = microtime(true) + (float) $this->opt['failover_timeout'];
                 try {
-                    $replies = $this->lockConn->pipeline([...$pre, $cmd], $wait / 1000);
-                    foreach ($replies as $x) {
-                        if ($x instanceof ServerException) {
-                            throw $x;
+                    for ($attempt = 1; ; $attempt++) {
+                        try {
+                            $replies = $this->lockConn->pipeline([...$pre, $cmd], $wait / 1000);
+                            foreach ($replies as $x) {
+                                if ($x instanceof ServerException) {
+                                    throw $x;
+                                }
+                            }
+                            $r = end($replies);
+                            break;
+                        } catch (OutcomeUnknownException | ServerException $e) {
+                            $unknown = $e instanceof OutcomeUnknownException || $e->is('UNKNOWN');
+                            if (!$unknown || microtime(true) >= $retryUntil) {
+                                throw $e;
+                            }
+                            // Same REQID again (after the connection was lost:
+                            // from the next node): adopts what the lost one got.
+                            usleep(min(500000, 25000 << min($attempt, 5)));
                         }
                     }
-                    $r = end($replies);
-                } catch (ServerException $e) {
+                } catch (OutcomeUnknownException | ServerException $e) {
+                    if ($e instanceof OutcomeUnknownException || $e->is('UNKNOWN')) {
+                        // The acquire may have been granted, to this
+                        // connection: close it so the server releases
+                        // whatever it holds, and never go on unlocked.
+                        $this->lockConn->close();
+                        $this->warn(sprintf(
+                            'sessiond: the outcome of the lock request on session %s is unknown (%s); the lock is not held; session not started',
+                            self::shortId($id),
+                            $e->getMessage(),
+                        ));
+                        return false;
+                    }
                     if ($e->is('TIMEOUT') || $e->is('DEADLOCK')) {
                         $this->warn(sprintf(
                             'sessiond: could not acquire the lock on session %s within %d ms (%s); session not started',
@@ -486,7 +521,15 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             }
             return $this->commitConditional($id, $ops);
         } catch (SessiondException $e) {
-            $this->warn($this->cause($e) . '; session data not saved');
+            if ($e instanceof OutcomeUnknownException || ($e instanceof ServerException && $e->is('UNKNOWN'))) {
+                $this->warn(sprintf(
+                    'sessiond: the outcome of saving session %s is unknown (%s): the changes may or may not have been saved',
+                    self::shortId($id),
+                    $e->getMessage(),
+                ));
+            } else {
+                $this->warn($this->cause($e) . '; session data not saved');
+            }
             if (!$regen) {
                 $this->releaseSessionLock();
             }
@@ -1303,7 +1346,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             }
             $out[$k] = match ($k) {
                 'lock_wait_ms', 'lease_ms', 'ttl', 'lifetime', 'regenerate_grace' => $v === '' ? null : (int) $v,
-                'connect_timeout', 'timeout' => (float) $v,
+                'connect_timeout', 'timeout', 'failover_timeout' => (float) $v,
                 'persistent', 'strict', 'follow_regenerate' => filter_var($v, FILTER_VALIDATE_BOOLEAN),
                 'split_keys', 'lww_keys' => $v === '' ? [] : explode(',', $v),
                 default => $v,

@@ -1,6 +1,6 @@
 //! The connection and the typed command methods.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,7 +15,8 @@ use crate::types::{
 };
 use crate::value::{Decoded, Value, decode};
 
-/// How to set up a connection; see [`Client::connect_with`].
+/// How to set up a connection; see [`Client::connect_with`] and
+/// [`Client::connect_any`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectOptions {
     /// Password for the `default` user (`HELLO 3 AUTH default …` or `AUTH`).
@@ -25,6 +26,16 @@ pub struct ConnectOptions {
     /// Switch the connection to RESP3 with `HELLO 3` (default `true`); with
     /// `false` it stays RESP2. Replies decode to the same types either way.
     pub resp3: bool,
+    /// With a node list: how long one TCP connect and handshake may take
+    /// before the next node is tried (default 2 s).
+    pub connect_timeout: Duration,
+    /// With a node list: the total time one call may spend on retries
+    /// (reconnecting, `TRYAGAIN`) before its last error is returned
+    /// (default 10 s, a few elections).
+    pub failover_timeout: Duration,
+    /// With a node list: the most times one call is sent or its connection
+    /// attempted (default 20).
+    pub max_attempts: u32,
 }
 
 impl Default for ConnectOptions {
@@ -33,6 +44,9 @@ impl Default for ConnectOptions {
             password: None,
             client_name: None,
             resp3: true,
+            connect_timeout: Duration::from_secs(2),
+            failover_timeout: Duration::from_secs(10),
+            max_attempts: 20,
         }
     }
 }
@@ -42,6 +56,32 @@ struct Conn {
     stream: TcpStream,
     rbuf: BytesMut,
     wbuf: BytesMut,
+}
+
+impl Conn {
+    async fn open(addr: impl ToSocketAddrs) -> Result<Conn> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            wbuf: BytesMut::with_capacity(1024),
+        })
+    }
+
+    /// True when the peer already closed (or reset) this idle connection:
+    /// a request sent on it would be lost, so it is safe to reconnect
+    /// first. Bytes that arrived meanwhile (pushes) stay in the buffer.
+    fn peer_gone(&mut self) -> bool {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        match self.stream.try_read_buf(&mut self.rbuf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
 }
 
 /// Drops the connection unless the exchange completed: a request that failed
@@ -64,15 +104,57 @@ impl Drop for Exchange<'_> {
 
 const READ_CHUNK: usize = 16 * 1024;
 
-/// An async connection to a sessiond server.
+/// The node list of a client made by [`Client::connect_any`].
+#[derive(Debug)]
+struct Nodes {
+    addrs: Vec<String>,
+    /// The node connected to (or to try first).
+    current: usize,
+    opts: ConnectOptions,
+}
+
+/// An async connection to a sessiond server, or to one node of a cluster.
 ///
 /// One request is in flight at a time (methods take `&mut self`); use one
 /// `Client` per task, or a pool. Locks are owned by the connection: dropping
 /// the `Client` closes it, and the server releases its locks.
+///
+/// # Node lists and failover
+///
+/// [`Client::connect_any`] (or [`Client::connect_nodes`] with
+/// `"host:port,host:port"`) takes the nodes of a cluster and connects to the
+/// first that answers. Every node serves every command (a follower forwards
+/// to the leader), so the client stays where it is until something fails:
+///
+/// - the connection is gone **before** a request is sent (the node died
+///   while the connection was idle, or a connect fails): it connects to the
+///   next node and sends there — nothing was sent, nothing can apply twice;
+/// - `TRYAGAIN` (no leader reachable from that node, nothing applied): it
+///   sends the request again on the next node, after a short backoff;
+/// - the connection is lost **after** the request was sent, or the server
+///   answers `UNKNOWN`: the request may have been applied. Reads
+///   (`SESSION.READ`, `SESSION.EXISTS`, `SESSION.TTL`, `LOCK.INFO`, `PING`,
+///   `INFO`, `CLUSTER.INFO`) and `LOCK.ACQUIRE` with a request id
+///   ([`LockOptions::reqid`](crate::LockOptions::reqid): the retry adopts
+///   the grant or wait already made) are sent again; anything else returns
+///   [`Error::Unknown`] (never retried silently), and the next call
+///   reconnects.
+///
+/// Retries of one call are bounded by [`ConnectOptions::max_attempts`] and
+/// [`ConnectOptions::failover_timeout`]; then the last error is returned.
+/// Locks belong to the connection that took them: after the client moved to
+/// another node its old locks are gone (released by the cluster once it sees
+/// the old connection, or its node, go), and a commit fenced with their
+/// token fails with [`Error::Fenced`] once another holder got them.
+/// [`Client::node`] says which node the client talks to.
+///
+/// A client made by [`Client::connect`] or [`Client::connect_with`] has no
+/// node list: a lost connection stays lost ([`Error::Closed`]).
 #[derive(Debug)]
 pub struct Client {
     conn: Option<Conn>,
     resp3: bool,
+    nodes: Option<Nodes>,
 }
 
 impl Client {
@@ -85,16 +167,58 @@ impl Client {
     /// [AUTH default password] [SETNAME name]` when `opts.resp3`, else
     /// `AUTH default password` and `CLIENT SETNAME name` as needed.
     pub async fn connect_with(addr: impl ToSocketAddrs, opts: ConnectOptions) -> Result<Client> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
         let mut client = Client {
-            conn: Some(Conn {
-                stream,
-                rbuf: BytesMut::with_capacity(READ_CHUNK),
-                wbuf: BytesMut::with_capacity(1024),
-            }),
+            conn: Some(Conn::open(addr).await?),
             resp3: opts.resp3,
+            nodes: None,
         };
+        client.handshake(&opts).await?;
+        Ok(client)
+    }
+
+    /// Connects to the first node of `nodes` (each `host:port`) that accepts
+    /// the connection and the handshake, trying them in order, and keeps the
+    /// list to fail over to (see [Node lists and
+    /// failover](Client#node-lists-and-failover)). Fails with the last node's
+    /// error when none does, and at once on [`Error::Auth`] or an empty list.
+    pub async fn connect_any<A: ToString>(nodes: &[A], opts: ConnectOptions) -> Result<Client> {
+        let addrs: Vec<String> = nodes.iter().map(ToString::to_string).collect();
+        if addrs.is_empty() {
+            return Err(Error::Protocol("connect_any: no nodes given".into()));
+        }
+        let mut client = Client {
+            conn: None,
+            resp3: opts.resp3,
+            nodes: Some(Nodes {
+                addrs,
+                current: 0,
+                opts,
+            }),
+        };
+        client.reconnect().await?;
+        Ok(client)
+    }
+
+    /// [`Client::connect_any`] with the nodes as one string,
+    /// `"host:port,host:port,host:port"` (spaces around commas allowed).
+    pub async fn connect_nodes(nodes: &str, opts: ConnectOptions) -> Result<Client> {
+        let list: Vec<&str> = nodes
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        Client::connect_any(&list, opts).await
+    }
+
+    /// The node this client talks to (`host:port` as given), when it was
+    /// made with a node list and is connected.
+    pub fn node(&self) -> Option<&str> {
+        let nodes = self.nodes.as_ref()?;
+        self.conn.as_ref()?;
+        nodes.addrs.get(nodes.current).map(String::as_str)
+    }
+
+    async fn handshake(&mut self, opts: &ConnectOptions) -> Result<()> {
         if opts.resp3 {
             let mut cmd = Cmd::new("HELLO");
             cmd.arg("3");
@@ -104,20 +228,76 @@ impl Client {
             if let Some(name) = &opts.client_name {
                 cmd.arg("SETNAME").arg(name);
             }
-            client.request(&cmd).await?;
+            self.exchange(&cmd).await?;
         } else {
             if let Some(password) = &opts.password {
                 let mut cmd = Cmd::new("AUTH");
                 cmd.arg("default").arg(password);
-                reply::ok(client.request(&cmd).await?, "AUTH")?;
+                reply::ok(self.exchange(&cmd).await?, "AUTH")?;
             }
             if let Some(name) = &opts.client_name {
                 let mut cmd = Cmd::new("CLIENT");
                 cmd.arg("SETNAME").arg(name);
-                reply::ok(client.request(&cmd).await?, "CLIENT SETNAME")?;
+                reply::ok(self.exchange(&cmd).await?, "CLIENT SETNAME")?;
             }
         }
-        Ok(client)
+        Ok(())
+    }
+
+    /// Connects to a node of the list: the current one first, then the
+    /// others in order, each once. Returns the last error when none
+    /// answers; an authentication error at once.
+    async fn reconnect(&mut self) -> Result<()> {
+        self.conn = None;
+        let Some(nodes) = &self.nodes else {
+            return Err(Error::Closed);
+        };
+        let n = nodes.addrs.len();
+        let first = nodes.current;
+        let opts = nodes.opts.clone();
+        let mut last = Error::Closed;
+        for i in 0..n {
+            let idx = (first + i) % n;
+            let addr = self
+                .nodes
+                .as_ref()
+                .and_then(|nodes| nodes.addrs.get(idx))
+                .cloned()
+                .unwrap_or_default();
+            let attempt = async {
+                self.conn = Some(Conn::open(addr.as_str()).await?);
+                self.handshake(&opts).await
+            };
+            match tokio::time::timeout(opts.connect_timeout, attempt).await {
+                Ok(Ok(())) => {
+                    if let Some(nodes) = &mut self.nodes {
+                        nodes.current = idx;
+                    }
+                    return Ok(());
+                }
+                Ok(Err(e @ Error::Auth(_))) => {
+                    self.conn = None;
+                    return Err(e);
+                }
+                Ok(Err(e)) => last = e,
+                Err(_) => {
+                    last = Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("connect to {addr} timed out"),
+                    ));
+                }
+            }
+            self.conn = None;
+        }
+        Err(last)
+    }
+
+    /// Moves to the next node of the list (the connection is dropped).
+    fn next_node(&mut self) {
+        self.conn = None;
+        if let Some(nodes) = &mut self.nodes {
+            nodes.current = (nodes.current + 1) % nodes.addrs.len().max(1);
+        }
     }
 
     /// True when the connection was switched to RESP3 at connect.
@@ -127,7 +307,8 @@ impl Client {
 
     /// True once the connection is gone (closed by the server, or dropped
     /// after an I/O error, a framing error, or a cancelled request). Every
-    /// call then returns [`Error::Closed`].
+    /// call then returns [`Error::Closed`] — except on a client with a node
+    /// list, whose next call reconnects.
     pub fn is_closed(&self) -> bool {
         self.conn.is_none()
     }
@@ -138,7 +319,7 @@ impl Client {
         if self.conn.is_none() {
             return Ok(());
         }
-        match self.request(&Cmd::new("QUIT")).await {
+        match self.exchange(&Cmd::new("QUIT")).await {
             Ok(_) | Err(Error::Closed) => {}
             Err(e) => return Err(e),
         }
@@ -150,9 +331,71 @@ impl Client {
         Ok(())
     }
 
-    /// Sends one request and reads its reply. Server error replies become
-    /// `Err`; the connection is dropped on anything that breaks framing.
+    /// Sends one request and reads its reply, failing over along the node
+    /// list when there is one (see [Node lists and
+    /// failover](Client#node-lists-and-failover)).
     async fn request(&mut self, cmd: &Cmd) -> Result<Value> {
+        let Some(nodes) = &self.nodes else {
+            return self.exchange(cmd).await;
+        };
+        let max_attempts = nodes.opts.max_attempts.max(1);
+        let deadline = Instant::now() + nodes.opts.failover_timeout;
+        let mut backoff = Duration::from_millis(25);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last_try = attempt >= max_attempts || Instant::now() >= deadline;
+            if self.conn.as_mut().is_some_and(Conn::peer_gone) {
+                // Died while idle: nothing of this request was sent.
+                self.next_node();
+            }
+            if self.conn.is_none()
+                && let Err(e) = self.reconnect().await
+            {
+                if last_try || matches!(e, Error::Auth(_)) {
+                    return Err(e);
+                }
+                backoff = pause(backoff, deadline).await;
+                continue;
+            }
+            let node = self.node().unwrap_or_default().to_owned();
+            match self.exchange(cmd).await {
+                Err(Error::TryAgain(m)) => {
+                    if last_try {
+                        return Err(Error::TryAgain(m));
+                    }
+                    self.next_node();
+                    backoff = pause(backoff, deadline).await;
+                }
+                Err(e @ (Error::Unknown(_) | Error::Io(_) | Error::Closed)) => {
+                    if !matches!(e, Error::Unknown(_)) {
+                        self.next_node();
+                    }
+                    if cmd.is_retryable() {
+                        if last_try {
+                            // A read applies nothing: its own error says it.
+                            return Err(e);
+                        }
+                        backoff = pause(backoff, deadline).await;
+                        continue;
+                    }
+                    return Err(match e {
+                        Error::Unknown(m) => Error::Unknown(m),
+                        e => Error::Unknown(format!(
+                            "UNKNOWN connection to {node} lost after the request was sent ({e}): \
+                             it may or may not have been applied"
+                        )),
+                    });
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Sends one request on the current connection and reads its reply.
+    /// Server errors become `Err`; the connection is dropped on anything
+    /// that breaks framing.
+    async fn exchange(&mut self, cmd: &Cmd) -> Result<Value> {
         let mut ex = Exchange {
             conn: &mut self.conn,
             done: false,
@@ -336,7 +579,9 @@ impl Client {
         }
         cmd.opt_ms("LEASE", opts.lease);
         if let Some(reqid) = &opts.reqid {
-            cmd.arg("REQID").arg(reqid);
+            // A retry with the same id adopts the grant (or the wait)
+            // already made, never a second one: safe to fail over.
+            cmd.arg("REQID").arg(reqid).mark_retryable();
         }
         cmd.flag("CREATE", opts.create);
         reply::lock_grant(self.request(&cmd).await?)
@@ -431,4 +676,12 @@ impl Client {
         cmd.arg("ID");
         reply::int(&self.request(&cmd).await?, "CLIENT ID")
     }
+}
+
+/// Sleeps `backoff` (never past `deadline`) and returns the next, doubled
+/// up to 500 ms.
+async fn pause(backoff: Duration, deadline: Instant) -> Duration {
+    let left = deadline.saturating_duration_since(Instant::now());
+    tokio::time::sleep(backoff.min(left)).await;
+    (backoff * 2).min(Duration::from_millis(500))
 }

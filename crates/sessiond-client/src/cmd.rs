@@ -9,6 +9,9 @@ use bytes::{BufMut, BytesMut};
 pub(crate) struct Cmd {
     argc: usize,
     body: BytesMut,
+    /// Safe to send again although it changes something (an acquire with a
+    /// request id: a retry adopts the grant or wait already made).
+    retryable: bool,
 }
 
 impl Cmd {
@@ -83,6 +86,44 @@ impl Cmd {
     }
 
     /// Writes the complete request (`*argc` header and arguments) to `out`.
+    /// The command name (the first argument), as sent.
+    pub(crate) fn name(&self) -> &[u8] {
+        // The body starts with `$len\r\nNAME\r\n`.
+        let b = &self.body[..];
+        let Some(nl) = b.iter().position(|&c| c == b'\n') else {
+            return &[];
+        };
+        let len: usize = std::str::from_utf8(&b[1..nl.saturating_sub(1).max(1)])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        b.get(nl + 1..nl + 1 + len).unwrap_or(&[])
+    }
+
+    /// True for commands that change nothing a retry could apply twice
+    /// (reads, and commands about the connection or the node): after a lost
+    /// reply or `UNKNOWN` they may be sent again.
+    pub(crate) fn is_retryable(&self) -> bool {
+        const READS: [&[u8]; 8] = [
+            b"SESSION.READ",
+            b"SESSION.EXISTS",
+            b"SESSION.TTL",
+            b"LOCK.INFO",
+            b"PING",
+            b"INFO",
+            b"CLUSTER.INFO",
+            b"ECHO",
+        ];
+        let name = self.name();
+        self.retryable || READS.iter().any(|r| r.eq_ignore_ascii_case(name))
+    }
+
+    /// Marks the request as safe to send again (see [`Cmd::is_retryable`]).
+    pub(crate) fn mark_retryable(&mut self) -> &mut Cmd {
+        self.retryable = true;
+        self
+    }
+
     pub(crate) fn encode_into(&self, out: &mut BytesMut) {
         out.reserve(self.body.len() + 16);
         out.put_u8(b'*');
@@ -137,6 +178,26 @@ mod tests {
             encoded(&cmd),
             b"*5\r\n$12\r\nLOCK.RELEASE\r\n$1\r\ns\r\n$3\r\nKEY\r\n$1\r\nk\r\n$1\r\n9\r\n".to_vec()
         );
+    }
+
+    #[test]
+    fn names_and_retryable_commands() {
+        let mut cmd = Cmd::new("SESSION.READ");
+        cmd.arg("id").arg("KEYS").arg("a");
+        assert_eq!(cmd.name(), b"SESSION.READ");
+        assert!(cmd.is_retryable());
+        assert!(Cmd::new("lock.info").is_retryable());
+        for name in [
+            "SESSION.COMMIT",
+            "SESSION.INCR",
+            "LOCK.ACQUIRE",
+            "SESSION.DESTROY",
+            "X",
+        ] {
+            assert_eq!(Cmd::new(name).name(), name.as_bytes());
+            assert!(!Cmd::new(name).is_retryable(), "{name}");
+        }
+        assert_eq!(Cmd::default().name(), b"");
     }
 
     #[test]

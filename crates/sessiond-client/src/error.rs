@@ -64,6 +64,20 @@ pub enum Error {
     /// `NOTHELD`: a lock operation on a lock this connection does not hold.
     #[error("{0}")]
     NotHeld(String),
+    /// `TRYAGAIN` (cluster): no leader was reachable from the node; nothing
+    /// was applied, the request may be sent again (here or to another node).
+    /// A client with a node list ([`Client::connect_any`](crate::Client::connect_any))
+    /// retries it itself and returns it only when its attempts ran out.
+    #[error("{0}")]
+    TryAgain(String),
+    /// The outcome of the request is unknown: it may or may not have been
+    /// applied. Either the server said `UNKNOWN` (the leader failed during
+    /// the request), or — with a node list — the connection was lost after
+    /// the request was sent. The message starts with `UNKNOWN` in both
+    /// cases; [`Error::code`] is `"UNKNOWN"`. Check the state (read it back)
+    /// before doing it again if doing it twice matters.
+    #[error("{0}")]
+    Unknown(String),
     /// `NOAUTH` or `WRONGPASS`.
     #[error("{0}")]
     Auth(String),
@@ -97,6 +111,8 @@ impl Error {
             "EXISTS" => Error::Exists(message),
             "NOTHELD" => Error::NotHeld(message),
             "NOAUTH" | "WRONGPASS" => Error::Auth(message),
+            "TRYAGAIN" => Error::TryAgain(message),
+            "UNKNOWN" => Error::Unknown(message),
             code => Error::Server {
                 code: code.to_owned(),
                 message,
@@ -119,14 +135,24 @@ impl Error {
             Error::BadId(_) => Some("BADID"),
             Error::Exists(_) => Some("EXISTS"),
             Error::NotHeld(_) => Some("NOTHELD"),
+            Error::TryAgain(_) => Some("TRYAGAIN"),
+            Error::Unknown(_) => Some("UNKNOWN"),
             Error::Auth(m) => Some(code_word(m)),
             Error::Server { code, .. } => Some(code),
         }
     }
 
     /// True for errors sent by the server (those with a [`code`](Error::code)).
+    /// [`Error::Unknown`] counts as one also when the client made it (a
+    /// connection lost after sending), because it has the same meaning.
     pub fn is_server_error(&self) -> bool {
         self.code().is_some()
+    }
+
+    /// True when the request may or may not have been applied
+    /// ([`Error::Unknown`]).
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, Error::Unknown(_))
     }
 }
 
@@ -227,6 +253,8 @@ mod tests {
             ),
             ("EXISTS session \"x\" already exists", "EXISTS"),
             ("NOTHELD lock not held", "NOTHELD"),
+            ("TRYAGAIN no leader", "TRYAGAIN"),
+            ("UNKNOWN the leader failed", "UNKNOWN"),
             ("NOAUTH Authentication required.", "NOAUTH"),
             ("WRONGPASS invalid username-password pair", "WRONGPASS"),
             ("ERR unknown command 'X'", "ERR"),
@@ -243,6 +271,11 @@ mod tests {
             Error::NoSession(_)
         ));
         assert!(matches!(Error::from_server("NOAUTH x"), Error::Auth(_)));
+        assert!(matches!(
+            Error::from_server("TRYAGAIN x"),
+            Error::TryAgain(_)
+        ));
+        assert!(Error::from_server("UNKNOWN x").is_outcome_unknown());
         assert!(matches!(Error::from_server("WRONGPASS x"), Error::Auth(_)));
         assert!(matches!(
             Error::from_server("ERR x"),

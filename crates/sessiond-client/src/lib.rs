@@ -51,6 +51,31 @@
 //! # }
 //! ```
 //!
+//! Clusters: [`Client::connect_any`] (or [`Client::connect_nodes`] with
+//! `"n1:6380,n2:6380,n3:6380"`) takes every node, connects to the first that
+//! answers, and fails over where that cannot apply anything twice: a failed
+//! connect, an idle connection found closed before sending, and `TRYAGAIN`
+//! go to the next node (bounded by [`ConnectOptions::max_attempts`] and
+//! [`ConnectOptions::failover_timeout`]); a connection lost after sending, or
+//! `UNKNOWN`, is returned as [`Error::Unknown`] (reads are sent again). See
+//! [Node lists and failover](Client#node-lists-and-failover).
+//!
+//! ```no_run
+//! # async fn demo() -> sessiond_client::Result<()> {
+//! use sessiond_client::{Client, ConnectOptions, Error, IncrOptions};
+//! let mut client =
+//!     Client::connect_nodes("10.0.0.1:6380,10.0.0.2:6380,10.0.0.3:6380", ConnectOptions::default())
+//!         .await?;
+//! match client.incr("cart1", "items", 1, &IncrOptions::default()).await {
+//!     Ok((n, _)) => println!("now {n}"),
+//!     // Maybe applied, maybe not: read it back before trying again.
+//!     Err(Error::Unknown(why)) => eprintln!("{why}"),
+//!     Err(e) => return Err(e),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Errors: server error replies are classified by their code word into
 //! [`Error`] variants ([`Error::NoSession`], [`Error::Conflict`], …; see
 //! [`Error::code`]). A reply of an unexpected shape is [`Error::Protocol`];

@@ -254,7 +254,7 @@ pub(crate) fn lock_infos(v: Value) -> Result<Vec<LockInfo>> {
                     Ok(LockWaiter {
                         client_id: int(&client_id, WHAT)?,
                         name: opt_name(name, WHAT)?,
-                        addr: string(addr, WHAT)?,
+                        addr: opt_name(addr, WHAT)?.unwrap_or_default(),
                         scope: scope(scope_v, WHAT)?,
                         key: opt_bytes(key, WHAT)?,
                         waited_ms: uint(&waited, WHAT)?,
@@ -268,7 +268,7 @@ pub(crate) fn lock_infos(v: Value) -> Result<Vec<LockInfo>> {
                 token: uint(&token, WHAT)?,
                 holder_client_id: int(&client_id, WHAT)?,
                 holder_name: opt_name(name, WHAT)?,
-                holder_addr: string(addr, WHAT)?,
+                holder_addr: opt_name(addr, WHAT)?.unwrap_or_default(),
                 held_ms: uint(&held, WHAT)?,
                 lease_left_ms: int(&lease, WHAT)?,
                 waiters,

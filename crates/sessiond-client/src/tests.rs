@@ -160,6 +160,7 @@ async fn resp3_handshake_and_every_command() {
             password: Some("pw".into()),
             client_name: Some("web1".into()),
             resp3: true,
+            ..Default::default()
         },
     )
     .await
@@ -390,6 +391,7 @@ async fn resp2_handshake_nil_forms_and_dribbled_replies() {
             password: Some("secret".into()),
             client_name: Some("n1".into()),
             resp3: false,
+            ..Default::default()
         },
     )
     .await
@@ -545,4 +547,225 @@ fn client_futures_are_send() {
         c.close().await
     };
     send(&fut);
+}
+
+// ---------------------------------------------------------------------------
+// Node lists and failover (fake nodes).
+// ---------------------------------------------------------------------------
+
+/// An address nobody listens on.
+async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+fn fast() -> ConnectOptions {
+    ConnectOptions {
+        resp3: false,
+        failover_timeout: Duration::from_secs(3),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn connect_any_takes_the_first_live_node() {
+    let dead = dead_addr().await;
+    let (b, hb) = fake(vec![req(&["PING"]), Reply(b"+PONG\r\n")]).await;
+    let mut c = Client::connect_any(&[dead, b], fast()).await.unwrap();
+    assert_eq!(c.node(), Some(b.to_string().as_str()));
+    c.ping().await.unwrap();
+    finish(hb).await;
+
+    let err = Client::connect_any(&[dead], fast()).await.unwrap_err();
+    assert!(matches!(err, Error::Io(_)), "{err:?}");
+    let none: [&str; 0] = [];
+    assert!(Client::connect_any(&none, fast()).await.is_err());
+}
+
+#[tokio::test]
+async fn connect_nodes_parses_a_comma_list() {
+    let dead = dead_addr().await;
+    let (b, hb) = fake(vec![req(&["PING"]), Reply(b"+PONG\r\n")]).await;
+    let mut c = Client::connect_nodes(&format!("{dead}, {b},"), fast())
+        .await
+        .unwrap();
+    c.ping().await.unwrap();
+    finish(hb).await;
+}
+
+#[tokio::test]
+async fn tryagain_is_sent_again_on_the_next_node() {
+    let (a, ha) = fake(vec![
+        req(&["SESSION.DESTROY", "x"]),
+        Reply(b"-TRYAGAIN no leader reachable\r\n"),
+        ExpectEof,
+    ])
+    .await;
+    let (b, hb) = fake(vec![req(&["SESSION.DESTROY", "x"]), Reply(b":1\r\n")]).await;
+    let mut c = Client::connect_any(&[a, b], fast()).await.unwrap();
+    assert!(c.destroy("x").await.unwrap());
+    assert_eq!(c.node(), Some(b.to_string().as_str()));
+    finish(ha).await;
+    finish(hb).await;
+}
+
+#[tokio::test]
+async fn tryagain_everywhere_gives_up_within_the_bounds() {
+    // A node that answers every request of every connection with TRYAGAIN.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = listener.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = served.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = sock.write_all(b"-TRYAGAIN no leader reachable\r\n").await;
+                }
+            });
+        }
+    });
+    let opts = ConnectOptions {
+        max_attempts: 3,
+        ..fast()
+    };
+    let mut c = Client::connect_any(&[a], opts).await.unwrap();
+    let err = c.destroy("x").await.unwrap_err();
+    assert!(matches!(err, Error::TryAgain(_)), "{err:?}");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+    // The total time bounds it too.
+    let opts = ConnectOptions {
+        max_attempts: 1000,
+        failover_timeout: Duration::from_millis(300),
+        ..fast()
+    };
+    let mut c = Client::connect_any(&[a], opts).await.unwrap();
+    let t = std::time::Instant::now();
+    assert!(matches!(c.destroy("x").await, Err(Error::TryAgain(_))));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_write_lost_after_sending_is_unknown_and_not_sent_again() {
+    let (a, ha) = fake(vec![req(&["SESSION.DESTROY", "x"]), Close]).await;
+    let (b, hb) = fake(vec![req(&["PING"]), Reply(b"+PONG\r\n")]).await;
+    let mut c = Client::connect_any(&[a, b], fast()).await.unwrap();
+    let err = c.destroy("x").await.unwrap_err();
+    assert!(err.is_outcome_unknown(), "{err:?}");
+    assert_eq!(err.code(), Some("UNKNOWN"));
+    assert!(err.to_string().contains("may or may not"), "{err}");
+    // The next call reconnects, to the next node.
+    c.ping().await.unwrap();
+    finish(ha).await;
+    finish(hb).await;
+}
+
+#[tokio::test]
+async fn unknown_from_the_server_is_returned_for_writes() {
+    let (a, ha) = fake(vec![
+        req(&["SESSION.DESTROY", "x"]),
+        Reply(b"-UNKNOWN the leader failed during the request\r\n"),
+    ])
+    .await;
+    let mut c = Client::connect_any(&[a], fast()).await.unwrap();
+    let err = c.destroy("x").await.unwrap_err();
+    assert!(
+        matches!(err, Error::Unknown(ref m) if m.starts_with("UNKNOWN the leader")),
+        "{err:?}"
+    );
+    finish(ha).await;
+}
+
+#[tokio::test]
+async fn a_read_lost_after_sending_is_sent_again() {
+    let (a, ha) = fake(vec![req(&["SESSION.EXISTS", "x"]), Close]).await;
+    let (b, hb) = fake(vec![req(&["SESSION.EXISTS", "x"]), Reply(b":1\r\n")]).await;
+    let mut c = Client::connect_any(&[a, b], fast()).await.unwrap();
+    assert!(c.exists("x").await.unwrap());
+    finish(ha).await;
+    finish(hb).await;
+}
+
+#[tokio::test]
+async fn a_node_that_died_while_idle_is_left_before_sending() {
+    let (a, ha) = fake(vec![req(&["PING"]), Reply(b"+PONG\r\n"), Close]).await;
+    let (b, hb) = fake(vec![req(&["SESSION.DESTROY", "x"]), Reply(b":1\r\n")]).await;
+    let mut c = Client::connect_any(&[a, b], fast()).await.unwrap();
+    c.ping().await.unwrap();
+    finish(ha).await; // node a closed the idle connection
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Not an UNKNOWN: nothing was sent to the dead node.
+    assert!(c.destroy("x").await.unwrap());
+    finish(hb).await;
+}
+
+#[tokio::test]
+async fn a_client_without_a_node_list_does_not_reconnect() {
+    let (a, ha) = fake(vec![req(&["SESSION.DESTROY", "x"]), Close]).await;
+    let mut c = Client::connect_with(a, plain()).await.unwrap();
+    let err = c.destroy("x").await.unwrap_err();
+    assert!(matches!(err, Error::Closed), "{err:?}");
+    assert!(matches!(c.ping().await, Err(Error::Closed)));
+    assert_eq!(c.node(), None);
+    finish(ha).await;
+}
+
+#[tokio::test]
+async fn lock_info_takes_a_nil_address_as_empty() {
+    // A cluster node answers nil for the address of a connection on another
+    // node.
+    let (a, ha) = fake(vec![
+        req(&["LOCK.INFO", "s"]),
+        Reply(b"*1\r\n*10\r\n$1\r\ns\r\n$7\r\nsession\r\n_\r\n:1\r\n:4\r\n_\r\n_\r\n:5\r\n:-1\r\n*1\r\n*6\r\n:5\r\n_\r\n_\r\n$7\r\nsession\r\n_\r\n:2\r\n"),
+    ])
+    .await;
+    let mut c = Client::connect_with(a, plain()).await.unwrap();
+    let info = c.lock_info(Some("s")).await.unwrap();
+    assert_eq!(info[0].holder_addr, "");
+    assert_eq!(info[0].waiters[0].addr, "");
+    assert_eq!(info[0].waiters[0].client_id, 5);
+    finish(ha).await;
+}
+
+#[tokio::test]
+async fn an_acquire_with_a_request_id_is_sent_again() {
+    let (a, ha) = fake(vec![
+        req(&["LOCK.ACQUIRE", "s", "REQID", "r1"]),
+        Reply(b"-UNKNOWN the leader failed during the request\r\n"),
+        req(&["LOCK.ACQUIRE", "s", "REQID", "r1"]),
+        Close,
+    ])
+    .await;
+    let (b, hb) = fake(vec![
+        req(&["LOCK.ACQUIRE", "s", "REQID", "r1"]),
+        Reply(b"*2\r\n:7\r\n_\r\n"),
+    ])
+    .await;
+    let mut c = Client::connect_any(&[a, b], fast()).await.unwrap();
+    let opts = LockOptions {
+        reqid: Some("r1".into()),
+        ..Default::default()
+    };
+    assert_eq!(c.lock("s", &opts).await.unwrap().token, 7);
+    finish(ha).await;
+    finish(hb).await;
+    // Without a request id, an acquire is not sent again.
+    let (a, ha) = fake(vec![req(&["LOCK.ACQUIRE", "s"]), Close]).await;
+    let mut c = Client::connect_any(&[a], fast()).await.unwrap();
+    assert!(
+        c.lock("s", &LockOptions::default())
+            .await
+            .unwrap_err()
+            .is_outcome_unknown()
+    );
+    finish(ha).await;
 }

@@ -341,7 +341,8 @@ pub struct LockInfo {
     pub holder_client_id: i64,
     /// The holder's client name (`None` when nil or empty).
     pub holder_name: Option<String>,
-    /// The holder's address.
+    /// The holder's address; empty when the server sent nil (as for
+    /// [`LockWaiter::addr`]).
     pub holder_addr: String,
     /// How long the lock has been held.
     pub held_ms: u64,
@@ -358,7 +359,8 @@ pub struct LockWaiter {
     pub client_id: i64,
     /// The waiter's client name (`None` when nil or empty).
     pub name: Option<String>,
-    /// The waiter's address.
+    /// The waiter's address; empty when the server sent nil (a cluster
+    /// node answers nil for a connection on another node).
     pub addr: String,
     /// What it waits for.
     pub scope: LockScope,

@@ -223,7 +223,7 @@ final class Env
      * @param list<string> $cmd @param array<string,string> $env
      * @return resource
      */
-    private static function spawn(array $cmd, string $log, array $env)
+    public static function spawn(array $cmd, string $log, array $env)
     {
         $fullEnv = array_merge(getenv(), $env);
         unset($fullEnv['PHP_CLI_SERVER_WORKERS']); // one process per php -S, see startWebServer()
@@ -243,7 +243,7 @@ final class Env
     }
 
     /** @param resource $p */
-    private static function stop($p): void
+    public static function stop($p): void
     {
         $st = proc_get_status($p);
         if ($st['running']) {
