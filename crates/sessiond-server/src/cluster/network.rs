@@ -99,6 +99,17 @@ impl Channel {
         timeout: Duration,
     ) -> Result<PeerResponse, CallError> {
         let body = postcard::to_stdvec(req).map_err(|e| CallError::BeforeSend(e.to_string()))?;
+        // A kept connection whose peer went away (a killed leader) is
+        // readable with EOF before anything is sent on it: drop it and
+        // connect afresh, so a request is never reported as possibly applied
+        // when it could not have reached anyone.
+        if let Some(stream) = &self.stream {
+            let mut probe = [0u8; 1];
+            match stream.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                _ => self.stream = None,
+            }
+        }
         if self.stream.is_none() {
             let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
                 .await
