@@ -183,4 +183,25 @@ async fn sighup_applies_a_lower_value_limit_and_an_invalid_file_changes_nothing(
     c.commit("s", &Commit::new().set("k", big.clone()))
         .await
         .expect("4 KiB is under the restored limit");
+
+    // The connection limit too: with this client connected, a second
+    // connection is one too many.
+    write_config(&file, &data, "max_connections = 1\nshutdown_timeout = 3\n");
+    p.hangup();
+    p.expect_log(&["reloaded max_connections: 10000 -> 1"]);
+    let (refused, closed) = raw_exchange(p.addr, b"PING\r\n").await;
+    assert!(closed, "the refused connection is closed");
+    assert_eq!(refused, b"-LIMIT max number of clients reached\r\n");
+    c.ping().await.expect("the connected client stays");
+}
+
+/// What the server writes on a new connection after `input`, until it
+/// closes it (at most 10 s).
+async fn raw_exchange(addr: SocketAddr, input: &[u8]) -> (Vec<u8>, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = s.write_all(input).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    (out, read.is_ok())
 }
