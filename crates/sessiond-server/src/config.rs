@@ -57,6 +57,8 @@ pub mod defaults {
     pub const SLOWLOG_MAX_LEN: usize = 128;
     /// `--node-down-after`, in seconds.
     pub const NODE_DOWN_AFTER_SECS: u64 = 10;
+    /// `--log-level` (a `tracing` env-filter directive).
+    pub const LOG_LEVEL: &str = "info";
 }
 
 /// Each flag of [`ServeArgs`] that has a default, by its id, with the
@@ -93,6 +95,7 @@ pub fn shown_defaults() -> Vec<(&'static str, String)> {
             d::SLOWLOG_LOG_SLOWER_THAN.to_string(),
         ),
         ("slowlog_max_len", d::SLOWLOG_MAX_LEN.to_string()),
+        ("log_level", d::LOG_LEVEL.to_owned()),
     ]
 }
 
@@ -250,6 +253,10 @@ pub struct ServeArgs {
     /// Entries the SLOWLOG keeps; older ones go.
     #[arg(long, env = "SESSIOND_SLOWLOG_MAX_LEN")]
     pub slowlog_max_len: Option<usize>,
+    /// What to log: a level (`error`, `warn`, `info`, `debug`, `trace`) or
+    /// `tracing` env-filter directives (`info,sessiond_server::cluster=debug`).
+    #[arg(long, env = "SESSIOND_LOG")]
+    pub log_level: Option<String>,
 }
 
 /// The settings of a cluster node (`--node-id`, `--raft-addr`,
@@ -334,6 +341,8 @@ pub struct Config {
     pub slowlog_log_slower_than: i64,
     /// SLOWLOG length.
     pub slowlog_max_len: usize,
+    /// The log filter (`tracing` env-filter directives), checked valid.
+    pub log_level: String,
 }
 
 /// Why the settings are unusable.
@@ -480,6 +489,7 @@ impl ServeArgs {
                 .slowlog_log_slower_than
                 .unwrap_or(defaults::SLOWLOG_LOG_SLOWER_THAN),
             slowlog_max_len: s.slowlog_max_len.unwrap_or(defaults::SLOWLOG_MAX_LEN),
+            log_level: log_filter(s.log_level.as_deref().unwrap_or(defaults::LOG_LEVEL))?,
         })
     }
 
@@ -516,6 +526,7 @@ impl ServeArgs {
                 .slowlog_log_slower_than
                 .or(file.slowlog_log_slower_than),
             slowlog_max_len: self.slowlog_max_len.or(file.slowlog_max_len),
+            log_level: self.log_level.or(file.log_level),
         }
     }
 }
@@ -547,6 +558,15 @@ fn cluster_config(
     }
 }
 
+/// `directives` if they are a valid `tracing` env filter.
+fn log_filter(directives: &str) -> Result<String, ConfigError> {
+    let directives = directives.trim();
+    tracing_subscriber::EnvFilter::builder()
+        .parse(directives)
+        .map_err(|e| ConfigError::Invalid(format!("--log-level {directives:?}: {e}")))?;
+    Ok(directives.to_owned())
+}
+
 /// The password in `path`: its first line, without the line end.
 fn read_password_file(path: &std::path::Path) -> Result<String, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -566,6 +586,25 @@ fn read_password_file(path: &std::path::Path) -> Result<String, ConfigError> {
 }
 
 impl Config {
+    /// The engine's store settings: default TTL and grace, value and key
+    /// limits.
+    pub fn store_config(&self) -> sessiond_core::StoreConfig {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        sessiond_core::StoreConfig {
+            default_ttl_ms: ms(self.default_ttl),
+            regenerate_grace_ms: ms(self.regenerate_grace),
+            limits: sessiond_core::Limits {
+                max_value_bytes: self.max_value_bytes,
+                max_keys_per_session: self.max_keys_per_session,
+            },
+        }
+    }
+
+    /// The longest lock hold, in ms, for the lock table.
+    pub fn lock_max_hold_ms(&self) -> u64 {
+        u64::try_from(self.lock_max_hold.as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// The settings as `name = value` lines (TOML, the file's key names),
     /// the password shown only as set or not: what `sessiond check-config`
     /// prints.
@@ -603,6 +642,7 @@ impl Config {
             format!("shutdown_timeout = {}", secs(self.shutdown_timeout)),
             format!("slowlog_log_slower_than = {}", self.slowlog_log_slower_than),
             format!("slowlog_max_len = {}", self.slowlog_max_len),
+            format!("log_level = {:?}", self.log_level),
         ];
         let mut lines = lines.to_vec();
         if let Some(c) = &self.cluster {

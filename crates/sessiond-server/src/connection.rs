@@ -35,7 +35,7 @@ const MAX_UNAUTHENTICATED_REQUEST_BYTES: usize = 16 * 1024;
 pub const INVALID_COMMAND: &str = "(invalid)";
 
 fn request_limits(conn: &ConnState, shared: &Shared) -> RequestLimits {
-    let max = shared.config.max_request_bytes;
+    let max = shared.max_request_bytes();
     RequestLimits {
         max_request_bytes: if conn.authed {
             max
@@ -392,7 +392,7 @@ async fn wait_for_grant(
     shutdown: &CancellationToken,
 ) -> Option<Reply> {
     let started = Instant::now();
-    let max_buffered = shared.config.max_request_bytes;
+    let max_buffered = shared.max_request_bytes();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     let mut client_gone = false;
     let outcome = loop {

@@ -50,11 +50,25 @@ pub fn state_gauges(shared: &Shared) -> StateGauges {
 /// Whether the server should get traffic, for `/readyz`: `Ok` with a word,
 /// or why not. Loaded and listening are given whenever this endpoint
 /// answers (it is served once the data is loaded and both listeners are
-/// bound, and stops at shutdown); what is left to check is the storage.
+/// bound, and stops at shutdown); what is left to check is the storage
+/// and, in a cluster, that a leader is known (without one no command that
+/// changes anything can get through).
 pub fn readiness(shared: &Shared) -> Result<&'static str, String> {
     let (_, progress) = shared.persistence();
     storage_writable(&progress)?;
+    if let Some(replication) = shared.replication() {
+        leader_known(replication.leader_known())?;
+    }
     Ok("ready")
+}
+
+/// Whether a cluster node can get commands through.
+fn leader_known(known: bool) -> Result<(), String> {
+    if known {
+        Ok(())
+    } else {
+        Err("no leader".to_owned())
+    }
 }
 
 /// Whether writes still reach the disk.
@@ -212,5 +226,11 @@ mod tests {
         assert!(storage_writable(&p).is_ok());
         p.failed = true;
         assert!(storage_writable(&p).unwrap_err().contains("storage failed"));
+    }
+
+    #[test]
+    fn a_cluster_node_without_a_leader_is_not_ready() {
+        assert!(leader_known(true).is_ok());
+        assert_eq!(leader_known(false).unwrap_err(), "no leader");
     }
 }

@@ -46,7 +46,7 @@ pub fn render(shared: &Shared, section: Option<&str>) -> String {
         format!(
             "connected_clients:{}\r\nmaxclients:{}\r\n",
             shared.clients.lock().len(),
-            shared.config.max_connections
+            shared.max_connections()
         ),
     );
     section_text(

@@ -19,13 +19,14 @@
 //!   storage faults (refuse writes, retry, resume).
 //! - [`write_gate`]: which commands are writes, refused while storage fails.
 //! - [`cluster`]: replication through Raft (openraft).
+//! - [`reload`]: SIGHUP puts changed settings in force where it can.
 //! - [`config`], [`metrics`], [`http`] (metrics, health and readiness),
 //!   [`slowlog`], [`notify`] (systemd's sd_notify), [`backup`], [`info`],
 //!   [`ids`], [`process`].
 //!
 //! Modules point one way: `protocol`, `config`, `metrics`, `slowlog`,
 //! `notify`, `process`,
-//! `storage` → `persist` → `state` (`write_gate`, `cluster` after it) → `info`, `backup` → `cmd` → `connection` →
+//! `storage` → `persist` → `state` (`write_gate`, `cluster`, `reload` after it) → `info`, `backup` → `cmd` → `connection` →
 //! `http`, `server` (checked by `../shared/tools/module-cycles`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -43,6 +44,7 @@ pub mod notify;
 pub mod persist;
 pub mod process;
 pub mod protocol;
+pub mod reload;
 pub mod server;
 pub mod slowlog;
 pub mod state;

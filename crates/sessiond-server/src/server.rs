@@ -3,12 +3,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sessiond_core::{Clock, Engine, LockTable, Store, StoreConfig, SystemClock};
+use sessiond_core::{Clock, Engine, LockTable, Store, SystemClock};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -73,24 +73,14 @@ impl Server {
         storage
             .set_fence_epoch(epoch)
             .context("recording the fencing epoch")?;
-        let mut store = Store::new(StoreConfig {
-            default_ttl_ms: config.default_ttl.as_millis() as u64,
-            regenerate_grace_ms: config.regenerate_grace.as_millis() as u64,
-            limits: sessiond_core::Limits {
-                max_value_bytes: config.max_value_bytes,
-                max_keys_per_session: config.max_keys_per_session,
-            },
-        });
+        let mut store = Store::new(config.store_config());
         let count = loaded.sessions.len();
         store.restore_sessions(loaded.sessions);
         for (old, alias) in loaded.aliases {
             store.restore_alias(old, alias);
         }
         store.raise_version_floor(loaded.version_floor);
-        let engine = Engine::new(
-            store,
-            LockTable::new(epoch, config.lock_max_hold.as_millis() as u64),
-        );
+        let engine = Engine::new(store, LockTable::new(epoch, config.lock_max_hold_ms()));
         tracing::info!(
             sessions = count,
             took_ms = started.elapsed().as_millis() as u64,
@@ -196,7 +186,9 @@ impl Server {
             tracker.spawn(crate::http::serve(m, shared.clone(), shutdown.clone()));
         }
         tracker.spawn(timekeeper(shared.clone(), shutdown.clone()));
-        let permits = Arc::new(Semaphore::new(shared.config.max_connections));
+        // Open client connections, against a limit SIGHUP may change (a
+        // lower one closes none: new ones wait until enough have left).
+        let open = Arc::new(AtomicUsize::new(0));
         loop {
             let (stream, addr) = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -218,7 +210,7 @@ impl Server {
                 .with_interval(Duration::from_secs(5))
                 .with_retries(3);
             let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let Some(slot) = ConnSlot::take(&open, shared.max_connections()) else {
                 shared.metrics.rejected_connections.inc();
                 tracker.spawn(async move {
                     use tokio::io::AsyncWriteExt;
@@ -232,7 +224,7 @@ impl Server {
             let (shared, shutdown) = (shared.clone(), shutdown.clone());
             tracker.spawn(async move {
                 crate::connection::run(stream, addr, shared, shutdown).await;
-                drop(permit);
+                drop(slot);
             });
         }
         tracker.close();
@@ -252,6 +244,26 @@ impl Server {
             tracing::error!("stopped; {report}");
         }
         report
+    }
+}
+
+/// One open client connection, counted until dropped.
+struct ConnSlot(Arc<AtomicUsize>);
+
+impl ConnSlot {
+    /// A slot, if fewer than `max` are taken.
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<ConnSlot> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| ConnSlot(open.clone()))
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -372,12 +384,39 @@ async fn close_previous_connections(shared: Arc<Shared>, shutdown: CancellationT
 /// machine-readable line `sessiond ready: resp=ADDR metrics=ADDR|off` on
 /// stdout for scripts and tests, tells systemd (`READY=1`, then
 /// `WATCHDOG=1` and a status line, `STOPPING=1`; see [`crate::notify`]),
-/// and serves until SIGTERM or Ctrl-C, then shuts down cleanly.
+/// and serves until SIGTERM or Ctrl-C, then shuts down cleanly. With
+/// nothing to read the settings from again, SIGHUP changes nothing (see
+/// [`serve_reloadable`]).
 ///
 /// # Errors
 /// When the server cannot start (bad settings, port taken, storage).
 pub async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
+    serve(config, None).await
+}
+
+/// [`serve_until_signal`] with the settings resolved from `args`, read
+/// again on SIGHUP (the `--config` file from disk) to put in force what can
+/// change at run time (see [`crate::reload`]); `set_log` sets the log
+/// filter, at start and on SIGHUP.
+///
+/// # Errors
+/// As [`serve_until_signal`], and when the log filter cannot be set.
+pub async fn serve_reloadable(
+    args: crate::config::ServeArgs,
+    set_log: Option<crate::reload::SetLogFilter>,
+) -> anyhow::Result<()> {
+    let config = args.clone().resolve()?;
+    if let Some(set) = &set_log {
+        set(&config.log_level).map_err(|e| anyhow::anyhow!("setting the log level: {e}"))?;
+    }
+    serve(config, Some(crate::reload::Reloader::new(args, set_log))).await
+}
+
+async fn serve(config: Config, reloader: Option<crate::reload::Reloader>) -> anyhow::Result<()> {
     let server = Server::bind(config.clone()).await?;
+    // Listening for SIGHUP before the ready line: from then on a SIGHUP
+    // reloads instead of ending the process (its default action).
+    let hangup = hangup_signal();
     let addr = server.local_addr()?;
     println!(
         "sessiond ready: resp={addr} metrics={}",
@@ -393,6 +432,12 @@ pub async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
         n.send(&format!("READY=1\nSTATUS={}", status_text(&server.shared)));
         tokio::spawn(supervisor_pings(n, server.shared(), shutdown.clone()));
     }
+    tokio::spawn(reload_on_hangup(
+        hangup,
+        reloader,
+        server.shared(),
+        shutdown.clone(),
+    ));
     let signal = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -437,6 +482,57 @@ async fn supervisor_pings(
             n.send(&format!("STATUS={status}"));
         }
     }
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+#[cfg(unix)]
+fn hangup_signal() -> Hangup {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup())
+        .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP: no reloads"))
+        .ok()
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Hangup {}
+
+/// Until shutdown: each SIGHUP reloads the settings (when there is
+/// something to read them from) and logs what it did.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    hangup: Hangup,
+    reloader: Option<crate::reload::Reloader>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let Some(mut hangup) = hangup else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            got = hangup.recv() => if got.is_none() { return },
+        }
+        match &reloader {
+            Some(r) => r.reload_and_log(&shared),
+            None => {
+                tracing::warn!("SIGHUP: started without settings to read again; nothing changed");
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_hangup(
+    _hangup: Hangup,
+    _reloader: Option<crate::reload::Reloader>,
+    _shared: Arc<Shared>,
+    _shutdown: CancellationToken,
+) {
 }
 
 async fn wait_for_signal() {

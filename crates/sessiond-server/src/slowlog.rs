@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -31,11 +32,12 @@ pub struct Entry {
     pub name: String,
 }
 
-/// The log: its settings and entries.
+/// The log: its settings (atomics: SIGHUP may change them, every command
+/// reads them) and entries.
 #[derive(Debug)]
 pub struct SlowLog {
-    threshold_micros: i64,
-    max_len: usize,
+    threshold_micros: AtomicI64,
+    max_len: AtomicUsize,
     inner: Mutex<Inner>,
 }
 
@@ -50,23 +52,33 @@ impl SlowLog {
     /// all), keeping the last `max_len`.
     pub fn new(threshold_micros: i64, max_len: usize) -> Self {
         Self {
-            threshold_micros,
-            max_len,
+            threshold_micros: AtomicI64::new(threshold_micros),
+            max_len: AtomicUsize::new(max_len),
             inner: Mutex::default(),
         }
+    }
+
+    /// Changes the threshold and the length (the oldest entries beyond it
+    /// go now).
+    pub fn set(&self, threshold_micros: i64, max_len: usize) {
+        self.threshold_micros
+            .store(threshold_micros, Ordering::Relaxed);
+        self.max_len.store(max_len, Ordering::Relaxed);
+        self.inner.lock().entries.truncate(max_len);
     }
 
     /// Whether commands are logged at all (callers keep the arguments
     /// only then).
     pub fn enabled(&self) -> bool {
-        self.threshold_micros >= 0 && self.max_len > 0
+        self.threshold_micros.load(Ordering::Relaxed) >= 0
+            && self.max_len.load(Ordering::Relaxed) > 0
     }
 
     /// Whether a command that took `took` goes into the log.
     pub fn is_slow(&self, took: Duration) -> bool {
         self.enabled()
             && u64::try_from(took.as_micros()).unwrap_or(u64::MAX)
-                >= self.threshold_micros.unsigned_abs()
+                >= self.threshold_micros.load(Ordering::Relaxed).unsigned_abs()
     }
 
     /// Logs a command if it was slow. Password-bearing commands keep only
@@ -90,7 +102,7 @@ impl SlowLog {
             addr,
             name: name.to_owned(),
         });
-        inner.entries.truncate(self.max_len);
+        inner.entries.truncate(self.max_len.load(Ordering::Relaxed));
     }
 
     /// The newest `n` entries (all when `None`), newest first.

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -56,6 +56,10 @@ pub trait Replication: Send + Sync {
 
     /// Whether this node is the leader (it runs the timekeeper).
     fn is_leader(&self) -> bool;
+
+    /// Whether this node knows a leader (itself or another node): without
+    /// one, nothing can be proposed.
+    fn leader_known(&self) -> bool;
 }
 
 /// Why a proposal failed. The client may retry: nothing was applied, or
@@ -103,8 +107,19 @@ pub struct ClientInfo {
 
 /// Shared by every connection and background task.
 pub struct Shared {
-    /// The settings.
+    /// The settings the server started with. Those SIGHUP may change
+    /// (limits, TTL defaults, lock hold, SLOWLOG, log level) are read
+    /// through [`Shared::settings`], [`Shared::max_request_bytes`] and
+    /// [`Shared::max_connections`], the engine and the SLOWLOG instead.
     pub config: Config,
+    // The settings in force: `config` with what SIGHUP changed since.
+    // Lock order: `settings` before `guarded`, so that the engine's
+    // settings and these change together.
+    settings: Mutex<Config>,
+    // The limits the shell checks, copied out of `settings` so that the
+    // hot path reads them without a lock.
+    max_request_bytes: AtomicUsize,
+    max_connections: AtomicUsize,
     /// Where time comes from.
     pub clock: Arc<dyn Clock>,
     guarded: Mutex<Guarded>,
@@ -147,6 +162,9 @@ impl Shared {
             .as_ref()
             .map_or_else(Default::default, Persistence::health);
         Self {
+            settings: Mutex::new(config.clone()),
+            max_request_bytes: AtomicUsize::new(config.max_request_bytes),
+            max_connections: AtomicUsize::new(config.max_connections),
             config,
             clock,
             guarded: Mutex::new(Guarded {
@@ -166,6 +184,41 @@ impl Shared {
             replication: std::sync::OnceLock::new(),
             storage_health,
         }
+    }
+
+    /// The settings in force (those a reload changed included).
+    pub fn settings(&self) -> Config {
+        self.settings.lock().clone()
+    }
+
+    /// Largest request, in bytes, now.
+    pub fn max_request_bytes(&self) -> usize {
+        self.max_request_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Most client connections, now.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.load(Ordering::Relaxed)
+    }
+
+    /// Puts `settings` in force, as far as they can change at run time:
+    /// the engine's limits, TTL defaults and lock hold (for the commands
+    /// from now on), the request and connection limits, the SLOWLOG. The
+    /// caller keeps the others (address, storage, …) as they were, and
+    /// sets the log level.
+    pub fn apply_settings(&self, settings: Config) {
+        let mut current = self.settings.lock();
+        self.guarded
+            .lock()
+            .engine
+            .set_settings(settings.store_config(), settings.lock_max_hold_ms());
+        self.max_request_bytes
+            .store(settings.max_request_bytes, Ordering::Relaxed);
+        self.max_connections
+            .store(settings.max_connections, Ordering::Relaxed);
+        self.slowlog
+            .set(settings.slowlog_log_slower_than, settings.slowlog_max_len);
+        *current = settings;
     }
 
     /// The replicated log, in a cluster.
@@ -219,9 +272,14 @@ impl Shared {
         self.guarded.lock().engine.image()
     }
 
-    /// Replaces the engine's state (a snapshot installed).
+    /// Replaces the engine's state (a snapshot installed). The image
+    /// carries the settings of the node that made it; this node keeps its
+    /// own.
     pub fn install_image(&self, image: EngineImage) {
-        self.guarded.lock().engine = Engine::from_image(image);
+        let settings = self.settings.lock();
+        let mut engine = Engine::from_image(image);
+        engine.set_settings(settings.store_config(), settings.lock_max_hold_ms());
+        self.guarded.lock().engine = engine;
     }
 
     /// A fresh connection id.

@@ -93,6 +93,46 @@ fn health_and_readiness_answer() {
     assert_eq!(status, 404);
 }
 
+/// A cluster node whose two peers do not exist has no majority, so no
+/// leader: it answers, but is not ready.
+#[test]
+fn a_cluster_node_without_a_leader_is_not_ready() {
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .to_string()
+    };
+    let (own, a, b) = (free(), free(), free());
+    let dir = tempfile::tempdir().unwrap();
+    let p = ServerProcess::start(
+        dir.path(),
+        &[
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--node-id",
+            "1",
+            "--raft-addr",
+            &own,
+            "--initial-cluster",
+            &format!("1={own},2={a},3={b}"),
+            // Its vote requests to the missing peers fail: not news here.
+            "--log-level",
+            "off",
+        ],
+    );
+    let m = p.metrics.expect("metrics address");
+    let (status, _, body) = http_get(m, "/healthz", None);
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // Through a few election timeouts: still no leader.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        let (status, _, body) = http_get(m, "/readyz", None);
+        assert_eq!((status, body.as_str()), (503, "no leader\n"));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 #[tokio::test]
 async fn scrapes_parse_in_both_formats_with_counters_as_counters() {
     let (_dir, p, m) = start();

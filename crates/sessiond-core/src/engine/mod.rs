@@ -32,7 +32,8 @@ pub use image::{EngineImage, ImageError};
 
 use crate::locks::{Acquired, Handoff, LockRequest, Scope, WaiterId};
 use crate::{
-    EngineError, LockError, LockTable, Millis, Mutation, ReadOptions, SessionId, Store, StoreError,
+    EngineError, LockError, LockTable, Millis, Mutation, ReadOptions, SessionId, Store,
+    StoreConfig, StoreError,
 };
 
 /// A connection, as the engine knows it: the owner of its locks and waits.
@@ -209,6 +210,26 @@ impl Engine {
     /// The locks (read only).
     pub fn locks(&self) -> &LockTable {
         &self.locks
+    }
+
+    /// Changes the store's settings (limits, default TTL and grace) and the
+    /// longest lock hold, for the commands applied from now on; what is
+    /// stored and the locks already granted stay as they are. Not an input:
+    /// no effect, nothing to persist. Replicas apply commands with their own
+    /// settings, so every node of a cluster needs the same ones.
+    ///
+    /// ```
+    /// use sessiond_core::{Engine, LockTable, Store, StoreConfig};
+    /// let mut engine = Engine::new(Store::new(StoreConfig::default()), LockTable::new(1, 300_000));
+    /// let mut config = StoreConfig::default();
+    /// config.limits.max_value_bytes = 2048;
+    /// engine.set_settings(config, 60_000);
+    /// assert_eq!(engine.store().config().limits.max_value_bytes, 2048);
+    /// assert_eq!(engine.locks().max_hold_ms(), 60_000);
+    /// ```
+    pub fn set_settings(&mut self, store: StoreConfig, max_hold_ms: u64) {
+        self.store.set_config(store);
+        self.locks.set_max_hold_ms(max_hold_ms);
     }
 
     /// The last version handed out: the floor storage records.

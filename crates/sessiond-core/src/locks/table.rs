@@ -31,6 +31,17 @@ impl LockTable {
         }
     }
 
+    /// The longest a lock may be held, in ms.
+    pub fn max_hold_ms(&self) -> u64 {
+        self.max_hold_ms
+    }
+
+    /// Changes the longest hold for grants made from now on; grants already
+    /// made keep the deadline they were given.
+    pub fn set_max_hold_ms(&mut self, max_hold_ms: u64) {
+        self.max_hold_ms = max_hold_ms;
+    }
+
     /// Every owner holding or waiting for a lock, in order.
     pub fn owners(&self) -> std::collections::BTreeSet<OwnerId> {
         self.sessions

@@ -97,6 +97,13 @@ impl Store {
         &self.config
     }
 
+    /// Changes the settings for what happens from now on: sessions already
+    /// stored keep their TTL and their values and keys (even over a lowered
+    /// limit, until they are next written), aliases their grace.
+    pub fn set_config(&mut self, config: StoreConfig) {
+        self.config = config;
+    }
+
     /// Counters for metrics.
     pub fn stats(&self) -> StoreStats {
         self.stats

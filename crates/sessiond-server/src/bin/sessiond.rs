@@ -3,6 +3,8 @@
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sessiond_server::config::{ServeArgs, show_defaults};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// sessiond: a session store for web applications on many servers.
 #[derive(Parser)]
@@ -91,13 +93,23 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {}
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SESSIOND_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
+    // The filter is behind a reload handle: `serve` sets it from the
+    // resolved settings (`--log-level`, `SESSIOND_LOG`, the file's
+    // `log_level`), and again on SIGHUP.
+    let (filter, log_filter) = tracing_subscriber::reload::Layer::new(
+        tracing_subscriber::EnvFilter::try_from_env("SESSIOND_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    );
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
+    let set_log: sessiond_server::reload::SetLogFilter = Box::new(move |directives: &str| {
+        let filter = tracing_subscriber::EnvFilter::builder()
+            .parse(directives)
+            .map_err(|e| e.to_string())?;
+        log_filter.reload(filter).map_err(|e| e.to_string())
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -124,16 +136,19 @@ fn main() -> anyhow::Result<()> {
         }
         // `sessiond --port 7000 serve --durability always`: both sets of
         // flags count, the subcommand's first.
-        Some(Cmd::Serve(args)) => runtime.block_on(serve(args.merge(cli.serve))),
+        Some(Cmd::Serve(args)) => runtime.block_on(serve(args.merge(cli.serve), set_log)),
         Some(Cmd::CheckConfig(args)) => {
             let config = args.merge(cli.serve).resolve()?;
             print!("{}", config.describe());
             Ok(())
         }
-        None => runtime.block_on(serve(cli.serve)),
+        None => runtime.block_on(serve(cli.serve, set_log)),
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    sessiond_server::server::serve_until_signal(args.resolve()?).await
+async fn serve(
+    args: ServeArgs,
+    set_log: sessiond_server::reload::SetLogFilter,
+) -> anyhow::Result<()> {
+    sessiond_server::server::serve_reloadable(args, Some(set_log)).await
 }

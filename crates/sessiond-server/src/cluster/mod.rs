@@ -346,4 +346,8 @@ impl Replication for Cluster {
     fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.node_id)
     }
+
+    fn leader_known(&self) -> bool {
+        self.raft.metrics().borrow().current_leader.is_some()
+    }
 }
