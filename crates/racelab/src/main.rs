@@ -16,6 +16,7 @@
 
 mod handlers;
 mod http;
+mod record;
 mod report;
 mod run;
 mod scenario;

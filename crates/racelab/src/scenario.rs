@@ -9,7 +9,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::run::{ReqResult, RunResult};
+use crate::record::RunResult;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -22,17 +22,7 @@ pub enum Scenario {
     Readonly,
 }
 
-/// What a request stands for in the picture and in the latency columns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// The slow request the others should not have to wait for.
-    Slow,
-    /// Short requests: their latency is the "fast p50/p99" column.
-    Fast,
-    /// Everything else (all requests alike: counter, payment, OAuth).
-    Normal,
-}
+pub use crate::record::Role;
 
 #[derive(Clone, Debug)]
 pub struct Req {
@@ -435,19 +425,10 @@ fn int(v: &Value) -> i64 {
     }
 }
 
-impl ReqResult {
-    pub fn param(&self, k: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(key, _)| *key == k)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::Reply;
+    use crate::record::{Reply, ReqResult};
     use serde_json::json;
 
     fn done(ep: &'static str, params: Vec<(&'static str, String)>, result: Value) -> ReqResult {

@@ -154,6 +154,27 @@ pub struct PeerPool {
 }
 
 impl PeerPool {
+    /// An idle connection to `addr`, or a new (unconnected) one.
+    fn checkout(&self, addr: &str) -> Channel {
+        self.idle
+            .lock()
+            .get_mut(addr)
+            .and_then(Vec::pop)
+            .unwrap_or_default()
+    }
+
+    /// Keeps `channel` for the next call to `addr`, if it is still connected
+    /// (at most 16 per address).
+    fn checkin(&self, addr: &str, channel: Channel) {
+        if channel.stream.is_some() {
+            let mut idle = self.idle.lock();
+            let list = idle.entry(addr.to_owned()).or_default();
+            if list.len() < 16 {
+                list.push(channel);
+            }
+        }
+    }
+
     /// Forwards `input` to the leader at `addr`.
     ///
     /// # Errors
@@ -163,22 +184,11 @@ impl PeerPool {
         addr: &str,
         input: Input,
     ) -> Result<Result<(InputResult, u64), ForwardRefused>, CallError> {
-        let mut channel = self
-            .idle
-            .lock()
-            .get_mut(addr)
-            .and_then(Vec::pop)
-            .unwrap_or_default();
+        let mut channel = self.checkout(addr);
         let answer = channel
             .call(addr, &PeerRequest::Propose(input), CALL_TIMEOUT)
             .await;
-        if channel.stream.is_some() {
-            let mut idle = self.idle.lock();
-            let list = idle.entry(addr.to_owned()).or_default();
-            if list.len() < 16 {
-                list.push(channel);
-            }
-        }
+        self.checkin(addr, channel);
         match answer? {
             PeerResponse::Propose(r) => Ok(r),
             other => Err(CallError::AfterSend(format!("unexpected answer {other:?}"))),
@@ -189,23 +199,12 @@ impl PeerPool {
 impl PeerPool {
     /// Whether the node at `addr` answers within `timeout`.
     pub async fn ping(&self, addr: &str, timeout: Duration) -> bool {
-        let mut channel = self
-            .idle
-            .lock()
-            .get_mut(addr)
-            .and_then(Vec::pop)
-            .unwrap_or_default();
+        let mut channel = self.checkout(addr);
         let ok = matches!(
             channel.call(addr, &PeerRequest::Ping, timeout).await,
             Ok(PeerResponse::Pong)
         );
-        if channel.stream.is_some() {
-            let mut idle = self.idle.lock();
-            let list = idle.entry(addr.to_owned()).or_default();
-            if list.len() < 16 {
-                list.push(channel);
-            }
-        }
+        self.checkin(addr, channel);
         ok
     }
 }
