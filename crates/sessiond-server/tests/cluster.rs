@@ -5,20 +5,12 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::ServerProcess;
+use common::{ServerProcess, free_port};
 use sessiond_client::{Client, Value};
 use sessiond_lincheck::{Operation, Register, RegisterOp, RegisterRet, check};
-
-/// A free loopback port (bound, then released for the node to take).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 struct Node {
     id: u64,

@@ -9,15 +9,8 @@ mod common;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use common::ServerProcess;
+use common::{ServerProcess, free_port};
 use sessiond_client::{Client, ConnectOptions, Error, IncrOptions, LockOptions, Value};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 struct TestCluster {
     _tmp: tempfile::TempDir,

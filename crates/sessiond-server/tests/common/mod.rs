@@ -262,3 +262,11 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A free loopback port (bound, then released for a server process to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
