@@ -29,7 +29,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use command::{AcquireArgs, Command, Fence, Response, SessionLockInfo};
-pub use image::{EngineImage, ImageError};
+pub use image::{EngineImage, FORMAT as IMAGE_FORMAT, ImageError};
 
 use crate::locks::{Acquired, Handoff, LockRequest, Scope, WaiterId};
 use crate::{
