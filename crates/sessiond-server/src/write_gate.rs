@@ -26,7 +26,7 @@ use crate::state::Shared;
 /// Whether `cmd` may change what storage holds (see the module docs).
 pub fn is_write(cmd: &Command) -> bool {
     match cmd {
-        Command::Conn(_) => false,
+        Command::Conn(_) | Command::Cluster(_) => false,
         Command::Engine(c) => engine_writes(c),
     }
 }

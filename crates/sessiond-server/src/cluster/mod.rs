@@ -22,6 +22,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod log_store;
+mod membership;
 pub mod network;
 pub mod state_machine;
 
@@ -38,7 +39,7 @@ use sessiond_core::{Clock, Millis};
 use tokio::sync::watch;
 
 pub use crate::config::ClusterConfig;
-use crate::state::{BoxFuture, Replication, ReplicationError, Shared};
+use crate::state::{BoxFuture, MembershipChange, Replication, ReplicationError, Shared};
 
 /// A node's id (`--node-id`).
 pub type NodeId = u64;
@@ -138,7 +139,9 @@ impl Cluster {
             config.node_down_after,
             shutdown.clone(),
         ));
-        if !raft.is_initialized().await.unwrap_or(false) {
+        // A node started without --initial-cluster waits to be added
+        // (CLUSTER.ADDLEARNER on a member).
+        if !config.initial.is_empty() && !raft.is_initialized().await.unwrap_or(false) {
             let members: BTreeMap<NodeId, BasicNode> = config
                 .initial
                 .iter()
@@ -223,23 +226,26 @@ impl Cluster {
             openraft::ServerState::Candidate => "candidate",
             openraft::ServerState::Shutdown => "shutdown",
         };
-        let members: Vec<String> = m
-            .membership_config
-            .membership()
+        let membership = m.membership_config.membership();
+        let members: Vec<String> = membership
             .nodes()
             .map(|(id, n)| format!("{id}={}", n.addr))
             .collect();
+        let voters: Vec<String> = membership.voter_ids().map(|id| id.to_string()).collect();
+        let learners: Vec<String> = membership.learner_ids().map(|id| id.to_string()).collect();
         // openraft 0.9 does not report the commit index; what this node has
         // applied is committed, and is what it serves.
         let applied = m.last_applied.map_or(0, |l| l.index);
         let mut out = format!(
-            "node_id:{}\r\nrole:{role}\r\nleader_id:{}\r\nterm:{}\r\ncommit_index:{applied}\r\napplied_index:{applied}\r\nlast_log_index:{}\r\nsnapshot_index:{}\r\nmembers:{}\r\n",
+            "node_id:{}\r\nrole:{role}\r\nleader_id:{}\r\nterm:{}\r\ncommit_index:{applied}\r\napplied_index:{applied}\r\nlast_log_index:{}\r\nsnapshot_index:{}\r\nmembers:{}\r\nvoters:{}\r\nlearners:{}\r\n",
             self.node_id,
             m.current_leader.map_or(String::new(), |l| l.to_string()),
             m.current_term,
             m.last_log_index.unwrap_or(0),
             m.snapshot.map_or(0, |l| l.index),
             members.join(","),
+            voters.join(","),
+            learners.join(","),
         );
         if let Some(repl) = &m.replication {
             let last = m.last_log_index.unwrap_or(0);
@@ -349,5 +355,9 @@ impl Replication for Cluster {
 
     fn leader_known(&self) -> bool {
         self.raft.metrics().borrow().current_leader.is_some()
+    }
+
+    fn change_membership(&self, change: MembershipChange) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.change_anywhere(change))
     }
 }
