@@ -157,6 +157,56 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Makes the state this node's engine was loaded with from a single
+    /// server's data directory (outside the log) part of the replicated
+    /// state: once this node leads its cluster of one, a snapshot that holds
+    /// it is taken and the log before it purged, so every node added later
+    /// starts from that snapshot, never from an empty state. Clients are
+    /// not served before this returns.
+    ///
+    /// # Errors
+    /// No leadership, snapshot or purge within the time allowed.
+    pub async fn seal_import(&self) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let wait = || self.raft.wait(Some(Duration::from_secs(30)));
+        wait()
+            .state(openraft::ServerState::Leader, "leading the cluster of one")
+            .await
+            .context("becoming the leader of the new cluster")?;
+        // Everything before this entry is applied once it is.
+        let (_, index) = self
+            .propose_here(Input::RecordAccesses)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))
+            .context("committing the first entry")?;
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .context("starting the snapshot")?;
+        let m = wait()
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= index),
+                "the snapshot holding the imported sessions",
+            )
+            .await
+            .context("taking the snapshot")?;
+        let upto = m.snapshot.map_or(index, |s| s.index);
+        self.raft
+            .trigger()
+            .purge_log(upto)
+            .await
+            .context("purging the log")?;
+        wait()
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index >= upto),
+                "the log before the snapshot purged",
+            )
+            .await
+            .context("purging the log")?;
+        Ok(())
+    }
+
     /// Proposes on this node if it leads; the leader's clock stamps it.
     /// Returns the result and the log index.
     async fn propose_here(&self, input: Input) -> Result<(InputResult, u64), ProposeError> {
