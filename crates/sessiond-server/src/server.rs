@@ -126,12 +126,11 @@ impl Server {
         let cluster_shutdown = CancellationToken::new();
         let import = import_single_server_data(&shared.config)?;
         if let Some(cluster_config) = shared.config.cluster.clone() {
-            let sync = shared.config.durability == crate::config::Durability::Always;
             let cluster = crate::cluster::Cluster::start(
                 cluster_config,
                 shared.clone(),
                 &shared.config.data_dir,
-                sync,
+                shared.config.durability,
                 cluster_shutdown.clone(),
             )
             .await
