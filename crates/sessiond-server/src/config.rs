@@ -57,6 +57,11 @@ pub mod defaults {
     pub const SLOWLOG_MAX_LEN: usize = 128;
     /// `--node-down-after`, in seconds.
     pub const NODE_DOWN_AFTER_SECS: u64 = 10;
+    /// `--raft-heartbeat`, in ms.
+    pub const RAFT_HEARTBEAT_MS: u64 = 50;
+    /// `--raft-election-timeout`, in ms (the shortest; the longest is
+    /// twice it).
+    pub const RAFT_ELECTION_TIMEOUT_MS: u64 = 200;
     /// `--log-level` (a `tracing` env-filter directive).
     pub const LOG_LEVEL: &str = "info";
 }
@@ -90,6 +95,8 @@ pub fn shown_defaults() -> Vec<(&'static str, String)> {
         ("tcp_keepalive", d::TCP_KEEPALIVE_SECS.to_string()),
         ("shutdown_timeout", d::SHUTDOWN_TIMEOUT_SECS.to_string()),
         ("node_down_after", d::NODE_DOWN_AFTER_SECS.to_string()),
+        ("raft_heartbeat", d::RAFT_HEARTBEAT_MS.to_string()),
+        ("raft_election_timeout", d::RAFT_ELECTION_TIMEOUT_MS.to_string()),
         (
             "slowlog_log_slower_than",
             d::SLOWLOG_LOG_SLOWER_THAN.to_string(),
@@ -244,6 +251,16 @@ pub struct ServeArgs {
     /// lock-delay of Chubby and Consul).
     #[arg(long, env = "SESSIOND_NODE_DOWN_AFTER")]
     pub node_down_after: Option<u64>,
+    /// In a cluster: how often the leader sends heartbeats, in ms.
+    #[arg(long, env = "SESSIOND_RAFT_HEARTBEAT")]
+    pub raft_heartbeat: Option<u64>,
+    /// In a cluster: a follower that heard nothing from the leader for this
+    /// long (ms; a random value between it and twice it, after the
+    /// leader's lease of twice it) starts an election. Lower fails over
+    /// faster; too low for the machine's scheduling delays causes needless
+    /// elections. At least 3 heartbeats.
+    #[arg(long, env = "SESSIOND_RAFT_ELECTION_TIMEOUT")]
+    pub raft_election_timeout: Option<u64>,
     /// Commands slower than this, in microseconds, go to the SLOWLOG; a
     /// negative value turns it off, 0 logs every command.
     #[arg(
@@ -273,6 +290,10 @@ pub struct ClusterConfig {
     pub initial: std::collections::BTreeMap<u64, String>,
     /// After how long without an answer a node is declared dead.
     pub node_down_after: Duration,
+    /// How often the leader sends heartbeats, in ms.
+    pub heartbeat_ms: u64,
+    /// The shortest election timeout, in ms (the longest is twice it).
+    pub election_timeout_ms: u64,
 }
 
 impl ClusterConfig {
@@ -478,12 +499,21 @@ impl ServeArgs {
                     .unwrap_or(defaults::SHUTDOWN_TIMEOUT_SECS),
             ),
             cluster: cluster_config(s.node_id, s.raft_addr, s.initial_cluster)?.map(|c| {
+                let heartbeat_ms = s
+                    .raft_heartbeat
+                    .unwrap_or(defaults::RAFT_HEARTBEAT_MS)
+                    .max(10);
                 ClusterConfig {
                     node_down_after: Duration::from_secs(
                         s.node_down_after
                             .unwrap_or(defaults::NODE_DOWN_AFTER_SECS)
                             .max(1),
                     ),
+                    heartbeat_ms,
+                    election_timeout_ms: s
+                        .raft_election_timeout
+                        .unwrap_or(defaults::RAFT_ELECTION_TIMEOUT_MS)
+                        .max(3 * heartbeat_ms),
                     ..c
                 }
             }),
@@ -524,6 +554,8 @@ impl ServeArgs {
             raft_addr: self.raft_addr.or(file.raft_addr),
             initial_cluster: self.initial_cluster.or(file.initial_cluster),
             node_down_after: self.node_down_after.or(file.node_down_after),
+            raft_heartbeat: self.raft_heartbeat.or(file.raft_heartbeat),
+            raft_election_timeout: self.raft_election_timeout.or(file.raft_election_timeout),
             slowlog_log_slower_than: self
                 .slowlog_log_slower_than
                 .or(file.slowlog_log_slower_than),
@@ -563,6 +595,8 @@ fn cluster_config(
                 raft_addr,
                 initial,
                 node_down_after: Duration::from_secs(defaults::NODE_DOWN_AFTER_SECS),
+                heartbeat_ms: defaults::RAFT_HEARTBEAT_MS,
+                election_timeout_ms: defaults::RAFT_ELECTION_TIMEOUT_MS,
             }))
         }
         _ => Err(ConfigError::Invalid(
@@ -668,6 +702,8 @@ impl Config {
             lines.push(format!("raft_addr = {:?}", c.raft_addr));
             lines.push(format!("initial_cluster = {:?}", members.join(",")));
             lines.push(format!("node_down_after = {}", secs(c.node_down_after)));
+            lines.push(format!("raft_heartbeat = {}", c.heartbeat_ms));
+            lines.push(format!("raft_election_timeout = {}", c.election_timeout_ms));
         }
         lines.join("\n") + "\n"
     }
