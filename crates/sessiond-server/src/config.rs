@@ -96,7 +96,10 @@ pub fn shown_defaults() -> Vec<(&'static str, String)> {
         ("shutdown_timeout", d::SHUTDOWN_TIMEOUT_SECS.to_string()),
         ("node_down_after", d::NODE_DOWN_AFTER_SECS.to_string()),
         ("raft_heartbeat", d::RAFT_HEARTBEAT_MS.to_string()),
-        ("raft_election_timeout", d::RAFT_ELECTION_TIMEOUT_MS.to_string()),
+        (
+            "raft_election_timeout",
+            d::RAFT_ELECTION_TIMEOUT_MS.to_string(),
+        ),
         (
             "slowlog_log_slower_than",
             d::SLOWLOG_LOG_SLOWER_THAN.to_string(),
