@@ -21,6 +21,7 @@
 
 pub mod command;
 mod image;
+mod room;
 
 use std::collections::HashMap;
 
@@ -245,6 +246,7 @@ impl Engine {
     /// Applies `cmd` from connection `conn` at `now`.
     pub fn apply(&mut self, now: Millis, conn: ConnId, cmd: Command) -> Outcome<Step> {
         let mut work = self.locks_due(now);
+        self.make_room(now, &cmd);
         let step = match self.execute(now, conn, cmd, &mut work) {
             Ok(step) => step,
             Err(e) => Step::Done(Err(e)),
