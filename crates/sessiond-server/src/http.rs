@@ -27,6 +27,9 @@ pub fn state_gauges(shared: &Shared) -> StateGauges {
             lock_deadlocks: lock_stats.deadlocks,
             lock_fenced: lock_stats.fenced,
             lock_expired: lock_stats.expired,
+            evicted_sessions: store.memory_stats().evicted,
+            oom_refusals: store.memory_stats().oom_refusals,
+            memory_used: store.used_memory(),
             ..StateGauges::default()
         }
     });
@@ -44,6 +47,9 @@ pub fn state_gauges(shared: &Shared) -> StateGauges {
     gauges.storage_refused_writes = health.refused_writes();
     (gauges.storage_queued_batches, gauges.storage_queued_changes) = health.queued();
     gauges.rss_bytes = crate::process::rss_bytes();
+    let budget = shared.settings().memory_budget();
+    gauges.memory_used += budget.reserved;
+    gauges.memory_limit = budget.max_memory;
     gauges
 }
 

@@ -3,7 +3,9 @@
 //! again from disk), and what can change at run time put in force.
 //!
 //! What changes at run time: the limits (`max_value_bytes`,
-//! `max_keys_per_session`, `max_request_bytes`, `max_connections`), the TTL
+//! `max_keys_per_session`, `max_request_bytes`, `max_connections`), the
+//! memory limit and its policy (`max_memory`, `max_memory_policy`: from the
+//! next write on; the storage cache keeps its size until a restart), the TTL
 //! defaults (`default_ttl`, `regenerate_grace`), `lock_max_hold` (for locks
 //! granted from then on), the SLOWLOG settings and the log level. Everything
 //! else (addresses, storage, durability, the password, cluster membership,
@@ -100,6 +102,12 @@ fn settings(c: &Config) -> Vec<(&'static str, bool, String)> {
             false,
             c.metrics_addr.map_or("off".to_owned(), |a| a.to_string()),
         ),
+        ("max_memory", true, c.max_memory.to_string()),
+        (
+            "max_memory_policy",
+            true,
+            c.max_memory_policy.eviction().name().to_owned(),
+        ),
         ("default_ttl", true, secs(c.default_ttl)),
         ("regenerate_grace", true, secs(c.regenerate_grace)),
         ("max_value_bytes", true, c.max_value_bytes.to_string()),
@@ -182,6 +190,8 @@ pub fn diff(old: &Config, new: &Config) -> Report {
 /// run time, `old`'s for the rest.
 pub fn in_force(old: &Config, new: &Config) -> Config {
     Config {
+        max_memory: new.max_memory,
+        max_memory_policy: new.max_memory_policy,
         default_ttl: new.default_ttl,
         regenerate_grace: new.regenerate_grace,
         max_value_bytes: new.max_value_bytes,
