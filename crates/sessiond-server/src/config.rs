@@ -206,6 +206,10 @@ pub const RESERVED_CONNECTIONS: u64 = 128;
 /// What one idle connection costs: two 16 KiB buffers and its task.
 pub const CONNECTION_BYTES: u64 = 40 << 10;
 
+/// A `1/FRAGMENTATION_DIVISOR` share of what `--max-memory` leaves after
+/// the reserves is held back for the allocator's fragmentation.
+pub const FRAGMENTATION_DIVISOR: u64 = 5;
+
 /// How `--max-memory` is divided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryBudget {
@@ -723,6 +727,17 @@ impl Config {
         }
     }
 
+    /// With `--max-memory`, the most bytes of changes that may wait for
+    /// the disk (a thirty-second of the limit, 1 to 64 MiB); without it
+    /// only the time bound of the persistence applies.
+    pub fn max_pending_bytes(&self) -> Option<usize> {
+        (self.max_memory > 0).then(|| {
+            usize::try_from(self.max_memory / 32)
+                .unwrap_or(usize::MAX)
+                .clamp(1 << 20, 64 << 20)
+        })
+    }
+
     /// How `--max-memory` is divided between the sessions and the rest of
     /// the process: the baseline, the storage cache (redb), and the
     /// buffers of [`RESERVED_CONNECTIONS`] connections are held back; with
@@ -734,13 +749,22 @@ impl Config {
             StorageKind::Memory => 0,
         };
         let connections = RESERVED_CONNECTIONS.min(self.max_connections as u64) * CONNECTION_BYTES;
-        let reserved = BASELINE_BYTES + cache + connections;
+        // Changes waiting for the disk: the mutations and the request
+        // buffers their values still share.
+        let pending = 2 * self.max_pending_bytes().unwrap_or(0) as u64;
+        let reserved = BASELINE_BYTES + cache + connections + pending;
         let left = self.max_memory.saturating_sub(reserved);
+        // What the allocator holds beyond what the sessions use once
+        // sessions come and go (evicted, expired, rewritten at other
+        // sizes): freed memory between live blocks. A fifth of what is
+        // left, from measurements under eviction (docs/benchmarks.md).
+        let left = left - left / FRAGMENTATION_DIVISOR;
         let data_limit = match (self.max_memory, self.storage) {
             (0, _) => 0,
             (_, StorageKind::Redb) => left,
             (_, StorageKind::Memory) => left / 2,
         };
+        let reserved = self.max_memory.saturating_sub(data_limit).max(reserved);
         MemoryBudget {
             max_memory: self.max_memory,
             reserved,

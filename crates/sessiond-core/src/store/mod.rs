@@ -583,7 +583,7 @@ impl Store {
                 self.account_remove(&id, &session);
                 self.outbox.push(Mutation::DelSession {
                     id: id.clone(),
-                    keys: session.fields.keys().collect(),
+                    keys: session.fields.owned_keys(),
                 });
                 self.drop_aliases_to(&id);
                 self.stats.expired += 1;
@@ -671,7 +671,7 @@ impl Store {
             self.account_remove(id, &session);
             self.outbox.push(Mutation::DelSession {
                 id: id.clone(),
-                keys: session.fields.keys().collect(),
+                keys: session.fields.owned_keys(),
             });
             self.drop_aliases_to(id);
         }
