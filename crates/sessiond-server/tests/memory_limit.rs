@@ -257,7 +257,7 @@ fn noeviction_refuses_growth_near_the_limit_and_keeps_serving_reads_and_deletes(
             matches!(c.call(&[b"SESSION.NEW"]), Reply::Bulk(Some(_))),
             "room again after deletes"
         );
-        assert!(matches!(c.call(&[b"PING"]), Reply::Status(_)));
+        assert!(matches!(c.call(&[b"PING"]), Reply::Status(s) if s == "PONG"));
     }
 }
 
