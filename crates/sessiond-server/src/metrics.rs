@@ -422,6 +422,14 @@ mod tests {
             "{prom}"
         );
         assert!(prom.contains("# TYPE sessiond_sessions gauge\n"), "{prom}");
+        for name in [
+            "sessiond_memory_used_bytes ",
+            "sessiond_memory_limit_bytes ",
+            "sessiond_evicted_sessions_total ",
+            "sessiond_oom_refusals_total ",
+        ] {
+            assert!(prom.contains(name), "{name} in {prom}");
+        }
         assert!(!prom.contains("# EOF"));
     }
 

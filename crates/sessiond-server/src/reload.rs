@@ -344,4 +344,29 @@ mod tests {
         assert!(left.needs_restart.is_empty());
         assert_eq!(diff(&next, &new).applied, []);
     }
+
+    #[test]
+    fn the_memory_limit_and_policy_change_at_run_time() {
+        let old = config(|a| a.storage_cache_mb = Some(8));
+        let new = config(|a| {
+            a.storage_cache_mb = Some(8);
+            a.max_memory = Some("64mb".into());
+            a.max_memory_policy = Some(crate::config::MaxMemoryPolicy::AllkeysLru);
+        });
+        let report = diff(&old, &new);
+        let shown: Vec<String> = report.applied.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "max_memory: 0 -> 67108864",
+                "max_memory_policy: noeviction -> allkeys-lru",
+            ]
+        );
+        assert!(report.needs_restart.is_empty());
+        let next = in_force(&old, &new);
+        let memory = next.store_config().memory;
+        assert_eq!(memory.policy, sessiond_core::EvictionPolicy::AllkeysLru);
+        assert_eq!(memory.max_bytes, new.memory_budget().data_limit);
+        assert!(memory.max_bytes > 0);
+    }
 }

@@ -55,6 +55,10 @@ impl Engine {
     /// even if the command is then refused for another reason (as in
     /// Redis, which evicts before it runs a command).
     pub(super) fn make_room(&mut self, now: Millis, cmd: &Command) {
+        // Without an evicting limit, commands pay nothing here.
+        if !self.store.evicts() {
+            return;
+        }
         let Some((id, need)) = room_needed(cmd) else {
             return;
         };

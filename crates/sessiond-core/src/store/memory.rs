@@ -121,6 +121,12 @@ impl Store {
         self.used_memory
     }
 
+    /// Whether an evicting memory limit is set ([`Store::make_room`] does
+    /// something).
+    pub fn evicts(&self) -> bool {
+        self.idle.is_some()
+    }
+
     /// The memory counters.
     pub fn memory_stats(&self) -> MemoryStats {
         MemoryStats {
