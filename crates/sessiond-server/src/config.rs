@@ -759,10 +759,12 @@ impl Config {
         // sizes): freed memory between live blocks. A fifth of what is
         // left, from measurements under eviction (docs/benchmarks.md).
         let left = left - left / FRAGMENTATION_DIVISOR;
+        // With a limit, at least 1 byte: 0 would mean none (a reload can
+        // set a limit below what is held back; every growth is refused).
         let data_limit = match (self.max_memory, self.storage) {
             (0, _) => 0,
-            (_, StorageKind::Redb) => left,
-            (_, StorageKind::Memory) => left / 2,
+            (_, StorageKind::Redb) => left.max(1),
+            (_, StorageKind::Memory) => (left / 2).max(1),
         };
         let reserved = self.max_memory.saturating_sub(data_limit).max(reserved);
         MemoryBudget {

@@ -245,6 +245,15 @@ impl Reloader {
                 }
             }
         }
+        let budget = next.memory_budget();
+        if budget.max_memory > 0 && budget.data_limit < 1 << 20 {
+            tracing::warn!(
+                max_memory = budget.max_memory,
+                reserved = budget.reserved,
+                "max_memory leaves less than 1 MiB for sessions (the storage cache keeps the \
+                 size it started with): writes that grow memory will be refused or evict"
+            );
+        }
         shared.apply_settings(next);
         Ok(report)
     }

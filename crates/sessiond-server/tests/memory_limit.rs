@@ -297,3 +297,70 @@ fn allkeys_lru_keeps_accepting_near_the_limit_and_evicts_the_idlest() {
         ));
     }
 }
+
+/// Polls INFO until `field` is `want` (a reload is asynchronous to the
+/// signal). Bounded: a hang guard, not a timing assertion.
+fn await_info(c: &mut Conn, field: &str, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.info(field) != want {
+        assert!(Instant::now() < deadline, "{field} never became {want}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sighup_sets_the_limit_and_then_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sessiond.toml");
+    std::fs::write(&file, "storage_cache_mb = 4\n").unwrap();
+    let server = ServerProcess::start(
+        &dir.path().join("data"),
+        &["--config", file.to_str().unwrap()],
+    );
+    let mut c = Conn::open(server.addr);
+    assert_eq!(c.info("max_memory"), 0);
+    let limit = 32 * MB;
+    std::fs::write(&file, "storage_cache_mb = 4\nmax_memory = \"32mb\"\n").unwrap();
+    server.signal("HUP");
+    await_info(&mut c, "max_memory", limit);
+    // Refusals once the sessions' share is spent.
+    let f = fill(&server, limit, |_, refused| refused > 0);
+    assert!(f.refused > 0 && f.accepted > 0, "{f:?}");
+    assert!(c.info("oom_refusals") > 0);
+    // Switched to eviction: the same writes are accepted.
+    std::fs::write(
+        &file,
+        "storage_cache_mb = 4\nmax_memory = \"32mb\"\nmax_memory_policy = \"allkeys-lru\"\n",
+    )
+    .unwrap();
+    server.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let Reply::Bulk(Some(text)) = c.call(&[b"INFO", b"memory"]) else {
+            panic!("INFO is a bulk string");
+        };
+        if String::from_utf8(text)
+            .unwrap()
+            .contains("max_memory_policy:allkeys-lru")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the policy never changed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 0..200u64 {
+        let reply = c.call(&[
+            b"SESSION.COMMIT",
+            format!("after{i}").as_bytes(),
+            b"CREATE",
+            b"SET",
+            b"data",
+            &value(i),
+        ]);
+        assert!(
+            matches!(reply, Reply::Array(Some(_))),
+            "accepted: {reply:?}"
+        );
+    }
+    assert!(c.info("evicted_sessions") > 0);
+}
