@@ -195,11 +195,12 @@ impl Store {
                 .max(session.meta.version)
                 .max(session.fields.max_version());
             deadlines.push((session.meta.deadline(), id.clone()));
-            self.account_insert(&id, &session);
-            if let Some(old) = self.sessions.insert(id.clone(), session) {
+            if let Some(old) = self.sessions.remove(&id) {
                 self.expiry.remove(old.meta.deadline(), &id);
                 self.account_remove(&id, &old);
             }
+            self.account_insert(&id, &session);
+            self.sessions.insert(id.clone(), session);
         }
         self.expiry.extend(deadlines);
     }
