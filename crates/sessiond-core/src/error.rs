@@ -48,6 +48,15 @@ pub enum StoreError {
     /// The target of a regenerate already exists.
     #[error("session {0:?} already exists")]
     Exists(String),
+    /// The write needs memory over the limit (`--max-memory`) and the
+    /// policy does not evict, or nothing could be evicted.
+    #[error("command not allowed when used memory > 'max-memory' ({used} of {limit} bytes used)")]
+    OutOfMemory {
+        /// The store's accounted memory.
+        used: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 /// Why a lock operation, or a write fenced by a lock, was refused. A refused

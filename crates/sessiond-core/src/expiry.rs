@@ -68,6 +68,11 @@ impl<K: Ord + Clone> ExpiryIndex<K> {
         due
     }
 
+    /// Every entry, earliest first.
+    pub fn iter(&self) -> impl Iterator<Item = &(Millis, K)> {
+        self.entries.iter()
+    }
+
     /// The earliest deadline, if any.
     pub fn next_deadline(&self) -> Option<Millis> {
         self.entries.first().map(|(d, _)| *d)

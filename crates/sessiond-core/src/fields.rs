@@ -180,6 +180,15 @@ impl PackedFields {
         self.entries().map(|e| self.buf.slice_ref(e.key))
     }
 
+    /// Every key, sorted, each copied out of the buffer: for a session
+    /// that goes away, so the keys its deletion carries to storage do not
+    /// keep its whole buffer alive until they are written.
+    pub fn owned_keys(&self) -> Vec<Bytes> {
+        self.entries()
+            .map(|e| Bytes::copy_from_slice(e.key))
+            .collect()
+    }
+
     /// The highest version of any field (0 when empty).
     pub fn max_version(&self) -> u64 {
         self.entries().map(|e| e.version).max().unwrap_or(0)

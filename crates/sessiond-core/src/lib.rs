@@ -46,6 +46,6 @@ pub use id::SessionId;
 pub use locks::LockTable;
 pub use session::{Field, Session, SessionMeta};
 pub use store::{
-    Alias, CasOutcome, CommitOutcome, CommitRequest, Limits, Mutation, Op, ReadField, ReadOptions,
-    ReadResult, Store, StoreConfig, StoreStats,
+    Alias, CasOutcome, CommitOutcome, CommitRequest, EvictionPolicy, Limits, MemoryLimit,
+    MemoryStats, Mutation, Op, ReadField, ReadOptions, ReadResult, Store, StoreConfig, StoreStats,
 };

@@ -6,10 +6,11 @@
 
 use proptest::prelude::*;
 use sessiond_core::engine::EngineImage;
+use sessiond_core::store::{EvictionPolicy, MemoryLimit};
 use sessiond_core::workload::{Driver, LogStep, Rng, Shape, generate};
 use sessiond_core::{Engine, LockTable, Store, StoreConfig};
 
-fn fresh_engine() -> Engine {
+fn config(memory: MemoryLimit) -> StoreConfig {
     let mut config = StoreConfig {
         default_ttl_ms: 2_000,
         regenerate_grace_ms: 500,
@@ -17,13 +18,30 @@ fn fresh_engine() -> Engine {
     };
     config.limits.max_keys_per_session = 3;
     config.limits.max_value_bytes = 3;
-    Engine::new(Store::new(config), LockTable::new(1, 3_000))
+    config.memory = memory;
+    config
 }
 
-/// What a snapshot does: the image through its byte encoding.
+fn fresh_engine(memory: MemoryLimit) -> Engine {
+    Engine::new(Store::new(config(memory)), LockTable::new(1, 3_000))
+}
+
+/// What a snapshot does: the image through its byte encoding, and the
+/// node's own settings put back (the memory limit is not in an image), as
+/// the server does when it installs one.
 fn through_bytes(engine: &Engine) -> Engine {
     let bytes = engine.image().encode();
-    Engine::from_image(EngineImage::decode(&bytes).expect("an image decodes"))
+    let mut restored = Engine::from_image(EngineImage::decode(&bytes).expect("an image decodes"));
+    restored.set_settings(*engine.store().config(), engine.locks().max_hold_ms());
+    restored
+}
+
+/// A limit that holds about `sessions` small sessions, evicting or not.
+fn limit(sessions: u64, policy: EvictionPolicy) -> MemoryLimit {
+    MemoryLimit {
+        max_bytes: sessions * 400,
+        policy,
+    }
 }
 
 /// Runs `log`, swapping the engine for `restore(engine)` before step
@@ -31,9 +49,10 @@ fn through_bytes(engine: &Engine) -> Engine {
 fn run(
     log: &[LogStep],
     split: Option<usize>,
+    memory: MemoryLimit,
     restore: impl Fn(&Engine) -> Engine,
 ) -> (Vec<sessiond_core::workload::Record>, Engine) {
-    let mut engine = fresh_engine();
+    let mut engine = fresh_engine(memory);
     let mut driver = Driver::new(1_000);
     let mut records = Vec::with_capacity(log.len());
     for (i, step) in log.iter().enumerate() {
@@ -44,11 +63,20 @@ fn run(
             engine = restored;
         }
         records.push(driver.step(&mut engine, step));
+        assert_eq!(
+            engine.store().used_memory(),
+            engine.store().recount_memory(),
+            "step {i}: the memory kept incrementally differs from a recount"
+        );
     }
     (records, engine)
 }
 
 fn check(seed: u64, steps: usize) {
+    check_with(seed, steps, MemoryLimit::default());
+}
+
+fn check_with(seed: u64, steps: usize, memory: MemoryLimit) {
     let log = generate(
         seed,
         Shape {
@@ -56,14 +84,14 @@ fn check(seed: u64, steps: usize) {
             ..Shape::default()
         },
     );
-    let (first, a) = run(&log, None, through_bytes);
-    let (second, b) = run(&log, None, through_bytes);
+    let (first, a) = run(&log, None, memory, through_bytes);
+    let (second, b) = run(&log, None, memory, through_bytes);
     for (i, (x, y)) in first.iter().zip(&second).enumerate() {
         assert_eq!(x, y, "seed {seed}: step {i} differs between two runs");
     }
     assert_eq!(a.digest(), b.digest(), "seed {seed}: final states differ");
     let split = usize::try_from(Rng::new(seed ^ 0x5eed).below(steps as u64)).unwrap();
-    let (third, c) = run(&log, Some(split), through_bytes);
+    let (third, c) = run(&log, Some(split), memory, through_bytes);
     for (i, (x, y)) in first.iter().zip(&third).enumerate() {
         assert_eq!(
             x, y,
@@ -89,7 +117,7 @@ fn the_log_reaches_the_interesting_states() {
             ..Shape::default()
         },
     );
-    let (records, engine) = run(&log, None, through_bytes);
+    let (records, engine) = run(&log, None, MemoryLimit::default(), through_bytes);
     let text: String = records.iter().map(|r| r.outcome.as_str()).collect();
     for needle in [
         "Granted",
@@ -120,6 +148,38 @@ proptest! {
     fn every_log_is_deterministic_and_survives_a_snapshot(seed in any::<u64>()) {
         check(seed, 2_000);
     }
+
+    /// With a memory limit that a few sessions fill, evicting or refusing:
+    /// which sessions go and which writes are refused is the same on every
+    /// run and after a restore.
+    #[test]
+    fn logs_under_a_memory_limit_are_deterministic(seed in any::<u64>(), lru in any::<bool>()) {
+        let policy = if lru { EvictionPolicy::AllkeysLru } else { EvictionPolicy::NoEviction };
+        check_with(seed, 2_000, limit(4, policy));
+    }
+}
+
+#[test]
+fn a_memory_limit_evicts_and_refuses_in_a_long_log() {
+    for policy in [EvictionPolicy::AllkeysLru, EvictionPolicy::NoEviction] {
+        let log = generate(
+            11,
+            Shape {
+                steps: 5_000,
+                ..Shape::default()
+            },
+        );
+        let (_, engine) = run(&log, None, limit(4, policy), through_bytes);
+        let stats = engine.store().memory_stats();
+        match policy {
+            EvictionPolicy::AllkeysLru => assert!(stats.evicted > 0, "nothing evicted"),
+            EvictionPolicy::NoEviction => {
+                assert!(stats.oom_refusals > 0, "nothing refused");
+                assert_eq!(stats.evicted, 0);
+            }
+        }
+        check_with(11, 5_000, limit(4, policy));
+    }
 }
 
 /// `SESSION.REGENERATE … TO newid` onto an id that has locks (locks name
@@ -147,7 +207,7 @@ fn regenerate_onto_a_locked_id_is_refused_and_keeps_its_locks() {
         Step::Done(Ok(Response::Granted { token, .. })) => token,
         other => panic!("expected a grant, got {other:?}"),
     };
-    let mut e = fresh_engine();
+    let mut e = fresh_engine(MemoryLimit::default());
     // Connection 1 locks the fresh id "fresh"; connection 3 queues for it.
     let t1 = token(e.apply(10, 1, lock("fresh", 0)).result);
     assert!(matches!(
@@ -217,7 +277,7 @@ fn regenerate_onto_a_locked_id_is_refused_and_keeps_its_locks() {
 
 #[test]
 fn an_image_from_a_newer_format_is_refused() {
-    let mut image = fresh_engine().image();
+    let mut image = fresh_engine(MemoryLimit::default()).image();
     image.format += 1;
     let bytes = image.encode();
     assert!(EngineImage::decode(&bytes).is_err());
@@ -228,7 +288,7 @@ fn an_image_from_a_newer_format_is_refused() {
 fn closing_a_node_spares_the_connections_of_its_current_run() {
     use sessiond_core::engine::{AcquireArgs, Command, Input, InputResult, Step};
     use sessiond_core::locks::Scope;
-    let mut engine = fresh_engine();
+    let mut engine = fresh_engine(MemoryLimit::default());
     let conn = |node: u64, incarnation: u64, n: u64| (node << 48) | (incarnation << 32) | n;
     let old = conn(1, 1, 7);
     let current = conn(1, 2, 7);
@@ -296,7 +356,7 @@ fn an_image_of_format_1_still_loads_without_remembered_requests() {
         )>,
     }
     let log = generate(3, Shape::default());
-    let (_, engine) = run(&log, None, through_bytes);
+    let (_, engine) = run(&log, None, MemoryLimit::default(), through_bytes);
     let image = engine.image();
     assert!(!image.dedupe.is_empty(), "the log remembers some answers");
     let v1 = postcard::to_stdvec(&V1 {

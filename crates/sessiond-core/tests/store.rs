@@ -24,6 +24,7 @@ fn store() -> Store {
         default_ttl_ms: 1_000,
         regenerate_grace_ms: 500,
         limits: Limits::default(),
+        memory: sessiond_core::MemoryLimit::default(),
     })
 }
 
@@ -420,6 +421,7 @@ fn aliases_go_with_the_session_they_lead_to() {
         default_ttl_ms: 1_000,
         regenerate_grace_ms: 60_000,
         limits: Limits::default(),
+        memory: sessiond_core::MemoryLimit::default(),
     });
     let commit = |s: &mut Store, now, name: &str, v: &str, create| {
         s.commit(
@@ -498,6 +500,7 @@ fn an_alias_left_behind_by_a_later_move_never_answers_for_a_new_session() {
         default_ttl_ms: 1_000,
         regenerate_grace_ms: 60_000,
         limits: Limits::default(),
+        memory: sessiond_core::MemoryLimit::default(),
     });
     let commit = |s: &mut Store, now, name: &str, v: &str| {
         s.commit(

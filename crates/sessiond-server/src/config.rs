@@ -17,7 +17,7 @@ use serde::Deserialize;
 /// The defaults that are the core's own (TTL, grace, limits) are the core's
 /// constants, so [`sessiond_core::StoreConfig::default`] agrees with them.
 pub mod defaults {
-    use super::{Durability, IpAddr, Ipv4Addr, SocketAddr, StorageKind};
+    use super::{Durability, IpAddr, Ipv4Addr, MaxMemoryPolicy, SocketAddr, StorageKind};
 
     pub use sessiond_core::store::config::{
         DEFAULT_MAX_KEYS_PER_SESSION as MAX_KEYS_PER_SESSION,
@@ -35,8 +35,13 @@ pub mod defaults {
     pub const STORAGE: StorageKind = StorageKind::Redb;
     /// `--durability`.
     pub const DURABILITY: Durability = Durability::Everysec;
-    /// `--storage-cache-mb`.
+    /// `--storage-cache-mb` (with a `--max-memory`, at most an eighth of
+    /// it when not given).
     pub const STORAGE_CACHE_MB: usize = 64;
+    /// `--max-memory`: no limit.
+    pub const MAX_MEMORY: &str = "0";
+    /// `--max-memory-policy`.
+    pub const MAX_MEMORY_POLICY: MaxMemoryPolicy = MaxMemoryPolicy::Noeviction;
     /// `--allow-remote-without-password`.
     pub const ALLOW_REMOTE_WITHOUT_PASSWORD: bool = false;
     /// `--metrics-addr`.
@@ -80,6 +85,11 @@ pub fn shown_defaults() -> Vec<(&'static str, String)> {
         ("storage", name(d::STORAGE.to_possible_value())),
         ("durability", name(d::DURABILITY.to_possible_value())),
         ("storage_cache_mb", d::STORAGE_CACHE_MB.to_string()),
+        ("max_memory", d::MAX_MEMORY.to_owned()),
+        (
+            "max_memory_policy",
+            name(d::MAX_MEMORY_POLICY.to_possible_value()),
+        ),
         (
             "allow_remote_without_password",
             d::ALLOW_REMOTE_WITHOUT_PASSWORD.to_string(),
@@ -146,6 +156,83 @@ pub enum Durability {
     No,
 }
 
+/// What a write that needs memory over `--max-memory` gets; the names are
+/// Redis's `maxmemory-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaxMemoryPolicy {
+    /// Refuse it with `OOM`; reads, deletes and shrinking writes go on.
+    Noeviction,
+    /// End the sessions idle the longest (never one with a lock held or
+    /// awaited) to make room.
+    AllkeysLru,
+}
+
+impl MaxMemoryPolicy {
+    /// The core's policy.
+    pub fn eviction(self) -> sessiond_core::EvictionPolicy {
+        match self {
+            MaxMemoryPolicy::Noeviction => sessiond_core::EvictionPolicy::NoEviction,
+            MaxMemoryPolicy::AllkeysLru => sessiond_core::EvictionPolicy::AllkeysLru,
+        }
+    }
+}
+
+/// Parses a memory size as Redis does: bytes, or a number with `k`, `kb`,
+/// `m`, `mb`, `g` or `gb` (any case; `k`/`m`/`g` are powers of 1000,
+/// `kb`/`mb`/`gb` of 1024).
+///
+/// # Errors
+/// A message naming the bad size.
+pub fn parse_memory_size(text: &str) -> Result<u64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let unit_bytes: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1 << 10,
+        "m" => 1_000_000,
+        "mb" => 1 << 20,
+        "g" => 1_000_000_000,
+        "gb" => 1 << 30,
+        _ => return Err(format!("{text:?} is not a size like 512mb or 2gb")),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_bytes))
+        .ok_or_else(|| format!("{text:?} is not a size like 512mb or 2gb"))
+}
+
+/// What the process needs besides the sessions, held back from
+/// `--max-memory` (docs/operations.md, "Memory"): its resident memory with
+/// no session (runtime, threads, the binary: measured about 10 MiB, see
+/// docs/benchmarks.md).
+pub const BASELINE_BYTES: u64 = 12 << 20;
+/// Connection buffers held back from `--max-memory`: the read and write
+/// buffers (16 KiB each) and the task of up to this many connections.
+pub const RESERVED_CONNECTIONS: u64 = 128;
+/// What one idle connection costs: two 16 KiB buffers and its task.
+pub const CONNECTION_BYTES: u64 = 40 << 10;
+
+/// A `1/FRAGMENTATION_DIVISOR` share of what `--max-memory` leaves after
+/// the reserves is held back for the allocator's fragmentation.
+pub const FRAGMENTATION_DIVISOR: u64 = 5;
+
+/// How `--max-memory` is divided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// `--max-memory` (0: no limit).
+    pub max_memory: u64,
+    /// Held back for the rest of the process: the baseline, the storage
+    /// cache, connection buffers.
+    pub reserved: u64,
+    /// What the sessions may take, as the core accounts them (0: no
+    /// limit).
+    pub data_limit: u64,
+}
+
 /// Where sessions are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -185,6 +272,15 @@ pub struct ServeArgs {
     /// in memory, so the cache only speeds the writer's B-tree updates.
     #[arg(long, env = "SESSIOND_STORAGE_CACHE_MB")]
     pub storage_cache_mb: Option<usize>,
+    /// Most memory the process should use, like Redis's maxmemory: bytes,
+    /// or with kb, mb, gb; 0 for no limit. Sessions get what is left after
+    /// the storage cache and the server's own needs; at the limit, writes
+    /// that grow memory get OOM or evict (--max-memory-policy).
+    #[arg(long, env = "SESSIOND_MAX_MEMORY")]
+    pub max_memory: Option<String>,
+    /// What a write that needs memory over --max-memory gets.
+    #[arg(long, env = "SESSIOND_MAX_MEMORY_POLICY")]
+    pub max_memory_policy: Option<MaxMemoryPolicy>,
     /// Password clients must give with AUTH or HELLO (Redis's requirepass).
     #[arg(long, env = "SESSIOND_REQUIREPASS", hide_env_values = true)]
     pub requirepass: Option<String>,
@@ -339,6 +435,10 @@ pub struct Config {
     pub durability: Durability,
     /// redb page cache size in bytes.
     pub storage_cache_bytes: usize,
+    /// `--max-memory` in bytes (0: no limit).
+    pub max_memory: u64,
+    /// `--max-memory-policy`.
+    pub max_memory_policy: MaxMemoryPolicy,
     /// Password, if any.
     pub requirepass: Option<String>,
     /// Metrics listen address, if enabled.
@@ -453,18 +553,27 @@ impl ServeArgs {
                 Ok(v)
             }
         };
-        Ok(Config {
+        let max_memory = parse_memory_size(s.max_memory.as_deref().unwrap_or(defaults::MAX_MEMORY))
+            .map_err(|e| ConfigError::Invalid(format!("--max-memory: {e}")))?;
+        // With a memory limit and no cache size given, the cache takes at
+        // most an eighth of the limit.
+        let cache_mb = s.storage_cache_mb.unwrap_or(if max_memory > 0 {
+            usize::try_from(max_memory >> 23)
+                .unwrap_or(usize::MAX)
+                .clamp(1, defaults::STORAGE_CACHE_MB)
+        } else {
+            defaults::STORAGE_CACHE_MB
+        });
+        let config = Config {
             listen: SocketAddr::new(bind, s.port.unwrap_or(defaults::PORT)),
             data_dir: s
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
             storage: s.storage.unwrap_or(defaults::STORAGE),
             durability: s.durability.unwrap_or(defaults::DURABILITY),
-            storage_cache_bytes: positive(
-                "storage-cache-mb",
-                s.storage_cache_mb.unwrap_or(defaults::STORAGE_CACHE_MB),
-            )?
-            .saturating_mul(1 << 20),
+            storage_cache_bytes: positive("storage-cache-mb", cache_mb)?.saturating_mul(1 << 20),
+            max_memory,
+            max_memory_policy: s.max_memory_policy.unwrap_or(defaults::MAX_MEMORY_POLICY),
             requirepass,
             metrics_addr,
             default_ttl: Duration::from_secs(s.default_ttl.unwrap_or(defaults::TTL_SECS)),
@@ -525,7 +634,19 @@ impl ServeArgs {
                 .unwrap_or(defaults::SLOWLOG_LOG_SLOWER_THAN),
             slowlog_max_len: s.slowlog_max_len.unwrap_or(defaults::SLOWLOG_MAX_LEN),
             log_level: log_filter(s.log_level.as_deref().unwrap_or(defaults::LOG_LEVEL))?,
-        })
+        };
+        let budget = config.memory_budget();
+        if budget.max_memory > 0 && budget.data_limit < 1 << 20 {
+            return Err(ConfigError::Invalid(format!(
+                "--max-memory {} leaves less than 1 MiB for sessions: the server holds back {} \
+                 MiB (storage cache {} MiB, baseline and connection buffers); raise it or lower \
+                 --storage-cache-mb",
+                budget.max_memory,
+                budget.reserved >> 20,
+                config.storage_cache_bytes >> 20
+            )));
+        }
+        Ok(config)
     }
 
     /// These settings, with `other`'s where these have none.
@@ -538,6 +659,8 @@ impl ServeArgs {
             storage: self.storage.or(file.storage),
             durability: self.durability.or(file.durability),
             storage_cache_mb: self.storage_cache_mb.or(file.storage_cache_mb),
+            max_memory: self.max_memory.or(file.max_memory),
+            max_memory_policy: self.max_memory_policy.or(file.max_memory_policy),
             requirepass: self.requirepass.or(file.requirepass),
             requirepass_file: self.requirepass_file.or(file.requirepass_file),
             allow_remote_without_password: self
@@ -647,6 +770,57 @@ impl Config {
                 max_value_bytes: self.max_value_bytes,
                 max_keys_per_session: self.max_keys_per_session,
             },
+            memory: sessiond_core::MemoryLimit {
+                max_bytes: self.memory_budget().data_limit,
+                policy: self.max_memory_policy.eviction(),
+            },
+        }
+    }
+
+    /// With `--max-memory`, the most bytes of changes that may wait for
+    /// the disk (a thirty-second of the limit, 1 to 64 MiB); without it
+    /// only the time bound of the persistence applies.
+    pub fn max_pending_bytes(&self) -> Option<usize> {
+        (self.max_memory > 0).then(|| {
+            usize::try_from(self.max_memory / 32)
+                .unwrap_or(usize::MAX)
+                .clamp(1 << 20, 64 << 20)
+        })
+    }
+
+    /// How `--max-memory` is divided between the sessions and the rest of
+    /// the process: the baseline, the storage cache (redb), and the
+    /// buffers of [`RESERVED_CONNECTIONS`] connections are held back; with
+    /// memory storage (tests) every session is held twice, so the sessions
+    /// get half of what is left.
+    pub fn memory_budget(&self) -> MemoryBudget {
+        let cache = match self.storage {
+            StorageKind::Redb => self.storage_cache_bytes as u64,
+            StorageKind::Memory => 0,
+        };
+        let connections = RESERVED_CONNECTIONS.min(self.max_connections as u64) * CONNECTION_BYTES;
+        // Changes waiting for the disk: the mutations and the request
+        // buffers their values still share.
+        let pending = 2 * self.max_pending_bytes().unwrap_or(0) as u64;
+        let reserved = BASELINE_BYTES + cache + connections + pending;
+        let left = self.max_memory.saturating_sub(reserved);
+        // What the allocator holds beyond what the sessions use once
+        // sessions come and go (evicted, expired, rewritten at other
+        // sizes): freed memory between live blocks. A fifth of what is
+        // left, from measurements under eviction (docs/benchmarks.md).
+        let left = left - left / FRAGMENTATION_DIVISOR;
+        // With a limit, at least 1 byte: 0 would mean none (a reload can
+        // set a limit below what is held back; every growth is refused).
+        let data_limit = match (self.max_memory, self.storage) {
+            (0, _) => 0,
+            (_, StorageKind::Redb) => left.max(1),
+            (_, StorageKind::Memory) => (left / 2).max(1),
+        };
+        let reserved = self.max_memory.saturating_sub(data_limit).max(reserved);
+        MemoryBudget {
+            max_memory: self.max_memory,
+            reserved,
+            data_limit,
         }
     }
 
@@ -668,6 +842,11 @@ impl Config {
             format!("storage = \"{}\"", lower(&self.storage)),
             format!("durability = \"{}\"", lower(&self.durability)),
             format!("storage_cache_mb = {}", self.storage_cache_bytes >> 20),
+            format!("max_memory = \"{}\"", self.max_memory),
+            format!(
+                "max_memory_policy = \"{}\"",
+                self.max_memory_policy.eviction().name()
+            ),
             format!(
                 "# requirepass: {}",
                 if self.requirepass.is_some() {
@@ -890,6 +1069,64 @@ mod tests {
         }
         .resolve();
         assert!(matches!(both, Err(ConfigError::Invalid(m)) if m.contains("not both")));
+    }
+
+    #[test]
+    fn memory_sizes_read_like_redis() {
+        assert_eq!(parse_memory_size("0"), Ok(0));
+        assert_eq!(parse_memory_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_memory_size("64mb"), Ok(64 << 20));
+        assert_eq!(parse_memory_size("64MB"), Ok(64 << 20));
+        assert_eq!(parse_memory_size("2gb"), Ok(2 << 30));
+        assert_eq!(parse_memory_size("512kb"), Ok(512 << 10));
+        assert_eq!(parse_memory_size("1k"), Ok(1000));
+        assert_eq!(parse_memory_size("3g"), Ok(3_000_000_000));
+        for bad in [
+            "",
+            "mb",
+            "-1mb",
+            "1.5gb",
+            "12 parsecs",
+            "99999999999999999999gb",
+        ] {
+            assert!(parse_memory_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn max_memory_holds_back_the_cache_and_the_baseline() {
+        let cfg = ServeArgs {
+            max_memory: Some("256mb".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            cfg.storage_cache_bytes,
+            32 << 20,
+            "an eighth when not given"
+        );
+        let budget = cfg.memory_budget();
+        assert_eq!(budget.max_memory, 256 << 20);
+        assert_eq!(budget.reserved + budget.data_limit, 256 << 20);
+        assert!(budget.reserved >= (32 << 20) + BASELINE_BYTES);
+        assert_eq!(cfg.store_config().memory.max_bytes, budget.data_limit);
+        let unlimited = ServeArgs::default().resolve().unwrap();
+        assert_eq!(unlimited.store_config().memory.max_bytes, 0);
+        assert_eq!(unlimited.storage_cache_bytes, 64 << 20);
+        let too_small = ServeArgs {
+            max_memory: Some("16mb".into()),
+            storage_cache_mb: Some(8),
+            ..Default::default()
+        }
+        .resolve();
+        assert!(matches!(too_small, Err(ConfigError::Invalid(m)) if m.contains("less than 1 MiB")),);
+        let bad = ServeArgs {
+            max_memory: Some("lots".into()),
+            ..Default::default()
+        }
+        .resolve();
+        assert!(matches!(bad, Err(ConfigError::Invalid(m)) if m.contains("--max-memory")));
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub fn state_gauges(shared: &Shared) -> StateGauges {
             lock_deadlocks: lock_stats.deadlocks,
             lock_fenced: lock_stats.fenced,
             lock_expired: lock_stats.expired,
+            evicted_sessions: store.memory_stats().evicted,
+            oom_refusals: store.memory_stats().oom_refusals,
+            memory_used: store.used_memory(),
             ..StateGauges::default()
         }
     });
@@ -47,6 +50,9 @@ pub fn state_gauges(shared: &Shared) -> StateGauges {
     gauges.cluster = shared
         .replication()
         .map(|r| crate::metrics::ClusterGauges::from_info(&r.info()));
+    let budget = shared.settings().memory_budget();
+    gauges.memory_used += budget.reserved;
+    gauges.memory_limit = budget.max_memory;
     gauges
 }
 

@@ -14,15 +14,17 @@ pub fn render(shared: &Shared, section: Option<&str>) -> String {
                 || s.eq_ignore_ascii_case("default")
         })
     };
-    let (sessions, aliases, store_stats, (held, waiting), lock_stats) = shared.read(|e, _| {
-        (
-            e.store().len(),
-            e.store().alias_count(),
-            e.store().stats(),
-            e.locks().counts(),
-            e.locks().stats(),
-        )
-    });
+    let (sessions, aliases, store_stats, (held, waiting), lock_stats, memory) =
+        shared.read(|e, _| {
+            (
+                e.store().len(),
+                e.store().alias_count(),
+                e.store().stats(),
+                e.locks().counts(),
+                e.locks().stats(),
+                e.store().memory_stats(),
+            )
+        });
     let (policy, progress) = shared.persistence();
     let m = &shared.metrics;
     let mut out = String::new();
@@ -49,10 +51,7 @@ pub fn render(shared: &Shared, section: Option<&str>) -> String {
             shared.max_connections()
         ),
     );
-    section_text(
-        "Memory",
-        format!("used_memory_rss:{}\r\n", crate::process::rss_bytes()),
-    );
+    section_text("Memory", memory_text(shared, memory));
     section_text(
         "Sessions",
         format!(
@@ -98,4 +97,27 @@ pub fn render(shared: &Shared, section: Option<&str>) -> String {
     );
     section_text("Commandstats", m.command_stats());
     out
+}
+
+/// INFO's Memory section. `used_memory` is what the sessions take as the
+/// core accounts them plus what `--max-memory` holds back for the rest of
+/// the process (storage cache, connection buffers, baseline), so it reaches
+/// `max_memory` when writes start to be refused or to evict.
+fn memory_text(shared: &Shared, memory: sessiond_core::MemoryStats) -> String {
+    let settings = shared.settings();
+    let budget = settings.memory_budget();
+    format!(
+        "used_memory:{}\r\nused_memory_rss:{}\r\nused_memory_dataset:{}\r\n\
+         max_memory:{}\r\nmax_memory_dataset:{}\r\nmax_memory_reserved:{}\r\n\
+         max_memory_policy:{}\r\nevicted_sessions:{}\r\noom_refusals:{}\r\n",
+        memory.used_bytes + budget.reserved,
+        crate::process::rss_bytes(),
+        memory.used_bytes,
+        budget.max_memory,
+        budget.data_limit,
+        budget.reserved,
+        settings.max_memory_policy.eviction().name(),
+        memory.evicted,
+        memory.oom_refusals,
+    )
 }

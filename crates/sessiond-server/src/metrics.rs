@@ -315,6 +315,26 @@ impl Metrics {
             gauge(g.storage_queued_changes),
         );
         r.register(
+            "memory_used_bytes",
+            "Memory the sessions take as accounted, plus what --max-memory holds back for the rest of the process",
+            gauge(g.memory_used),
+        );
+        r.register(
+            "memory_limit_bytes",
+            "--max-memory (0: no limit)",
+            gauge(g.memory_limit),
+        );
+        r.register(
+            "evicted_sessions",
+            "Sessions evicted to stay under --max-memory",
+            ConstCounter::new(g.evicted_sessions),
+        );
+        r.register(
+            "oom_refusals",
+            "Writes refused with OOM at --max-memory",
+            ConstCounter::new(g.oom_refusals),
+        );
+        r.register(
             "resident_memory_bytes",
             "Resident memory of the process",
             ConstGauge::new(i64::try_from(g.rss_bytes).unwrap_or(i64::MAX)),
@@ -427,6 +447,14 @@ pub struct StateGauges {
     pub rss_bytes: u64,
     /// On a cluster node: its Raft state.
     pub cluster: Option<ClusterGauges>,
+    /// Accounted memory (INFO's `used_memory`).
+    pub memory_used: u64,
+    /// `--max-memory`.
+    pub memory_limit: u64,
+    /// Sessions evicted so far.
+    pub evicted_sessions: u64,
+    /// Writes refused for memory so far.
+    pub oom_refusals: u64,
 }
 
 /// The two text formats of a scrape.
@@ -566,6 +594,14 @@ mod tests {
             "{prom}"
         );
         assert!(prom.contains("# TYPE sessiond_sessions gauge\n"), "{prom}");
+        for name in [
+            "sessiond_memory_used_bytes ",
+            "sessiond_memory_limit_bytes ",
+            "sessiond_evicted_sessions_total ",
+            "sessiond_oom_refusals_total ",
+        ] {
+            assert!(prom.contains(name), "{name} in {prom}");
+        }
         assert!(!prom.contains("# EOF"));
     }
 

@@ -43,6 +43,12 @@
 //!
 //! Under every policy the queue held back between syncs is bounded: once
 //! it holds more than [`RETAIN_SYNC_BYTES`] the writer syncs early.
+//!
+//! With a memory limit (`--max-memory`), what may wait for the disk is
+//! bounded in bytes too ([`WriterOptions::max_pending_bytes`]): the writer
+//! syncs once half of it is applied and unsynced, and replies to writes
+//! wait while more than it is submitted and not yet on disk, so a write
+//! burst cannot hold more memory in the queue than the limit set aside.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -324,6 +330,10 @@ pub struct WriterOptions {
     pub retry_min: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+    /// Most bytes of changes ([`mutation_bytes`]) submitted and not yet on
+    /// disk before replies to writes wait (`None`: only [`MAX_LAG`]
+    /// bounds it); the writer syncs once half of it is unsynced.
+    pub max_pending_bytes: Option<usize>,
 }
 
 impl WriterOptions {
@@ -347,7 +357,14 @@ impl WriterOptions {
             },
             retry_min: RETRY_MIN,
             retry_max: RETRY_MAX,
+            max_pending_bytes: None,
         }
+    }
+
+    /// The unsynced changes the writer may hold before it syncs early.
+    fn retain_sync_bytes(&self) -> usize {
+        self.max_pending_bytes
+            .map_or(RETAIN_SYNC_BYTES, |m| (m / 2).min(RETAIN_SYNC_BYTES))
     }
 }
 
@@ -364,6 +381,13 @@ pub struct Persistence {
     // LAG_MARK_EVERY: (last seq submitted, when). Oldest first.
     lag_marks: VecDeque<(Seq, Instant)>,
     max_lag: Duration,
+    // With a byte bound: every batch not known durable, with the bytes
+    // submitted up to and including it, oldest first; and the bytes of
+    // every batch known durable.
+    byte_marks: VecDeque<(Seq, u64)>,
+    submitted_bytes: u64,
+    durable_bytes: u64,
+    max_pending_bytes: Option<usize>,
     report: Option<FlushReport>,
 }
 
@@ -446,6 +470,10 @@ impl Persistence {
             writer,
             health,
             lag_marks: VecDeque::new(),
+            byte_marks: VecDeque::new(),
+            submitted_bytes: 0,
+            durable_bytes: 0,
+            max_pending_bytes: options.max_pending_bytes,
             max_lag: options.max_lag,
             report: None,
         }
@@ -458,6 +486,11 @@ impl Persistence {
             return None;
         }
         self.next_seq += 1;
+        if self.max_pending_bytes.is_some() {
+            self.submitted_bytes += mutations.iter().map(mutation_bytes).sum::<usize>() as u64;
+            self.byte_marks
+                .push_back((self.next_seq, self.submitted_bytes));
+        }
         // A send fails only when the writer is gone; the wait then reports it.
         let _ = self
             .tx
@@ -488,6 +521,9 @@ impl Persistence {
                 progress: self.progress.clone(),
             });
         }
+        if let Some(wait) = self.pending_bytes_wait() {
+            return Some(wait);
+        }
         let applied = self.progress.borrow().applied;
         while self.lag_marks.front().is_some_and(|(s, _)| *s <= applied) {
             self.lag_marks.pop_front();
@@ -496,6 +532,35 @@ impl Persistence {
         (since.elapsed() > self.max_lag).then(|| DiskWait {
             seq: behind,
             durable: false,
+            progress: self.progress.clone(),
+        })
+    }
+
+    /// With a byte bound: when more than it is submitted and not yet on
+    /// disk, a wait until enough of it is.
+    fn pending_bytes_wait(&mut self) -> Option<DiskWait> {
+        let max = self.max_pending_bytes? as u64;
+        let durable = self.progress.borrow().durable;
+        while let Some(&(seq, bytes)) = self.byte_marks.front() {
+            if seq > durable {
+                break;
+            }
+            self.durable_bytes = bytes;
+            self.byte_marks.pop_front();
+        }
+        if self.submitted_bytes - self.durable_bytes <= max {
+            return None;
+        }
+        // The first batch whose durability brings what is pending under
+        // the bound.
+        let enough = self.submitted_bytes - max;
+        let at = self
+            .byte_marks
+            .partition_point(|&(_, bytes)| bytes < enough);
+        let (seq, _) = *self.byte_marks.get(at)?;
+        Some(DiskWait {
+            seq,
+            durable: true,
             progress: self.progress.clone(),
         })
     }
@@ -724,7 +789,7 @@ impl Writer {
     fn write(&mut self, sync_due: bool) {
         loop {
             // Past the limit of what may wait for a sync: sync now.
-            let sync_due = sync_due || self.unsynced_bytes >= RETAIN_SYNC_BYTES;
+            let sync_due = sync_due || self.unsynced_bytes >= self.options.retain_sync_bytes();
             let all_applied = self.applied_n == self.queue.len();
             if all_applied && !(sync_due && self.applied_n > 0) {
                 return;

@@ -3,7 +3,9 @@
 //! again from disk), and what can change at run time put in force.
 //!
 //! What changes at run time: the limits (`max_value_bytes`,
-//! `max_keys_per_session`, `max_request_bytes`, `max_connections`), the TTL
+//! `max_keys_per_session`, `max_request_bytes`, `max_connections`), the
+//! memory limit and its policy (`max_memory`, `max_memory_policy`: from the
+//! next write on; the storage cache keeps its size until a restart), the TTL
 //! defaults (`default_ttl`, `regenerate_grace`), `lock_max_hold` (for locks
 //! granted from then on), the SLOWLOG settings and the log level. Everything
 //! else (addresses, storage, durability, the password, cluster membership,
@@ -100,6 +102,12 @@ fn settings(c: &Config) -> Vec<(&'static str, bool, String)> {
             false,
             c.metrics_addr.map_or("off".to_owned(), |a| a.to_string()),
         ),
+        ("max_memory", true, c.max_memory.to_string()),
+        (
+            "max_memory_policy",
+            true,
+            c.max_memory_policy.eviction().name().to_owned(),
+        ),
         ("default_ttl", true, secs(c.default_ttl)),
         ("regenerate_grace", true, secs(c.regenerate_grace)),
         ("max_value_bytes", true, c.max_value_bytes.to_string()),
@@ -192,6 +200,8 @@ pub fn diff(old: &Config, new: &Config) -> Report {
 /// run time, `old`'s for the rest.
 pub fn in_force(old: &Config, new: &Config) -> Config {
     Config {
+        max_memory: new.max_memory,
+        max_memory_policy: new.max_memory_policy,
         default_ttl: new.default_ttl,
         regenerate_grace: new.regenerate_grace,
         max_value_bytes: new.max_value_bytes,
@@ -244,6 +254,15 @@ impl Reloader {
                     report.needs_restart.push(change);
                 }
             }
+        }
+        let budget = next.memory_budget();
+        if budget.max_memory > 0 && budget.data_limit < 1 << 20 {
+            tracing::warn!(
+                max_memory = budget.max_memory,
+                reserved = budget.reserved,
+                "max_memory leaves less than 1 MiB for sessions (the storage cache keeps the \
+                 size it started with): writes that grow memory will be refused or evict"
+            );
         }
         shared.apply_settings(next);
         Ok(report)
@@ -343,5 +362,30 @@ mod tests {
         assert_eq!(left.applied, report.applied);
         assert!(left.needs_restart.is_empty());
         assert_eq!(diff(&next, &new).applied, []);
+    }
+
+    #[test]
+    fn the_memory_limit_and_policy_change_at_run_time() {
+        let old = config(|a| a.storage_cache_mb = Some(8));
+        let new = config(|a| {
+            a.storage_cache_mb = Some(8);
+            a.max_memory = Some("64mb".into());
+            a.max_memory_policy = Some(crate::config::MaxMemoryPolicy::AllkeysLru);
+        });
+        let report = diff(&old, &new);
+        let shown: Vec<String> = report.applied.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "max_memory: 0 -> 67108864",
+                "max_memory_policy: noeviction -> allkeys-lru",
+            ]
+        );
+        assert!(report.needs_restart.is_empty());
+        let next = in_force(&old, &new);
+        let memory = next.store_config().memory;
+        assert_eq!(memory.policy, sessiond_core::EvictionPolicy::AllkeysLru);
+        assert_eq!(memory.max_bytes, new.memory_budget().data_limit);
+        assert!(memory.max_bytes > 0);
     }
 }

@@ -113,7 +113,14 @@ impl Server {
         };
         let persist = match config.cluster {
             Some(_) => None,
-            None => Some(Persistence::start(storage, config.durability)),
+            None => Some(Persistence::start_with_options(
+                storage,
+                config.durability,
+                crate::persist::WriterOptions {
+                    max_pending_bytes: config.max_pending_bytes(),
+                    ..crate::persist::WriterOptions::for_policy(config.durability)
+                },
+            )),
         };
         let shared = Arc::new(Shared::new(
             config,

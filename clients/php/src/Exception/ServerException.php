@@ -6,8 +6,8 @@ namespace Sessiond\Exception;
 
 /**
  * An error reply from the server (`-CODE message`). The code word
- * (ERR, NOSESSION, CONFLICT, TIMEOUT, FENCED, …; see docs/protocol.md) is
- * available through errorCode().
+ * (ERR, NOSESSION, CONFLICT, TIMEOUT, FENCED, OOM when the server is at
+ * --max-memory, …; see docs/protocol.md) is available through errorCode().
  */
 class ServerException extends SessiondException
 {

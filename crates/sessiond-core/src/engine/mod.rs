@@ -22,6 +22,7 @@
 pub mod command;
 pub mod dedupe;
 mod image;
+mod room;
 
 use std::collections::HashMap;
 
@@ -253,6 +254,7 @@ impl Engine {
     /// Applies `cmd` from connection `conn` at `now`.
     pub fn apply(&mut self, now: Millis, conn: ConnId, cmd: Command) -> Outcome<Step> {
         let mut work = self.locks_due(now);
+        self.make_room(now, &cmd);
         let step = match self.execute(now, conn, cmd, &mut work) {
             Ok(step) => step,
             Err(e) => Step::Done(Err(e)),

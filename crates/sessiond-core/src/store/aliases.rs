@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Mutation, Store};
+use super::{Mutation, Store, memory};
 use crate::{Millis, SessionId, StoreError};
 
 /// How many alias hops a lookup follows. A session regenerated twice within
@@ -75,10 +75,18 @@ impl Store {
         if self.id_taken(now, new_id) {
             return Err(StoreError::Exists(new_id.to_string()));
         }
+        let grace = grace_ms.unwrap_or(self.config.regenerate_grace_ms);
+        let alias_cost = if grace > 0 {
+            memory::alias_cost(&old)
+        } else {
+            0
+        };
+        self.check_room(memory::id_cost(new_id) + alias_cost, memory::id_cost(&old))?;
         let Some(mut session) = self.sessions.remove(&old) else {
             return Err(StoreError::NoSession(id.to_string()));
         };
         self.expiry.remove(session.meta.deadline(), &old);
+        self.account_remove(&old, &session);
         self.outbox.push(Mutation::DelSession {
             id: old.clone(),
             keys: session.fields.keys().collect(),
@@ -97,9 +105,9 @@ impl Store {
             });
         }
         self.expiry.insert(session.meta.deadline(), new_id.clone());
+        self.account_insert(new_id, &session);
         self.sessions.insert(new_id.clone(), session);
 
-        let grace = grace_ms.unwrap_or(self.config.regenerate_grace_ms);
         if grace > 0 {
             let until = now.saturating_add(grace);
             let alias = Alias {
@@ -119,6 +127,7 @@ impl Store {
     /// Records `old → alias.target` (replacing any alias of `old`).
     pub(super) fn link_alias(&mut self, old: SessionId, alias: Alias) {
         self.unlink_alias(&old);
+        self.used_memory += memory::alias_cost(&old);
         self.alias_expiry.insert(alias.until, old.clone());
         self.alias_sources
             .entry(alias.target.clone())
@@ -131,6 +140,7 @@ impl Store {
     /// deletion for the storage); returns it.
     pub(super) fn unlink_alias(&mut self, old: &SessionId) -> Option<Alias> {
         let alias = self.aliases.remove(old)?;
+        self.used_memory = self.used_memory.saturating_sub(memory::alias_cost(old));
         self.alias_expiry.remove(alias.until, old);
         if let Some(sources) = self.alias_sources.get_mut(&alias.target) {
             sources.retain(|o| o != old);

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::memory::MemoryLimit;
+
 /// Idle TTL, in seconds, of a session created without one: PHP's default
 /// `session.gc_maxlifetime`.
 pub const DEFAULT_TTL_SECS: u64 = 1440;
@@ -45,6 +47,12 @@ pub struct StoreConfig {
     pub regenerate_grace_ms: u64,
     /// Limits on values and keys.
     pub limits: Limits,
+    /// The limit on the store's accounted memory and what happens at it
+    /// (none by default). A setting of the node, like the others, but not
+    /// part of an image: a replica restored from a snapshot keeps its own
+    /// (so images of the previous format still load).
+    #[serde(skip)]
+    pub memory: MemoryLimit,
 }
 
 impl Default for StoreConfig {
@@ -53,6 +61,7 @@ impl Default for StoreConfig {
             default_ttl_ms: DEFAULT_TTL_SECS * 1000,
             regenerate_grace_ms: DEFAULT_REGENERATE_GRACE_SECS * 1000,
             limits: Limits::default(),
+            memory: MemoryLimit::default(),
         }
     }
 }

@@ -13,6 +13,8 @@
 //! - [`aliases`]: regenerate aliases ([`Alias`]) and
 //!   [`Store::regenerate`].
 //! - [`image`]: [`StoreImage`], the store as plain data.
+//! - [`memory`]: the memory limit: accounting, [`Store::make_room`] and
+//!   the refusal.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -26,11 +28,13 @@ use crate::{Millis, SessionId, StoreError};
 pub mod aliases;
 pub mod config;
 pub mod image;
+pub mod memory;
 pub mod ops;
 
 pub use aliases::Alias;
 pub use config::{Limits, StoreConfig};
 pub use image::{SessionImage, StoreImage};
+pub use memory::{EvictionPolicy, MemoryLimit, MemoryStats};
 pub use ops::{
     CasOutcome, CommitOutcome, CommitRequest, Mutation, Op, ReadField, ReadOptions, ReadResult,
     StoreStats,
@@ -73,12 +77,22 @@ pub struct Store {
     // `record_accesses`, so that a read costs no storage write.
     accessed: HashSet<SessionId>,
     stats: StoreStats,
+    // Invariant: the sum of `memory::session_cost` over `sessions` and
+    // `memory::alias_cost` over `aliases` (checked by `recount_memory`).
+    used_memory: u64,
+    // Sessions by last access, oldest first: exactly one entry per session
+    // at `meta.last_access`. Kept only under an evicting memory limit.
+    idle: Option<ExpiryIndex<SessionId>>,
+    // Evictions and refusals: counted since this process started or
+    // restored a snapshot, not part of an image (its format stays).
+    evicted: u64,
+    oom_refusals: u64,
 }
 
 impl Store {
     /// An empty store.
     pub fn new(config: StoreConfig) -> Self {
-        Self {
+        let mut store = Self {
             config,
             sessions: HashMap::new(),
             expiry: ExpiryIndex::default(),
@@ -89,7 +103,13 @@ impl Store {
             outbox: Vec::new(),
             accessed: HashSet::new(),
             stats: StoreStats::default(),
-        }
+            used_memory: 0,
+            idle: None,
+            evicted: 0,
+            oom_refusals: 0,
+        };
+        store.sync_idle_index();
+        store
     }
 
     /// The settings.
@@ -100,8 +120,10 @@ impl Store {
     /// Changes the settings for what happens from now on: sessions already
     /// stored keep their TTL and their values and keys (even over a lowered
     /// limit, until they are next written), aliases their grace.
+    /// A lowered memory limit evicts or refuses from the next write on.
     pub fn set_config(&mut self, config: StoreConfig) {
         self.config = config;
+        self.sync_idle_index();
     }
 
     /// Counters for metrics.
@@ -173,9 +195,12 @@ impl Store {
                 .max(session.meta.version)
                 .max(session.fields.max_version());
             deadlines.push((session.meta.deadline(), id.clone()));
-            if let Some(old) = self.sessions.insert(id.clone(), session) {
+            if let Some(old) = self.sessions.remove(&id) {
                 self.expiry.remove(old.meta.deadline(), &id);
+                self.account_remove(&id, &old);
             }
+            self.account_insert(&id, &session);
+            self.sessions.insert(id.clone(), session);
         }
         self.expiry.extend(deadlines);
     }
@@ -223,6 +248,7 @@ impl Store {
         if self.id_taken(now, id) {
             return Err(StoreError::Exists(id.to_string()));
         }
+        self.check_room(new_session_cost(id), 0)?;
         self.insert_new(now, id, ttl_ms, lifetime_ms);
         Ok(())
     }
@@ -240,6 +266,7 @@ impl Store {
         let (canonical, created) = match self.resolve(now, id) {
             Some(c) => (c, false),
             None if opts.create => {
+                self.check_room(new_session_cost(id), 0)?;
                 self.insert_new(now, id, opts.ttl_ms, opts.lifetime_ms);
                 (id.clone(), true)
             }
@@ -378,6 +405,16 @@ impl Store {
                 limit: limits.max_keys_per_session,
             });
         }
+        let (old_cost, new_cost) = (
+            memory::fields_cost(&session.fields),
+            memory::fields_cost(&fields),
+        );
+        let created_cost = if existing.is_none() {
+            new_session_cost(&canonical)
+        } else {
+            0
+        };
+        self.check_room(created_cost + new_cost, old_cost)?;
 
         if existing.is_none() {
             self.insert_new(now, &canonical, req.ttl_ms, req.lifetime_ms);
@@ -404,6 +441,7 @@ impl Store {
             });
         }
         session.fields = fields;
+        self.used_memory = (self.used_memory + new_cost).saturating_sub(old_cost);
         let op_versions = req
             .ops
             .iter()
@@ -543,9 +581,10 @@ impl Store {
             // a due entry is an expired session.
             if let Some(session) = self.sessions.remove(&id) {
                 debug_assert_eq!(session.meta.deadline(), deadline);
+                self.account_remove(&id, &session);
                 self.outbox.push(Mutation::DelSession {
                     id: id.clone(),
-                    keys: session.fields.keys().collect(),
+                    keys: session.fields.owned_keys(),
                 });
                 self.drop_aliases_to(&id);
                 self.stats.expired += 1;
@@ -613,13 +652,12 @@ impl Store {
         self.clear_dead(id);
         let meta = self.new_meta(now, ttl_ms, lifetime_ms);
         self.expiry.insert(meta.deadline(), id.clone());
-        self.sessions.insert(
-            id.clone(),
-            Session {
-                meta,
-                fields: PackedFields::new(),
-            },
-        );
+        let session = Session {
+            meta,
+            fields: PackedFields::new(),
+        };
+        self.account_insert(id, &session);
+        self.sessions.insert(id.clone(), session);
         self.outbox.push(Mutation::PutMeta {
             id: id.clone(),
             meta,
@@ -631,9 +669,10 @@ impl Store {
     fn remove_session(&mut self, id: &SessionId) {
         if let Some(session) = self.sessions.remove(id) {
             self.expiry.remove(session.meta.deadline(), id);
+            self.account_remove(id, &session);
             self.outbox.push(Mutation::DelSession {
                 id: id.clone(),
-                keys: session.fields.keys().collect(),
+                keys: session.fields.owned_keys(),
             });
             self.drop_aliases_to(id);
         }
@@ -662,6 +701,9 @@ impl Store {
         }
         self.expiry
             .reschedule(before.deadline(), session.meta.deadline(), id);
+        if let Some(idle) = &mut self.idle {
+            idle.reschedule(before.last_access, session.meta.last_access, id);
+        }
         let only_accessed = SessionMeta {
             last_access: session.meta.last_access,
             ..before
@@ -676,6 +718,11 @@ impl Store {
             self.accessed.remove(id);
         }
     }
+}
+
+/// What creating an empty session under `id` adds to the accounted memory.
+fn new_session_cost(id: &SessionId) -> u64 {
+    memory::SESSION_OVERHEAD + memory::id_cost(id)
 }
 
 /// Parses a strict decimal i64: an optional `-`, then digits, nothing else.

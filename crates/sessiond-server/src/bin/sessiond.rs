@@ -110,6 +110,16 @@ fn main() -> anyhow::Result<()> {
             .map_err(|e| e.to_string())?;
         log_filter.reload(filter).map_err(|e| e.to_string())
     });
+    // Under a memory limit, before any thread of the runtime starts.
+    if let Some(Cmd::Serve(args)) = &cli.command
+        && args
+            .clone()
+            .merge(cli.serve.clone())
+            .resolve()
+            .is_ok_and(|c| c.max_memory > 0)
+    {
+        sessiond_server::process::limit_malloc_arenas();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

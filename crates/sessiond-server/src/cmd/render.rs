@@ -178,6 +178,7 @@ fn store_error_reply(e: &StoreError) -> Reply {
         StoreError::NotInteger(_) | StoreError::Overflow(_) => "NOTINT",
         StoreError::ValueTooLarge { .. } | StoreError::TooManyKeys { .. } => "LIMIT",
         StoreError::Exists(_) => "EXISTS",
+        StoreError::OutOfMemory { .. } => "OOM",
         _ => "ERR",
     };
     Reply::error(code, e.to_string())
