@@ -52,6 +52,15 @@ final class Connection
     private int $current = 0;
     /** @var (\Closure(): bool)|null true while this connection holds locks */
     private ?\Closure $pinned = null;
+    /**
+     * @var list<list<string>> sent in front of the next request's first
+     * commands: RESET (and AUTH, which RESET undoes) on a persistent socket
+     * an earlier request used, so nothing it held (a lock, a lock wait)
+     * reaches this one, at no extra round trip
+     */
+    private array $prefix = [];
+    /** When the socket last connected or answered (microtime). */
+    private float $lastIo = 0.0;
 
     /** Commands that change nothing: sent again after a lost reply. */
     private const READS = ['SESSION.READ', 'SESSION.EXISTS', 'SESSION.TTL', 'LOCK.INFO', 'PING'];
@@ -170,6 +179,12 @@ final class Connection
         return $this->reused;
     }
 
+    /** True when the socket outlives the request (the `persistent` option). */
+    public function isPersistent(): bool
+    {
+        return $this->persistent;
+    }
+
     /**
      * Connects to a node: the current one, else the next ones in order,
      * each once. Throws the last node's error when none answers.
@@ -245,6 +260,8 @@ final class Connection
         }
         $this->sock = $sock;
         $this->buf = '';
+        $this->prefix = [];
+        $this->lastIo = microtime(true);
         stream_set_blocking($sock, true);
         stream_set_write_buffer($sock, 0);
 
@@ -262,7 +279,15 @@ final class Connection
                 $this->connectOne();
                 return;
             }
-            return; // AUTH/SETNAME were done when it was opened
+            // Whatever the earlier request left on the server (a lock after
+            // a fatal error, a wait it gave up on) goes before this
+            // request's first command is run: RESET, pipelined in front of
+            // it. RESET ends the authentication: AUTH again (the name stays).
+            $this->prefix = [['RESET']];
+            if ($this->password !== null && $this->password !== '') {
+                $this->prefix[] = ['AUTH', $this->password];
+            }
+            return;
         }
         $init = [];
         if ($this->password !== null && $this->password !== '') {
@@ -318,11 +343,15 @@ final class Connection
     /**
      * Sends several commands in one write and reads all replies (one round
      * trip). Error replies are returned as ServerException objects in place.
+     * Each reply must come within the timeout, the last one within
+     * $extraWait more (a lock wait goes last). $firstErrorEnds: the others
+     * depend on the first; when it is an error, the connection is closed
+     * without waiting for theirs and every reply is that error.
      *
      * @param list<list<string|int|float>> $commands
      * @return list<mixed>
      */
-    public function pipeline(array $commands, float $extraWait = 0.0): array
+    public function pipeline(array $commands, float $extraWait = 0.0, bool $firstErrorEnds = false): array
     {
         $deadline = microtime(true) + $this->failoverTimeout;
         $backoff = 0.025;
@@ -335,7 +364,11 @@ final class Connection
             $more = microtime(true) < $deadline;
             // A single address is not failed over: unreachable is final.
             $moreNodes = $cluster && $more;
-            if ($this->sock !== null && $this->peerGone()) {
+            // A socket that connected or answered within the last 10 ms is
+            // taken as alive without asking the kernel (5 system calls): a
+            // page's commands follow each other that closely, and a node
+            // dying in between shows at the exchange.
+            if ($this->sock !== null && microtime(true) - $this->lastIo > 0.01 && $this->peerGone()) {
                 // The node closed this idle connection (it died, or was
                 // restarted): nothing of this request was sent yet.
                 $this->moveOn();
@@ -350,7 +383,7 @@ final class Connection
                 continue;
             }
             try {
-                $replies = $this->exchange($commands, $extraWait);
+                $replies = $this->exchange($commands, $extraWait, $firstErrorEnds);
             } catch (ConnectionException $e) {
                 if (!$this->sent) {
                     // The write failed before any byte left: safe to go on.
@@ -410,10 +443,11 @@ final class Connection
      * @param list<list<string|int|float>> $commands
      * @return list<mixed>
      */
-    private function exchange(array $commands, float $extraWait): array
+    private function exchange(array $commands, float $extraWait, bool $firstErrorEnds = false): array
     {
         $out = '';
-        foreach ($commands as $args) {
+        $prefix = $this->prefix;
+        foreach ($prefix === [] ? $commands : [...$prefix, ...$commands] as $args) {
             $out .= '*' . count($args) . "\r\n";
             foreach ($args as $a) {
                 $a = (string) $a;
@@ -422,12 +456,59 @@ final class Connection
         }
         $this->sent = false;
         $this->writeAll($out);
-        $deadline = microtime(true) + $this->timeout + $extraWait;
-        $replies = [];
-        foreach ($commands as $_) {
-            $replies[] = $this->readReply($deadline);
+        // Every reply within the timeout, the last one (a lock wait) within
+        // $extraWait more.
+        $deadline = microtime(true) + $this->timeout;
+        if ($prefix !== []) {
+            $this->readResetReplies($prefix, $deadline);
         }
+        $replies = [];
+        $last = count($commands) - 1;
+        foreach ($commands as $i => $_) {
+            $replies[] = $r = $this->readReply($i === $last ? $deadline + $extraWait : $deadline);
+            if ($i === 0 && $firstErrorEnds && $last > 0 && $r instanceof ServerException) {
+                // The rest depended on the first: stop, and close (the
+                // stream holds their replies yet to come; closing also
+                // releases any lock they may take).
+                $this->close();
+                return array_fill(0, $last + 1, $r);
+            }
+        }
+        $this->lastIo = microtime(true);
         return $replies;
+    }
+
+    /**
+     * Reads the replies to the RESET prefix: first whatever an earlier
+     * request left unread (the reply to a lock wait that RESET cancelled),
+     * up to `+RESET`, then AUTH's.
+     *
+     * @param list<list<string>> $prefix
+     */
+    private function readResetReplies(array $prefix, float $deadline): void
+    {
+        for ($stale = 0; ; $stale++) {
+            while (strlen($this->buf) < 8) {
+                $this->fill($deadline);
+            }
+            if (strncmp($this->buf, "+RESET\r\n", 8) === 0) {
+                $this->buf = substr($this->buf, 8);
+                break;
+            }
+            if ($stale >= 16) {
+                $this->close();
+                throw new ConnectionException("sessiond: protocol error: no RESET reply from {$this->address}");
+            }
+            $this->readReply($deadline);
+        }
+        $this->prefix = [];
+        for ($i = 1, $n = count($prefix); $i < $n; $i++) {
+            $r = $this->readReply($deadline);
+            if ($r instanceof ServerException) {
+                $this->close();
+                throw new ConnectionException("sessiond: connection setup failed on {$this->address}: " . $r->getMessage());
+            }
+        }
     }
 
     private function writeAll(string $data): void
