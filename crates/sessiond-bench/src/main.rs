@@ -132,6 +132,15 @@ struct RunArgs {
     /// directory or the source tree].
     #[arg(long)]
     php_client_dir: Option<PathBuf>,
+    /// Only these PHP rows, by handler name (e.g. `sessiond session,phpredis
+    /// (locking on)`) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    php_handlers: Vec<String>,
+    /// Extra php.ini settings for every PHP row (`key=value`, repeatable),
+    /// e.g. `auto_prepend_file=clients/php/tools/excimer-prepend.php` to
+    /// profile (see docs/benchmarks.md).
+    #[arg(long)]
+    php_ini: Vec<String>,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "sessiond-bench.json")]
     json: PathBuf,
@@ -541,7 +550,7 @@ fn run(mut a: RunArgs) -> Result<()> {
                         }
                         handlers.push(php::Handler {
                             name: if tuned {
-                                format!("sessiond {mode} (persistent, preload)")
+                                format!("sessiond {mode} (persistent + preload)")
                             } else {
                                 format!("sessiond {mode}")
                             },
@@ -550,6 +559,12 @@ fn run(mut a: RunArgs) -> Result<()> {
                             env: vec![("BENCH_SESSIOND_URI".into(), uri)],
                         });
                     }
+                }
+                if !a.php_handlers.is_empty() {
+                    handlers.retain(|h| a.php_handlers.contains(&h.name));
+                }
+                for h in &mut handlers {
+                    h.ini.extend(a.php_ini.iter().cloned());
                 }
                 let mut fronts = vec![php::Front::BuiltIn];
                 if php::fpm_programs().is_some() {

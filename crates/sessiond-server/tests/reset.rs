@@ -91,10 +91,7 @@ async fn reset_releases_the_locks_of_the_connection_and_gives_it_a_new_id() {
 
     let mut b = resp2(server.addr).await;
     let refused = b.lock("s1", &lock(0)).await;
-    assert!(
-        matches!(refused, Err(Error::Timeout(_))),
-        "{refused:?}"
-    );
+    assert!(matches!(refused, Err(Error::Timeout(_))), "{refused:?}");
 
     let r = a.command(&["RESET"]).await.expect("reset");
     assert_eq!(r, Value::Simple("RESET".into()));

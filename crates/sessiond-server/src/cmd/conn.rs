@@ -82,7 +82,7 @@ pub enum ConnCommand {
     /// COMMAND [sub …]
     Command(Option<String>),
     /// RESET: the connection as if new. Its locks are released and its
-    /// waits cancelled (that part runs in [`crate::connection`], through the
+    /// waits cancelled (that part runs in the connection's task, through the
     /// cluster's log when there is one, before [`ConnCommand::execute`]); it
     /// gets a fresh CLIENT ID, goes back to RESP2 and, when a password is
     /// set, must AUTH again. Keeps its name. For pooled and persistent
