@@ -112,7 +112,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
      * saves a round trip per request. A granted lock is recorded in $token
      * at once, so it is released like any other if read() never comes.
      *
-     * @var array{0:string,1:list<string|int>,2:mixed}|null
+     * @var array{0:string,1:list<string|int>,2:mixed}|null (the reply may be a ServerException, or an OutcomeUnknownException when the connection was lost after sending)
      */
     private ?array $prefetched = null;
 
@@ -379,6 +379,12 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         if ($pre !== null && ($pre[0] !== $id || $create)) {
             $pre = null;
         }
+        // No leader for the prefetched command (a cluster electing one):
+        // send it again below, where TRYAGAIN is retried as usual.
+        $tryAgain = $pre !== null && $pre[2] instanceof ServerException && $pre[2]->is('TRYAGAIN');
+        if ($tryAgain && $this->mode !== 'session') {
+            $pre = null;
+        }
         try {
             if ($pre !== null && $this->mode !== 'session') {
                 if ($pre[2] instanceof ServerException) {
@@ -409,7 +415,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
                 $answered = null;
                 if ($pre !== null) {
                     $cmd = $pre[1];
-                    $answered = $pre[2];
+                    $answered = $tryAgain ? null : $pre[2];
                 }
                 $pre = [];
                 if ($create) {
@@ -429,6 +435,9 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
                             if ($answered !== null) {
                                 $replies = [$answered];
                                 $answered = null;
+                                if ($replies[0] instanceof OutcomeUnknownException) {
+                                    throw $replies[0]; // retried below with the same REQID
+                                }
                             } else {
                                 $replies = $this->lockConn->pipeline([...$pre, $cmd], $wait / 1000);
                             }
@@ -656,11 +665,24 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             if ($exists instanceof ServerException) {
                 throw $exists;
             }
-        } catch (SessiondException $e) {
-            if ($e instanceof OutcomeUnknownException && $this->mode === 'session') {
-                // a lock may have been granted to this connection: drop it
-                $this->lockConn->close();
+        } catch (OutcomeUnknownException $e) {
+            // The connection was lost after the acquire went out (a cluster
+            // failing over): whether it was granted is unknown. Ask as
+            // before, EXISTS alone (a read: it fails over to the next
+            // node); read() then sends the same acquire, whose REQID adopts
+            // whatever the lost one got.
+            try {
+                $exists = $this->conn->command(['SESSION.EXISTS', $id]) === 1;
+            } catch (SessiondException $e2) {
+                $this->warn($this->cause($e2));
+                $this->broken = true;
+                return false;
             }
+            if ($exists && $this->mode === 'session') {
+                $this->prefetched = [$id, $next, $e];
+            }
+            return $exists;
+        } catch (SessiondException $e) {
             $this->warn($this->cause($e));
             $this->broken = true;
             return false;

@@ -192,7 +192,7 @@ fn spawn_group(mut cmd: Command, log: &Path) -> Result<PhpServer> {
         .process_group(0);
     let child = cmd
         .spawn()
-        .with_context(|| format!("spawn {:?}", cmd.get_program()))?;
+        .with_context(|| format!("spawn {}", cmd.get_program().display()))?;
     crate::servers::register_group(child.id());
     Ok(PhpServer { child })
 }
