@@ -43,7 +43,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         'connect_timeout' => 2.0,     // seconds
         'timeout' => 5.0,             // seconds to wait for a reply (lock waits add their WAIT)
         'failover_timeout' => 10.0,   // seconds one request may spend failing over between a cluster's nodes
-        'persistent' => false,        // persistent socket for lock-free commands (locks never use it)
+        'persistent' => false,        // one socket per worker kept across requests; RESET at its first use in a request
         'password' => null,
         'name' => null,               // CLIENT SETNAME, shown in LOCK.INFO / `sessiond locks`
         'ttl' => null,                // idle TTL in seconds; null: session.gc_maxlifetime
@@ -105,6 +105,16 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
     private bool $active = false;
     private bool $broken = false;
     private ?Session $facade = null;
+    /**
+     * What validateId() already asked for read(), in the same round trip as
+     * its SESSION.EXISTS: [id, command, reply]. Under strict mode PHP
+     * validates the id the client sent, then reads it; sending both at once
+     * saves a round trip per request. A granted lock is recorded in $token
+     * at once, so it is released like any other if read() never comes.
+     *
+     * @var array{0:string,1:list<string|int>,2:mixed}|null (the reply may be a ServerException, or an OutcomeUnknownException when the connection was lost after sending)
+     */
+    private ?array $prefetched = null;
 
     /**
      * @param string $uri tcp://[:password@]host:port[?option=value&…] or unix:///path
@@ -135,20 +145,23 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         }
         $this->opt = $opt;
         $this->display = $u['display'];
+        // One connection for everything. With 'persistent' it outlives the
+        // request: its first use in the next request sends RESET ahead of
+        // that request's first command, which releases whatever it still
+        // holds (see Connection). Locks stay tied to the socket, so a worker
+        // that dies frees them as before.
         $this->lockConn = new Connection(
             $u['address'],
             $opt['password'],
             (float) $opt['connect_timeout'],
             (float) $opt['timeout'],
-            false,
+            (bool) $opt['persistent'],
             $opt['name'],
             (float) $opt['failover_timeout'],
         );
         // While it holds a lock, a TRYAGAIN is retried on the same connection.
         $this->lockConn->setPinned(fn (): bool => $this->token !== null || $this->keyLocks !== []);
-        $this->conn = $opt['persistent']
-            ? new Connection($u['address'], $opt['password'], (float) $opt['connect_timeout'], (float) $opt['timeout'], true, $opt['name'], (float) $opt['failover_timeout'])
-            : $this->lockConn;
+        $this->conn = $this->lockConn;
         $this->mode = $opt['lock_mode'];
         register_shutdown_function([$this, 'onShutdown']);
     }
@@ -291,6 +304,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         $this->mode = self::$modeOverride ?? $this->opt['lock_mode'];
         $this->broken = false;
         $this->validatedId = null;
+        $this->prefetched = null;
         try {
             $this->conn->connect();
             if ($this->mode === 'session') {
@@ -307,6 +321,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
     public function close(): bool
     {
         $this->active = false;
+        $this->prefetched = null;
         if ($this->regenerating) {
             return true; // create_sid() moves the session and releases the old lock
         }
@@ -358,8 +373,25 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         $create = !$this->strict() || isset($this->createdIds[$id])
             || ($this->validatedId !== $id && !$this->sentByClient($id));
         $this->fresh = $create && $this->strict();
+        // validateId() sent the first command already (see $prefetched)
+        $pre = $this->prefetched;
+        $this->prefetched = null;
+        if ($pre !== null && ($pre[0] !== $id || $create)) {
+            $pre = null;
+        }
+        // No leader for the prefetched command (a cluster electing one):
+        // send it again below, where TRYAGAIN is retried as usual.
+        $tryAgain = $pre !== null && $pre[2] instanceof ServerException && $pre[2]->is('TRYAGAIN');
+        if ($tryAgain && $this->mode !== 'session') {
+            $pre = null;
+        }
         try {
-            if ($this->mode === 'readonly') {
+            if ($pre !== null && $this->mode !== 'session') {
+                if ($pre[2] instanceof ServerException) {
+                    throw $pre[2];
+                }
+                $reply = $pre[2];
+            } elseif ($this->mode === 'readonly') {
                 $reply = $this->conn->command(['SESSION.READ', $id]);
             } elseif ($this->mode === 'none') {
                 $cmd = ['SESSION.READ', $id];
@@ -369,19 +401,22 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
                 }
                 array_push($cmd, 'TTL', $this->ttl());
                 $reply = $this->conn->command($cmd);
+            } elseif ($pre !== null && $this->token !== null && $this->lockedId === $id && is_array($pre[2])) {
+                // granted with validateId()'s SESSION.EXISTS
+                $reply = $pre[2][1];
             } elseif ($this->token !== null) {
                 // session_reset() or a second read under the lock we hold
                 $reply = $this->lockConn->command(['SESSION.READ', $id]);
             } else {
                 $wait = max(0, (int) $this->opt['lock_wait_ms']);
-                $cmd = ['LOCK.ACQUIRE', $id, 'WAIT', $wait];
-                if ($this->opt['lease_ms'] !== null) {
-                    array_push($cmd, 'LEASE', (int) $this->opt['lease_ms']);
+                $cmd = $this->acquireCommand($id);
+                // the acquire validateId() sent did not get the lock: its
+                // answer, and the same REQID if it must be sent again
+                $answered = null;
+                if ($pre !== null) {
+                    $cmd = $pre[1];
+                    $answered = $tryAgain ? null : $pre[2];
                 }
-                // A request id: when the acquire's outcome is unknown (a
-                // cluster failing over), sending it again with the same id
-                // adopts the grant or the wait it made, never a second one.
-                array_push($cmd, 'REQID', 'php-' . bin2hex(random_bytes(12)));
                 $pre = [];
                 if ($create) {
                     $cmd[] = 'CREATE';
@@ -397,7 +432,15 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
                 try {
                     for ($attempt = 1; ; $attempt++) {
                         try {
-                            $replies = $this->lockConn->pipeline([...$pre, $cmd], $wait / 1000);
+                            if ($answered !== null) {
+                                $replies = [$answered];
+                                $answered = null;
+                                if ($replies[0] instanceof OutcomeUnknownException) {
+                                    throw $replies[0]; // retried below with the same REQID
+                                }
+                            } else {
+                                $replies = $this->lockConn->pipeline([...$pre, $cmd], $wait / 1000);
+                            }
                             foreach ($replies as $x) {
                                 if ($x instanceof ServerException) {
                                     throw $x;
@@ -611,13 +654,90 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         if (!preg_match(self::ID_PATTERN, $id)) {
             return false;
         }
+        $this->prefetched = null;
+        $next = $this->readCommand($id);
         try {
-            return $this->conn->command(['SESSION.EXISTS', $id]) === 1;
+            if ($next === null) {
+                return $this->conn->command(['SESSION.EXISTS', $id]) === 1;
+            }
+            $wait = $this->mode === 'session' ? max(0, (int) $this->opt['lock_wait_ms']) / 1000 : 0.0;
+            [$exists, $reply] = $this->conn->pipeline([['SESSION.EXISTS', $id], $next], $wait, true);
+            if ($exists instanceof ServerException) {
+                throw $exists;
+            }
+        } catch (OutcomeUnknownException $e) {
+            // The connection was lost after the acquire went out (a cluster
+            // failing over): whether it was granted is unknown. Ask as
+            // before, EXISTS alone (a read: it fails over to the next
+            // node); read() then sends the same acquire, whose REQID adopts
+            // whatever the lost one got.
+            try {
+                $exists = $this->conn->command(['SESSION.EXISTS', $id]) === 1;
+            } catch (SessiondException $e2) {
+                $this->warn($this->cause($e2));
+                $this->broken = true;
+                return false;
+            }
+            if ($exists && $this->mode === 'session') {
+                $this->prefetched = [$id, $next, $e];
+            }
+            return $exists;
         } catch (SessiondException $e) {
             $this->warn($this->cause($e));
             $this->broken = true;
             return false;
         }
+        $granted = $this->mode === 'session' && is_array($reply) && count($reply) === 2 && is_int($reply[0]);
+        if ($granted) {
+            // ours now, whatever comes next (released by read() on another
+            // id, by close(), or at the end of the request)
+            $this->token = $reply[0];
+            $this->lockedId = $id;
+        }
+        if ($exists === 1) {
+            $this->prefetched = [$id, $next, $reply];
+            return true;
+        }
+        if ($granted) {
+            $this->releaseSessionLock(); // created between the two commands: not ours to use
+        }
+        return false;
+    }
+
+    /**
+     * The command read($id) sends first when it starts an existing session
+     * that validateId() let through, or null when read() does more than
+     * that (a regenerate in progress, a lock already held): then
+     * validateId() asks only SESSION.EXISTS.
+     *
+     * @return list<string|int>|null
+     */
+    private function readCommand(string $id): ?array
+    {
+        if ($this->active || $this->regenerating || $this->token !== null || $this->broken) {
+            return null;
+        }
+        if ($this->mode === 'readonly') {
+            return ['SESSION.READ', $id];
+        }
+        if ($this->mode === 'none') {
+            return ['SESSION.READ', $id, 'TTL', $this->ttl()];
+        }
+        return $this->acquireCommand($id);
+    }
+
+    /** @return list<string|int> LOCK.ACQUIRE of the session lock (without CREATE) */
+    private function acquireCommand(string $id): array
+    {
+        $cmd = ['LOCK.ACQUIRE', $id, 'WAIT', max(0, (int) $this->opt['lock_wait_ms'])];
+        if ($this->opt['lease_ms'] !== null) {
+            array_push($cmd, 'LEASE', (int) $this->opt['lease_ms']);
+        }
+        // A request id: when the acquire's outcome is unknown (a cluster
+        // failing over), sending it again with the same id adopts the grant
+        // or the wait it made, never a second one.
+        array_push($cmd, 'REQID', 'php-' . bin2hex(random_bytes(12)));
+        return $cmd;
     }
 
     public function updateTimestamp(string $id, string $data): bool
@@ -701,9 +821,10 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
 
     /**
      * Releases every lock this request still holds (uncaught exception,
-     * fatal error, exit, forgotten unlock()). The lock connection is a plain
-     * per-request socket, so even if this never runs PHP closes it at the end
-     * of the request and the server releases the locks.
+     * fatal error, exit, forgotten unlock()). A per-request socket is closed
+     * here (PHP would close it at the end of the request anyway, and the
+     * server release the locks); a persistent one gets RESET when it holds
+     * anything (and RESET again at its first use in the next request).
      *
      * @internal
      */
@@ -728,14 +849,17 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             $this->token = null;
             $this->lockedId = null;
         }
+        $persistent = $this->lockConn->isPersistent();
         if ($cmds !== [] && $this->lockConn->isConnected()) {
             try {
-                $this->lockConn->pipeline($cmds);
+                $this->lockConn->pipeline($persistent ? [['RESET']] : $cmds);
             } catch (SessiondException) {
                 // the connection is closed by now, which releases them too
             }
         }
-        $this->lockConn->close();
+        if (!$persistent) {
+            $this->lockConn->close();
+        }
     }
 
     // ---------------------------------------------------------------------

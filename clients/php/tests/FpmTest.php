@@ -48,14 +48,15 @@ final class FpmTest extends TestCase
         $this->assertSame('2', $this->serverFields($id)['n'][1]);
     }
 
-    public function testKilledFpmChildReleasesItsLock(): void
+    /** @dataProvider sockets */
+    public function testKilledFpmChildReleasesItsLock(array $socket): void
     {
         $id = $this->newSession(['n' => 1]);
         $ga = $this->signal('A');
-        $a = $this->fpm->start('/hold.php' . self::q(['mode' => 'session', 'set' => ['x' => 'never'], 'ready' => $ga, 'gate' => $ga]), $id);
+        $a = $this->fpm->start('/hold.php' . self::q($socket + ['mode' => 'session', 'set' => ['x' => 'never'], 'ready' => $ga, 'gate' => $ga]), $id);
         $pid = $this->readyPid($ga);
         $this->awaitHolder($id);
-        $b = $this->fpm->start('/hold.php' . self::q(['mode' => 'session', 'wait' => 30000, 'incr' => 'n']), $id);
+        $b = $this->fpm->start('/hold.php' . self::q($socket + ['mode' => 'session', 'wait' => 30000, 'incr' => 'n']), $id);
         $this->awaitWaiters($id, 1);
         $this->assertTrue(posix_kill($pid, SIGKILL));
         $rb = $this->json($this->fpm->finish($b));

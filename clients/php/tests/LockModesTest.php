@@ -108,10 +108,11 @@ final class LockModesTest extends TestCase
         $this->assertSame('2', $this->serverFields($id)['n'][1], 'the timed-out request wrote nothing');
     }
 
-    public function testKilledWorkerReleasesItsLock(): void
+    /** @dataProvider sockets */
+    public function testKilledWorkerReleasesItsLock(array $socket): void
     {
         $id = $this->newSession(['n' => 1]);
-        [$p, $pipes] = $this->phpCli('cli_hold.php', [$id]);
+        [$p, $pipes] = $this->phpCli('cli_hold.php', [$id, (string) ($socket['persistent'] ?? 0)]);
         $line = trim((string) fgets($pipes[1]));
         if ($line !== 'locked') {
             proc_terminate($p, SIGKILL);
@@ -122,7 +123,7 @@ final class LockModesTest extends TestCase
         // the server's --lock-max-hold of 300 s would not free a leaked lock
         // in time)
         $gb = $this->signal('B');
-        $b = $this->http->start('/hold.php' . self::q(['mode' => 'session', 'wait' => 30000, 'incr' => 'n', 'ready' => $gb]), $id);
+        $b = $this->http->start('/hold.php' . self::q($socket + ['mode' => 'session', 'wait' => 30000, 'incr' => 'n', 'ready' => $gb]), $id);
         $this->awaitWaiters($id, 1);
         $this->assertFalse($this->isReady($gb));
         posix_kill(proc_get_status($p)['pid'], SIGKILL);
@@ -139,15 +140,16 @@ final class LockModesTest extends TestCase
         $this->assertSame(1, $this->redis->command(['LOCK.RELEASE', $id, $next]));
     }
 
-    public function testKilledWebWorkerReleasesItsLock(): void
+    /** @dataProvider sockets */
+    public function testKilledWebWorkerReleasesItsLock(array $socket): void
     {
         $id = $this->newSession(['n' => 1]);
         $ga = $this->signal('A');
-        $a = $this->http->start('/hold.php' . self::q(['mode' => 'session', 'set' => ['x' => 'never'], 'ready' => $ga, 'gate' => $ga]), $id);
+        $a = $this->http->start('/hold.php' . self::q($socket + ['mode' => 'session', 'set' => ['x' => 'never'], 'ready' => $ga, 'gate' => $ga]), $id);
         $pid = $this->readyPid($ga);
         $port = \Sessiond\Tests\Support\Http::portOf($a);
         $this->awaitHolder($id);
-        $b = $this->http->start('/hold.php' . self::q(['mode' => 'session', 'wait' => 30000, 'incr' => 'n']), $id);
+        $b = $this->http->start('/hold.php' . self::q($socket + ['mode' => 'session', 'wait' => 30000, 'incr' => 'n']), $id);
         $this->awaitWaiters($id, 1);
         // SIGKILL the php -S process in the middle of the request: no
         // shutdown function runs, only the kernel closing its sockets.
@@ -162,14 +164,16 @@ final class LockModesTest extends TestCase
         $this->assertSame('2', $this->serverFields($id)['n'][1]);
     }
 
-    /** @return array<string, array{0:array<string,int>, 1:bool}> */
+    /** @return array<string, array{0:array<string,int>}> */
     public static function abnormalEnds(): array
     {
-        return [
-            'exit()' => [['exit' => 1], true],
-            'uncaught exception' => [['throw' => 1], true],
-            'fatal error (memory exhausted)' => [['fatal' => 1], true],
-        ];
+        $out = [];
+        foreach (['exit()' => ['exit' => 1], 'uncaught exception' => ['throw' => 1], 'fatal error (memory exhausted)' => ['fatal' => 1]] as $name => $how) {
+            foreach (self::sockets() as $socketName => [$socket]) {
+                $out["$name, $socketName"] = [$how + $socket];
+            }
+        }
+        return $out;
     }
 
     /**
@@ -185,7 +189,7 @@ final class LockModesTest extends TestCase
         $a = $this->http->start('/hold.php' . self::q($how + ['mode' => 'session', 'set' => ['x' => 'fromA'], 'ready' => $ga, 'gate' => $ga]), $id);
         $this->awaitReady($ga);
         $this->awaitHolder($id);
-        $b = $this->http->start('/hold.php' . self::q(['mode' => 'session', 'wait' => 30000]), $id);
+        $b = $this->http->start('/hold.php' . self::q(['mode' => 'session', 'wait' => 30000, 'persistent' => $how['persistent'] ?? 0]), $id);
         $this->awaitWaiters($id, 1);
         $this->openGate($ga);
         $ra = $this->http->finish($a);

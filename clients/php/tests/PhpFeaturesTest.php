@@ -322,16 +322,17 @@ final class PhpFeaturesTest extends TestCase
         $this->assertSame('none', $j['mode']);
     }
 
-    public function testReadAndCloseResetAndAbortReleaseTheLock(): void
+    /** @dataProvider sockets */
+    public function testReadAndCloseResetAndAbortReleaseTheLock(array $socket): void
     {
         $id = $this->newSession(['x' => 'orig']);
-        foreach ([['rac' => 1], ['reset' => 1], ['abort' => 1]] as $variant) {
+        foreach ([$socket + ['rac' => 1], $socket + ['reset' => 1], $socket + ['abort' => 1]] as $variant) {
             $r = $this->http->get('/hold.php' . self::q($variant + ['mode' => 'session', 'set' => ['x' => 'changed']]), $id)['json'];
             $this->assertTrue($r['ok'], json_encode($r));
             $this->assertSame([], $r['errors'], json_encode($variant));
             $this->assertSame(serialize('orig'), $this->serverFields($id)['x'][1], json_encode($variant) . ' writes nothing');
             $this->assertNull($this->lockInfo($id), json_encode($variant) . ' released the lock');
-            $next = $this->http->get('/hold.php' . self::q(['mode' => 'session', 'wait' => 30000]), $id)['json'];
+            $next = $this->http->get('/hold.php' . self::q($socket + ['mode' => 'session', 'wait' => 30000]), $id)['json'];
             $this->assertTrue($next['ok'], json_encode($variant) . ' released the lock');
         }
     }

@@ -143,6 +143,15 @@ struct RunArgs {
     /// directory or the source tree].
     #[arg(long)]
     php_client_dir: Option<PathBuf>,
+    /// Only these PHP rows, by handler name (e.g. `sessiond session,phpredis
+    /// (locking on)`) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    php_handlers: Vec<String>,
+    /// Extra php.ini settings for every PHP row (`key=value`, repeatable),
+    /// e.g. `auto_prepend_file=clients/php/tools/excimer-prepend.php` to
+    /// profile (see docs/benchmarks.md).
+    #[arg(long)]
+    php_ini: Vec<String>,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "sessiond-bench.json")]
     json: PathBuf,
@@ -507,7 +516,7 @@ fn run(mut a: RunArgs) -> Result<()> {
             Some(client_dir) => {
                 let sd = Server::sessiond(&ctx.sessiond, "sessiond-everysec", "everysec")?;
                 let rd = Server::redis(&a.redis_bin, "redis-everysec", Some("everysec"))?;
-                let handlers = vec![
+                let mut handlers = vec![
                     php::Handler {
                         name: "files".into(),
                         server: String::new(),
@@ -518,7 +527,7 @@ fn run(mut a: RunArgs) -> Result<()> {
                         env: vec![],
                     },
                     php::Handler {
-                        name: "phpredis (locking on)".into(),
+                        name: report::PHPREDIS_LOCKING.into(),
                         server: rd.name.clone(),
                         ini: vec![
                             "session.save_handler=redis".into(),
@@ -528,7 +537,7 @@ fn run(mut a: RunArgs) -> Result<()> {
                         env: vec![],
                     },
                     php::Handler {
-                        name: "phpredis (no locking)".into(),
+                        name: report::PHPREDIS_NO_LOCKING.into(),
                         server: rd.name.clone(),
                         ini: vec![
                             "session.save_handler=redis".into(),
@@ -537,26 +546,63 @@ fn run(mut a: RunArgs) -> Result<()> {
                         ],
                         env: vec![],
                     },
-                    php::Handler {
-                        name: "sessiond".into(),
-                        server: sd.name.clone(),
-                        ini: vec![],
-                        env: vec![("BENCH_SESSIOND_URI".into(), format!("tcp://{}", sd.addr))],
-                    },
                 ];
-                let o = php::Opts {
-                    workers: a.php_workers,
-                    conns: a.php_conns,
-                    sessions: a.php_sessions.unwrap_or(if q { 100 } else { 2000 }),
-                    dur: if q {
-                        Duration::from_millis(500)
-                    } else {
-                        dur * 2
-                    },
-                    php_client_dir: &client_dir,
-                };
-                for h in &handlers {
-                    rep.php.push(php::run(h, &o)?);
+                // sessiond in each mode; then the same with a persistent
+                // socket per worker and the classes preloaded into opcache.
+                let preload = client_dir.join("preload.php");
+                for tuned in [false, true] {
+                    for mode in ["session", "readonly", "none"] {
+                        let mut uri = format!("tcp://{}?lock_mode={mode}", sd.addr);
+                        let mut ini = vec![];
+                        if tuned {
+                            uri.push_str("&persistent=1");
+                            ini.push(format!("opcache.preload={}", preload.display()));
+                            // SAFETY: getuid has no preconditions.
+                            if unsafe { libc::getuid() } == 0 {
+                                ini.push("opcache.preload_user=root".into());
+                            }
+                        }
+                        handlers.push(php::Handler {
+                            name: if tuned {
+                                format!("sessiond {mode} (persistent + preload)")
+                            } else {
+                                format!("sessiond {mode}")
+                            },
+                            server: sd.name.clone(),
+                            ini,
+                            env: vec![("BENCH_SESSIOND_URI".into(), uri)],
+                        });
+                    }
+                }
+                if !a.php_handlers.is_empty() {
+                    handlers.retain(|h| a.php_handlers.contains(&h.name));
+                }
+                for h in &mut handlers {
+                    h.ini.extend(a.php_ini.iter().cloned());
+                }
+                let mut fronts = vec![php::Front::BuiltIn];
+                if php::fpm_programs().is_some() {
+                    fronts.push(php::Front::Fpm);
+                } else {
+                    rep.notes
+                        .push("PHP benchmark: php-fpm or nginx not installed; php -S only".into());
+                }
+                for front in fronts {
+                    let o = php::Opts {
+                        workers: a.php_workers,
+                        conns: a.php_conns,
+                        sessions: a.php_sessions.unwrap_or(if q { 100 } else { 2000 }),
+                        dur: if q {
+                            Duration::from_millis(500)
+                        } else {
+                            dur * 2
+                        },
+                        php_client_dir: &client_dir,
+                        front,
+                    };
+                    for h in &handlers {
+                        rep.php.push(php::run(h, &o)?);
+                    }
                 }
             }
         }

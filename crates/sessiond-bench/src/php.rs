@@ -1,10 +1,13 @@
-//! A PHP session page served by `php -S` (the built-in server with
-//! `PHP_CLI_SERVER_WORKERS` forked workers), driven by our own HTTP/1.1
-//! client: one connection per request (`php -S` closes after each response).
+//! A PHP session page behind the two usual fronts, driven by our own
+//! HTTP/1.1 client (one connection per request, `Connection: close`):
+//! - `php -S`, the built-in server with `PHP_CLI_SERVER_WORKERS` forked
+//!   workers;
+//! - php-fpm (`pm = static`, as many children as `php -S` has workers)
+//!   behind nginx, the production setup (skipped when either is missing).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,6 +22,11 @@ const PAGE: &str = r#"<?php
 if (getenv('BENCH_HANDLER') === 'sessiond') {
     require getenv('BENCH_SESSIOND_PHP') . '/src/autoload.php';
     Sessiond\SessionHandler::register(getenv('BENCH_SESSIOND_URI'));
+    if (!isset($_COOKIE['PHPSESSID'])) {
+        // the requests that create the sessions write them, whatever the
+        // mode measured (readonly never writes)
+        Sessiond\SessionHandler::setMode('session');
+    }
 }
 session_start();
 if (!isset($_SESSION['k0'])) {
@@ -30,6 +38,44 @@ if (!isset($_SESSION['k0'])) {
 $_SESSION['counter']++;
 echo 'ok ', $_SESSION['counter'], "\n";
 "#;
+
+/// What serves the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// `php -S` with forked workers.
+    BuiltIn,
+    /// php-fpm behind nginx.
+    Fpm,
+}
+
+impl Front {
+    pub fn label(self) -> &'static str {
+        match self {
+            Front::BuiltIn => "php -S",
+            Front::Fpm => "php-fpm + nginx",
+        }
+    }
+}
+
+/// php-fpm and nginx, when both are installed.
+pub fn fpm_programs() -> Option<(PathBuf, PathBuf)> {
+    let find = |names: &[&str]| {
+        names.iter().find_map(|n| {
+            ["/usr/sbin", "/usr/local/sbin", "/usr/bin", "/sbin"]
+                .iter()
+                .map(|d| Path::new(d).join(n))
+                .find(|p| p.is_file())
+        })
+    };
+    let fpm = find(&[
+        "php-fpm",
+        "php-fpm8.4",
+        "php-fpm8.3",
+        "php-fpm8.2",
+        "php-fpm8.1",
+    ])?;
+    Some((fpm, find(&["nginx"])?))
+}
 
 /// How PHP keeps sessions in one run.
 pub struct Handler {
@@ -63,13 +109,13 @@ impl Drop for PhpServer {
 
 fn http_get(
     addr: SocketAddr,
+    path: &str,
     cookie: Option<&str>,
 ) -> std::io::Result<(u16, Option<String>, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req =
-        String::from("GET /page.php HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
     if let Some(c) = cookie {
         req.push_str("Cookie: PHPSESSID=");
         req.push_str(c);
@@ -90,7 +136,41 @@ fn http_get(
         let v = l.strip_prefix("Set-Cookie: PHPSESSID=")?;
         Some(v.split(';').next()?.to_string())
     });
-    Ok((status, sid, body.to_string()))
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .replace(' ', "")
+            .starts_with("transfer-encoding:chunked")
+    });
+    Ok((
+        status,
+        sid,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        },
+    ))
+}
+
+/// The body of a `Transfer-Encoding: chunked` response (nginx sends one to
+/// HTTP/1.1 clients); what cannot be parsed ends it.
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    for _ in 0..10_000 {
+        let Some((size, after)) = rest.split_once("\r\n") else {
+            break;
+        };
+        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        let (Some(chunk), Some(next)) = (after.get(..n), after.get(n..)) else {
+            break;
+        };
+        if n == 0 {
+            break;
+        }
+        out.push_str(chunk);
+        rest = next.strip_prefix("\r\n").unwrap_or(next);
+    }
+    out
 }
 
 pub struct Opts<'a> {
@@ -99,66 +179,159 @@ pub struct Opts<'a> {
     pub sessions: usize,
     pub dur: Duration,
     pub php_client_dir: &'a Path,
+    pub front: Front,
 }
 
-/// Runs the page on `php -S` with `h` for `o.dur`.
+/// Starts `cmd` in its own process group (its workers with it), output to
+/// `log`.
+fn spawn_group(mut cmd: Command, log: &Path) -> Result<PhpServer> {
+    use std::os::unix::process::CommandExt;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .process_group(0);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("spawn {}", cmd.get_program().display()))?;
+    crate::servers::register_group(child.id());
+    Ok(PhpServer { child })
+}
+
+/// Serves `dir` on `addr` with `o.front`; `ini` are php.ini settings,
+/// `env` the environment of the PHP workers.
+fn start_front(
+    o: &Opts,
+    dir: &Path,
+    addr: SocketAddr,
+    ini: &[(String, String)],
+    env: &[(String, String)],
+) -> Result<Vec<PhpServer>> {
+    match o.front {
+        Front::BuiltIn => {
+            let mut cmd = Command::new("php");
+            // The system's php.ini and extensions, the same for every handler.
+            for (k, v) in ini {
+                cmd.arg("-d").arg(format!("{k}={v}"));
+            }
+            cmd.arg("-S")
+                .arg(addr.to_string())
+                .arg("-t")
+                .arg(dir)
+                .env("PHP_CLI_SERVER_WORKERS", o.workers.to_string())
+                .envs(env.iter().map(|(k, v)| (k, v)));
+            Ok(vec![spawn_group(cmd, &dir.join("php.log"))?])
+        }
+        Front::Fpm => {
+            let Some((fpm, nginx)) = fpm_programs() else {
+                bail!("php-fpm or nginx not installed");
+            };
+            let d = dir.display();
+            let mut conf = format!(
+                "[global]\nerror_log = {d}/fpm.log\ndaemonize = no\n[www]\nlisten = {d}/fpm.sock\nlisten.mode = 0666\npm = static\npm.max_children = {}\nclear_env = no\ncatch_workers_output = yes\n",
+                o.workers
+            );
+            for (k, v) in ini {
+                conf.push_str(&format!("php_admin_value[{k}] = {v}\n"));
+            }
+            std::fs::write(dir.join("fpm.conf"), conf)?;
+            let mut cmd = Command::new(&fpm);
+            // SAFETY: getuid has no preconditions.
+            if unsafe { libc::getuid() } == 0 {
+                cmd.arg("-R");
+            }
+            cmd.arg("-y")
+                .arg(dir.join("fpm.conf"))
+                .envs(env.iter().map(|(k, v)| (k, v)));
+            let fpm_proc = spawn_group(cmd, &dir.join("fpm.out"))?;
+            for t in ["body", "fastcgi", "proxy", "uwsgi", "scgi"] {
+                std::fs::create_dir_all(dir.join(t))?;
+            }
+            std::fs::write(
+                dir.join("nginx.conf"),
+                format!(
+                    "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n access_log off;\n client_body_temp_path {d}/body;\n fastcgi_temp_path {d}/fastcgi;\n proxy_temp_path {d}/proxy;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n server {{\n  listen {addr};\n  root {d};\n  location ~ \\.php$ {{\n   include /etc/nginx/fastcgi_params;\n   fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;\n   fastcgi_pass unix:{d}/fpm.sock;\n  }}\n }}\n}}\n"
+                ),
+            )?;
+            let mut cmd = Command::new(&nginx);
+            cmd.arg("-p")
+                .arg(dir)
+                .arg("-c")
+                .arg(dir.join("nginx.conf"))
+                .arg("-e")
+                .arg(dir.join("nginx-error.log"));
+            let nginx_proc = spawn_group(cmd, &dir.join("nginx.out"))?;
+            Ok(vec![nginx_proc, fpm_proc])
+        }
+    }
+}
+
+/// Runs the page behind `o.front` with `h` for `o.dur`.
 pub fn run(h: &Handler, o: &Opts) -> Result<PhpRow> {
     let dir = TempDir::new("php")?;
     std::fs::write(dir.path().join("page.php"), PAGE)?;
+    std::fs::write(dir.path().join("ping.php"), "<?php echo 'ok pong';")?;
     let sessdir = dir.path().join("sessions");
     std::fs::create_dir_all(&sessdir)?;
     let port = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let mut cmd = Command::new("php");
-    // The system's php.ini and extensions, the same for every handler.
-    cmd.args([
-        "-d",
-        "opcache.enable_cli=1",
-        "-d",
-        "session.use_strict_mode=1",
-        "-d",
-        "session.gc_probability=0",
-        "-d",
-        "display_errors=stderr",
-        "-d",
-        "log_errors=0",
-    ]);
+    let mut ini: Vec<(String, String)> = [
+        ("opcache.enable", "1"),
+        ("opcache.enable_cli", "1"),
+        ("session.use_strict_mode", "1"),
+        ("session.gc_probability", "0"),
+        ("display_errors", "stderr"),
+        ("log_errors", "0"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
     for i in &h.ini {
-        cmd.arg("-d")
-            .arg(i.replace("{SESSDIR}", &sessdir.display().to_string()));
-    }
-    cmd.arg("-S")
-        .arg(addr.to_string())
-        .arg("-t")
-        .arg(dir.path())
-        .env("PHP_CLI_SERVER_WORKERS", o.workers.to_string())
-        .env(
-            "BENCH_HANDLER",
-            if h.name.starts_with("sessiond") {
-                "sessiond"
-            } else {
-                ""
-            },
-        )
-        .env("BENCH_SESSIOND_PHP", o.php_client_dir)
-        .envs(h.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("php.log"))?);
-    use std::os::unix::process::CommandExt;
-    cmd.process_group(0);
-    let child = cmd.spawn().context("spawn php -S")?;
-    crate::servers::register_group(child.id());
-    let _php = PhpServer { child };
-    let t0 = Instant::now();
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-        if t0.elapsed() > Duration::from_secs(10) {
-            bail!(
-                "php -S did not listen: {}",
-                std::fs::read_to_string(dir.path().join("php.log")).unwrap_or_default()
-            );
+        let i = i.replace("{SESSDIR}", &sessdir.display().to_string());
+        if let Some((k, v)) = i.split_once('=') {
+            ini.push((k.to_owned(), v.to_owned()));
         }
-        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "BENCH_HANDLER".into(),
+            if h.name.starts_with("sessiond") {
+                "sessiond".into()
+            } else {
+                String::new()
+            },
+        ),
+        (
+            "BENCH_SESSIOND_PHP".into(),
+            o.php_client_dir.display().to_string(),
+        ),
+    ];
+    env.extend(h.env.iter().cloned());
+    let _servers = start_front(o, dir.path(), addr, &ini, &env)?;
+    let log = || {
+        [
+            "php.log",
+            "fpm.log",
+            "fpm.out",
+            "nginx.out",
+            "nginx-error.log",
+        ]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(dir.path().join(f)).ok())
+        .collect::<Vec<_>>()
+        .join("\n")
+    };
+    let t0 = Instant::now();
+    loop {
+        let r = http_get(addr, "/ping.php", None);
+        if let Ok((200, _, body)) = &r
+            && body.starts_with("ok pong")
+        {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(15) {
+            bail!("{} did not answer ({r:?}): {}", o.front.label(), log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     // Create the sessions: a request without a cookie gets a new id.
     let ids = std::sync::Mutex::new(Vec::with_capacity(o.sessions));
@@ -169,7 +342,7 @@ pub fn run(h: &Handler, o: &Opts) -> Result<PhpRow> {
             let count = o.sessions / o.conns + usize::from(t < o.sessions % o.conns);
             s.spawn(move || {
                 for _ in 0..count {
-                    match http_get(addr, None) {
+                    match http_get(addr, "/page.php", None) {
                         Ok((200, Some(sid), body)) if body.starts_with("ok 1") => {
                             if let Ok(mut v) = ids.lock() {
                                 v.push(sid);
@@ -190,7 +363,7 @@ pub fn run(h: &Handler, o: &Opts) -> Result<PhpRow> {
         bail!(
             "creating sessions through {}: {e}; php log: {}",
             h.name,
-            std::fs::read_to_string(dir.path().join("php.log")).unwrap_or_default()
+            log()
         );
     }
     let ids = ids.into_inner().unwrap_or_default();
@@ -204,7 +377,7 @@ pub fn run(h: &Handler, o: &Opts) -> Result<PhpRow> {
             let ids = &ids;
             Ok(move |rng: &mut Rng| -> Result<(), OpErr> {
                 let sid = &ids[rng.below(nids) as usize];
-                let (status, new_sid, body) = http_get(addr, Some(sid))?;
+                let (status, new_sid, body) = http_get(addr, "/page.php", Some(sid))?;
                 if status != 200
                     || !body.starts_with("ok ")
                     || new_sid.as_deref().is_some_and(|n| n != sid)
@@ -216,6 +389,7 @@ pub fn run(h: &Handler, o: &Opts) -> Result<PhpRow> {
         },
     );
     let row = PhpRow {
+        front: o.front.label().into(),
         handler: h.name.clone(),
         server: if h.server.is_empty() {
             "local files".into()
@@ -233,7 +407,8 @@ pub fn run(h: &Handler, o: &Opts) -> Result<PhpRow> {
         lat: Lat::of(&m.hist),
     };
     eprintln!(
-        "  php {:<22} {:>7.0} req/s  p50 {:>8.1} µs  p99 {:>8.1} µs  errors {}{}",
+        "  {:<15} {:<36} {:>7.0} req/s  p50 {:>8.1} µs  p99 {:>8.1} µs  errors {}{}",
+        row.front,
         row.handler,
         row.rps,
         row.lat.p50_us,

@@ -134,8 +134,16 @@ pub struct Expiry {
     pub timeline: Vec<(f64, f64, u64)>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The names of the phpredis rows of the PHP benchmark.
+pub const PHPREDIS_LOCKING: &str = "phpredis (locking on)";
+/// See [`PHPREDIS_LOCKING`].
+pub const PHPREDIS_NO_LOCKING: &str = "phpredis (no locking)";
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct PhpRow {
+    /// `php -S` or `php-fpm + nginx`.
+    #[serde(default)]
+    pub front: String,
     pub handler: String,
     pub server: String,
     pub workers: usize,
@@ -458,27 +466,33 @@ impl Report {
             }
         }
         if !self.php.is_empty() {
-            o.push_str("### Through PHP (session page: read, change one key, write)\n\n| handler | server | workers | conns | sessions | req/s | p50 | p99 | errors |\n|---|---|---|---|---|---|---|---|---|\n");
-            let best = self
-                .php
-                .iter()
-                .filter(|r| !r.handler.starts_with("sessiond"))
-                .map(|r| r.rps)
-                .fold(0.0, f64::max);
+            o.push_str("### Through PHP (session page: read, change one key, write)\n\nRatios are to the phpredis rows behind the same front, in the same run.\n\n| front | handler | server | workers | conns | sessions | req/s | × phpredis no locking | × phpredis locking | p50 | p99 | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+            let peer = |front: &str, name: &str| {
+                self.php
+                    .iter()
+                    .find(|r| r.front == front && r.handler == name)
+                    .map_or(0.0, |r| r.rps)
+            };
             for r in &self.php {
+                let ratio = |name: &str| {
+                    let p = peer(&r.front, name);
+                    if p > 0.0 && r.handler.starts_with("sessiond") {
+                        format!("{:.2}×", r.rps / p)
+                    } else {
+                        String::new()
+                    }
+                };
                 o.push_str(&format!(
-                    "| {} | {} | {} | {} | {} | {}{} | {} | {} | {} |\n",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    r.front,
                     r.handler,
                     r.server,
                     r.workers,
                     r.conns,
                     r.sessions,
                     fmt_ops(r.rps),
-                    if r.handler.starts_with("sessiond") && best > 0.0 {
-                        format!(" ({:.2}× best peer)", r.rps / best)
-                    } else {
-                        String::new()
-                    },
+                    ratio(PHPREDIS_NO_LOCKING),
+                    ratio(PHPREDIS_LOCKING),
                     us(r.lat.p50_us),
                     us(r.lat.p99_us),
                     r.errors

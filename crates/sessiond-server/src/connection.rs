@@ -15,8 +15,8 @@ use sessiond_core::locks::WaiterId;
 use tokio::sync::oneshot;
 
 use crate::cmd::{
-    CmdError, Command, ConnState, durability_error_reply, engine_error_reply, error_reply,
-    parse_error_reply, replication_error_reply, response_reply,
+    CmdError, Command, ConnCommand, ConnState, durability_error_reply, engine_error_reply,
+    error_reply, parse_error_reply, replication_error_reply, response_reply,
 };
 use crate::protocol::{Protocol, Reply, RequestLimits, RequestParser, encode};
 use crate::state::{BoxFuture, ClientInfo, Executed, Replication, Shared};
@@ -81,9 +81,10 @@ pub async fn run(
         tracing::debug!(client = id, %addr, error = %e, "connection ended");
     }
     // Whatever ended the connection, its locks go now and its wait is
-    // cancelled; waiters queued behind it are handed the locks.
-    shared.connection_closed(id);
-    shared.clients.lock().remove(&id);
+    // cancelled; waiters queued behind it are handed the locks. (Its id is
+    // a new one after a RESET.)
+    shared.connection_closed(conn.id);
+    shared.clients.lock().remove(&conn.id);
     shared.metrics.connections.dec();
 }
 
@@ -222,6 +223,12 @@ async fn execute(
         return Some(refusal);
     }
     let cmd = match cmd {
+        Command::Conn(ConnCommand::Reset) => {
+            if let Err(e) = reset(conn, shared).await {
+                return Some(e);
+            }
+            return Some(ConnCommand::Reset.execute(shared, conn));
+        }
         Command::Conn(c) => return Some(c.execute(shared, conn)),
         Command::Cluster(c) => return Some(c.execute(shared).await),
         Command::Engine(c) => c,
@@ -266,6 +273,36 @@ async fn execute(
             reply
         }
     }
+}
+
+/// RESET's part in the engine: everything the connection holds is released
+/// and its waits cancelled, as when it closes (through the cluster's log
+/// when there is one, answered once applied here, so a client told `+RESET`
+/// may count on the locks being free); then the connection goes on under a
+/// fresh id, so nothing addressed to the old one (a late grant) can reach
+/// it. On a cluster error nothing changes: the connection keeps its id and
+/// whatever it holds (closing it releases them).
+async fn reset(conn: &mut ConnState, shared: &Shared) -> Result<(), Reply> {
+    let old = conn.id;
+    match shared.replication().cloned() {
+        None => shared.connection_closed(old),
+        Some(replication) => {
+            shared.unregister_waiter(old);
+            let (_, index) = replication
+                .propose(Input::ConnectionClosed { conn: old })
+                .await
+                .map_err(|e| replication_error_reply(&e))?;
+            replication.applied(index).await;
+        }
+    }
+    let new = shared.next_client_id();
+    let mut clients = shared.clients.lock();
+    if let Some(mut info) = clients.remove(&old) {
+        info.id = new;
+        clients.insert(new, info);
+    }
+    conn.id = new;
+    Ok(())
 }
 
 /// Runs an engine command through the cluster's log.
@@ -396,18 +433,30 @@ async fn wait_for_grant(
     let max_buffered = shared.max_request_bytes();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     let mut client_gone = false;
-    let outcome = loop {
-        tokio::select! {
-            grant = &mut rx => break grant.ok(),
-            _ = tokio::time::sleep_until(deadline) => break None,
-            _ = shutdown.cancelled() => break None,
-            // Pipelined bytes are kept for later, up to the request limit;
-            // beyond that the socket is left unread (TCP holds the client
-            // back) until the wait ends.
-            n = stream.read_buf(inbuf), if !client_gone && inbuf.len() < max_buffered => {
-                if matches!(n, Ok(0) | Err(_)) {
-                    client_gone = true;
-                    break None;
+    // A RESET may have come in the same read as the request that waits.
+    let mut reset = reset_queued(inbuf, max_buffered);
+    let outcome = if reset {
+        None
+    } else {
+        loop {
+            tokio::select! {
+                grant = &mut rx => break grant.ok(),
+                _ = tokio::time::sleep_until(deadline) => break None,
+                _ = shutdown.cancelled() => break None,
+                // Pipelined bytes are kept for later, up to the request limit;
+                // beyond that the socket is left unread (TCP holds the client
+                // back) until the wait ends.
+                n = stream.read_buf(inbuf), if !client_gone && inbuf.len() < max_buffered => {
+                    if matches!(n, Ok(0) | Err(_)) {
+                        client_gone = true;
+                        break None;
+                    }
+                    // A RESET queued behind the wait ends it now: the client
+                    // gave up on it (RESET then releases whatever it holds).
+                    if reset_queued(inbuf, max_buffered) {
+                        reset = true;
+                        break None;
+                    }
                 }
             }
         }
@@ -426,6 +475,12 @@ async fn wait_for_grant(
     let Some(delivery) = delivered else {
         if shutdown.is_cancelled() {
             return Some(Reply::error("ERR", "server shutting down"));
+        }
+        if reset {
+            return Some(Reply::error(
+                "RESET",
+                "lock wait cancelled by the RESET sent behind it",
+            ));
         }
         shared.metrics.lock_timeouts.inc();
         return Some(engine_error_reply(&LockError::Timeout(wait_ms).into()));
@@ -446,4 +501,25 @@ async fn wait_for_grant(
     Some(response_reply(response, &|id| {
         shared.clients.lock().get(&id).cloned()
     }))
+}
+
+/// Whether the requests pipelined in `inbuf` (which starts at a request's
+/// first byte: the one waiting was taken out whole) include a `RESET`. Looks
+/// at a copy, at most 64 requests deep; `inbuf` itself is parsed later, as
+/// usual.
+fn reset_queued(inbuf: &BytesMut, max_request_bytes: usize) -> bool {
+    let mut copy = inbuf.clone();
+    let mut parser = RequestParser::new();
+    let limits = RequestLimits { max_request_bytes };
+    for _ in 0..64 {
+        match parser.parse(&mut copy, limits) {
+            Ok(Some(argv)) => {
+                if argv.len() == 1 && argv[0].eq_ignore_ascii_case(b"RESET") {
+                    return true;
+                }
+            }
+            Ok(None) | Err(_) => return false,
+        }
+    }
+    false
 }

@@ -2,7 +2,8 @@
 //! server processes: it connects to the first live node, rides through a
 //! SIGKILL of the leader (nothing acknowledged lost, nothing applied twice
 //! behind the caller's back), and reports a request whose connection died
-//! after it was sent as `UNKNOWN`.
+//! after it was sent as `UNKNOWN`. And `RESET` on a follower releases the
+//! connection's locks through the log before it answers.
 
 mod common;
 
@@ -243,4 +244,43 @@ async fn a_lock_wait_cut_by_its_node_dying_is_unknown_and_the_client_moves_on() 
     waiter.ping().await.expect("ping after failover");
     assert_eq!(waiter.node(), Some(nodes[1].to_string().as_str()));
     assert!(waiter.exists("s").await.expect("exists"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_on_a_follower_releases_the_locks_through_the_log() {
+    let cluster = TestCluster::start();
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let resp2 = ConnectOptions {
+        resp3: false,
+        ..Default::default()
+    };
+    let mut holder = Client::connect_with(cluster.addr(follower), resp2.clone())
+        .await
+        .expect("connect");
+    let lock = |wait_ms: u64| LockOptions {
+        wait: Duration::from_millis(wait_ms),
+        create: true,
+        ..Default::default()
+    };
+    holder.lock("r", &lock(0)).await.expect("holder locks");
+    let mut other_client = Client::connect_with(cluster.addr(other), resp2)
+        .await
+        .expect("connect");
+    assert!(
+        matches!(
+            other_client.lock("r", &lock(0)).await,
+            Err(Error::Timeout(_))
+        ),
+        "held by the follower's client"
+    );
+    let r = holder.command(&["RESET"]).await.expect("reset");
+    assert_eq!(r, Value::Simple("RESET".into()));
+    // Applied before the reply: a client on a third node gets the lock
+    // without waiting.
+    other_client
+        .lock("r", &lock(0))
+        .await
+        .expect("free after RESET");
 }

@@ -79,6 +79,22 @@ abstract class TestCase extends \PHPUnit\Framework\TestCase
     }
 
     /** @param array<string,string> $env */
+    /**
+     * For the tests that end a request abnormally (killed, exit, fatal
+     * error, uncaught exception): each runs on a per-request socket and on
+     * a persistent one (the `persistent` option), since a lock must never
+     * outlive its request on a socket the next request reuses.
+     *
+     * @return array<string, array{0: array<string, int>}>
+     */
+    public static function sockets(): array
+    {
+        return [
+            'per-request socket' => [[]],
+            'persistent socket' => [['persistent' => 1]],
+        ];
+    }
+
     protected function phpCli(string $script, array $args = [], array $env = [])
     {
         $cmd = array_merge([PHP_BINARY, '-d', 'display_errors=stderr', dirname(__DIR__) . '/app/' . $script], $args);

@@ -1,5 +1,5 @@
 //! Connection and server commands: PING, ECHO, HELLO, AUTH, CLIENT, INFO,
-//! SLOWLOG, BACKUP.SNAPSHOT, SELECT, COMMAND, QUIT.
+//! SLOWLOG, BACKUP.SNAPSHOT, SELECT, COMMAND, RESET, QUIT.
 
 use bytes::Bytes;
 use subtle::ConstantTimeEq;
@@ -81,6 +81,13 @@ pub enum ConnCommand {
     Select(i64),
     /// COMMAND [sub …]
     Command(Option<String>),
+    /// RESET: the connection as if new. Its locks are released and its
+    /// waits cancelled (that part runs in the connection's task, through the
+    /// cluster's log when there is one, before [`ConnCommand::execute`]); it
+    /// gets a fresh CLIENT ID, goes back to RESP2 and, when a password is
+    /// set, must AUTH again. Keeps its name. For pooled and persistent
+    /// connections: nothing of one request reaches the next.
+    Reset,
     /// QUIT
     Quit,
     /// CLUSTER.INFO (also `CLUSTER INFO`)
@@ -128,7 +135,7 @@ pub enum SlowLogSub {
 
 /// Whether the command named `name` (any case) is allowed before AUTH.
 pub fn allowed_unauthenticated(name: &[u8]) -> bool {
-    [&b"AUTH"[..], b"HELLO", b"QUIT"]
+    [&b"AUTH"[..], b"HELLO", b"QUIT", b"RESET"]
         .iter()
         .any(|c| name.eq_ignore_ascii_case(c))
 }
@@ -250,6 +257,7 @@ impl ConnCommand {
                 ConnCommand::Command(sub)
             }
             "QUIT" => ConnCommand::Quit,
+            "RESET" => ConnCommand::Reset,
             "CLUSTER.INFO" => ConnCommand::ClusterInfo,
             "CLUSTER" => match a.keyword().as_deref() {
                 Some("INFO") => ConnCommand::ClusterInfo,
@@ -278,6 +286,7 @@ impl ConnCommand {
             ConnCommand::Select(_) => "SELECT",
             ConnCommand::Command(_) => "COMMAND",
             ConnCommand::Quit => "QUIT",
+            ConnCommand::Reset => "RESET",
             ConnCommand::ClusterInfo => "CLUSTER.INFO",
         }
     }
@@ -409,6 +418,12 @@ impl ConnCommand {
             ConnCommand::Quit => {
                 conn.quit = true;
                 Reply::ok()
+            }
+            ConnCommand::Reset => {
+                // The locks, waits and id were dealt with by the caller.
+                conn.proto = Protocol::Resp2;
+                conn.authed = shared.config.requirepass.is_none();
+                Reply::Simple("RESET".into())
             }
             ConnCommand::ClusterInfo => Reply::bulk(match shared.replication() {
                 Some(r) => r.info(),
