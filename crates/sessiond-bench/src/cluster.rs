@@ -103,7 +103,20 @@ fn sessiond_cluster(cmd: &SessiondCmd, name: &str, durability: &str) -> Result<V
 }
 
 /// A three-member etcd cluster; returns the members and the leader's index.
+/// Tried three times: the six free ports are picked before etcd binds
+/// them, and another process may take one meanwhile.
 fn etcd_cluster(bin: &str) -> Result<(Vec<Server>, usize)> {
+    let mut last = None;
+    for _ in 0..3 {
+        match etcd_cluster_once(bin) {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("etcd did not start")))
+}
+
+fn etcd_cluster_once(bin: &str) -> Result<(Vec<Server>, usize)> {
     let ports: Vec<(u16, u16)> = (0..3)
         .map(|_| Ok((free_port()?, free_port()?)))
         .collect::<Result<_>>()?;
