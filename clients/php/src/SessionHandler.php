@@ -726,6 +726,35 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         return $this->acquireCommand($id);
     }
 
+    /**
+     * Sends a commit with a request id (REQID); when its outcome is unknown
+     * (the connection was lost after sending, or UNKNOWN from a cluster
+     * whose leader failed mid-request) sends it again with the same id, on
+     * the next node, until failover_timeout: the server answers a repeat
+     * with the first answer and never applies it twice (a fenced commit
+     * that went in and released the lock is told it succeeded, not that
+     * its token is stale).
+     *
+     * @param list<string|int> $cmd
+     */
+    private function commandOnce(Connection $conn, array $cmd): mixed
+    {
+        $cmd[] = 'REQID';
+        $cmd[] = 'php-' . bin2hex(random_bytes(12));
+        $retryUntil = microtime(true) + (float) $this->opt['failover_timeout'];
+        for ($attempt = 1; ; $attempt++) {
+            try {
+                return $conn->command($cmd);
+            } catch (OutcomeUnknownException | ServerException $e) {
+                $unknown = $e instanceof OutcomeUnknownException || $e->is('UNKNOWN');
+                if (!$unknown || microtime(true) >= $retryUntil) {
+                    throw $e;
+                }
+                usleep(min(500000, 25000 << min($attempt, 5)));
+            }
+        }
+    }
+
     /** @return list<string|int> LOCK.ACQUIRE of the session lock (without CREATE) */
     private function acquireCommand(string $id): array
     {
@@ -1143,7 +1172,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             }
         }
         try {
-            $r = $this->lockConn->command($cmd);
+            $r = $this->commandOnce($this->lockConn, $cmd);
         } catch (ServerException $e) {
             if ($e->is('FENCED')) {
                 // Our lock ran out (lease / --lock-max-hold) or was broken.
@@ -1197,7 +1226,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
                 }
             }
             try {
-                $r = $this->conn->command($cmd);
+                $r = $this->commandOnce($this->conn, $cmd);
                 $this->absorbCommit($ops, $r);
                 return true;
             } catch (ServerException $e) {
