@@ -57,6 +57,8 @@ pub mod defaults {
     pub const SLOWLOG_MAX_LEN: usize = 128;
     /// `--node-down-after`, in seconds.
     pub const NODE_DOWN_AFTER_SECS: u64 = 10;
+    /// `--raft-snapshot-logs`.
+    pub const RAFT_SNAPSHOT_LOGS: u64 = 20_000;
     /// `--log-level` (a `tracing` env-filter directive).
     pub const LOG_LEVEL: &str = "info";
 }
@@ -90,6 +92,7 @@ pub fn shown_defaults() -> Vec<(&'static str, String)> {
         ("tcp_keepalive", d::TCP_KEEPALIVE_SECS.to_string()),
         ("shutdown_timeout", d::SHUTDOWN_TIMEOUT_SECS.to_string()),
         ("node_down_after", d::NODE_DOWN_AFTER_SECS.to_string()),
+        ("raft_snapshot_logs", d::RAFT_SNAPSHOT_LOGS.to_string()),
         (
             "slowlog_log_slower_than",
             d::SLOWLOG_LOG_SLOWER_THAN.to_string(),
@@ -242,6 +245,11 @@ pub struct ServeArgs {
     /// lock-delay of Chubby and Consul).
     #[arg(long, env = "SESSIOND_NODE_DOWN_AFTER")]
     pub node_down_after: Option<u64>,
+    /// In a cluster: a snapshot is taken after this many log entries since
+    /// the last one, and the log before it is compacted (lagging or new
+    /// nodes then catch up from the snapshot).
+    #[arg(long, env = "SESSIOND_RAFT_SNAPSHOT_LOGS")]
+    pub raft_snapshot_logs: Option<u64>,
     /// Commands slower than this, in microseconds, go to the SLOWLOG; a
     /// negative value turns it off, 0 logs every command.
     #[arg(
@@ -271,6 +279,8 @@ pub struct ClusterConfig {
     pub initial: std::collections::BTreeMap<u64, String>,
     /// After how long without an answer a node is declared dead.
     pub node_down_after: Duration,
+    /// Log entries since the last snapshot that trigger the next one.
+    pub snapshot_logs: u64,
 }
 
 impl ClusterConfig {
@@ -482,6 +492,10 @@ impl ServeArgs {
                             .unwrap_or(defaults::NODE_DOWN_AFTER_SECS)
                             .max(1),
                     ),
+                    snapshot_logs: s
+                        .raft_snapshot_logs
+                        .unwrap_or(defaults::RAFT_SNAPSHOT_LOGS)
+                        .max(1),
                     ..c
                 }
             }),
@@ -522,6 +536,7 @@ impl ServeArgs {
             raft_addr: self.raft_addr.or(file.raft_addr),
             initial_cluster: self.initial_cluster.or(file.initial_cluster),
             node_down_after: self.node_down_after.or(file.node_down_after),
+            raft_snapshot_logs: self.raft_snapshot_logs.or(file.raft_snapshot_logs),
             slowlog_log_slower_than: self
                 .slowlog_log_slower_than
                 .or(file.slowlog_log_slower_than),
@@ -550,6 +565,7 @@ fn cluster_config(
                 raft_addr,
                 initial,
                 node_down_after: Duration::from_secs(defaults::NODE_DOWN_AFTER_SECS),
+                snapshot_logs: defaults::RAFT_SNAPSHOT_LOGS,
             }))
         }
         _ => Err(ConfigError::Invalid(
@@ -655,6 +671,7 @@ impl Config {
             lines.push(format!("raft_addr = {:?}", c.raft_addr));
             lines.push(format!("initial_cluster = {:?}", members.join(",")));
             lines.push(format!("node_down_after = {}", secs(c.node_down_after)));
+            lines.push(format!("raft_snapshot_logs = {}", c.snapshot_logs));
         }
         lines.join("\n") + "\n"
     }

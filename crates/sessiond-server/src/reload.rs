@@ -140,6 +140,11 @@ fn settings(c: &Config) -> Vec<(&'static str, bool, String)> {
             cluster.map_or_else(none, |c| secs(c.node_down_after)),
         ),
         (
+            "raft_snapshot_logs",
+            false,
+            cluster.map_or_else(none, |c| c.snapshot_logs.to_string()),
+        ),
+        (
             "slowlog_log_slower_than",
             true,
             c.slowlog_log_slower_than.to_string(),

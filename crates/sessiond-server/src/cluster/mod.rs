@@ -104,8 +104,11 @@ impl Cluster {
             heartbeat_interval: 100,
             election_timeout_min: 400,
             election_timeout_max: 800,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
-            max_in_snapshot_log_to_keep: 1_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+            // Entries kept behind a snapshot (for followers just behind
+            // it); never more than the snapshot interval, so a low
+            // interval compacts the log soon.
+            max_in_snapshot_log_to_keep: config.snapshot_logs.min(1_000),
             ..Default::default()
         }
         .validate()
