@@ -25,14 +25,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    Outcome, TestCluster, call, call_on, call_once, default_args, field_text, field_value,
-    first_ack, grant_token, info_field, micros_since,
+    Outcome, Recorded, TestCluster, call, call_on, call_once, default_args, fenced_write,
+    field_text, field_value, first_ack, grant_token, info_field, load_client, micros_since,
+    register_history,
 };
 use common::netns::NetLab;
 use sessiond_client::{Client, Value};
-use sessiond_lincheck::{
-    Lock, LockOp, LockRet, Operation, Register, RegisterOp, RegisterRet, check,
-};
+use sessiond_lincheck::{Lock, LockOp, LockRet, Operation, Register, check};
 
 /// A cluster of three, node `i` in namespace `i` of `lab`.
 fn start_in_namespaces(lab: &NetLab) -> TestCluster {
@@ -51,121 +50,6 @@ fn start_in_namespaces(lab: &NetLab) -> TestCluster {
         })
         .collect();
     TestCluster::start(specs, default_args())
-}
-
-/// One recorded call of a load client.
-struct Recorded {
-    client: u64,
-    call: u64,
-    ret: u64,
-    is_read: bool,
-    outcome: Outcome,
-}
-
-/// A client on the node at `addr` that increments and reads `ctr`/`n`
-/// until `stop` (at most 400 calls).
-fn load_client(
-    client: u64,
-    addr: SocketAddr,
-    start: Instant,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<Recorded>> {
-    tokio::spawn(async move {
-        let mut out = Vec::new();
-        for k in 0..400 {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let is_read = k % 3 == 2;
-            let args: &[&str] = if is_read {
-                &["SESSION.READ", "ctr", "KEYS", "n"]
-            } else {
-                &["SESSION.INCR", "ctr", "n", "1"]
-            };
-            let call = micros_since(start);
-            let outcome = call_once(addr, args, Duration::from_secs(10)).await;
-            let ret = micros_since(start);
-            let refused = !outcome.is_done();
-            out.push(Recorded {
-                client,
-                call,
-                ret,
-                is_read,
-                outcome,
-            });
-            if refused {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            } else {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-        out
-    })
-}
-
-/// The register history of the load clients, with the number of
-/// acknowledged and unknown increments.
-fn register_history(
-    recorded: Vec<Recorded>,
-) -> (Vec<Operation<RegisterOp, RegisterRet>>, i64, i64) {
-    let mut history = Vec::new();
-    let (mut acked, mut unknown) = (0, 0);
-    for r in recorded {
-        let (op, out, ret) = match (r.is_read, r.outcome) {
-            (_, Outcome::NotApplied(_)) | (true, Outcome::Unknown(_)) => continue,
-            (false, Outcome::Done(v)) => match &v {
-                Value::Array(parts) => match parts.first() {
-                    Some(Value::Int(n)) => {
-                        acked += 1;
-                        (RegisterOp::Add(1), RegisterRet::Value(*n), Some(r.ret))
-                    }
-                    _ => panic!("INCR answered {v:?}"),
-                },
-                _ => panic!("INCR answered {v:?}"),
-            },
-            (true, Outcome::Done(v)) => {
-                let n = field_value(&v).unwrap_or_else(|| panic!("read answered {v:?}"));
-                (RegisterOp::Read, RegisterRet::Value(n), Some(r.ret))
-            }
-            (false, Outcome::Unknown(_)) => {
-                unknown += 1;
-                (RegisterOp::Add(1), RegisterRet::Value(0), None)
-            }
-        };
-        history.push(Operation {
-            client: r.client,
-            call: r.call,
-            ret,
-            op,
-            out,
-        });
-    }
-    (history, acked, unknown)
-}
-
-/// A fenced write's outcome as the lock model sees it: `None` when nothing
-/// was applied (`TRYAGAIN`: leave it out).
-fn fenced_write(
-    history: &mut Vec<Operation<LockOp, LockRet>>,
-    client: u64,
-    call: u64,
-    ret: u64,
-    token: u64,
-    outcome: &Outcome,
-) {
-    let (ret, out) = match outcome {
-        Outcome::Done(_) => (Some(ret), LockRet::Ok),
-        Outcome::NotApplied(e) if e.starts_with("FENCED") => (Some(ret), LockRet::Fenced),
-        Outcome::NotApplied(_) => return,
-        Outcome::Unknown(_) => (None, LockRet::Ok),
-    };
-    history.push(Operation {
-        client,
-        call,
-        ret,
-        op: LockOp::FencedWrite(token),
-        out,
-    });
 }
 
 /// Cuts node `victim` (the leader, or a follower) off from its peers under

@@ -7,7 +7,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use sessiond_client::{Client, Value};
+use sessiond_lincheck::{LockOp, LockRet, Operation, RegisterOp, RegisterRet};
 
 use super::{ServerProcess, free_port};
 
@@ -364,4 +368,119 @@ pub fn grant_token(v: &Value) -> Option<u64> {
 /// Microseconds since `start`: the clock the recorded histories share.
 pub fn micros_since(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// One recorded call of a load client.
+pub struct Recorded {
+    pub client: u64,
+    pub call: u64,
+    pub ret: u64,
+    pub is_read: bool,
+    pub outcome: Outcome,
+}
+
+/// A client on the node at `addr` that increments and reads `ctr`/`n`
+/// until `stop` (at most 400 calls).
+pub fn load_client(
+    client: u64,
+    addr: SocketAddr,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Recorded>> {
+    tokio::spawn(async move {
+        let mut out = Vec::new();
+        for k in 0..400 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let is_read = k % 3 == 2;
+            let args: &[&str] = if is_read {
+                &["SESSION.READ", "ctr", "KEYS", "n"]
+            } else {
+                &["SESSION.INCR", "ctr", "n", "1"]
+            };
+            let call = micros_since(start);
+            let outcome = call_once(addr, args, Duration::from_secs(10)).await;
+            let ret = micros_since(start);
+            let refused = !outcome.is_done();
+            out.push(Recorded {
+                client,
+                call,
+                ret,
+                is_read,
+                outcome,
+            });
+            if refused {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        out
+    })
+}
+
+/// The register history of the load clients, with the number of
+/// acknowledged and unknown increments.
+pub fn register_history(
+    recorded: Vec<Recorded>,
+) -> (Vec<Operation<RegisterOp, RegisterRet>>, i64, i64) {
+    let mut history = Vec::new();
+    let (mut acked, mut unknown) = (0, 0);
+    for r in recorded {
+        let (op, out, ret) = match (r.is_read, r.outcome) {
+            (_, Outcome::NotApplied(_)) | (true, Outcome::Unknown(_)) => continue,
+            (false, Outcome::Done(v)) => match &v {
+                Value::Array(parts) => match parts.first() {
+                    Some(Value::Int(n)) => {
+                        acked += 1;
+                        (RegisterOp::Add(1), RegisterRet::Value(*n), Some(r.ret))
+                    }
+                    _ => panic!("INCR answered {v:?}"),
+                },
+                _ => panic!("INCR answered {v:?}"),
+            },
+            (true, Outcome::Done(v)) => {
+                let n = field_value(&v).unwrap_or_else(|| panic!("read answered {v:?}"));
+                (RegisterOp::Read, RegisterRet::Value(n), Some(r.ret))
+            }
+            (false, Outcome::Unknown(_)) => {
+                unknown += 1;
+                (RegisterOp::Add(1), RegisterRet::Value(0), None)
+            }
+        };
+        history.push(Operation {
+            client: r.client,
+            call: r.call,
+            ret,
+            op,
+            out,
+        });
+    }
+    (history, acked, unknown)
+}
+
+/// A fenced write's outcome as the lock model sees it: `None` when nothing
+/// was applied (`TRYAGAIN`: leave it out).
+pub fn fenced_write(
+    history: &mut Vec<Operation<LockOp, LockRet>>,
+    client: u64,
+    call: u64,
+    ret: u64,
+    token: u64,
+    outcome: &Outcome,
+) {
+    let (ret, out) = match outcome {
+        Outcome::Done(_) => (Some(ret), LockRet::Ok),
+        Outcome::NotApplied(e) if e.starts_with("FENCED") => (Some(ret), LockRet::Fenced),
+        Outcome::NotApplied(_) => return,
+        Outcome::Unknown(_) => (None, LockRet::Ok),
+    };
+    history.push(Operation {
+        client,
+        call,
+        ret,
+        op: LockOp::FencedWrite(token),
+        out,
+    });
 }
