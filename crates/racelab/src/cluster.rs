@@ -195,9 +195,9 @@ impl Nodes {
         None
     }
 
-    /// Kills a node every `every` while `active` is set (the leader every
-    /// other time, else the next node round), restarts it 1.5 s later,
-    /// until `stop`. At most 10 000 kills.
+    /// Kills a node after every `every` spent with `active` set (the leader
+    /// every other time, else the next node round), restarts it 1.5 s
+    /// later, until `stop`. At most 10 000 kills.
     pub async fn fault_loop(
         mut self,
         every: Duration,
@@ -206,11 +206,18 @@ impl Nodes {
     ) -> (Self, FaultLog) {
         let mut log = FaultLog::default();
         let mut round = 0usize;
+        let tick = Duration::from_millis(100);
+        let mut active_for = Duration::ZERO;
         while !stop.load(Ordering::Relaxed) && round < 10_000 {
-            tokio::time::sleep(every).await;
-            if !active.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed) {
+            // `every` of time while the cluster rows run (not wall time).
+            tokio::time::sleep(tick).await;
+            if active.load(Ordering::Relaxed) {
+                active_for += tick;
+            }
+            if active_for < every || stop.load(Ordering::Relaxed) {
                 continue;
             }
+            active_for = Duration::ZERO;
             round += 1;
             let leader = self.leader().await;
             let victim = match leader {

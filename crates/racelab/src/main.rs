@@ -80,8 +80,8 @@ struct Cli {
     /// cluster whose nodes are killed and restarted while they run).
     #[arg(long)]
     no_cluster: bool,
-    /// In the cluster run: milliseconds between node kills.
-    #[arg(long, default_value_t = 4000)]
+    /// In the cluster run: milliseconds of cluster rows between node kills.
+    #[arg(long, default_value_t = 2500)]
     cluster_kill_every: u64,
     /// Seed of the request timings.
     #[arg(long, default_value_t = 42)]
