@@ -16,6 +16,8 @@ command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 # redis-server and memcached: the benchmark tool's test runs them.
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v memcached >/dev/null 2>&1 || need+=(memcached)
+# etcd 3.4: the cluster benchmark compares with it (its quick test runs it).
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 # PHP client tests (clients/php/run-tests.sh): php-cli brings the session,
 # posix and pcntl extensions they use, phpunit the runner, php-fpm and nginx
 # the production-like setup of tests/FpmTest.php; setsid (util-linux) is part

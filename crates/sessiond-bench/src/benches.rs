@@ -174,7 +174,7 @@ pub fn locked(
             },
         );
         let mut r = row(t, sh, conns, &m);
-        if t.kind == Kind::Redis {
+        if matches!(t.kind, Kind::Redis | Kind::RedisWait) {
             r.ran_unlocked = Some(unlocked.load(Ordering::Relaxed));
         }
         done("locked", &r);

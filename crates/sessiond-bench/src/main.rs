@@ -17,7 +17,9 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod benches;
+mod cluster;
 mod driver;
+mod etcd;
 mod php;
 mod report;
 mod scale;
@@ -63,6 +65,8 @@ enum Bench {
     Handoff,
     Scale,
     Php,
+    /// Three-node cluster against one node, Redis+WAIT and etcd; failover.
+    Cluster,
 }
 
 #[derive(Parser, Debug)]
@@ -109,6 +113,13 @@ struct RunArgs {
     redis_bin: String,
     #[arg(long, default_value = "memcached")]
     memcached_bin: String,
+    /// etcd (3.4, Debian's etcd-server) for the cluster benchmark.
+    #[arg(long, default_value = "etcd")]
+    etcd_bin: String,
+    /// Leader kills in the cluster benchmark's failover part [default: 20,
+    /// quick 2].
+    #[arg(long)]
+    kills: Option<usize>,
     /// Use a running sessiond instead of starting one (cycle, locked, ping,
     /// hand-off; scale and php always start their own).
     #[arg(long)]
@@ -288,6 +299,8 @@ impl Ctx {
                     },
                 )?,
             },
+            // Only the cluster benchmark starts these (cluster.rs).
+            Kind::RedisWait | Kind::Etcd => return Ok(None),
             Kind::Memcached => match self.a.memcached_addr {
                 Some(a) => Server::external("memcached", a),
                 None => Server::memcached(&self.a.memcached_bin, spec.name)?,
@@ -306,6 +319,7 @@ fn run(mut a: RunArgs) -> Result<()> {
             Bench::Handoff,
             Bench::Scale,
             Bench::Php,
+            Bench::Cluster,
         ];
     }
     if a.conns.is_empty() {
@@ -548,6 +562,30 @@ fn run(mut a: RunArgs) -> Result<()> {
         }
     }
 
+    if has(Bench::Cluster) {
+        let o = cluster::Opts {
+            sessions: if q { 200 } else { 10_000 },
+            size: 1024,
+            conns: if q { vec![1, 8] } else { vec![1, 8, 64] },
+            warmup,
+            dur,
+            kills: a.kills.unwrap_or(if q { 2 } else { 20 }),
+            redis_bin: &a.redis_bin,
+            etcd_bin: &a.etcd_bin,
+        };
+        eprintln!(
+            "== cluster: {} sessions of 1 KB, conns {:?}, {:.1} s per cell",
+            o.sessions,
+            o.conns,
+            dur.as_secs_f64()
+        );
+        let r = cluster::run(&ctx.sessiond, &o)?;
+        rep.cluster_cycle = r.cycle;
+        rep.cluster_locked = r.locked;
+        rep.failover = r.failover;
+        rep.versions.push(sh(&a.etcd_bin, &["--version"]));
+    }
+
     rep.notes.push(format!(
         "Load average (1, 5, 15 min) at the start: {load_start}; at the end: {}. The machine is shared: other builds and tests may run during a measurement.",
         loadavg()
@@ -572,6 +610,7 @@ fn run(mut a: RunArgs) -> Result<()> {
         && rep.scale.is_none()
         && rep.php.is_empty()
         && rep.ping.is_empty()
+        && rep.cluster_cycle.is_empty()
     {
         bail!("nothing was measured");
     }

@@ -18,6 +18,13 @@ pub struct Report {
     pub handoff: Vec<HandoffRow>,
     pub scale: Option<Scale>,
     pub php: Vec<PhpRow>,
+    /// The cluster benchmark: session cycle and locked cycle rows.
+    #[serde(default)]
+    pub cluster_cycle: Vec<CycleRow>,
+    #[serde(default)]
+    pub cluster_locked: Vec<CycleRow>,
+    #[serde(default)]
+    pub failover: Option<Failover>,
     pub notes: Vec<String>,
     pub targets: Vec<Target>,
 }
@@ -52,6 +59,20 @@ pub struct CycleRow {
     pub lost_updates: Option<u64>,
     /// Locked cycle, phpredis recipe: cycles that ran without the lock.
     pub ran_unlocked: Option<u64>,
+}
+
+/// Leader kills: from each SIGKILL to the first acknowledged write.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Failover {
+    pub kills: usize,
+    pub samples_ms: Vec<f64>,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Increments acknowledged (one per kill, one before); the counter's
+    /// final value must equal it (no retry applied twice).
+    pub increments_acknowledged: u64,
+    pub final_value: i64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -282,6 +303,45 @@ fn cycle_table(out: &mut String, rows: &[CycleRow], locked: bool) {
     }
 }
 
+/// The cluster's ratios, per workload and connection count: against one
+/// node, Redis with a replica and `WAIT`, and etcd.
+pub fn cluster_ratio(rows: &[CycleRow], conns: usize, store: &str, peer: &str) -> Option<f64> {
+    let size = rows.first()?.size;
+    let a = find(rows, store, size, conns)?;
+    let b = find(rows, peer, size, conns)?;
+    (b.ops_per_sec > 0.0).then(|| a.ops_per_sec / b.ops_per_sec)
+}
+
+fn cluster_ratio_table(out: &mut String, cycle: &[CycleRow], locked: &[CycleRow]) {
+    out.push_str("| workload | conns | sessiond-1node | sessiond-cluster3 | sessiond-cluster3-always | redis-wait | etcd3 | cluster ÷ 1 node | cluster ÷ Redis+WAIT | cluster ÷ etcd | cluster-always ÷ etcd |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for (label, rows) in [("session cycle", cycle), ("locked cycle", locked)] {
+        let mut conns: Vec<usize> = rows.iter().map(|r| r.conns).collect();
+        conns.sort_unstable();
+        conns.dedup();
+        for c in conns {
+            let size = rows.first().map_or(0, |r| r.size);
+            let ops =
+                |s: &str| find(rows, s, size, c).map_or("–".into(), |r| fmt_ops(r.ops_per_sec));
+            let ratio = |a: &str, b: &str| {
+                cluster_ratio(rows, c, a, b).map_or("–".into(), |x| format!("{x:.2}×"))
+            };
+            out.push_str(&format!(
+                "| {label} | {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                ops("sessiond-1node"),
+                ops("sessiond-cluster3"),
+                ops("sessiond-cluster3-always"),
+                ops("redis-wait"),
+                ops("etcd3"),
+                ratio("sessiond-cluster3", "sessiond-1node"),
+                ratio("sessiond-cluster3", "redis-wait"),
+                ratio("sessiond-cluster3", "etcd3"),
+                ratio("sessiond-cluster3-always", "etcd3"),
+            ));
+        }
+    }
+    out.push('\n');
+}
+
 impl Report {
     /// The whole report as Markdown tables (also what the terminal shows).
     pub fn markdown(&self) -> String {
@@ -425,6 +485,31 @@ impl Report {
                 ));
             }
             o.push('\n');
+        }
+        if !self.cluster_cycle.is_empty() || !self.cluster_locked.is_empty() {
+            o.push_str("### Cluster: three nodes on loopback, ops/s (clients on the leader or primary)\n\n");
+            cluster_ratio_table(&mut o, &self.cluster_cycle, &self.cluster_locked);
+            o.push_str("Session cycle, each store:\n\n");
+            cycle_table(&mut o, &self.cluster_cycle, false);
+            o.push_str("\nLocked cycle (etcd: the same compare-and-put transaction; Redis: the phpredis lock recipe, then `WAIT 1 0` after the write), each store:\n\n");
+            cycle_table(&mut o, &self.cluster_locked, true);
+            o.push('\n');
+        }
+        if let Some(f) = &self.failover {
+            o.push_str(&format!(
+                "### Failover: the leader of three nodes killed with SIGKILL {} times\n\nFrom each kill to the first write acknowledged by the cluster (a client retrying every 10 ms on the surviving nodes): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms. Every sample, ms: {}. Increments acknowledged {}, final counter {} (equal: no retry applied twice, none lost).\n\n",
+                f.kills,
+                f.p50_ms,
+                f.p99_ms,
+                f.max_ms,
+                f.samples_ms
+                    .iter()
+                    .map(|v| format!("{v:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                f.increments_acknowledged,
+                f.final_value
+            ));
         }
         if !self.targets.is_empty() {
             o.push_str("### Targets\n\n| target | measured | met |\n|---|---|---|\n");

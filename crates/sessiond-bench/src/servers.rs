@@ -202,8 +202,116 @@ impl Server {
         self.child.is_some()
     }
 
+    /// sessiond with `--durability durability` and `extra` flags (a cluster
+    /// node's) on a free port in a new temp dir.
+    pub fn sessiond_with(
+        cmd: &SessiondCmd,
+        name: &str,
+        durability: &str,
+        extra: &[String],
+    ) -> Result<Server> {
+        let mut s = Self::sessiond_unstarted(cmd, name, durability)?;
+        if let Some((_, args)) = &mut s.restart {
+            // A port in `extra` replaces the default `--port 0`.
+            if extra.iter().any(|a| a == "--port")
+                && let Some(i) = args.iter().position(|a| a == "--port")
+            {
+                args.drain(i..i + 2);
+            }
+            args.extend(extra.iter().cloned());
+        }
+        s.start_sessiond()?;
+        Ok(s)
+    }
+
+    /// SIGKILL, and wait for the process to go (a crash, for failover).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            unregister_child(c.id());
+        }
+    }
+
+    /// A Redis replica of `primary` (same settings as [`Server::redis`]
+    /// without persistence).
+    pub fn redis_replica(bin: &str, name: &str, primary: SocketAddr) -> Result<Server> {
+        let dir = TempDir::new("redis-replica")?;
+        let port = free_port()?;
+        let args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+            "--dir",
+            &dir.path().display().to_string(),
+            "--logfile",
+            &dir.path().join("redis.log").display().to_string(),
+            "--replicaof",
+            &primary.ip().to_string(),
+            &primary.port().to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        Self::spawn_plain(bin, name, args, port, dir)
+    }
+
+    /// One member of an etcd cluster: `name` listens for clients on
+    /// `client_port` and for peers on `peer_port`; `initial` lists every
+    /// member (`n1=http://127.0.0.1:P,…`).
+    pub fn etcd_member(
+        bin: &str,
+        name: &str,
+        client_port: u16,
+        peer_port: u16,
+        initial: &str,
+    ) -> Result<Server> {
+        let dir = TempDir::new("etcd")?;
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let args: Vec<String> = [
+            "--name",
+            name,
+            "--data-dir",
+            &dir.path().join("data").display().to_string(),
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            initial,
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            "sessiond-bench",
+            "--log-level",
+            "error",
+        ]
+        .map(String::from)
+        .to_vec();
+        Self::spawn_plain(bin, name, args, client_port, dir)
+    }
+
     /// sessiond with `--durability durability` on a free port in a new temp dir.
     pub fn sessiond(cmd: &SessiondCmd, name: &str, durability: &str) -> Result<Server> {
+        let mut s = Self::sessiond_unstarted(cmd, name, durability)?;
+        s.start_sessiond()?;
+        Ok(s)
+    }
+
+    fn sessiond_unstarted(cmd: &SessiondCmd, name: &str, durability: &str) -> Result<Server> {
         let dir = TempDir::new("sessiond")?;
         let mut args = cmd.pre_args.clone();
         args.extend(
@@ -219,15 +327,13 @@ impl Server {
             .map(String::from),
         );
         args.push(dir.path().join("data").display().to_string());
-        let mut s = Server {
+        Ok(Server {
             name: name.into(),
             addr: "127.0.0.1:0".parse()?,
             child: None,
             dir: Some(dir),
             restart: Some((cmd.program.clone(), args)),
-        };
-        s.start_sessiond()?;
-        Ok(s)
+        })
     }
 
     /// Stops sessiond cleanly (everything synced) and starts it again on the

@@ -12,6 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::driver::{OpErr, OpResult, Rng};
+use crate::etcd::Etcd;
 use crate::wire::{Memc, Resp, Value};
 
 pub const FIELDS: usize = 10;
@@ -23,6 +24,12 @@ const COUNTER_LEN: usize = 20;
 pub enum Kind {
     Sessiond,
     Redis,
+    /// Redis with a replica: every write is followed by `WAIT 1 0` (the
+    /// write reached the replica before the cycle goes on).
+    RedisWait,
+    /// etcd v3: a session is one key; a write is a compare-and-put
+    /// transaction on the revision read.
+    Etcd,
     Memcached,
 }
 
@@ -148,8 +155,33 @@ pub enum Client {
         sha: Vec<u8>,
         tag: u64,
         seq: u64,
+        /// `WAIT 1 0` after every write.
+        wait: bool,
     },
+    Etcd(Etcd),
     Memcached(Memc),
+}
+
+/// `WAIT 1 0` on `c`: blocks until the write before it reached a replica.
+fn wait_replica(c: &mut Resp) -> OpResult {
+    match c.call(&[b"WAIT", b"1", b"0"])? {
+        Value::Int(n) if n >= 1 => Ok(()),
+        other => Err(OpErr::App(format!("WAIT 1 0: {other:?}"))),
+    }
+}
+
+/// One etcd cycle: read the session, then put it back changed if nobody
+/// wrote it since (compare-and-put on its revision); again from the read
+/// when someone did. Returns how many attempts it took.
+fn etcd_cycle(c: &mut Etcd, key: &str) -> Result<u32, OpErr> {
+    for attempt in 1..=1000 {
+        let v = c.get(key)?.ok_or_else(|| format!("etcd {key}: missing"))?;
+        let nb = blob_with(&v.value, blob_counter(&v.value)? + 1);
+        if c.cas(key, v.mod_revision, &nb)? {
+            return Ok(attempt);
+        }
+    }
+    Err(OpErr::App(format!("etcd {key}: 1000 conflicts in a row")))
 }
 
 /// What acquiring the phpredis lock came to.
@@ -163,7 +195,8 @@ impl Client {
     pub fn connect(kind: Kind, addr: SocketAddr, tag: u64) -> io::Result<Client> {
         Ok(match kind {
             Kind::Sessiond => Client::Sessiond(Resp::connect(addr)?),
-            Kind::Redis => {
+            Kind::Etcd => Client::Etcd(Etcd::connect(addr)?),
+            Kind::Redis | Kind::RedisWait => {
                 let mut c = Resp::connect(addr)?;
                 let sha = c
                     .call(&[b"SCRIPT", b"LOAD", UNLOCK_LUA.as_bytes()])?
@@ -175,6 +208,7 @@ impl Client {
                     sha,
                     tag,
                     seq: 0,
+                    wait: kind == Kind::RedisWait,
                 }
             }
             Kind::Memcached => Client::Memcached(Memc::connect(addr)?),
@@ -192,12 +226,18 @@ impl Client {
                 c.call(&[b"SESSION.COMMIT", id.as_bytes(), b"SET", b"k0", &v])?
                     .check()?;
             }
-            Client::Redis { c, .. } => {
+            Client::Redis { c, wait, .. } => {
                 let key = redis_key(id);
                 let b = c.call(&[b"GET", key.as_bytes()])?;
                 let b = b.bulk().ok_or_else(|| format!("GET {key}: {b:?}"))?;
                 let nb = blob_with(b, blob_counter(b)? + 1);
                 c.call(&[b"SETEX", key.as_bytes(), b"1440", &nb])?.check()?;
+                if *wait {
+                    wait_replica(c)?;
+                }
+            }
+            Client::Etcd(c) => {
+                etcd_cycle(c, &redis_key(id))?;
             }
             Client::Memcached(c) => {
                 let key = redis_key(id);
@@ -304,13 +344,16 @@ impl Client {
                     Acquired::GaveUp => return Err(OpErr::App("lock: gave up polling".into())),
                     Acquired::Stopped => return Err(OpErr::App("stopped while polling".into())),
                 };
-                let Client::Redis { c, .. } = self else {
+                let Client::Redis { c, wait, .. } = self else {
                     unreachable!()
                 };
                 let b = c.call(&[b"GET", key.as_bytes()])?;
                 let b = b.bulk().ok_or_else(|| format!("GET {key}: {b:?}"))?;
                 let nb = blob_with(b, blob_counter(b)? + 1);
                 c.call(&[b"SETEX", key.as_bytes(), b"1440", &nb])?.check()?;
+                if *wait {
+                    wait_replica(c)?;
+                }
                 match secret {
                     Some(s) => {
                         self.redis_unlock(&key, &s)?;
@@ -318,6 +361,11 @@ impl Client {
                     }
                     None => Ok(false),
                 }
+            }
+            // etcd's transaction is its concurrency control: the same cycle.
+            Client::Etcd(c) => {
+                etcd_cycle(c, &redis_key(id))?;
+                Ok(true)
             }
             Client::Memcached(_) => Err(OpErr::App("no locked cycle for memcached".into())),
         }
@@ -346,6 +394,12 @@ pub fn preload(
                 s.spawn(move || -> anyhow::Result<()> {
                     let batch = 256u64;
                     match kind {
+                        Kind::Etcd => {
+                            let mut c = Etcd::connect(addr)?;
+                            for n in lo..hi {
+                                c.put(&redis_key(&sh.id(n)), &blob(0, vlen))?;
+                            }
+                        }
                         Kind::Memcached => {
                             let mut c = Memc::connect(addr)?;
                             let mut lo = lo;
@@ -422,6 +476,15 @@ pub fn counters(
     sh: &Shape,
     n: u64,
 ) -> anyhow::Result<Vec<Option<u64>>> {
+    if kind == Kind::Etcd {
+        let mut c = Etcd::connect(addr)?;
+        return (0..n)
+            .map(|i| {
+                Ok(c.get(&redis_key(&sh.id(i)))?
+                    .and_then(|v| blob_counter(&v.value).ok()))
+            })
+            .collect();
+    }
     let mut c = Resp::connect(addr)?;
     let mut out = Vec::with_capacity(n as usize);
     let batch = 512u64;

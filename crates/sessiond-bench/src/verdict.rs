@@ -73,6 +73,34 @@ pub fn ratio_goal(rows: &[CycleRow], min_ratio: f64, check_p99: bool) -> Option<
 }
 
 /// Every target of docs/benchmarks.md with what was measured against it.
+/// The lowest ratio of `store` to `peer` over the cluster benchmark's cells
+/// (both workloads, every connection count), and whether it is at least
+/// `min`.
+fn cluster_goal(rep: &Report, store: &str, peer: &str, min: f64) -> Option<(String, bool)> {
+    let mut cells = Vec::new();
+    for (label, rows) in [
+        ("cycle", &rep.cluster_cycle),
+        ("locked", &rep.cluster_locked),
+    ] {
+        let mut conns: Vec<usize> = rows.iter().map(|r| r.conns).collect();
+        conns.sort_unstable();
+        conns.dedup();
+        for c in conns {
+            if let Some(x) = crate::report::cluster_ratio(rows, c, store, peer) {
+                cells.push((x, format!("{label} c={c} {x:.2}×")));
+            }
+        }
+    }
+    let worst = cells.iter().map(|c| c.0).fold(f64::INFINITY, f64::min);
+    (!cells.is_empty()).then(|| {
+        let each: Vec<String> = cells.into_iter().map(|c| c.1).collect();
+        (
+            format!("{store} ÷ {peer}: lowest {worst:.2}× ({})", each.join(", ")),
+            worst >= min,
+        )
+    })
+}
+
 pub fn targets(rep: &Report) -> Vec<Goal> {
     let mut g = Vec::new();
     let push = |g: &mut Vec<Goal>, t: &str, m: Option<(String, bool)>| {
@@ -89,6 +117,47 @@ pub fn targets(rep: &Report) -> Vec<Goal> {
             },
         });
     };
+    for (target, store, peer, min) in [
+        (
+            "Cluster (3 nodes) ≥ 0.5× one node, session and locked cycle",
+            "sessiond-cluster3",
+            "sessiond-1node",
+            0.5,
+        ),
+        (
+            "Cluster (3 nodes) ≥ 1.0× Redis with a replica and WAIT 1 0",
+            "sessiond-cluster3",
+            "redis-wait",
+            1.0,
+        ),
+        (
+            "Cluster (3 nodes, always: fsync like etcd) ≥ 5× etcd 3.4",
+            "sessiond-cluster3-always",
+            "etcd3",
+            5.0,
+        ),
+    ] {
+        push(&mut g, target, cluster_goal(rep, store, peer, min));
+    }
+    push(
+        &mut g,
+        "Failover p99 ≤ 1 s (leader SIGKILL → first acknowledged write)",
+        rep.failover.as_ref().map(|f| {
+            (
+                format!(
+                    "{} kills: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {} increments acknowledged, counter {}",
+                    f.kills,
+                    f.p50_ms,
+                    f.p99_ms,
+                    f.max_ms,
+                    f.increments_acknowledged,
+                    f.final_value
+                ),
+                f.p99_ms <= 1000.0
+                    && i64::try_from(f.increments_acknowledged).ok() == Some(f.final_value),
+            )
+        }),
+    );
     push(
         &mut g,
         "Session cycle throughput ≥ 1.0× Redis at equal durability, p99 no worse",

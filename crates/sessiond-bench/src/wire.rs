@@ -102,6 +102,12 @@ impl Resp {
     }
 
     /// One round trip.
+    /// Bounds each read and write (`None`: block).
+    pub fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.r.get_ref().set_read_timeout(t)?;
+        self.r.get_ref().set_write_timeout(t)
+    }
+
     pub fn call(&mut self, args: &[&[u8]]) -> io::Result<Value> {
         self.push(args);
         self.flush()?;

@@ -106,3 +106,63 @@ fn quick_mode_measures_every_store_without_errors() {
     assert_eq!(handoff[0]["gave_up"].as_u64(), Some(0));
     assert!(handoff[0]["handoff"]["count"].as_u64().unwrap() > 0);
 }
+
+/// The cluster benchmark in quick mode: a three-node sessiond cluster, one
+/// node, Redis with a replica and `WAIT`, three etcd members (Debian's
+/// etcd-server, which `scripts/test.sh` installs), and one leader kill.
+#[test]
+fn quick_cluster_mode_measures_every_store_and_a_failover() {
+    let dir = std::env::temp_dir().join(format!("sessiond-bench-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("results.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_sessiond-bench"))
+        .args([
+            "--quick",
+            "cluster",
+            "--kills",
+            "1",
+            "--duration",
+            "0.3",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .expect("run sessiond-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sessiond-bench failed:\n{stderr}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).expect("JSON parses");
+    std::fs::remove_dir_all(&dir).ok();
+    for key in ["cluster_cycle", "cluster_locked"] {
+        let rows = v[key].as_array().cloned().unwrap_or_default();
+        let mut stores: Vec<&str> = rows.iter().map(|r| r["store"].as_str().unwrap()).collect();
+        stores.dedup();
+        assert_eq!(
+            stores,
+            [
+                "sessiond-1node",
+                "sessiond-cluster3",
+                "sessiond-cluster3-always",
+                "redis-wait",
+                "etcd3"
+            ],
+            "{key}: {stderr}"
+        );
+        for r in &rows {
+            assert!(r["ops"].as_u64().unwrap() > 0, "{key}: no work: {r}");
+            assert_eq!(r["errors"].as_u64(), Some(0), "{key}: {r}");
+            if key == "cluster_locked" {
+                assert_eq!(r["lost_updates"].as_u64(), Some(0), "{key}: {r}");
+            }
+        }
+    }
+    let f = &v["failover"];
+    assert_eq!(f["kills"].as_u64(), Some(1), "{f}");
+    assert_eq!(f["samples_ms"].as_array().map(Vec::len), Some(1), "{f}");
+    // Every acknowledged increment counted once: none lost, none repeated.
+    assert_eq!(
+        f["increments_acknowledged"].as_i64(),
+        f["final_value"].as_i64(),
+        "{f}"
+    );
+}

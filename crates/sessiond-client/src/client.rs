@@ -111,6 +111,33 @@ struct Nodes {
     /// The node connected to (or to try first).
     current: usize,
     opts: ConnectOptions,
+    /// This client's part of every request id it sends (random), and the
+    /// sequence number of the last one.
+    reqid_prefix: u64,
+    reqid_seq: u64,
+}
+
+impl Nodes {
+    /// A request id no other client sends: this client's random prefix and
+    /// a sequence number.
+    fn next_reqid(&mut self) -> String {
+        self.reqid_seq += 1;
+        format!("rs-{:016x}-{}", self.reqid_prefix, self.reqid_seq)
+    }
+}
+
+/// 64 random bits from the standard library's per-process hash keys and
+/// the clock (no random-number crate for this one value).
+fn random_prefix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// An async connection to a sessiond server, or to one node of a cluster.
@@ -134,11 +161,15 @@ struct Nodes {
 /// - the connection is lost **after** the request was sent, or the server
 ///   answers `UNKNOWN`: the request may have been applied. Reads
 ///   (`SESSION.READ`, `SESSION.EXISTS`, `SESSION.TTL`, `LOCK.INFO`, `PING`,
-///   `INFO`, `CLUSTER.INFO`) and `LOCK.ACQUIRE` with a request id
+///   `INFO`, `CLUSTER.INFO`), `LOCK.ACQUIRE` with a request id
 ///   ([`LockOptions::reqid`](crate::LockOptions::reqid): the retry adopts
-///   the grant or wait already made) are sent again; anything else returns
-///   [`Error::Unknown`] (never retried silently), and the next call
-///   reconnects.
+///   the grant or wait already made), and the writes that carry a request
+///   id — with a node list the client gives every `SESSION.COMMIT`,
+///   `SESSION.INCR`, `SESSION.CAS`, `SESSION.REGENERATE` and
+///   `SESSION.DESTROY` one (`REQID`), and the server answers a repeat with
+///   the first answer without applying it again — are sent again; anything
+///   else returns [`Error::Unknown`] (never retried silently), and the next
+///   call reconnects.
 ///
 /// Retries of one call are bounded by [`ConnectOptions::max_attempts`] and
 /// [`ConnectOptions::failover_timeout`]; then the last error is returned.
@@ -193,6 +224,8 @@ impl Client {
                 addrs,
                 current: 0,
                 opts,
+                reqid_prefix: random_prefix(),
+                reqid_seq: 0,
             }),
         };
         client.reconnect().await?;
@@ -329,6 +362,14 @@ impl Client {
             let _ = conn.stream.shutdown().await;
         }
         Ok(())
+    }
+
+    /// With a node list: gives a write a request id, so it can be sent again
+    /// after a failure without applying twice.
+    fn idempotent(&mut self, cmd: &mut Cmd) {
+        if let Some(nodes) = &mut self.nodes {
+            cmd.arg("REQID").arg(nodes.next_reqid()).mark_retryable();
+        }
     }
 
     /// Sends one request and reads its reply, failing over along the node
@@ -483,6 +524,7 @@ impl Client {
         let mut cmd = Cmd::new("SESSION.COMMIT");
         cmd.arg(id);
         commit.write_args(&mut cmd);
+        self.idempotent(&mut cmd);
         reply::commit_result(self.request(&cmd).await?)
     }
 
@@ -490,6 +532,7 @@ impl Client {
     pub async fn destroy(&mut self, id: &str) -> Result<bool> {
         let mut cmd = Cmd::new("SESSION.DESTROY");
         cmd.arg(id);
+        self.idempotent(&mut cmd);
         reply::flag(&self.request(&cmd).await?, "SESSION.DESTROY")
     }
 
@@ -531,6 +574,7 @@ impl Client {
             .arg_i64(delta)
             .flag("CREATE", opts.create)
             .opt_fence(opts.fence);
+        self.idempotent(&mut cmd);
         reply::incr_result(self.request(&cmd).await?)
     }
 
@@ -545,6 +589,7 @@ impl Client {
     ) -> Result<CasResult> {
         let mut cmd = Cmd::new("SESSION.CAS");
         cmd.arg(id).arg(key).arg(expected).arg(new).opt_fence(fence);
+        self.idempotent(&mut cmd);
         reply::cas_result(self.request(&cmd).await?)
     }
 
@@ -560,6 +605,7 @@ impl Client {
         if let Some(to) = to {
             cmd.arg("TO").arg(to);
         }
+        self.idempotent(&mut cmd);
         reply::string(self.request(&cmd).await?, "SESSION.REGENERATE")
     }
 

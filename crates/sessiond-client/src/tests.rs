@@ -10,9 +10,36 @@ use tokio::task::JoinHandle;
 
 use crate::*;
 
+type Captured = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Reads one RESP array of bulk strings.
+async fn read_request(sock: &mut tokio::net::TcpStream) -> Vec<String> {
+    async fn line(sock: &mut tokio::net::TcpStream) -> String {
+        let mut out = Vec::new();
+        while !out.ends_with(b"\r\n") {
+            out.push(sock.read_u8().await.unwrap());
+        }
+        String::from_utf8(out[..out.len() - 2].to_vec()).unwrap()
+    }
+    let head = line(sock).await;
+    let n: usize = head.strip_prefix('*').unwrap().parse().unwrap();
+    let mut args = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len: usize = line(sock).await.strip_prefix('$').unwrap().parse().unwrap();
+        let mut data = vec![0; len + 2];
+        sock.read_exact(&mut data).await.unwrap();
+        data.truncate(len);
+        args.push(String::from_utf8(data).unwrap());
+    }
+    args
+}
+
 enum Step {
     /// Read exactly this request.
     Expect(Vec<u8>),
+    /// Read a request with these arguments, `*` matching any; what the
+    /// wildcards matched is pushed to the list.
+    ExpectLike(Vec<&'static str>, Captured),
     /// Write these bytes.
     Reply(&'static [u8]),
     /// Write these bytes one at a time.
@@ -46,6 +73,17 @@ async fn fake(steps: Vec<Step>) -> (SocketAddr, JoinHandle<()>) {
                         String::from_utf8_lossy(&got),
                         String::from_utf8_lossy(&want)
                     );
+                }
+                ExpectLike(want, captured) => {
+                    let got = read_request(&mut sock).await;
+                    assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+                    for (g, w) in got.iter().zip(&want) {
+                        if *w == "*" {
+                            captured.lock().unwrap().push(g.clone());
+                        } else {
+                            assert_eq!(g, w, "{got:?} vs {want:?}");
+                        }
+                    }
                 }
                 Reply(bytes) => sock.write_all(bytes).await.unwrap(),
                 Dribble(bytes) => {
@@ -596,14 +634,14 @@ async fn connect_nodes_parses_a_comma_list() {
 #[tokio::test]
 async fn tryagain_is_sent_again_on_the_next_node() {
     let (a, ha) = fake(vec![
-        req(&["SESSION.DESTROY", "x"]),
+        req(&["SESSION.TOUCH", "x"]),
         Reply(b"-TRYAGAIN no leader reachable\r\n"),
         ExpectEof,
     ])
     .await;
-    let (b, hb) = fake(vec![req(&["SESSION.DESTROY", "x"]), Reply(b":1\r\n")]).await;
+    let (b, hb) = fake(vec![req(&["SESSION.TOUCH", "x"]), Reply(b":1\r\n")]).await;
     let mut c = Client::connect_any(&[a, b], fast()).await.unwrap();
-    assert!(c.destroy("x").await.unwrap());
+    assert!(c.touch("x", None).await.unwrap());
     assert_eq!(c.node(), Some(b.to_string().as_str()));
     finish(ha).await;
     finish(hb).await;
@@ -656,10 +694,11 @@ async fn tryagain_everywhere_gives_up_within_the_bounds() {
 
 #[tokio::test]
 async fn a_write_lost_after_sending_is_unknown_and_not_sent_again() {
-    let (a, ha) = fake(vec![req(&["SESSION.DESTROY", "x"]), Close]).await;
+    // SESSION.TOUCH carries no request id: it is not sent again.
+    let (a, ha) = fake(vec![req(&["SESSION.TOUCH", "x"]), Close]).await;
     let (b, hb) = fake(vec![req(&["PING"]), Reply(b"+PONG\r\n")]).await;
     let mut c = Client::connect_any(&[a, b], fast()).await.unwrap();
-    let err = c.destroy("x").await.unwrap_err();
+    let err = c.touch("x", None).await.unwrap_err();
     assert!(err.is_outcome_unknown(), "{err:?}");
     assert_eq!(err.code(), Some("UNKNOWN"));
     assert!(err.to_string().contains("may or may not"), "{err}");
@@ -672,12 +711,12 @@ async fn a_write_lost_after_sending_is_unknown_and_not_sent_again() {
 #[tokio::test]
 async fn unknown_from_the_server_is_returned_for_writes() {
     let (a, ha) = fake(vec![
-        req(&["SESSION.DESTROY", "x"]),
+        req(&["SESSION.TOUCH", "x"]),
         Reply(b"-UNKNOWN the leader failed during the request\r\n"),
     ])
     .await;
     let mut c = Client::connect_any(&[a], fast()).await.unwrap();
-    let err = c.destroy("x").await.unwrap_err();
+    let err = c.touch("x", None).await.unwrap_err();
     assert!(
         matches!(err, Error::Unknown(ref m) if m.starts_with("UNKNOWN the leader")),
         "{err:?}"
@@ -698,13 +737,13 @@ async fn a_read_lost_after_sending_is_sent_again() {
 #[tokio::test]
 async fn a_node_that_died_while_idle_is_left_before_sending() {
     let (a, ha) = fake(vec![req(&["PING"]), Reply(b"+PONG\r\n"), Close]).await;
-    let (b, hb) = fake(vec![req(&["SESSION.DESTROY", "x"]), Reply(b":1\r\n")]).await;
+    let (b, hb) = fake(vec![req(&["SESSION.TOUCH", "x"]), Reply(b":1\r\n")]).await;
     let mut c = Client::connect_any(&[a, b], fast()).await.unwrap();
     c.ping().await.unwrap();
     finish(ha).await; // node a closed the idle connection
     tokio::time::sleep(Duration::from_millis(50)).await;
     // Not an UNKNOWN: nothing was sent to the dead node.
-    assert!(c.destroy("x").await.unwrap());
+    assert!(c.touch("x", None).await.unwrap());
     finish(hb).await;
 }
 
@@ -768,4 +807,67 @@ async fn an_acquire_with_a_request_id_is_sent_again() {
             .is_outcome_unknown()
     );
     finish(ha).await;
+}
+
+#[tokio::test]
+async fn writes_with_a_node_list_carry_request_ids_and_are_sent_again_with_the_same_one() {
+    let seen = Captured::default();
+    let (a, ha) = fake(vec![
+        ExpectLike(
+            vec!["SESSION.INCR", "s", "n", "1", "REQID", "*"],
+            seen.clone(),
+        ),
+        Close,
+    ])
+    .await;
+    let (b, hb) = fake(vec![
+        ExpectLike(
+            vec!["SESSION.INCR", "s", "n", "1", "REQID", "*"],
+            seen.clone(),
+        ),
+        Reply(b"*2\r\n:5\r\n:9\r\n"),
+        ExpectLike(
+            vec!["SESSION.COMMIT", "s", "SET", "k", "v", "REQID", "*"],
+            seen.clone(),
+        ),
+        Reply(b"-UNKNOWN the leader failed during the request\r\n"),
+        ExpectLike(
+            vec!["SESSION.COMMIT", "s", "SET", "k", "v", "REQID", "*"],
+            seen.clone(),
+        ),
+        Reply(b"*2\r\n:10\r\n*1\r\n:10\r\n"),
+    ])
+    .await;
+    let mut c = Client::connect_any(&[a, b], fast()).await.unwrap();
+    assert_eq!(
+        c.incr("s", "n", 1, &IncrOptions::default()).await.unwrap(),
+        (5, 9)
+    );
+    c.commit("s", &Commit::default().set("k", "v"))
+        .await
+        .unwrap();
+    let ids = seen.lock().unwrap().clone();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    // The lost INCR went again with its id; the COMMIT got its own, twice.
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(ids[2], ids[3]);
+    assert_ne!(ids[0], ids[2]);
+    finish(ha).await;
+    finish(hb).await;
+    // Another client picks other ids.
+    let other = Captured::default();
+    let (d, hd) = fake(vec![
+        ExpectLike(vec!["SESSION.DESTROY", "s", "REQID", "*"], other.clone()),
+        Reply(b":1\r\n"),
+    ])
+    .await;
+    let mut c2 = Client::connect_any(&[d], fast()).await.unwrap();
+    assert!(c2.destroy("s").await.unwrap());
+    assert!(!ids.contains(&other.lock().unwrap()[0]));
+    finish(hd).await;
+    // A client without a node list sends none.
+    let (e, he) = fake(vec![req(&["SESSION.DESTROY", "s"]), Reply(b":0\r\n")]).await;
+    let mut c3 = Client::connect_with(e, plain()).await.unwrap();
+    assert!(!c3.destroy("s").await.unwrap());
+    finish(he).await;
 }

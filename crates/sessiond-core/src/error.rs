@@ -97,6 +97,14 @@ pub enum EngineError {
     /// A lock rule.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// A request id already answered a different command.
+    #[error("request id {reqid:?} was already used for {first}")]
+    RequestIdReused {
+        /// The id.
+        reqid: String,
+        /// The command it was first used with.
+        first: String,
+    },
 }
 
 /// A key as it appears in an error line: quoted, with control bytes and

@@ -96,6 +96,32 @@ pub enum Template {
         /// New lease.
         lease_ms: u64,
     },
+    /// A write with a request id (`REQID`).
+    Idempotent {
+        /// The request id (from a small pool, so ids repeat: as a retry of
+        /// the same write, or reused for another).
+        reqid: String,
+        /// The write.
+        inner: Box<Template>,
+    },
+}
+
+impl Template {
+    /// Whether the command may carry a request id.
+    fn takes_reqid(&self) -> bool {
+        matches!(
+            self,
+            Template::FencedCommit { .. }
+                | Template::FencedIncr { .. }
+                | Template::Plain(
+                    Command::Commit { .. }
+                        | Command::Incr { .. }
+                        | Command::Cas { .. }
+                        | Command::Regenerate { .. }
+                        | Command::Destroy { .. }
+                )
+        )
+    }
 }
 
 /// What the driver saw for one step: the command it resolved (if any) and
@@ -399,6 +425,16 @@ pub fn generate(seed: u64, shape: Shape) -> Vec<LogStep> {
                 }),
             ),
         };
+        let input = match input {
+            Input::Command(conn, t) if t.takes_reqid() && rng.chance(20) => Input::Command(
+                conn,
+                Template::Idempotent {
+                    reqid: format!("i{}", rng.below(8)),
+                    inner: Box::new(t),
+                },
+            ),
+            other => other,
+        };
         steps.push(LogStep { advance_ms, input });
     }
     steps
@@ -486,6 +522,10 @@ impl Driver {
                 scope,
                 token: self.token(conn, token),
                 lease_ms,
+            },
+            Template::Idempotent { reqid, inner } => Command::Idempotent {
+                reqid,
+                cmd: Box::new(self.resolve(conn, &inner)),
             },
         }
     }

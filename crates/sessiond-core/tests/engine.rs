@@ -281,3 +281,35 @@ fn closing_a_node_spares_the_connections_of_its_current_run() {
     let owners = engine.locks().owners();
     assert!(!owners.contains(&current) && owners.contains(&other_node));
 }
+
+#[test]
+fn an_image_of_format_1_still_loads_without_remembered_requests() {
+    // Format 1 is format 2 without the request-id table at the end.
+    #[derive(serde::Serialize)]
+    struct V1 {
+        format: u32,
+        store: sessiond_core::store::StoreImage,
+        locks: sessiond_core::locks::LockTableImage,
+        pending: Vec<(
+            sessiond_core::locks::WaiterId,
+            sessiond_core::engine::PendingGrant,
+        )>,
+    }
+    let log = generate(3, Shape::default());
+    let (_, engine) = run(&log, None, through_bytes);
+    let image = engine.image();
+    assert!(!image.dedupe.is_empty(), "the log remembers some answers");
+    let v1 = postcard::to_stdvec(&V1 {
+        format: 1,
+        store: image.store.clone(),
+        locks: image.locks.clone(),
+        pending: image.pending.clone(),
+    })
+    .unwrap();
+    let loaded = EngineImage::decode(&v1).unwrap();
+    assert_eq!(loaded.format, sessiond_core::engine::IMAGE_FORMAT);
+    assert!(loaded.dedupe.is_empty());
+    assert_eq!(loaded.store, image.store);
+    assert_eq!(loaded.locks, image.locks);
+    assert_eq!(loaded.pending, image.pending);
+}

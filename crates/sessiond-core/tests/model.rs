@@ -119,6 +119,8 @@ struct Reached {
     expired_lookups: u64,
     /// Grants or waits taken over by a retry with the same REQID.
     reqid_takeovers: u64,
+    /// Writes repeated with a REQID and answered from the engine's memory.
+    replayed_answers: usize,
     by_variant: BTreeMap<String, u64>,
 }
 
@@ -305,6 +307,10 @@ impl Harness {
                 scope,
                 token: self.token(conn, token),
                 lease_ms,
+            },
+            Template::Idempotent { reqid, inner } => Command::Idempotent {
+                reqid,
+                cmd: Box::new(self.resolve(conn, &inner)),
             },
         }
     }
@@ -537,12 +543,13 @@ fn run(seed: u64, steps: usize) -> Reached {
     h.reached.alias_chains = c.alias_hops_2_plus;
     h.reached.expired_lookups = c.expired_lookups;
     h.reached.reqid_takeovers = h.model.locks.adopted;
+    h.reached.replayed_answers = h.model.replayed;
     h.reached
 }
 
 #[test]
 fn a_long_log_agrees_with_the_model_and_reaches_the_interesting_states() {
-    let reached = run(7, 6_000);
+    let reached = run(8, 6_000);
     let seen = |k: &str| reached.by_variant.get(k).copied().unwrap_or(0);
     eprintln!("{reached:#?}");
     for k in [
@@ -560,6 +567,7 @@ fn a_long_log_agrees_with_the_model_and_reaches_the_interesting_states() {
         "err:Session:NoSession",
         "err:Session:Exists",
         "err:Lock:OutsideLock",
+        "err:RequestIdReused:",
     ] {
         assert!(seen(k) > 0, "no {k} in 6,000 steps: {reached:#?}");
     }
@@ -568,6 +576,7 @@ fn a_long_log_agrees_with_the_model_and_reaches_the_interesting_states() {
     assert!(reached.alias_chains > 0, "{reached:#?}");
     assert!(reached.expired_lookups > 0, "{reached:#?}");
     assert!(reached.reqid_takeovers > 0, "{reached:#?}");
+    assert!(reached.replayed_answers > 0, "{reached:#?}");
 }
 
 proptest! {

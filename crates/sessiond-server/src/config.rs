@@ -229,8 +229,10 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight commands, in seconds.
     #[arg(long, env = "SESSIOND_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<u64>,
-    /// This node's id in a cluster (1–65535). With --raft-addr and
-    /// --initial-cluster; without them sessiond runs as a single server.
+    /// This node's id in a cluster (1–65535). With --raft-addr (and
+    /// --initial-cluster to form a new cluster; without it the node waits
+    /// to be added with CLUSTER.ADDLEARNER); without them sessiond runs as
+    /// a single server.
     #[arg(long, env = "SESSIOND_NODE_ID")]
     pub node_id: Option<u64>,
     /// Address this node listens on for its peers (Raft traffic).
@@ -553,9 +555,20 @@ fn cluster_config(
 ) -> Result<Option<ClusterConfig>, ConfigError> {
     match (node_id, raft_addr, initial) {
         (None, None, None) => Ok(None),
-        (Some(node_id), Some(raft_addr), Some(initial)) => {
-            let initial = ClusterConfig::parse_members(&initial).map_err(ConfigError::Invalid)?;
-            if !initial.contains_key(&node_id) {
+        // Without --initial-cluster: a node that waits to be added to a
+        // running cluster (CLUSTER.ADDLEARNER), or one restarted on its data
+        // directory (it knows its cluster from its log).
+        (Some(node_id), Some(raft_addr), initial) => {
+            if node_id == 0 || node_id >= 1 << 16 {
+                return Err(ConfigError::Invalid(format!(
+                    "--node-id {node_id} must be between 1 and 65535"
+                )));
+            }
+            let initial = match initial {
+                Some(list) => ClusterConfig::parse_members(&list).map_err(ConfigError::Invalid)?,
+                None => std::collections::BTreeMap::new(),
+            };
+            if !initial.is_empty() && !initial.contains_key(&node_id) {
                 return Err(ConfigError::Invalid(format!(
                     "--node-id {node_id} is not in --initial-cluster"
                 )));
@@ -569,7 +582,7 @@ fn cluster_config(
             }))
         }
         _ => Err(ConfigError::Invalid(
-            "a cluster node needs all of --node-id, --raft-addr and --initial-cluster".into(),
+            "a cluster node needs --node-id and --raft-addr (and --initial-cluster to form a new cluster)".into(),
         )),
     }
 }

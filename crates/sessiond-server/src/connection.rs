@@ -223,6 +223,7 @@ async fn execute(
     }
     let cmd = match cmd {
         Command::Conn(c) => return Some(c.execute(shared, conn)),
+        Command::Cluster(c) => return Some(c.execute(shared).await),
         Command::Engine(c) => c,
     };
     let wait_ms = match &cmd {

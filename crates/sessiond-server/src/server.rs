@@ -40,6 +40,13 @@ impl Server {
         // A cluster node keeps its data in the Raft log and snapshots
         // (`Cluster::start`), not in the single-server store.
         let storage: Box<dyn Storage> = match config.storage {
+            _ if import_single_server_data(&config)? => {
+                let path = config.data_dir.join("sessions.redb");
+                Box::new(
+                    RedbStorage::open_with_cache(&path, config.storage_cache_bytes)
+                        .with_context(|| format!("opening {}", path.display()))?,
+                )
+            }
             _ if config.cluster.is_some() => Box::new(MemoryStorage::default()),
             StorageKind::Redb => {
                 std::fs::create_dir_all(&config.data_dir).with_context(|| {
@@ -117,17 +124,31 @@ impl Server {
             incarnation,
         ));
         let cluster_shutdown = CancellationToken::new();
+        let import = import_single_server_data(&shared.config)?;
         if let Some(cluster_config) = shared.config.cluster.clone() {
-            let sync = shared.config.durability == crate::config::Durability::Always;
             let cluster = crate::cluster::Cluster::start(
                 cluster_config,
                 shared.clone(),
                 &shared.config.data_dir,
-                sync,
+                shared.config.durability,
                 cluster_shutdown.clone(),
             )
             .await
             .context("starting the cluster node")?;
+            if import {
+                cluster
+                    .seal_import()
+                    .await
+                    .context("making the single server's sessions the cluster's")?;
+                let from = shared.config.data_dir.join("sessions.redb");
+                let to = shared.config.data_dir.join("sessions.redb.imported");
+                std::fs::rename(&from, &to)
+                    .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+                tracing::info!(
+                    sessions = shared.read(|engine, _| engine.store().len()),
+                    "a single server's sessions are now this cluster's (sessions.redb renamed sessions.redb.imported)"
+                );
+            }
             shared.set_replication(cluster);
         }
         Ok(Server {
@@ -339,6 +360,35 @@ async fn cluster_timekeeper(shared: Arc<Shared>, shutdown: CancellationToken) {
 
 /// Reads, increments and durably records the node's incarnation (kept in
 /// `data_dir/node-incarnation`), modulo 2^16.
+/// Whether a cluster node starts on a single server's data directory (its
+/// `sessions.redb`, and no cluster snapshot yet): then it imports those
+/// sessions as the first member of a new cluster. Only a node whose
+/// `--initial-cluster` names itself alone may: other initial members would
+/// start from an empty state and diverge from it.
+///
+/// # Errors
+/// Such a directory given to a node that is not alone in its initial
+/// cluster.
+fn import_single_server_data(config: &Config) -> anyhow::Result<bool> {
+    let Some(cluster) = &config.cluster else {
+        return Ok(false);
+    };
+    let dir = &config.data_dir;
+    if !dir.join("sessions.redb").exists() || dir.join("raft-snapshot.bin").exists() {
+        return Ok(false);
+    }
+    let alone = cluster.initial.len() == 1 && cluster.initial.contains_key(&cluster.node_id);
+    if !alone {
+        anyhow::bail!(
+            "{} holds a single server's sessions (sessions.redb). To make them a cluster's, start this node first as a cluster of one (--initial-cluster {}={}), then add the other nodes with CLUSTER.ADDLEARNER and CLUSTER.PROMOTE (docs/operations.md, \"From one server to a cluster\"); or move sessions.redb away to start this node empty",
+            dir.display(),
+            cluster.node_id,
+            cluster.raft_addr
+        );
+    }
+    Ok(true)
+}
+
 fn next_incarnation(data_dir: &std::path::Path) -> anyhow::Result<u64> {
     use std::io::Write;
     std::fs::create_dir_all(data_dir)

@@ -60,6 +60,33 @@ pub trait Replication: Send + Sync {
     /// Whether this node knows a leader (itself or another node): without
     /// one, nothing can be proposed.
     fn leader_known(&self) -> bool;
+
+    /// Changes the membership (on the leader, or through it); resolves
+    /// once the change is committed, or with why it was not made.
+    fn change_membership(&self, change: MembershipChange) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// A change of a cluster's members (`CLUSTER.ADDLEARNER`,
+/// `CLUSTER.PROMOTE`, `CLUSTER.REMOVE`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MembershipChange {
+    /// Add `node`, reachable at `addr` (its `--raft-addr`), as a learner.
+    AddLearner {
+        /// Its id.
+        node: u64,
+        /// Its peer address.
+        addr: String,
+    },
+    /// Make learner `node` a voter.
+    Promote {
+        /// Its id.
+        node: u64,
+    },
+    /// Remove `node` (voter or learner).
+    Remove {
+        /// Its id.
+        node: u64,
+    },
 }
 
 /// Why a proposal failed. The client may retry: nothing was applied, or

@@ -26,23 +26,28 @@ use crate::state::Shared;
 /// Whether `cmd` may change what storage holds (see the module docs).
 pub fn is_write(cmd: &Command) -> bool {
     match cmd {
-        Command::Conn(_) => false,
-        Command::Engine(c) => match c {
-            EngineCommand::Read { opts, .. } => opts.create || opts.ttl_ms.is_some(),
-            EngineCommand::Exists { .. } | EngineCommand::Ttl { .. } => false,
-            EngineCommand::New { .. }
-            | EngineCommand::Commit { .. }
-            | EngineCommand::Destroy { .. }
-            | EngineCommand::Touch { .. }
-            | EngineCommand::Incr { .. }
-            | EngineCommand::Cas { .. }
-            | EngineCommand::Regenerate { .. } => true,
-            EngineCommand::Acquire(a) | EngineCommand::Once { args: a, .. } => a.create,
-            EngineCommand::Release { .. }
-            | EngineCommand::Renew { .. }
-            | EngineCommand::LockInfo { .. }
-            | EngineCommand::Break { .. } => false,
-        },
+        Command::Conn(_) | Command::Cluster(_) => false,
+        Command::Engine(c) => engine_writes(c),
+    }
+}
+
+fn engine_writes(c: &EngineCommand) -> bool {
+    match c {
+        EngineCommand::Read { opts, .. } => opts.create || opts.ttl_ms.is_some(),
+        EngineCommand::Exists { .. } | EngineCommand::Ttl { .. } => false,
+        EngineCommand::New { .. }
+        | EngineCommand::Commit { .. }
+        | EngineCommand::Destroy { .. }
+        | EngineCommand::Touch { .. }
+        | EngineCommand::Incr { .. }
+        | EngineCommand::Cas { .. }
+        | EngineCommand::Regenerate { .. } => true,
+        EngineCommand::Acquire(a) | EngineCommand::Once { args: a, .. } => a.create,
+        EngineCommand::Release { .. }
+        | EngineCommand::Renew { .. }
+        | EngineCommand::LockInfo { .. }
+        | EngineCommand::Break { .. } => false,
+        EngineCommand::Idempotent { cmd, .. } => engine_writes(cmd),
     }
 }
 

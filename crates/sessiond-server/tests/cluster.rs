@@ -20,7 +20,7 @@ struct Node {
 }
 
 struct TestCluster {
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
     initial: String,
     nodes: Vec<Node>,
 }
@@ -46,7 +46,7 @@ impl TestCluster {
             })
             .collect();
         let mut c = Self {
-            _tmp: tmp,
+            tmp,
             initial,
             nodes,
         };
@@ -75,6 +75,34 @@ impl TestCluster {
             ],
         );
         node.process = Some(process);
+    }
+
+    /// Starts one more node, with no --initial-cluster: it waits to be
+    /// added. Returns its index.
+    fn start_joining_node(&mut self) -> usize {
+        let id = self.nodes.len() as u64 + 1;
+        let raft = format!("127.0.0.1:{}", free_port());
+        let dir = self.tmp.path().join(format!("n{id}"));
+        let process = ServerProcess::start(
+            &dir,
+            &[
+                "--durability",
+                "always",
+                "--node-id",
+                &id.to_string(),
+                "--raft-addr",
+                &raft,
+                "--node-down-after",
+                "2",
+            ],
+        );
+        self.nodes.push(Node {
+            id,
+            dir,
+            raft,
+            process: Some(process),
+        });
+        self.nodes.len() - 1
     }
 
     fn addr(&self, i: usize) -> Option<SocketAddr> {
@@ -478,4 +506,124 @@ async fn the_locks_of_a_dead_node_go_to_the_next_waiter() {
     )
     .await;
     assert!(format!("{fenced:?}").contains("FENCED"), "{fenced:?}");
+}
+
+/// The value of `key:` in CLUSTER.INFO text.
+fn info_field<'a>(info: &'a str, key: &str) -> &'a str {
+    info.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .unwrap_or("")
+        .trim()
+}
+
+/// Waits (bounded) until `check` holds for node `i`'s CLUSTER.INFO.
+async fn await_info(cluster: &TestCluster, i: usize, what: &str, check: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(info) = cluster_info(cluster.addr(i).unwrap()).await {
+            if check(&info) {
+                return;
+            }
+            last = info;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("node {} never reached {what}: {last}", i + 1);
+}
+
+/// Replacing a dead node at run time: a new node joins as a learner (the
+/// command sent to a follower, which forwards it), catches up, is promoted
+/// to a voter, the dead node is removed, and the cluster of {the two
+/// survivors, the new node} keeps serving — with the data written before,
+/// and surviving the loss of one more of its original nodes. A write
+/// repeated with its request id on another node is not applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_replaced_at_run_time_and_request_ids_hold_across_nodes() {
+    let mut cluster = TestCluster::start(3);
+    let leader = cluster.stable_leader().await;
+    let a = cluster.addr(leader).unwrap();
+    call(
+        a,
+        &["SESSION.COMMIT", "m1", "CREATE", "SET", "user", "alice"],
+    )
+    .await
+    .expect("commit");
+
+    // One increment with a request id through one node, repeated through
+    // another (a client that lost its connection and retries there): both
+    // answers are the first's, and the value moved once.
+    let follower = (leader + 1) % 3;
+    let incr = ["SESSION.INCR", "m1", "n", "7", "REQID", "retry-1"];
+    let first = call(a, &incr).await.expect("incr");
+    let again = call(cluster.addr(follower).unwrap(), &incr)
+        .await
+        .expect("incr again");
+    assert_eq!(first, again);
+    let read = call(a, &["SESSION.READ", "m1", "KEYS", "n"]).await.unwrap();
+    assert_eq!(field_value(&read), Some(7), "{read:?}");
+
+    // Node 3 (or whichever is not the leader) dies for good.
+    let dead = (leader + 2) % 3;
+    let dead_id = cluster.nodes[dead].id;
+    cluster.kill(dead);
+
+    // A new node, added through a follower (forwarded to the leader).
+    let new = cluster.start_joining_node();
+    let new_id = cluster.nodes[new].id;
+    let new_raft = cluster.nodes[new].raft.clone();
+    let via = cluster.addr(follower).unwrap();
+    let added = call(via, &["CLUSTER.ADDLEARNER", &new_id.to_string(), &new_raft]).await;
+    assert_eq!(added, Ok(Value::Simple("OK".into())), "{added:?}");
+    await_info(&cluster, new, "the learner role with the log", |info| {
+        info_field(info, "role") == "learner"
+            && info_field(info, "applied_index")
+                .parse::<u64>()
+                .unwrap_or(0)
+                > 0
+    })
+    .await;
+    // Promoting something that is not a node is refused and changes nothing.
+    let bogus = call_outcome(via, &["CLUSTER.PROMOTE", "999"]).await;
+    assert!(matches!(bogus, Outcome::NotApplied(_)), "{bogus:?}");
+    let promoted = call(via, &["CLUSTER.PROMOTE", &new_id.to_string()]).await;
+    assert_eq!(promoted, Ok(Value::Simple("OK".into())), "{promoted:?}");
+    let removed = call(a, &["CLUSTER.REMOVE", &dead_id.to_string()]).await;
+    assert_eq!(removed, Ok(Value::Simple("OK".into())), "{removed:?}");
+    let expected_voters = {
+        let mut v = [cluster.nodes[leader].id, cluster.nodes[follower].id, new_id];
+        v.sort_unstable();
+        v.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+    };
+    await_info(&cluster, new, "the new voters", |info| {
+        info_field(info, "voters") == expected_voters && info_field(info, "learners").is_empty()
+    })
+    .await;
+
+    // The new node serves what was written before it joined.
+    let read = call(
+        cluster.addr(new).unwrap(),
+        &["SESSION.READ", "m1", "KEYS", "user"],
+    )
+    .await
+    .expect("read on the new node");
+    assert!(format!("{read:?}").contains("alice"), "{read:?}");
+
+    // Now one of the original nodes dies too: the new node is one of the
+    // two of three that still make a majority.
+    cluster.kill(follower);
+    let done = call(
+        cluster.addr(new).unwrap(),
+        &["SESSION.INCR", "m1", "n", "1", "REQID", "retry-2"],
+    )
+    .await
+    .expect("a write with the original leader and the new node");
+    assert!(matches!(done, Value::Array(_)), "{done:?}");
+    let read = call(
+        cluster.addr(leader).unwrap(),
+        &["SESSION.READ", "m1", "KEYS", "n"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(field_value(&read), Some(8), "{read:?}");
 }

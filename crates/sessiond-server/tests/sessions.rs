@@ -408,3 +408,75 @@ async fn info_counts_commands_and_failed_calls() {
     assert_eq!(after - before, 5);
     server.stop().await;
 }
+
+/// A write sent again with its request id (a client retrying after a lost
+/// connection, possibly on another node) is answered as the first time and
+/// applied once, whatever happened in between.
+#[tokio::test]
+async fn a_write_repeated_with_its_request_id_applies_once() {
+    let server = common::TestServer::start().await;
+    let mut c = server.client().await;
+    let incr = ["SESSION.INCR", "rq", "n", "5", "CREATE", "REQID", "c1-1"];
+    let first = c.command(&incr).await.unwrap();
+    // Someone else writes the same key meanwhile.
+    let mut other = server.client().await;
+    other
+        .command(&["SESSION.INCR", "rq", "n", "100"])
+        .await
+        .unwrap();
+    // The repeat gets the first answer (value 5), not 110, and adds nothing.
+    assert_eq!(c.command(&incr).await.unwrap(), first);
+    let s = server.session("rq").await;
+    assert_eq!(s.get(b"n").map(|v| v.as_ref()), Some(&b"105"[..]));
+
+    // A fenced commit that unlocked: its repeat is not told its token is
+    // stale, it gets the success it already had.
+    let sessiond_client::Value::Array(grant) = c.command(&["LOCK.ACQUIRE", "rq"]).await.unwrap()
+    else {
+        panic!("LOCK.ACQUIRE answers an array");
+    };
+    let token = grant[0].as_int().unwrap().to_string();
+    let commit = [
+        "SESSION.COMMIT",
+        "rq",
+        "FENCE",
+        &token,
+        "UNLOCK",
+        "SET",
+        "k",
+        "v",
+        "REQID",
+        "c1-2",
+    ];
+    let first = c.command(&commit).await.unwrap();
+    assert_eq!(c.command(&commit).await.unwrap(), first);
+    // A regenerate's repeat names the id the first one chose.
+    let regen = ["SESSION.REGENERATE", "rq", "REQID", "c1-3"];
+    let new_id = c.command(&regen).await.unwrap();
+    assert_eq!(c.command(&regen).await.unwrap(), new_id);
+    // A destroy's repeat says the session existed, as the first did.
+    let new_id = new_id.as_str().unwrap().to_owned();
+    let destroy = ["SESSION.DESTROY", new_id.as_str(), "REQID", "c1-4"];
+    assert_eq!(c.command(&destroy).await.unwrap().as_int(), Some(1));
+    assert_eq!(c.command(&destroy).await.unwrap().as_int(), Some(1));
+    // An id reused for another command is refused, not answered with the
+    // other command's result.
+    let err = c
+        .command(&["SESSION.CAS", "x", "k", "a", "b", "REQID", "c1-1"])
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("already used for SESSION.INCR"),
+        "{err}"
+    );
+    // Request ids are bounded and printable.
+    let long = "x".repeat(129);
+    for bad in [long.as_str(), "", "a b"] {
+        let err = c
+            .command(&["SESSION.DESTROY", "y", "REQID", bad])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("REQID must be"), "{err}");
+    }
+    server.stop().await;
+}

@@ -166,6 +166,15 @@ pub enum Command {
         /// Scope.
         scope: Scope,
     },
+    /// A write with a request id (`REQID`): applied once; a repeat of the
+    /// id within the retention gets the first answer and changes nothing
+    /// (see [`dedupe`](super::dedupe)).
+    Idempotent {
+        /// The request id.
+        reqid: String,
+        /// The write.
+        cmd: Box<Command>,
+    },
 }
 
 impl Command {
@@ -188,6 +197,7 @@ impl Command {
             Command::Renew { .. } => "LOCK.RENEW",
             Command::LockInfo { .. } => "LOCK.INFO",
             Command::Break { .. } => "LOCK.BREAK",
+            Command::Idempotent { cmd, .. } => cmd.name(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::dedupe::{DedupeEntry, DedupeTable};
 use super::{Engine, PendingGrant};
 use crate::locks::{LockTableImage, WaiterId};
 use crate::store::StoreImage;
@@ -21,6 +22,16 @@ pub struct EngineImage {
     pub locks: LockTableImage,
     /// What each queued waiter asked for, by waiter id.
     pub pending: Vec<(WaiterId, PendingGrant)>,
+    /// Remembered answers to request ids, oldest first.
+    pub dedupe: Vec<DedupeEntry>,
+}
+
+/// Format 1: before request ids were remembered.
+#[derive(Deserialize)]
+struct EngineImageV1 {
+    store: StoreImage,
+    locks: LockTableImage,
+    pending: Vec<(WaiterId, PendingGrant)>,
 }
 
 /// Why an encoded image could not be read.
@@ -36,7 +47,7 @@ pub enum ImageError {
 }
 
 /// The current image format.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 impl EngineImage {
     /// The image as bytes (postcard).
@@ -54,11 +65,22 @@ impl EngineImage {
     /// # Errors
     /// [`ImageError`] when they do not decode or carry an unknown format.
     pub fn decode(bytes: &[u8]) -> Result<Self, ImageError> {
-        let image: EngineImage = postcard::from_bytes(bytes)?;
-        if image.format != FORMAT {
-            return Err(ImageError::Format(image.format));
+        // The format comes first in every version.
+        let (format, rest): (u32, &[u8]) = postcard::take_from_bytes(bytes)?;
+        match format {
+            FORMAT => postcard::from_bytes(bytes).map_err(ImageError::from),
+            1 => {
+                let v1: EngineImageV1 = postcard::from_bytes(rest)?;
+                Ok(EngineImage {
+                    format: FORMAT,
+                    store: v1.store,
+                    locks: v1.locks,
+                    pending: v1.pending,
+                    dedupe: Vec::new(),
+                })
+            }
+            other => Err(ImageError::Format(other)),
         }
-        Ok(image)
     }
 }
 
@@ -73,6 +95,7 @@ impl Engine {
             store: self.store.image(),
             locks: self.locks.image(),
             pending,
+            dedupe: self.dedupe.entries(),
         }
     }
 
@@ -82,6 +105,7 @@ impl Engine {
             store: Store::from_image(image.store),
             locks: LockTable::from_image(image.locks),
             pending: image.pending.into_iter().collect(),
+            dedupe: DedupeTable::from_entries(image.dedupe),
         }
     }
 

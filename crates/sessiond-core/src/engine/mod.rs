@@ -20,6 +20,7 @@
 //! [`Engine::image`] is the whole state as data, for snapshots.
 
 pub mod command;
+pub mod dedupe;
 mod image;
 
 use std::collections::HashMap;
@@ -28,7 +29,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use command::{AcquireArgs, Command, Fence, Response, SessionLockInfo};
-pub use image::{EngineImage, ImageError};
+pub use image::{EngineImage, FORMAT as IMAGE_FORMAT, ImageError};
 
 use crate::locks::{Acquired, Handoff, LockRequest, Scope, WaiterId};
 use crate::{
@@ -190,6 +191,7 @@ pub struct Engine {
     store: Store,
     locks: LockTable,
     pending: HashMap<WaiterId, PendingGrant>,
+    dedupe: dedupe::DedupeTable,
 }
 
 impl Engine {
@@ -199,7 +201,13 @@ impl Engine {
             store,
             locks,
             pending: HashMap::new(),
+            dedupe: dedupe::DedupeTable::default(),
         }
+    }
+
+    /// How many request ids' answers are remembered (see [`dedupe`]).
+    pub fn remembered_requests(&self) -> usize {
+        self.dedupe.len()
     }
 
     /// The sessions (read only: every change goes through an input).
@@ -469,7 +477,48 @@ impl Engine {
                 work.extend(handoffs);
                 done(Response::Flag(broken))
             }
+            Command::Idempotent { reqid, cmd } => self.idempotent(now, conn, reqid, *cmd, work),
         }
+    }
+
+    /// Applies `cmd` unless `reqid` was seen: then answers what it answered
+    /// the first time. Refusals are remembered too (a retried fenced commit
+    /// whose first attempt was applied and released the lock must not now
+    /// be told its token is stale, and one refused must stay refused).
+    fn idempotent(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        reqid: String,
+        cmd: Command,
+        work: &mut Vec<Handoff>,
+    ) -> Result<Step, EngineError> {
+        self.dedupe.prune(now);
+        if let Some(seen) = self.dedupe.get(&reqid) {
+            if seen.command != cmd.name() {
+                return Err(EngineError::RequestIdReused {
+                    reqid,
+                    first: seen.command.clone(),
+                });
+            }
+            return Ok(Step::Done(seen.result.clone()));
+        }
+        let command = cmd.name().to_owned();
+        let step = match self.execute(now, conn, cmd, work) {
+            Ok(step) => step,
+            Err(e) => Step::Done(Err(e)),
+        };
+        // A wait is not an answer: a lock acquire has its own request ids
+        // in the lock table.
+        if let Step::Done(result) = &step {
+            self.dedupe.insert(dedupe::DedupeEntry {
+                reqid,
+                command,
+                at: now,
+                result: result.clone(),
+            });
+        }
+        Ok(step)
     }
 
     /// The session `id` answers for: itself or, through regenerate

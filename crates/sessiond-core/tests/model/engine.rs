@@ -39,6 +39,12 @@ pub struct Model {
     pub sessions: Sessions,
     pub locks: Locks,
     pending: BTreeMap<WaiterId, Pending>,
+    // Request id -> (command name, when, answer); the simplest table that
+    // keeps the engine's promise: an answer is remembered for the
+    // retention, and at most MAX_ENTRIES of them, oldest dropped first.
+    answered: Vec<(String, String, Millis, Reply)>,
+    /// How many repeats were answered from the table.
+    pub replayed: usize,
 }
 
 type Reply = Result<Response, EngineError>;
@@ -49,6 +55,8 @@ impl Model {
             sessions: Sessions::new(cfg),
             locks: Locks::new(epoch, max_hold_ms),
             pending: BTreeMap::new(),
+            answered: Vec::new(),
+            replayed: 0,
         }
     }
 
@@ -239,6 +247,36 @@ impl Model {
                 let (broken, more) = self.locks.break_lock(now, &s, &scope);
                 work.extend(more);
                 Response::Flag(broken)
+            }
+            Command::Idempotent { reqid, cmd } => {
+                use sessiond_core::engine::dedupe::{MAX_ENTRIES, RETENTION_MS};
+                self.answered
+                    .retain(|(_, _, at, _)| at + RETENTION_MS > now);
+                while self.answered.len() > MAX_ENTRIES {
+                    drop(self.answered.remove(0));
+                }
+                if let Some((_, first, _, reply)) =
+                    self.answered.iter().find(|(id, ..)| *id == reqid)
+                {
+                    if first != cmd.name() {
+                        return Err(EngineError::RequestIdReused {
+                            reqid,
+                            first: first.clone(),
+                        });
+                    }
+                    let reply = reply.clone();
+                    self.replayed += 1;
+                    return Ok(Step::Done(reply));
+                }
+                let name = cmd.name().to_owned();
+                let step = match self.execute(now, conn, *cmd, work) {
+                    Ok(s) => s,
+                    Err(e) => Step::Done(Err(e)),
+                };
+                if let Step::Done(reply) = &step {
+                    self.answered.push((reqid, name, now, reply.clone()));
+                }
+                return Ok(step);
             }
         };
         Ok(Step::Done(Ok(r)))

@@ -1,7 +1,13 @@
 //! The Raft log and vote, in redb (`data_dir/raft.redb`): what a node must
 //! not forget across a crash. Entries are postcard-encoded; every append is
-//! one redb transaction, synced before openraft is told it is on disk
-//! (under `--durability always`; see docs/design.md for the others).
+//! one redb transaction. Under `--durability always` it is synced before
+//! openraft is told it is on disk; under `everysec` an append is synced
+//! when the last sync is a second old or more (and `no`: 30 s), so what a
+//! crash of the whole cluster can lose is bounded as on a single server.
+//! The vote and the purge point are always synced; the commit index never
+//! is (it is a hint: openraft finds the commit point again after a
+//! restart), since syncing it on every commit cost a disk flush per write
+//! on every node.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -13,6 +19,7 @@ use openraft::{Entry, LogId, RaftLogId, StorageError, StorageIOError, Vote};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{NodeId, TypeConfig};
+use crate::config::Durability;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -21,7 +28,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
-    sync: bool,
+    durability: Durability,
+    // When an append was last synced.
+    last_sync: Arc<parking_lot::Mutex<std::time::Instant>>,
 }
 
 fn io_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -33,29 +42,50 @@ fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 }
 
 impl LogStore {
-    /// Opens (or creates) the log at `path`. `sync`: fsync every append.
+    /// Opens (or creates) the log at `path`; appends are synced as
+    /// `durability` says (see the module docs).
     ///
     /// # Errors
     /// redb's.
-    pub fn open(path: &Path, sync: bool) -> Result<Self, redb::DatabaseError> {
+    pub fn open(path: &Path, durability: Durability) -> Result<Self, redb::DatabaseError> {
         let db = Database::create(path)?;
         Ok(Self {
             db: Arc::new(db),
-            sync,
+            durability,
+            last_sync: Arc::new(parking_lot::Mutex::new(std::time::Instant::now())),
         })
+    }
+
+    /// Whether this append must be synced.
+    fn sync_now(&self) -> bool {
+        let every = match self.durability {
+            Durability::Always => return true,
+            Durability::Everysec => std::time::Duration::from_secs(1),
+            Durability::No => std::time::Duration::from_secs(30),
+        };
+        let mut last = self.last_sync.lock();
+        if last.elapsed() >= every {
+            *last = std::time::Instant::now();
+            true
+        } else {
+            false
+        }
     }
 
     fn put_meta<T: serde::Serialize>(
         &self,
         key: &str,
         value: &T,
+        sync: bool,
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = postcard::to_stdvec(value).map_err(io_err)?;
         let mut tx = self.db.begin_write().map_err(io_err)?;
-        // The vote and the purge point are always synced: forgetting a
-        // vote could let this node vote twice in one term.
-        tx.set_durability(redb::Durability::Immediate)
-            .map_err(io_err)?;
+        tx.set_durability(if sync {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        })
+        .map_err(io_err)?;
         {
             let mut t = tx.open_table(META).map_err(io_err)?;
             t.insert(key, bytes.as_slice()).map_err(io_err)?;
@@ -146,7 +176,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.put_meta("vote", vote)
+        // Always synced: forgetting a vote could let this node vote twice in
+        // one term.
+        self.put_meta("vote", vote, true)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
@@ -157,7 +189,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        self.put_meta("committed", &committed)
+        // A hint, never synced (see the module docs).
+        self.put_meta("committed", &committed, false)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
@@ -176,7 +209,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let result = (|| {
             let mut tx = self.db.begin_write().map_err(io_err)?;
-            tx.set_durability(if self.sync {
+            tx.set_durability(if self.sync_now() {
                 redb::Durability::Immediate
             } else {
                 redb::Durability::None
@@ -204,7 +237,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.put_meta("last_purged", &log_id)?;
+        self.put_meta("last_purged", &log_id, true)?;
         self.delete_range(Bound::Unbounded, Bound::Included(log_id.index))
     }
 }

@@ -22,6 +22,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod log_store;
+mod membership;
 pub mod network;
 pub mod state_machine;
 
@@ -38,7 +39,7 @@ use sessiond_core::{Clock, Millis};
 use tokio::sync::watch;
 
 pub use crate::config::ClusterConfig;
-use crate::state::{BoxFuture, Replication, ReplicationError, Shared};
+use crate::state::{BoxFuture, MembershipChange, Replication, ReplicationError, Shared};
 
 /// A node's id (`--node-id`).
 pub type NodeId = u64;
@@ -89,13 +90,13 @@ impl Cluster {
         config: ClusterConfig,
         shared: Arc<Shared>,
         data_dir: &std::path::Path,
-        sync: bool,
+        durability: crate::config::Durability,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<Arc<Cluster>> {
         use anyhow::Context;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
-        let log = log_store::LogStore::open(&data_dir.join("raft.redb"), sync)
+        let log = log_store::LogStore::open(&data_dir.join("raft.redb"), durability)
             .context("opening the raft log")?;
         let (sm, applied) = state_machine::StateMachine::open(shared.clone(), data_dir)
             .context("loading the last snapshot")?;
@@ -141,7 +142,9 @@ impl Cluster {
             config.node_down_after,
             shutdown.clone(),
         ));
-        if !raft.is_initialized().await.unwrap_or(false) {
+        // A node started without --initial-cluster waits to be added
+        // (CLUSTER.ADDLEARNER on a member).
+        if !config.initial.is_empty() && !raft.is_initialized().await.unwrap_or(false) {
             let members: BTreeMap<NodeId, BasicNode> = config
                 .initial
                 .iter()
@@ -155,6 +158,56 @@ impl Cluster {
         }
         tracing::info!(node_id = config.node_id, raft_addr = %config.raft_addr, "cluster node started");
         Ok(cluster)
+    }
+
+    /// Makes the state this node's engine was loaded with from a single
+    /// server's data directory (outside the log) part of the replicated
+    /// state: once this node leads its cluster of one, a snapshot that holds
+    /// it is taken and the log before it purged, so every node added later
+    /// starts from that snapshot, never from an empty state. Clients are
+    /// not served before this returns.
+    ///
+    /// # Errors
+    /// No leadership, snapshot or purge within the time allowed.
+    pub async fn seal_import(&self) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let wait = || self.raft.wait(Some(Duration::from_secs(30)));
+        wait()
+            .state(openraft::ServerState::Leader, "leading the cluster of one")
+            .await
+            .context("becoming the leader of the new cluster")?;
+        // Everything before this entry is applied once it is.
+        let (_, index) = self
+            .propose_here(Input::RecordAccesses)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))
+            .context("committing the first entry")?;
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .context("starting the snapshot")?;
+        let m = wait()
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= index),
+                "the snapshot holding the imported sessions",
+            )
+            .await
+            .context("taking the snapshot")?;
+        let upto = m.snapshot.map_or(index, |s| s.index);
+        self.raft
+            .trigger()
+            .purge_log(upto)
+            .await
+            .context("purging the log")?;
+        wait()
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index >= upto),
+                "the log before the snapshot purged",
+            )
+            .await
+            .context("purging the log")?;
+        Ok(())
     }
 
     /// Proposes on this node if it leads; the leader's clock stamps it.
@@ -226,23 +279,26 @@ impl Cluster {
             openraft::ServerState::Candidate => "candidate",
             openraft::ServerState::Shutdown => "shutdown",
         };
-        let members: Vec<String> = m
-            .membership_config
-            .membership()
+        let membership = m.membership_config.membership();
+        let members: Vec<String> = membership
             .nodes()
             .map(|(id, n)| format!("{id}={}", n.addr))
             .collect();
+        let voters: Vec<String> = membership.voter_ids().map(|id| id.to_string()).collect();
+        let learners: Vec<String> = membership.learner_ids().map(|id| id.to_string()).collect();
         // openraft 0.9 does not report the commit index; what this node has
         // applied is committed, and is what it serves.
         let applied = m.last_applied.map_or(0, |l| l.index);
         let mut out = format!(
-            "node_id:{}\r\nrole:{role}\r\nleader_id:{}\r\nterm:{}\r\ncommit_index:{applied}\r\napplied_index:{applied}\r\nlast_log_index:{}\r\nsnapshot_index:{}\r\nmembers:{}\r\n",
+            "node_id:{}\r\nrole:{role}\r\nleader_id:{}\r\nterm:{}\r\ncommit_index:{applied}\r\napplied_index:{applied}\r\nlast_log_index:{}\r\nsnapshot_index:{}\r\nmembers:{}\r\nvoters:{}\r\nlearners:{}\r\n",
             self.node_id,
             m.current_leader.map_or(String::new(), |l| l.to_string()),
             m.current_term,
             m.last_log_index.unwrap_or(0),
             m.snapshot.map_or(0, |l| l.index),
             members.join(","),
+            voters.join(","),
+            learners.join(","),
         );
         if let Some(repl) = &m.replication {
             let last = m.last_log_index.unwrap_or(0);
@@ -352,5 +408,9 @@ impl Replication for Cluster {
 
     fn leader_known(&self) -> bool {
         self.raft.metrics().borrow().current_leader.is_some()
+    }
+
+    fn change_membership(&self, change: MembershipChange) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.change_anywhere(change))
     }
 }

@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::{Cluster, NodeId, ProposeError, TypeConfig};
+use crate::state::MembershipChange;
 
 /// The largest frame accepted from a peer (snapshots come in chunks).
 const MAX_FRAME: usize = 256 << 20;
@@ -35,6 +36,8 @@ enum PeerRequest {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     Propose(Input),
     Ping,
+    // New variants go last: the encoding numbers them in order.
+    Membership(MembershipChange),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -44,6 +47,18 @@ enum PeerResponse {
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Propose(Result<(InputResult, u64), ForwardRefused>),
     Pong,
+    Membership(Result<(), ChangeRefused>),
+}
+
+/// Why a leader refused a forwarded membership change.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum ChangeRefused {
+    /// It is not the leader (any more).
+    #[error("the leader changed; retry")]
+    NotLeader,
+    /// Refused or failed.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Why a leader refused a forwarded proposal.
@@ -197,6 +212,26 @@ impl PeerPool {
 }
 
 impl PeerPool {
+    /// Forwards a membership change to the leader at `addr`.
+    ///
+    /// # Errors
+    /// [`CallError`] when the call failed.
+    pub async fn change_membership(
+        &self,
+        addr: &str,
+        change: MembershipChange,
+    ) -> Result<Result<(), ChangeRefused>, CallError> {
+        let mut channel = self.checkout(addr);
+        let answer = channel
+            .call(addr, &PeerRequest::Membership(change), CALL_TIMEOUT)
+            .await;
+        self.checkin(addr, channel);
+        match answer? {
+            PeerResponse::Membership(r) => Ok(r),
+            other => Err(CallError::AfterSend(format!("unexpected answer {other:?}"))),
+        }
+    }
+
     /// Whether the node at `addr` answers within `timeout`.
     pub async fn ping(&self, addr: &str, timeout: Duration) -> bool {
         let mut channel = self.checkout(addr);
@@ -357,6 +392,9 @@ async fn serve_peer(mut stream: TcpStream, cluster: &Cluster) -> std::io::Result
                     Err(ProposeError::Failed(e)) => Err(ForwardRefused::Failed(e)),
                 })
             }
+            PeerRequest::Membership(change) => PeerResponse::Membership(
+                super::membership::answer_forwarded(cluster.change_here(&change).await),
+            ),
         };
         let bytes = postcard::to_stdvec(&resp)
             .map_err(|e| std::io::Error::other(format!("encoding an answer: {e}")))?;

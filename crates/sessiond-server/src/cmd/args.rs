@@ -1,6 +1,7 @@
 //! A cursor over a request's arguments.
 
 use bytes::Bytes;
+use sessiond_core::engine::dedupe::MAX_REQID_BYTES;
 use sessiond_core::{SessionId, StoreError};
 
 /// Why a request could not be parsed or applied.
@@ -91,6 +92,22 @@ impl Args {
     pub fn string(&mut self) -> Result<String, CmdError> {
         let b = self.bytes()?;
         String::from_utf8(b.to_vec()).map_err(|_| CmdError::Syntax("expected text".into()))
+    }
+
+    /// The next argument as a request id (`REQID`): 1 to
+    /// [`MAX_REQID_BYTES`] printable ASCII characters.
+    ///
+    /// # Errors
+    /// Arity, or an id out of those bounds.
+    pub fn reqid(&mut self) -> Result<String, CmdError> {
+        let id = self.string()?;
+        if id.is_empty() || id.len() > MAX_REQID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(CmdError::Syntax(format!(
+                "REQID must be 1 to {MAX_REQID_BYTES} printable ASCII characters"
+            )));
+        }
+        Ok(id)
     }
 
     /// The next argument as a session id.

@@ -31,7 +31,7 @@ fn acquire_args(a: &mut Args, id: SessionId, scope: Scope) -> Result<(AcquireArg
             "KEY" => args.scope = Scope::Key(a.bytes()?),
             "WAIT" => args.wait_ms = a.u64()?,
             "LEASE" => args.lease_ms = Some(a.u64()?.max(1)),
-            "REQID" => args.reqid = Some(a.string()?),
+            "REQID" => args.reqid = Some(a.reqid()?),
             "CREATE" => args.create = true,
             "IFVER" => if_version = a.u64()?,
             other => return Err(CmdError::Syntax(format!("unknown option {other:?}"))),

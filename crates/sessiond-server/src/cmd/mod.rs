@@ -9,6 +9,7 @@
 //! codes.
 
 mod args;
+pub mod cluster;
 pub mod conn;
 mod lock;
 pub mod render;
@@ -30,6 +31,9 @@ pub enum Command {
     Conn(ConnCommand),
     /// SESSION.* and LOCK.*: applied by the engine.
     Engine(sessiond_core::engine::Command),
+    /// CLUSTER.ADDLEARNER, CLUSTER.PROMOTE, CLUSTER.REMOVE: applied by the
+    /// cluster.
+    Cluster(cluster::ClusterCommand),
 }
 
 impl Command {
@@ -46,6 +50,8 @@ impl Command {
             Command::Engine(c)
         } else if let Some(c) = ConnCommand::parse(&name, &mut args)? {
             Command::Conn(c)
+        } else if let Some(c) = cluster::ClusterCommand::parse(&name, &mut args)? {
+            Command::Cluster(c)
         } else {
             return Err(CmdError::Unknown(args.original_name().to_owned()));
         };
@@ -58,6 +64,7 @@ impl Command {
         match self {
             Command::Conn(c) => c.name(),
             Command::Engine(c) => c.name(),
+            Command::Cluster(c) => c.name(),
         }
     }
 }

@@ -54,6 +54,7 @@ pub fn parse(name: &str, a: &mut Args) -> Result<Option<Command>, CmdError> {
             let id = a.id()?;
             let mut req = CommitRequest::default();
             let mut fence = Fence::default();
+            let mut reqid = None;
             while let Some(kw) = a.keyword() {
                 match kw.as_str() {
                     "CREATE" => req.create = true,
@@ -61,6 +62,7 @@ pub fn parse(name: &str, a: &mut Args) -> Result<Option<Command>, CmdError> {
                     "LIFETIME" => req.lifetime_ms = Some(a.lifetime_as_ms("LIFETIME")?),
                     "FENCE" => fence.token = Some(a.u64()?),
                     "UNLOCK" => fence.unlock = true,
+                    "REQID" => reqid = Some(a.reqid()?),
                     "SET" => {
                         let key = a.bytes()?;
                         let value = a.bytes()?;
@@ -82,13 +84,26 @@ pub fn parse(name: &str, a: &mut Args) -> Result<Option<Command>, CmdError> {
             if fence.unlock && fence.token.is_none() {
                 return Err(CmdError::Syntax("UNLOCK needs FENCE token".into()));
             }
-            Command::Commit {
-                id,
-                request: req,
-                fence,
-            }
+            idempotent(
+                reqid,
+                Command::Commit {
+                    id,
+                    request: req,
+                    fence,
+                },
+            )
         }
-        "SESSION.DESTROY" => Command::Destroy { id: a.id()? },
+        "SESSION.DESTROY" => {
+            let id = a.id()?;
+            let mut reqid = None;
+            while let Some(kw) = a.keyword() {
+                match kw.as_str() {
+                    "REQID" => reqid = Some(a.reqid()?),
+                    other => return Err(unknown_option(other)),
+                }
+            }
+            idempotent(reqid, Command::Destroy { id })
+        }
         "SESSION.EXISTS" => Command::Exists { id: a.id()? },
         "SESSION.TTL" => Command::Ttl { id: a.id()? },
         "SESSION.TOUCH" => {
@@ -106,20 +121,25 @@ pub fn parse(name: &str, a: &mut Args) -> Result<Option<Command>, CmdError> {
             let delta = a.i64()?;
             let mut create = false;
             let mut fence = Fence::default();
+            let mut reqid = None;
             while let Some(kw) = a.keyword() {
                 match kw.as_str() {
                     "CREATE" => create = true,
                     "FENCE" => fence.token = Some(a.u64()?),
+                    "REQID" => reqid = Some(a.reqid()?),
                     other => return Err(unknown_option(other)),
                 }
             }
-            Command::Incr {
-                id,
-                key,
-                delta,
-                create,
-                fence,
-            }
+            idempotent(
+                reqid,
+                Command::Incr {
+                    id,
+                    key,
+                    delta,
+                    create,
+                    fence,
+                },
+            )
         }
         "SESSION.CAS" => {
             let id = a.id()?;
@@ -127,37 +147,62 @@ pub fn parse(name: &str, a: &mut Args) -> Result<Option<Command>, CmdError> {
             let expected = a.bytes()?;
             let new = a.bytes()?;
             let mut fence = Fence::default();
-            if a.eat("FENCE") {
-                fence.token = Some(a.u64()?);
+            let mut reqid = None;
+            while let Some(kw) = a.keyword() {
+                match kw.as_str() {
+                    "FENCE" => fence.token = Some(a.u64()?),
+                    "REQID" => reqid = Some(a.reqid()?),
+                    other => return Err(unknown_option(other)),
+                }
             }
-            Command::Cas {
-                id,
-                key,
-                expected,
-                new,
-                fence,
-            }
+            idempotent(
+                reqid,
+                Command::Cas {
+                    id,
+                    key,
+                    expected,
+                    new,
+                    fence,
+                },
+            )
         }
         "SESSION.REGENERATE" => {
             let id = a.id()?;
-            let (mut grace_ms, mut to) = (None, None);
+            let (mut grace_ms, mut to, mut reqid) = (None, None, None);
             while let Some(kw) = a.keyword() {
                 match kw.as_str() {
                     "GRACE" => grace_ms = Some(a.seconds_as_ms()?),
                     "TO" => to = Some(a.id()?),
+                    "REQID" => reqid = Some(a.reqid()?),
                     other => return Err(unknown_option(other)),
                 }
             }
-            Command::Regenerate {
-                id,
-                grace_ms,
-                // Chosen here, before the engine runs: it stays deterministic.
-                new_id: to.unwrap_or_else(crate::ids::new_session_id),
-            }
+            idempotent(
+                reqid,
+                Command::Regenerate {
+                    id,
+                    grace_ms,
+                    // Chosen here, before the engine runs: it stays
+                    // deterministic. A retry with the same REQID gets the
+                    // id the first attempt chose, not this one.
+                    new_id: to.unwrap_or_else(crate::ids::new_session_id),
+                },
+            )
         }
         _ => return Ok(None),
     };
     Ok(Some(cmd))
+}
+
+/// A write with a request id, or the write as it is.
+fn idempotent(reqid: Option<String>, cmd: Command) -> Command {
+    match reqid {
+        Some(reqid) => Command::Idempotent {
+            reqid,
+            cmd: Box::new(cmd),
+        },
+        None => cmd,
+    }
 }
 
 fn unknown_option(kw: &str) -> CmdError {

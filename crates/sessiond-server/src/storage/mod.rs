@@ -34,6 +34,13 @@ pub enum StorageError {
     /// A loader thread panicked.
     #[error("storage loader panicked")]
     LoaderPanicked,
+    /// The file was written by a newer release, in a layout this one does
+    /// not know.
+    #[error(
+        "the data file is in storage format {0}, newer than this build's ({supported}): run the release that wrote it, or a newer one",
+        supported = redb_store::FORMAT
+    )]
+    UnsupportedFormat(u64),
 }
 
 impl StorageError {

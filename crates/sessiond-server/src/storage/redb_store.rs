@@ -4,7 +4,11 @@
 //! - `sessions`: id → (version, created, last_access, ttl_ms, lifetime_deadline or 0)
 //! - `fields`: (id, key) → (version, value)
 //! - `aliases`: old id → (new id, until)
-//! - `meta`: name → u64 (`version_floor`, `fence_epoch`)
+//! - `meta`: name → u64 (`format`, `version_floor`, `fence_epoch`)
+//!
+//! `format` is the layout's version ([`FORMAT`]): a file without it was
+//! written before the key existed, in format 1, and gets it on open; a file
+//! of a newer format is refused rather than misread.
 //!
 //! Fields are stored one per row, so a commit that changes one key of a
 //! large session writes that key only.
@@ -28,6 +32,9 @@ type FieldRow<'a> = (u64, &'a [u8]);
 const FIELDS: TableDefinition<FieldKey, FieldRow> = TableDefinition::new("fields");
 const ALIASES: TableDefinition<&str, (&str, u64)> = TableDefinition::new("aliases");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The layout this build reads and writes.
+pub const FORMAT: u64 = 1;
 
 /// The page cache [`RedbStorage::open`] gives redb: 64 MiB.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
@@ -130,13 +137,22 @@ fn create_atomically(path: &Path, cache_bytes: usize) -> Result<(), StorageError
     Ok(())
 }
 
+/// Creates the tables that are missing and checks (or records) the format.
 fn create_tables(db: &Database) -> Result<(), StorageError> {
     let txn = db.begin_write().map_err(engine)?;
     {
         txn.open_table(SESSIONS).map_err(engine)?;
         txn.open_table(FIELDS).map_err(engine)?;
         txn.open_table(ALIASES).map_err(engine)?;
-        txn.open_table(META).map_err(engine)?;
+        let mut meta = txn.open_table(META).map_err(engine)?;
+        let format = meta.get("format").map_err(engine)?.map(|v| v.value());
+        match format {
+            Some(f) if f == FORMAT => {}
+            Some(f) => return Err(StorageError::UnsupportedFormat(f)),
+            None => {
+                meta.insert("format", FORMAT).map_err(engine)?;
+            }
+        }
     }
     txn.commit().map_err(engine)
 }
