@@ -207,6 +207,11 @@ async fn partition_and_heal(cut_the_leader: bool) {
         panic!("the waiter on the majority was not granted: {grant:?}")
     };
     let t2 = grant_token(&grant).expect("token");
+    eprintln!(
+        "node {}: the waiter's node is node {}",
+        victim + 1,
+        majority[0] + 1
+    );
     lock_history.push(Operation {
         client: 2,
         call: at,
@@ -348,4 +353,60 @@ async fn the_leader_cut_off_is_replaced_refuses_its_clients_and_rejoins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_cut_off_refuses_its_clients_and_catches_up_on_heal() {
     partition_and_heal(false).await;
+}
+
+/// A leader cut off from the others sees none of them answer and, after
+/// `--node-down-after`, proposes to release their connections' locks. It
+/// cannot commit that; but when the cut heals while the proposal is still
+/// in flight, it must not be carried out by the new leader either: the
+/// others were alive all along, and so are their clients' locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_leader_does_not_release_the_locks_of_the_nodes_it_could_not_see() {
+    let lab = NetLab::create(3);
+    let cluster = start_in_namespaces(&lab);
+    let leader = cluster.stable_leader().await;
+    let others = [(leader + 1) % 3, (leader + 2) % 3];
+    let addr = |i: usize| cluster.addr(i).expect("node runs");
+    // A lock held through each of the other two nodes.
+    let mut holders = Vec::new();
+    for (k, &i) in others.iter().enumerate() {
+        let mut c = Client::connect(addr(i)).await.expect("connect");
+        let id = format!("held{k}");
+        let grant = c
+            .command(&["LOCK.ACQUIRE", &id, "CREATE", "WAIT", "5000"])
+            .await
+            .expect("grant");
+        holders.push((c, id, grant_token(&grant).expect("token")));
+    }
+    lab.cut(leader);
+    let cut_at = Instant::now();
+    // Past --node-down-after (2 s): the cut-off leader proposes to release
+    // the locks of the nodes it cannot reach, and waits up to 5 s for a
+    // commit that cannot come. Heal while it waits.
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    lab.heal(leader);
+    let new_leader = cluster.stable_leader_among(&[0, 1, 2]).await;
+    eprintln!(
+        "node {} cut off for {:?}; node {} leads after the heal",
+        leader + 1,
+        cut_at.elapsed(),
+        new_leader + 1
+    );
+    // Let anything in flight land (the old leader's proposals time out
+    // after 5 s).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for (mut c, id, token) in holders {
+        let released = call_on(
+            &mut c,
+            &["LOCK.RELEASE", &id, &token.to_string()],
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(
+            matches!(released, Outcome::Done(Value::Int(1))),
+            "the lock on {id}, held through a node that never went away, was lost: {released:?}"
+        );
+    }
+    drop(cluster);
+    drop(lab);
 }

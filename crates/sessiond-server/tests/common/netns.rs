@@ -98,7 +98,12 @@ impl NetLab {
                 "network namespaces need root (CAP_NET_ADMIN); this runs as uid {uid:?}"
             ));
         }
-        let probe = format!("{PREFIX}{}probe", std::process::id());
+        static PROBES: AtomicU32 = AtomicU32::new(0);
+        let probe = format!(
+            "{PREFIX}{}probe{}",
+            std::process::id(),
+            PROBES.fetch_add(1, Ordering::Relaxed)
+        );
         ip(&["netns", "add", &probe]).map_err(|e| format!("cannot create a namespace: {e}"))?;
         let _ = ip(&["netns", "del", &probe]);
         Ok(())
