@@ -362,8 +362,13 @@ async fn watch_nodes(
                     node = id,
                     "node not answering: releasing its connections' locks"
                 );
+                // Only as the leader, never forwarded: a leader cut off
+                // from the others sees none of them answer, and its
+                // proposal, still in flight when the cut heals, would be
+                // forwarded to the new leader and release the locks of
+                // nodes that never went away.
                 if cluster
-                    .propose_anywhere(Input::CloseNode {
+                    .propose_here(Input::CloseNode {
                         node: id,
                         except_incarnation: None,
                     })
