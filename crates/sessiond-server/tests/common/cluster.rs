@@ -108,16 +108,22 @@ impl TestCluster {
 
     /// (Re)starts node `i` on its data directory.
     pub fn start_node(&mut self, i: usize) {
+        self.start_node_with(i, true);
+    }
+
+    /// Starts node `i` with no `--initial-cluster`: on an empty data
+    /// directory it waits to be added (`CLUSTER.ADDLEARNER`).
+    pub fn start_joining(&mut self, i: usize) {
+        self.start_node_with(i, false);
+    }
+
+    fn start_node_with(&mut self, i: usize, initial: bool) {
         let node = &mut self.nodes[i];
         let id = node.id.to_string();
-        let mut flags: Vec<&str> = vec![
-            "--node-id",
-            &id,
-            "--raft-addr",
-            &node.raft,
-            "--initial-cluster",
-            &self.initial,
-        ];
+        let mut flags: Vec<&str> = vec!["--node-id", &id, "--raft-addr", &node.raft];
+        if initial {
+            flags.extend(["--initial-cluster", self.initial.as_str()]);
+        }
         flags.extend(self.args.iter().map(String::as_str));
         flags.extend(node.extra.iter().map(String::as_str));
         let wrapper: Vec<&str> = node.wrapper.iter().map(String::as_str).collect();
