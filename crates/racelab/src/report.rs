@@ -157,11 +157,7 @@ impl CellBuilder {
                 self.waits.push(w);
             }
             if let Some(e) = r.error_text() {
-                let notes = r.reply.iter().flat_map(|x| &x.notes);
-                if std::iter::once(&e)
-                    .chain(notes)
-                    .any(|t| is_failover_error(t))
-                {
+                if r.failed_in_failover() {
                     self.cell.failed_cleanly += 1;
                 }
                 push_distinct(&mut self.cell.errors, &e);
@@ -212,13 +208,6 @@ impl CellBuilder {
         };
         self.cell
     }
-}
-
-/// Whether a failure text is sessiond's word that a failover was under way.
-fn is_failover_error(text: &str) -> bool {
-    text.contains("UNKNOWN")
-        || text.contains("TRYAGAIN")
-        || text.contains("may or may not have been applied")
 }
 
 /// Where a sessiond cell contradicts sessiond's claims (`--check`).
@@ -383,10 +372,10 @@ mod tests {
             claim_failures(&[cell("cluster-sessiond-api", 6, 6)]).len(),
             1
         );
-        assert!(is_failover_error(
+        assert!(crate::record::is_failover_error(
             "Sessiond\\Exception\\ServerException: UNKNOWN the leader failed"
         ));
-        assert!(!is_failover_error("session_start() failed"));
+        assert!(!crate::record::is_failover_error("session_start() failed"));
     }
 
     #[test]
