@@ -216,8 +216,10 @@ impl CellBuilder {
 /// flight when its leader dies may fail, cleanly (issue 13: it completes
 /// correctly or fails with `UNKNOWN`/`TRYAGAIN`, never proceeds without its
 /// lock or loses a write silently). Such failures are allowed there, up to
-/// a quarter of the cell's requests; every other failure, and any wrong
-/// data, fails the check as on a single node.
+/// half of the cell's requests (a leader killed while four lanes run fails
+/// up to four of the counter's twenty; two kills may land in one cell);
+/// every other failure, and any wrong data, fails the check as on a single
+/// node.
 pub fn claim_failures(cells: &[Cell]) -> Vec<String> {
     let mut out = Vec::new();
     for c in cells.iter().filter(|c| handlers::is_sessiond(&c.handler)) {
@@ -230,9 +232,9 @@ pub fn claim_failures(cells: &[Cell]) -> Vec<String> {
                 c.metrics.errors,
                 c.errors.join(" | ")
             ));
-        } else if clean * 4 > c.metrics.requests.max(1) {
+        } else if clean * 2 > c.metrics.requests.max(1) {
             out.push(format!(
-                "{at}: {clean} of {} requests failed during failovers (more than a quarter)",
+                "{at}: {clean} of {} requests failed during failovers (more than half)",
                 c.metrics.requests
             ));
         }
@@ -368,8 +370,9 @@ mod tests {
             claim_failures(&[cell("cluster-sessiond-api", 2, 1)]).len(),
             1
         );
+        assert!(claim_failures(&[cell("cluster-sessiond-api", 10, 10)]).is_empty());
         assert_eq!(
-            claim_failures(&[cell("cluster-sessiond-api", 6, 6)]).len(),
+            claim_failures(&[cell("cluster-sessiond-api", 11, 11)]).len(),
             1
         );
         assert!(crate::record::is_failover_error(
