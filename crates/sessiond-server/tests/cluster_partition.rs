@@ -383,7 +383,7 @@ async fn a_cut_off_leader_does_not_release_the_locks_of_the_nodes_it_could_not_s
     // Past --node-down-after (2 s): the cut-off leader proposes to release
     // the locks of the nodes it cannot reach, and waits up to 5 s for a
     // commit that cannot come. Heal while it waits.
-    tokio::time::sleep(Duration::from_millis(4000)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     lab.heal(leader);
     let new_leader = cluster.stable_leader_among(&[0, 1, 2]).await;
     eprintln!(
