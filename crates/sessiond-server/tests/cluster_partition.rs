@@ -14,6 +14,10 @@
 //! - no acknowledged increment is lost, and the histories of the counter
 //!   (a register) and of the lock are linearizable (sessiond-lincheck).
 //!
+//! And a leader cut off long enough to declare the others down, healed
+//! while that declaration is in flight: the locks held through the others
+//! stay theirs.
+//!
 //! The time from the cut to the first acknowledged write is printed.
 //! Needs root (network namespaces); without it the test fails, loudly.
 
