@@ -59,6 +59,11 @@ pub mod defaults {
     pub const NODE_DOWN_AFTER_SECS: u64 = 10;
     /// `--raft-snapshot-logs`.
     pub const RAFT_SNAPSHOT_LOGS: u64 = 20_000;
+    /// `--raft-heartbeat`, in ms.
+    pub const RAFT_HEARTBEAT_MS: u64 = 50;
+    /// `--raft-election-timeout`, in ms (the shortest; the longest is
+    /// twice it).
+    pub const RAFT_ELECTION_TIMEOUT_MS: u64 = 200;
     /// `--log-level` (a `tracing` env-filter directive).
     pub const LOG_LEVEL: &str = "info";
 }
@@ -93,6 +98,11 @@ pub fn shown_defaults() -> Vec<(&'static str, String)> {
         ("shutdown_timeout", d::SHUTDOWN_TIMEOUT_SECS.to_string()),
         ("node_down_after", d::NODE_DOWN_AFTER_SECS.to_string()),
         ("raft_snapshot_logs", d::RAFT_SNAPSHOT_LOGS.to_string()),
+        ("raft_heartbeat", d::RAFT_HEARTBEAT_MS.to_string()),
+        (
+            "raft_election_timeout",
+            d::RAFT_ELECTION_TIMEOUT_MS.to_string(),
+        ),
         (
             "slowlog_log_slower_than",
             d::SLOWLOG_LOG_SLOWER_THAN.to_string(),
@@ -252,6 +262,16 @@ pub struct ServeArgs {
     /// nodes then catch up from the snapshot).
     #[arg(long, env = "SESSIOND_RAFT_SNAPSHOT_LOGS")]
     pub raft_snapshot_logs: Option<u64>,
+    /// In a cluster: how often the leader sends heartbeats, in ms.
+    #[arg(long, env = "SESSIOND_RAFT_HEARTBEAT")]
+    pub raft_heartbeat: Option<u64>,
+    /// In a cluster: a follower that heard nothing from the leader for this
+    /// long (ms; a random value between it and twice it, after the
+    /// leader's lease of twice it) starts an election. Lower fails over
+    /// faster; too low for the machine's scheduling delays causes needless
+    /// elections. At least 3 heartbeats.
+    #[arg(long, env = "SESSIOND_RAFT_ELECTION_TIMEOUT")]
+    pub raft_election_timeout: Option<u64>,
     /// Commands slower than this, in microseconds, go to the SLOWLOG; a
     /// negative value turns it off, 0 logs every command.
     #[arg(
@@ -283,6 +303,10 @@ pub struct ClusterConfig {
     pub node_down_after: Duration,
     /// Log entries since the last snapshot that trigger the next one.
     pub snapshot_logs: u64,
+    /// How often the leader sends heartbeats, in ms.
+    pub heartbeat_ms: u64,
+    /// The shortest election timeout, in ms (the longest is twice it).
+    pub election_timeout_ms: u64,
 }
 
 impl ClusterConfig {
@@ -488,6 +512,10 @@ impl ServeArgs {
                     .unwrap_or(defaults::SHUTDOWN_TIMEOUT_SECS),
             ),
             cluster: cluster_config(s.node_id, s.raft_addr, s.initial_cluster)?.map(|c| {
+                let heartbeat_ms = s
+                    .raft_heartbeat
+                    .unwrap_or(defaults::RAFT_HEARTBEAT_MS)
+                    .max(10);
                 ClusterConfig {
                     node_down_after: Duration::from_secs(
                         s.node_down_after
@@ -498,6 +526,11 @@ impl ServeArgs {
                         .raft_snapshot_logs
                         .unwrap_or(defaults::RAFT_SNAPSHOT_LOGS)
                         .max(1),
+                    heartbeat_ms,
+                    election_timeout_ms: s
+                        .raft_election_timeout
+                        .unwrap_or(defaults::RAFT_ELECTION_TIMEOUT_MS)
+                        .max(3 * heartbeat_ms),
                     ..c
                 }
             }),
@@ -539,6 +572,8 @@ impl ServeArgs {
             initial_cluster: self.initial_cluster.or(file.initial_cluster),
             node_down_after: self.node_down_after.or(file.node_down_after),
             raft_snapshot_logs: self.raft_snapshot_logs.or(file.raft_snapshot_logs),
+            raft_heartbeat: self.raft_heartbeat.or(file.raft_heartbeat),
+            raft_election_timeout: self.raft_election_timeout.or(file.raft_election_timeout),
             slowlog_log_slower_than: self
                 .slowlog_log_slower_than
                 .or(file.slowlog_log_slower_than),
@@ -579,6 +614,8 @@ fn cluster_config(
                 initial,
                 node_down_after: Duration::from_secs(defaults::NODE_DOWN_AFTER_SECS),
                 snapshot_logs: defaults::RAFT_SNAPSHOT_LOGS,
+                heartbeat_ms: defaults::RAFT_HEARTBEAT_MS,
+                election_timeout_ms: defaults::RAFT_ELECTION_TIMEOUT_MS,
             }))
         }
         _ => Err(ConfigError::Invalid(
@@ -685,6 +722,8 @@ impl Config {
             lines.push(format!("initial_cluster = {:?}", members.join(",")));
             lines.push(format!("node_down_after = {}", secs(c.node_down_after)));
             lines.push(format!("raft_snapshot_logs = {}", c.snapshot_logs));
+            lines.push(format!("raft_heartbeat = {}", c.heartbeat_ms));
+            lines.push(format!("raft_election_timeout = {}", c.election_timeout_ms));
         }
         lines.join("\n") + "\n"
     }

@@ -44,6 +44,9 @@ pub fn state_gauges(shared: &Shared) -> StateGauges {
     gauges.storage_refused_writes = health.refused_writes();
     (gauges.storage_queued_batches, gauges.storage_queued_changes) = health.queued();
     gauges.rss_bytes = crate::process::rss_bytes();
+    gauges.cluster = shared
+        .replication()
+        .map(|r| crate::metrics::ClusterGauges::from_info(&r.info()));
     gauges
 }
 

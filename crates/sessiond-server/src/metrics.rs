@@ -19,6 +19,81 @@ pub struct CommandLabel {
     pub command: &'static str,
 }
 
+/// A label set of a cluster role.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabel {
+    /// `leader`, `follower`, `learner`, `candidate`, `shutdown`.
+    pub role: String,
+}
+
+/// A label set of a cluster node.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    /// The node's id.
+    pub node: String,
+}
+
+/// A cluster node's Raft state, for the metrics: read from the same
+/// `key:value` lines `CLUSTER.INFO` answers, so the two always agree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterGauges {
+    /// `role`.
+    pub role: String,
+    /// `leader_id` (0: none known).
+    pub leader_id: u64,
+    /// `term`.
+    pub term: u64,
+    /// `commit_index`.
+    pub commit_index: u64,
+    /// `applied_index`.
+    pub applied_index: u64,
+    /// `last_log_index`.
+    pub last_log_index: u64,
+    /// `snapshot_index`.
+    pub snapshot_index: u64,
+    /// How many ids `voters` lists.
+    pub voters: u64,
+    /// How many ids `learners` lists.
+    pub learners: u64,
+    /// `follower_N_lag`, on the leader: (N, entries behind).
+    pub follower_lag: Vec<(u64, u64)>,
+}
+
+impl ClusterGauges {
+    /// Reads `CLUSTER.INFO` text.
+    pub fn from_info(text: &str) -> ClusterGauges {
+        let mut g = ClusterGauges::default();
+        let count = |v: &str| v.split(',').filter(|p| !p.is_empty()).count() as u64;
+        for line in text.lines() {
+            let Some((k, v)) = line.trim().split_once(':') else {
+                continue;
+            };
+            let n = v.parse::<u64>().unwrap_or(0);
+            match k {
+                "role" => g.role = v.to_owned(),
+                "leader_id" => g.leader_id = n,
+                "term" => g.term = n,
+                "commit_index" => g.commit_index = n,
+                "applied_index" => g.applied_index = n,
+                "last_log_index" => g.last_log_index = n,
+                "snapshot_index" => g.snapshot_index = n,
+                "voters" => g.voters = count(v),
+                "learners" => g.learners = count(v),
+                other => {
+                    if let Some(node) = other
+                        .strip_prefix("follower_")
+                        .and_then(|r| r.strip_suffix("_lag"))
+                        .and_then(|id| id.parse().ok())
+                    {
+                        g.follower_lag.push((node, n));
+                    }
+                }
+            }
+        }
+        g
+    }
+}
+
 /// A label set of one command name and an outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -244,13 +319,77 @@ impl Metrics {
             "Resident memory of the process",
             ConstGauge::new(i64::try_from(g.rss_bytes).unwrap_or(i64::MAX)),
         );
+        if let Some(c) = &g.cluster {
+            register_cluster(&mut r, c);
+        }
         r
+    }
+}
+
+/// A cluster node's gauges (see [`ClusterGauges`]).
+fn register_cluster(r: &mut Registry, c: &ClusterGauges) {
+    let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+    let role: Family<RoleLabel, Gauge> = Family::default();
+    role.get_or_create(&RoleLabel {
+        role: c.role.clone(),
+    })
+    .set(1);
+    r.register(
+        "cluster_role",
+        "1 for this node's Raft role (leader, follower, learner, candidate)",
+        role,
+    );
+    for (name, help, v) in [
+        (
+            "cluster_leader_id",
+            "The leader this node knows (0: none)",
+            c.leader_id,
+        ),
+        ("cluster_term", "The current Raft term", c.term),
+        (
+            "cluster_commit_index",
+            "The last log index known committed",
+            c.commit_index,
+        ),
+        (
+            "cluster_applied_index",
+            "The last log index applied to the engine",
+            c.applied_index,
+        ),
+        (
+            "cluster_last_log_index",
+            "The last log index this node holds",
+            c.last_log_index,
+        ),
+        (
+            "cluster_snapshot_index",
+            "The log index of the last snapshot",
+            c.snapshot_index,
+        ),
+        ("cluster_voters", "Voting members", c.voters),
+        ("cluster_learners", "Non-voting members", c.learners),
+    ] {
+        r.register(name, help, gauge(v));
+    }
+    if !c.follower_lag.is_empty() {
+        let lag: Family<NodeLabel, Gauge> = Family::default();
+        for (node, entries) in &c.follower_lag {
+            lag.get_or_create(&NodeLabel {
+                node: node.to_string(),
+            })
+            .set(i64::try_from(*entries).unwrap_or(i64::MAX));
+        }
+        r.register(
+            "cluster_follower_lag_entries",
+            "On the leader: log entries each follower is behind",
+            lag,
+        );
     }
 }
 
 /// What the state holds right now, read by whoever renders the metrics
 /// (the metrics module does not look into the state itself).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct StateGauges {
     /// Sessions held.
     pub sessions: usize,
@@ -286,6 +425,8 @@ pub struct StateGauges {
     pub storage_queued_changes: u64,
     /// Resident memory in bytes.
     pub rss_bytes: u64,
+    /// On a cluster node: its Raft state.
+    pub cluster: Option<ClusterGauges>,
 }
 
 /// The two text formats of a scrape.
@@ -370,6 +511,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cluster_gauges_come_from_the_cluster_info_lines() {
+        let info = "node_id:1\r\nrole:leader\r\nleader_id:1\r\nterm:7\r\ncommit_index:42\r\napplied_index:42\r\nlast_log_index:43\r\nsnapshot_index:20\r\nmembers:1=a,2=b,3=c,4=d\r\nvoters:1,2,3\r\nlearners:4\r\nfollower_2_lag:0\r\nfollower_3_lag:5\r\n";
+        let c = ClusterGauges::from_info(info);
+        assert_eq!(c.role, "leader");
+        assert_eq!(
+            (c.leader_id, c.term, c.commit_index, c.last_log_index),
+            (1, 7, 42, 43)
+        );
+        assert_eq!((c.voters, c.learners), (3, 1));
+        assert_eq!(c.follower_lag, vec![(2, 0), (3, 5)]);
+        let text = Metrics::default().render(
+            StateGauges {
+                cluster: Some(c),
+                ..StateGauges::default()
+            },
+            Format::Prometheus,
+        );
+        for line in [
+            "sessiond_cluster_role{role=\"leader\"} 1",
+            "sessiond_cluster_term 7",
+            "sessiond_cluster_voters 3",
+            "sessiond_cluster_follower_lag_entries{node=\"3\"} 5",
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
+        // No learners line for a single server.
+        let single = Metrics::default().render(StateGauges::default(), Format::Prometheus);
+        assert!(!single.contains("sessiond_cluster_"), "{single}");
+    }
+
+    #[test]
     fn prometheus_format_names_counter_families_by_their_samples() {
         let m = Metrics::default();
         m.record("PING", "ok", Duration::from_millis(1));
@@ -377,7 +549,7 @@ mod tests {
             sessions_expired: 7,
             ..Default::default()
         };
-        let om = m.render(gauges, Format::OpenMetrics);
+        let om = m.render(gauges.clone(), Format::OpenMetrics);
         assert!(
             om.contains("# TYPE sessiond_sessions_expired counter\n"),
             "{om}"

@@ -145,6 +145,16 @@ fn settings(c: &Config) -> Vec<(&'static str, bool, String)> {
             cluster.map_or_else(none, |c| c.snapshot_logs.to_string()),
         ),
         (
+            "raft_heartbeat",
+            false,
+            cluster.map_or_else(none, |c| c.heartbeat_ms.to_string()),
+        ),
+        (
+            "raft_election_timeout",
+            false,
+            cluster.map_or_else(none, |c| c.election_timeout_ms.to_string()),
+        ),
+        (
             "slowlog_log_slower_than",
             true,
             c.slowlog_log_slower_than.to_string(),

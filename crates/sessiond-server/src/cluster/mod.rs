@@ -102,9 +102,9 @@ impl Cluster {
             .context("loading the last snapshot")?;
         let raft_config = openraft::Config {
             cluster_name: "sessiond".into(),
-            heartbeat_interval: 100,
-            election_timeout_min: 400,
-            election_timeout_max: 800,
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_ms,
+            election_timeout_max: 2 * config.election_timeout_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
             // Entries kept behind a snapshot (for followers just behind
             // it); never more than the snapshot interval, so a low
@@ -265,7 +265,7 @@ impl Cluster {
                 });
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(200));
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
 
