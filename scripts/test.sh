@@ -35,6 +35,9 @@ compgen -G '/usr/sbin/php-fpm*' >/dev/null || need+=(php-fpm)
 /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
 # redis-py: the admin commands as operators' scripts call them.
 /usr/bin/python3 -c 'import redis' 2>/dev/null || need+=(python3-redis)
+# The cluster's partition tests (tests/cluster_partition.rs, chaos.sh) make
+# network namespaces, veth pairs and bridges with iproute2's `ip` (as root).
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -60,6 +63,12 @@ bash scripts/fuzz.sh --seconds 25
 # Soak, short: a mixed session load against the debug binary for 45 s.
 # Fails on any error, any lost update, or resident memory that keeps growing.
 bash scripts/soak.sh --seconds 45
+
+# Chaos, short: a three-node cluster under locked increments and once-only
+# payments for 60 s while random nodes are killed, stopped, restarted and
+# (as root) partitioned. Fails on any lost increment, double payment or
+# non-linearizable history.
+bash scripts/chaos.sh --seconds 60
 
 # The PHP session handler against the target/debug/sessiond that
 # `cargo test` just built (it builds one only if missing or stale).

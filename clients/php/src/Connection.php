@@ -35,10 +35,11 @@ use Sessiond\Exception\ServerException;
  *    that node, nothing applied) it is sent again, on the next node — or on
  *    the same connection when it holds locks (see setPinned()) — with a
  *    short backoff, within `failoverTimeout` seconds in all;
- *  - when the connection is lost after the request was sent, requests that
- *    only read (SESSION.READ, SESSION.EXISTS, SESSION.TTL, LOCK.INFO, PING)
- *    are sent again on the next node; any other throws
- *    OutcomeUnknownException: it may or may not have been applied.
+ *  - when the connection is lost after the request was sent, or the reply
+ *    is `UNKNOWN`, requests that only read (SESSION.READ, SESSION.EXISTS,
+ *    SESSION.TTL, LOCK.INFO, PING) are sent again on the next node; any
+ *    other throws OutcomeUnknownException (or the UNKNOWN error): it may or
+ *    may not have been applied.
  */
 final class Connection
 {
@@ -434,9 +435,13 @@ final class Connection
                     $e,
                 );
             }
+            // TRYAGAIN: nothing applied. UNKNOWN (the node lost its leader
+            // mid-request) to requests that only read: nothing to apply
+            // twice, so as for a lost reply, they are sent again.
             $tryAgain = true;
             foreach ($replies as $r) {
-                $tryAgain = $tryAgain && $r instanceof ServerException && $r->is('TRYAGAIN');
+                $tryAgain = $tryAgain && $r instanceof ServerException
+                    && ($r->is('TRYAGAIN') || ($reads && $r->is('UNKNOWN')));
             }
             if (!$tryAgain || !$more) {
                 return $replies;

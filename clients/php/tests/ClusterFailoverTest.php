@@ -151,6 +151,35 @@ final class ClusterFailoverTest extends TestCase
         $this->assertSame("tcp://127.0.0.1:{$this->ports[2]}", $c->address());
     }
 
+    public function testAReadAnsweredUnknownIsSentAgainOnTheNextNode(): void
+    {
+        // A node whose forward to the leader was cut mid-request answers
+        // UNKNOWN (the race lab's cluster run met it when a leader was
+        // killed under session_start()). A read changes nothing: it is
+        // sent again on the next node; a write stays unknown.
+        // (A separate process answers UNKNOWN to each of two connections.)
+        $unknown = '-UNKNOWN the leader failed during the request; it may or may not have been applied: early eof\r\n';
+        $code = '$s = stream_socket_server("tcp://127.0.0.1:0"); echo stream_socket_get_name($s, false), "\n";'
+            . 'for ($i = 0; $i < 2; $i++) { $c = stream_socket_accept($s, 10); if ($c) { fread($c, 4096); fwrite($c, "' . $unknown . '"); fclose($c); } }';
+        $p = proc_open([PHP_BINARY, '-r', $code], [0 => ['file', '/dev/null', 'r'], 1 => ['pipe', 'w'], 2 => ['file', '/dev/null', 'w']], $pipes);
+        $addr = trim((string) fgets($pipes[1]));
+        $this->assertMatchesRegularExpression('/^127\.0\.0\.1:\d+$/', $addr);
+        try {
+            $c = new Connection("tcp://$addr,tcp://127.0.0.1:{$this->ports[1]}", null, 1.0, 5.0);
+            $this->assertSame(0, $c->command(['SESSION.EXISTS', 'nope']), 'a read answered UNKNOWN goes to the next node');
+            $this->assertSame("tcp://127.0.0.1:{$this->ports[1]}", $c->address());
+            $w = new Connection("tcp://$addr,tcp://127.0.0.1:{$this->ports[1]}", null, 1.0, 5.0);
+            try {
+                $w->command(['SESSION.DESTROY', 'x']);
+                $this->fail('a write answered UNKNOWN must not succeed');
+            } catch (\Sessiond\Exception\ServerException $e) {
+                $this->assertStringStartsWith('UNKNOWN', $e->getMessage());
+            }
+        } finally {
+            proc_close($p);
+        }
+    }
+
     public function testRequestsRideThroughALeaderKill(): void
     {
         $leader = $this->leader();

@@ -12,8 +12,11 @@
 //!   of what the session kept.
 //! - `run`: the driver: one scenario on one handler, timed.
 //! - `handlers`: the handler list and sessiond's claims (for `--check`).
+//! - `cluster`: the cluster run: three sessiond nodes, one killed and
+//!   restarted every few seconds while the `cluster-…` rows run.
 //! - `report` / `svg`: verdicts, tables, JSON, timelines.
 
+mod cluster;
 mod handlers;
 mod http;
 mod record;
@@ -26,6 +29,8 @@ mod svg;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -71,6 +76,13 @@ struct Cli {
     /// Keep the temp dir with configs and logs of the started processes.
     #[arg(long)]
     keep: bool,
+    /// Skip the cluster rows (the sessiond handlers against a three-node
+    /// cluster whose nodes are killed and restarted while they run).
+    #[arg(long)]
+    no_cluster: bool,
+    /// In the cluster run: milliseconds of cluster rows between node kills.
+    #[arg(long, default_value_t = 2500)]
+    cluster_kill_every: u64,
     /// Seed of the request timings.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -125,11 +137,12 @@ impl Progress {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut sup = None;
+    let mut cluster_sup = None;
     let outcome = tokio::select! {
-        r = lab(&cli, &mut sup) => r,
+        r = lab(&cli, &mut sup, &mut cluster_sup) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
-    if let Some(s) = sup.as_mut() {
+    for s in [sup.as_mut(), cluster_sup.as_mut()].into_iter().flatten() {
         eprintln!("racelab: stopping what it started");
         s.stop().await;
     }
@@ -142,7 +155,47 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn lab(cli: &Cli, sup_slot: &mut Option<Supervisor>) -> Result<ExitCode> {
+/// The cluster run while it goes: the app in front of the cluster, and
+/// the fault loop (which owns the nodes).
+struct ClusterRun {
+    base: BaseUrl,
+    started: supervisor::Started,
+    active: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    faults: tokio::task::JoinHandle<(cluster::Nodes, cluster::FaultLog)>,
+}
+
+async fn start_cluster_run(
+    cli: &Cli,
+    opts: &supervisor::Options,
+    slot: &mut Option<Supervisor>,
+) -> Result<ClusterRun> {
+    let sup = slot.insert(Supervisor::new(cli.keep)?);
+    let nodes = cluster::Nodes::start(&opts.sessiond, sup.dir()).await?;
+    let started = sup
+        .start_app_for(opts, &nodes.url(), nodes.describe())
+        .await?;
+    let active = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let faults = tokio::spawn(nodes.fault_loop(
+        std::time::Duration::from_millis(cli.cluster_kill_every.max(500)),
+        active.clone(),
+        stop.clone(),
+    ));
+    Ok(ClusterRun {
+        base: BaseUrl::parse(&started.base_url)?,
+        started,
+        active,
+        stop,
+        faults,
+    })
+}
+
+async fn lab(
+    cli: &Cli,
+    sup_slot: &mut Option<Supervisor>,
+    cluster_slot: &mut Option<Supervisor>,
+) -> Result<ExitCode> {
     let scenarios: Vec<Scenario> = if cli.scenarios.is_empty() {
         Scenario::ALL.to_vec()
     } else {
@@ -155,6 +208,7 @@ async fn lab(cli: &Cli, sup_slot: &mut Option<Supervisor>) -> Result<ExitCode> {
         tty: std::io::stderr().is_terminal(),
     };
 
+    let mut cluster_run = None;
     let (base, started) = match &cli.url {
         Some(url) => (BaseUrl::parse(url)?, None),
         None => {
@@ -173,6 +227,10 @@ async fn lab(cli: &Cli, sup_slot: &mut Option<Supervisor>) -> Result<ExitCode> {
             };
             let sup = sup_slot.insert(Supervisor::new(cli.keep)?);
             let started = sup.start(&opts).await?;
+            if !cli.no_cluster {
+                progress.show("racelab: starting a three-node sessiond cluster and its PHP app…");
+                cluster_run = Some(start_cluster_run(cli, &opts, cluster_slot).await?);
+            }
             (BaseUrl::parse(&started.base_url)?, Some(started))
         }
     };
@@ -218,7 +276,22 @@ async fn lab(cli: &Cli, sup_slot: &mut Option<Supervisor>) -> Result<ExitCode> {
         }
     }
 
-    let total = scenarios.len() * hs.len() * cli.iterations as usize;
+    let cluster_hs: Vec<String> = match &cluster_run {
+        Some(run) => {
+            eprintln!(
+                "racelab: cluster rows against {} (PHP served by {}), a node killed every {} ms",
+                run.started.peers.join(", "),
+                run.started.php_server,
+                cli.cluster_kill_every
+            );
+            hs.iter()
+                .filter(|h| handlers::CLUSTER.contains(&h.as_str()))
+                .cloned()
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let total = scenarios.len() * (hs.len() + cluster_hs.len()) * cli.iterations as usize;
     let mut done = 0;
     let mut cells = Vec::new();
     let mut rng = Rng::new(cli.seed);
@@ -242,8 +315,47 @@ async fn lab(cli: &Cli, sup_slot: &mut Option<Supervisor>) -> Result<ExitCode> {
             }
             cells.push(b.finish());
         }
+        if let Some(run) = &cluster_run {
+            // Nodes die only while the cluster rows run.
+            run.active.store(true, Ordering::Relaxed);
+            for h in &cluster_hs {
+                let name = format!("cluster-{h}");
+                let mut b = CellBuilder::new(&name, sc);
+                for (i, plan) in plans.iter().enumerate() {
+                    done += 1;
+                    progress.show(&format!(
+                        "racelab: [{done}/{total}] {} on {name}, iteration {}/{} ({:.0} s)",
+                        sc.name(),
+                        i + 1,
+                        cli.iterations,
+                        t_all.elapsed().as_secs_f64()
+                    ));
+                    b.add(run::run_once(&run.base, h, sc, plan).await);
+                }
+                cells.push(b.finish());
+            }
+            run.active.store(false, Ordering::Relaxed);
+        }
     }
     progress.done();
+    let cluster_json = match cluster_run {
+        Some(run) => {
+            run.stop.store(true, Ordering::Relaxed);
+            let (mut nodes, faults) = run.faults.await.context("the fault loop panicked")?;
+            nodes.stop().await;
+            let mut ms = faults.failover_ms.clone();
+            ms.sort_by(f64::total_cmp);
+            let pct = |p: usize| ms.get((ms.len() * p / 100).min(ms.len().saturating_sub(1)));
+            eprintln!(
+                "racelab: cluster run: {} kill(s); kill to first acknowledged write p50 {} ms, max {} ms",
+                faults.kills.len(),
+                pct(50).map_or("-".into(), |v| format!("{v:.0}")),
+                ms.last().map_or("-".into(), |v| format!("{v:.0}")),
+            );
+            serde_json::json!({"nodes": run.started.peers, "php_server": run.started.php_server, "faults": faults})
+        }
+        None => serde_json::Value::Null,
+    };
 
     println!(
         "racelab: {} iteration(s), PHP served by {server_desc}; lost/kept/dup/relogin summed over iterations, times in ms",
@@ -258,6 +370,7 @@ async fn lab(cli: &Cli, sup_slot: &mut Option<Supervisor>) -> Result<ExitCode> {
         "php": info,
         "php_server": server_desc,
         "started": started,
+        "cluster": cluster_json,
         "scenarios": scenarios.iter().map(|s| serde_json::json!({"name": s.name(), "description": s.describe()})).collect::<Vec<_>>(),
         "cells": cells,
     });

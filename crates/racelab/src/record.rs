@@ -80,6 +80,23 @@ impl ReqResult {
             .collect()
     }
 
+    /// Whether it failed with sessiond's word that a failover was under way
+    /// (its outcome unknown, or no leader reachable): such a request may or
+    /// may not have been applied.
+    pub fn failed_in_failover(&self) -> bool {
+        if self.ok() {
+            return false;
+        }
+        let notes = self
+            .reply
+            .iter()
+            .flat_map(|r| r.notes.iter().chain(&r.errors));
+        self.error_text()
+            .iter()
+            .chain(notes)
+            .any(|t| is_failover_error(t))
+    }
+
     /// First error message, for the report.
     pub fn error_text(&self) -> Option<String> {
         if let Some(e) = &self.error {
@@ -109,4 +126,11 @@ impl ReqResult {
             .find(|(key, _)| *key == k)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// Whether a failure text is sessiond's word that a failover was under way.
+pub fn is_failover_error(text: &str) -> bool {
+    text.contains("UNKNOWN")
+        || text.contains("TRYAGAIN")
+        || text.contains("may or may not have been applied")
 }

@@ -49,6 +49,10 @@ pub struct Cell {
     /// how many of them waited for the session for at least half of what it
     /// still had to run (scenarios with a slow request).
     pub held_up: Option<HeldUp>,
+    /// Failed requests whose failure says a failover was under way: the
+    /// outcome is unknown (`UNKNOWN`) or no leader was reachable
+    /// (`TRYAGAIN`). A cluster row may have a few (see [`claim_failures`]).
+    pub failed_cleanly: u64,
     pub claim: Claim,
     /// A few distinct error messages and handler warnings, for the reader.
     pub errors: Vec<String>,
@@ -120,6 +124,7 @@ impl CellBuilder {
                 fast_ms: Percentiles::default(),
                 wait_ms: Percentiles::default(),
                 held_up: None,
+                failed_cleanly: 0,
                 claim: handlers::claim(handler, scenario),
                 errors: Vec::new(),
                 notes: Vec::new(),
@@ -152,6 +157,9 @@ impl CellBuilder {
                 self.waits.push(w);
             }
             if let Some(e) = r.error_text() {
+                if r.failed_in_failover() {
+                    self.cell.failed_cleanly += 1;
+                }
                 push_distinct(&mut self.cell.errors, &e);
             }
             for n in r.reply.iter().flat_map(|x| &x.notes) {
@@ -203,15 +211,31 @@ impl CellBuilder {
 }
 
 /// Where a sessiond cell contradicts sessiond's claims (`--check`).
+///
+/// A cluster row (`cluster-…`) runs while nodes are killed: a request in
+/// flight when its leader dies may fail, cleanly (issue 13: it completes
+/// correctly or fails with `UNKNOWN`/`TRYAGAIN`, never proceeds without its
+/// lock or loses a write silently). Such failures are allowed there, up to
+/// half of the cell's requests (a leader killed while four lanes run fails
+/// up to four of the counter's twenty; two kills may land in one cell);
+/// every other failure, and any wrong data, fails the check as on a single
+/// node.
 pub fn claim_failures(cells: &[Cell]) -> Vec<String> {
     let mut out = Vec::new();
     for c in cells.iter().filter(|c| handlers::is_sessiond(&c.handler)) {
         let at = format!("{} / {}", c.handler, c.scenario.name());
-        if c.metrics.errors > 0 || c.runs_failed > 0 {
+        let cluster = c.handler.starts_with("cluster-");
+        let clean = if cluster { c.failed_cleanly } else { 0 };
+        if c.metrics.errors > clean || c.runs_failed > 0 {
             out.push(format!(
                 "{at}: {} failed request(s): {}",
                 c.metrics.errors,
                 c.errors.join(" | ")
+            ));
+        } else if clean * 2 > c.metrics.requests.max(1) {
+            out.push(format!(
+                "{at}: {clean} of {} requests failed during failovers (more than half)",
+                c.metrics.requests
             ));
         }
         if c.claim.correct && c.verdict == Verdict::Wrong {
@@ -328,6 +352,34 @@ pub fn markdown_table(cells: &[Cell], scenarios: &[Scenario]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_row_may_fail_a_few_requests_cleanly_and_nothing_else() {
+        let cell = |handler: &str, errors: u64, clean: u64| {
+            let mut c = CellBuilder::new(handler, Scenario::Counter).finish();
+            c.metrics.requests = 20;
+            c.metrics.errors = errors;
+            c.failed_cleanly = clean;
+            c
+        };
+        // One UNKNOWN during a failover: allowed on a cluster row only.
+        assert!(claim_failures(&[cell("cluster-sessiond-api", 1, 1)]).is_empty());
+        assert_eq!(claim_failures(&[cell("sessiond-api", 1, 1)]).len(), 1);
+        // Any other failure, or too many, fails.
+        assert_eq!(
+            claim_failures(&[cell("cluster-sessiond-api", 2, 1)]).len(),
+            1
+        );
+        assert!(claim_failures(&[cell("cluster-sessiond-api", 10, 10)]).is_empty());
+        assert_eq!(
+            claim_failures(&[cell("cluster-sessiond-api", 11, 11)]).len(),
+            1
+        );
+        assert!(crate::record::is_failover_error(
+            "Sessiond\\Exception\\ServerException: UNKNOWN the leader failed"
+        ));
+        assert!(!crate::record::is_failover_error("session_start() failed"));
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

@@ -323,11 +323,23 @@ impl Scenario {
                 let decr = ok("counter")
                     .filter(|r| r.param("op") == Some("decr"))
                     .count() as i64;
+                // A request that failed with its outcome unknown (a cluster
+                // whose leader died under it) may or may not have counted.
+                let unknown = |op: &str| {
+                    rs.iter()
+                        .filter(|r| r.ep == "counter" && r.param("op") == Some(op))
+                        .filter(|r| r.failed_in_failover())
+                        .count() as i64
+                };
+                let (unk_incr, unk_decr) = (unknown("incr"), unknown("decr"));
+                // How far `v` lies outside `lo..=hi`.
+                let outside = |v: i64, lo: i64, hi: i64| (lo - v).max(v - hi).max(0);
                 let produced = int(&session["produced"]);
                 let consumed = int(&session["consumed"]);
                 let count = int(&session["count"]);
-                let tally_lost = (incr - produced).abs() + (decr - consumed).abs();
-                let drift = ((incr - decr) - count).abs();
+                let tally_lost = outside(produced, incr, incr + unk_incr)
+                    + outside(consumed, decr, decr + unk_decr);
+                let drift = outside(count, incr - decr - unk_decr, incr + unk_incr - decr);
                 m.lost_updates = tally_lost.max(drift) as u64;
                 m.keys_expected = (incr + decr) as u64;
                 m.keys_kept = m.keys_expected.saturating_sub(m.lost_updates);
@@ -466,6 +478,40 @@ mod tests {
         let m = Scenario::Counter.evaluate(&run);
         assert_eq!(m.lost_updates, 2);
         assert!(!m.data_correct());
+    }
+
+    #[test]
+    fn a_counter_request_of_unknown_outcome_may_have_counted_or_not() {
+        let r = |op: &str| done("counter", vec![p("op", op)], json!({}));
+        let unknown = |op: &str| {
+            let mut x = r(op);
+            x.status = Some(500);
+            if let Some(reply) = x.reply.as_mut() {
+                reply.ok = false;
+                reply.errors = vec!["UNKNOWN the leader failed during the request".into()];
+            }
+            x
+        };
+        for (produced, count, lost) in [(1, 1, 0), (2, 2, 0), (3, 3, 1), (0, 0, 1)] {
+            let run = RunResult {
+                results: vec![r("incr"), unknown("incr")],
+                inspect: json!({"session": {"count": count, "produced": produced, "consumed": 0}}),
+                wall_ms: 1.0,
+                sid: String::new(),
+            };
+            let m = Scenario::Counter.evaluate(&run);
+            assert_eq!(m.lost_updates, lost, "produced {produced}");
+        }
+        // A plain failure is not of unknown outcome: it counted nothing.
+        let mut failed = r("incr");
+        failed.status = Some(500);
+        let run = RunResult {
+            results: vec![r("incr"), failed],
+            inspect: json!({"session": {"count": 2, "produced": 2, "consumed": 0}}),
+            wall_ms: 1.0,
+            sid: String::new(),
+        };
+        assert_eq!(Scenario::Counter.evaluate(&run).lost_updates, 1);
     }
 
     #[test]

@@ -74,11 +74,14 @@ impl Supervisor {
         })
     }
 
-    /// Starts sessiond, the peers that are installed, and the PHP app.
-    pub async fn start(&mut self, opts: &Options) -> Result<Started> {
-        let mut peers = Vec::new();
-        let mut missing = Vec::new();
-        let mut env: Vec<(String, String)> = vec![
+    /// The temporary directory of this run.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What the PHP app is given in every run.
+    fn app_env(&self, opts: &Options) -> Result<Vec<(String, String)>> {
+        Ok(vec![
             (
                 "RACELAB_STATE_DIR".into(),
                 self.mkdir("state")?.display().to_string(),
@@ -91,7 +94,37 @@ impl Supervisor {
                 "RACELAB_SESSIOND_PHP".into(),
                 opts.php_client_src.display().to_string(),
             ),
-        ];
+        ])
+    }
+
+    /// Starts only the PHP app, its sessiond handlers pointed at
+    /// `sessiond_url` (a cluster's node list, `tcp://a,b,c`), and no peers.
+    pub async fn start_app_for(
+        &mut self,
+        opts: &Options,
+        sessiond_url: &str,
+        peers: Vec<String>,
+    ) -> Result<Started> {
+        let mut env = self.app_env(opts)?;
+        env.push(("RACELAB_SESSIOND".into(), sessiond_url.to_owned()));
+        let mut missing = Vec::new();
+        let (port, php_server) = self.start_app(opts, &env, &mut missing).await?;
+        let started = Started {
+            base_url: format!("http://127.0.0.1:{port}/"),
+            php_server,
+            peers,
+            missing,
+            temp_dir: self.dir.display().to_string(),
+        };
+        self.started = Some(started.clone());
+        Ok(started)
+    }
+
+    /// Starts sessiond, the peers that are installed, and the PHP app.
+    pub async fn start(&mut self, opts: &Options) -> Result<Started> {
+        let mut peers = Vec::new();
+        let mut missing = Vec::new();
+        let mut env = self.app_env(opts)?;
 
         let addr = self.start_sessiond(&opts.sessiond).await?;
         peers.push(format!("sessiond {addr} ({})", opts.sessiond.display()));
@@ -128,6 +161,26 @@ impl Supervisor {
             missing.push("memcached".into());
         }
 
+        let (port, php_server) = self.start_app(opts, &env, &mut missing).await?;
+        let started = Started {
+            base_url: format!("http://127.0.0.1:{port}/"),
+            php_server,
+            peers,
+            missing,
+            temp_dir: self.dir.display().to_string(),
+        };
+        self.started = Some(started.clone());
+        Ok(started)
+    }
+
+    /// The PHP app: php-fpm behind nginx, or `php -S`; its port and what
+    /// serves it.
+    async fn start_app(
+        &mut self,
+        opts: &Options,
+        env: &[(String, String)],
+        missing: &mut Vec<String>,
+    ) -> Result<(u16, String)> {
         let public = opts.app_dir.join("public");
         if !public.join("index.php").is_file() {
             bail!("{}: no index.php (use --app)", public.display());
@@ -140,9 +193,9 @@ impl Supervisor {
             "php-fpm8.1",
         ]);
         let nginx = find_program(&["nginx"]);
-        let (port, php_server) = match (fpm, nginx, opts.builtin_server) {
+        match (fpm, nginx, opts.builtin_server) {
             (Some(fpm), Some(nginx), false) => {
-                self.start_fpm_nginx(&fpm, &nginx, &public, &env).await?
+                self.start_fpm_nginx(&fpm, &nginx, &public, env).await
             }
             (fpm, nginx, _) => {
                 if fpm.is_none() {
@@ -151,18 +204,9 @@ impl Supervisor {
                 if nginx.is_none() {
                     missing.push("nginx".into());
                 }
-                self.start_builtin(&public, &env).await?
+                self.start_builtin(&public, env).await
             }
-        };
-        let started = Started {
-            base_url: format!("http://127.0.0.1:{port}/"),
-            php_server,
-            peers,
-            missing,
-            temp_dir: self.dir.display().to_string(),
-        };
-        self.started = Some(started.clone());
-        Ok(started)
+        }
     }
 
     async fn start_sessiond(&mut self, bin: &Path) -> Result<String> {

@@ -62,6 +62,8 @@ pub mod defaults {
     pub const SLOWLOG_MAX_LEN: usize = 128;
     /// `--node-down-after`, in seconds.
     pub const NODE_DOWN_AFTER_SECS: u64 = 10;
+    /// `--raft-snapshot-logs`.
+    pub const RAFT_SNAPSHOT_LOGS: u64 = 20_000;
     /// `--raft-heartbeat`, in ms.
     pub const RAFT_HEARTBEAT_MS: u64 = 50;
     /// `--raft-election-timeout`, in ms (the shortest; the longest is
@@ -105,6 +107,7 @@ pub fn shown_defaults() -> Vec<(&'static str, String)> {
         ("tcp_keepalive", d::TCP_KEEPALIVE_SECS.to_string()),
         ("shutdown_timeout", d::SHUTDOWN_TIMEOUT_SECS.to_string()),
         ("node_down_after", d::NODE_DOWN_AFTER_SECS.to_string()),
+        ("raft_snapshot_logs", d::RAFT_SNAPSHOT_LOGS.to_string()),
         ("raft_heartbeat", d::RAFT_HEARTBEAT_MS.to_string()),
         (
             "raft_election_timeout",
@@ -350,6 +353,11 @@ pub struct ServeArgs {
     /// lock-delay of Chubby and Consul).
     #[arg(long, env = "SESSIOND_NODE_DOWN_AFTER")]
     pub node_down_after: Option<u64>,
+    /// In a cluster: a snapshot is taken after this many log entries since
+    /// the last one, and the log before it is compacted (lagging or new
+    /// nodes then catch up from the snapshot).
+    #[arg(long, env = "SESSIOND_RAFT_SNAPSHOT_LOGS")]
+    pub raft_snapshot_logs: Option<u64>,
     /// In a cluster: how often the leader sends heartbeats, in ms.
     #[arg(long, env = "SESSIOND_RAFT_HEARTBEAT")]
     pub raft_heartbeat: Option<u64>,
@@ -389,6 +397,8 @@ pub struct ClusterConfig {
     pub initial: std::collections::BTreeMap<u64, String>,
     /// After how long without an answer a node is declared dead.
     pub node_down_after: Duration,
+    /// Log entries since the last snapshot that trigger the next one.
+    pub snapshot_logs: u64,
     /// How often the leader sends heartbeats, in ms.
     pub heartbeat_ms: u64,
     /// The shortest election timeout, in ms (the longest is twice it).
@@ -621,6 +631,10 @@ impl ServeArgs {
                             .unwrap_or(defaults::NODE_DOWN_AFTER_SECS)
                             .max(1),
                     ),
+                    snapshot_logs: s
+                        .raft_snapshot_logs
+                        .unwrap_or(defaults::RAFT_SNAPSHOT_LOGS)
+                        .max(1),
                     heartbeat_ms,
                     election_timeout_ms: s
                         .raft_election_timeout
@@ -680,6 +694,7 @@ impl ServeArgs {
             raft_addr: self.raft_addr.or(file.raft_addr),
             initial_cluster: self.initial_cluster.or(file.initial_cluster),
             node_down_after: self.node_down_after.or(file.node_down_after),
+            raft_snapshot_logs: self.raft_snapshot_logs.or(file.raft_snapshot_logs),
             raft_heartbeat: self.raft_heartbeat.or(file.raft_heartbeat),
             raft_election_timeout: self.raft_election_timeout.or(file.raft_election_timeout),
             slowlog_log_slower_than: self
@@ -721,6 +736,7 @@ fn cluster_config(
                 raft_addr,
                 initial,
                 node_down_after: Duration::from_secs(defaults::NODE_DOWN_AFTER_SECS),
+                snapshot_logs: defaults::RAFT_SNAPSHOT_LOGS,
                 heartbeat_ms: defaults::RAFT_HEARTBEAT_MS,
                 election_timeout_ms: defaults::RAFT_ELECTION_TIMEOUT_MS,
             }))
@@ -884,6 +900,7 @@ impl Config {
             lines.push(format!("raft_addr = {:?}", c.raft_addr));
             lines.push(format!("initial_cluster = {:?}", members.join(",")));
             lines.push(format!("node_down_after = {}", secs(c.node_down_after)));
+            lines.push(format!("raft_snapshot_logs = {}", c.snapshot_logs));
             lines.push(format!("raft_heartbeat = {}", c.heartbeat_ms));
             lines.push(format!("raft_election_timeout = {}", c.election_timeout_ms));
         }

@@ -148,6 +148,11 @@ fn settings(c: &Config) -> Vec<(&'static str, bool, String)> {
             cluster.map_or_else(none, |c| secs(c.node_down_after)),
         ),
         (
+            "raft_snapshot_logs",
+            false,
+            cluster.map_or_else(none, |c| c.snapshot_logs.to_string()),
+        ),
+        (
             "raft_heartbeat",
             false,
             cluster.map_or_else(none, |c| c.heartbeat_ms.to_string()),

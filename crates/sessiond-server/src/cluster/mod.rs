@@ -105,8 +105,11 @@ impl Cluster {
             heartbeat_interval: config.heartbeat_ms,
             election_timeout_min: config.election_timeout_ms,
             election_timeout_max: 2 * config.election_timeout_ms,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
-            max_in_snapshot_log_to_keep: 1_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+            // Entries kept behind a snapshot (for followers just behind
+            // it); never more than the snapshot interval, so a low
+            // interval compacts the log soon.
+            max_in_snapshot_log_to_keep: config.snapshot_logs.min(1_000),
             ..Default::default()
         }
         .validate()
@@ -359,8 +362,13 @@ async fn watch_nodes(
                     node = id,
                     "node not answering: releasing its connections' locks"
                 );
+                // Only as the leader, never forwarded: a leader cut off
+                // from the others sees none of them answer, and its
+                // proposal, still in flight when the cut heals, would be
+                // forwarded to the new leader and release the locks of
+                // nodes that never went away.
                 if cluster
-                    .propose_anywhere(Input::CloseNode {
+                    .propose_here(Input::CloseNode {
                         node: id,
                         except_incarnation: None,
                     })

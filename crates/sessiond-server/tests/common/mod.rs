@@ -10,6 +10,9 @@ use std::process::{Child, Command, Stdio};
 use sessiond_server::{Config, Server};
 use tokio_util::sync::CancellationToken;
 
+pub mod cluster;
+pub mod netns;
+
 /// A server running inside the test process.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -117,7 +120,22 @@ impl ServerProcess {
     /// Starts the binary on port 0 with its data in `data_dir`; metrics are
     /// off unless `extra` sets `--metrics-addr`.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sessiond"));
+        Self::start_in(&[], data_dir, extra)
+    }
+
+    /// [`ServerProcess::start`] through a wrapper command that execs the
+    /// binary in the end (`ip netns exec NS`), so the child's pid is the
+    /// server's and signals reach it.
+    pub fn start_in(wrapper: &[&str], data_dir: &Path, extra: &[&str]) -> Self {
+        let bin = env!("CARGO_BIN_EXE_sessiond");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.args(["serve", "--port", "0", "--data-dir"])
             .arg(data_dir);
         if !extra.contains(&"--metrics-addr") {
