@@ -46,6 +46,9 @@ enum Cmd {
         #[arg(long)]
         data_dir: std::path::PathBuf,
     },
+    /// Print the hash of the password read from standard input (one
+    /// line) as a `[[user]]` table's `password` takes it: `#<sha256 hex>`.
+    HashPassword,
     /// Print the man page (roff) on stdout.
     Man,
     /// Print shell completions on stdout.
@@ -80,6 +83,15 @@ fn main() -> anyhow::Result<()> {
                 show_defaults(Cli::command()).mut_subcommand("serve", show_defaults),
             )
             .render(&mut std::io::stdout())?;
+            return Ok(());
+        }
+        Some(Cmd::HashPassword) => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let pass = line.strip_suffix('\n').unwrap_or(&line);
+            let pass = pass.strip_suffix('\r').unwrap_or(pass);
+            anyhow::ensure!(!pass.is_empty(), "no password on standard input");
+            println!("{}", sessiond_server::users::hash_password(pass));
             return Ok(());
         }
         Some(Cmd::Completions { shell }) => {
@@ -123,7 +135,7 @@ fn main() -> anyhow::Result<()> {
             session.as_deref(),
             password,
         )),
-        Some(Cmd::Man | Cmd::Completions { .. }) => Ok(()),
+        Some(Cmd::Man | Cmd::Completions { .. } | Cmd::HashPassword) => Ok(()),
         Some(Cmd::Backup { to, addr, password }) => {
             let n = runtime.block_on(sessiond_server::backup::backup(&addr, password, &to))?;
             eprintln!("backed up {n} sessions from {addr} to {}", to.display());
@@ -139,6 +151,10 @@ fn main() -> anyhow::Result<()> {
         Some(Cmd::Serve(args)) => runtime.block_on(serve(args.merge(cli.serve), set_log)),
         Some(Cmd::CheckConfig(args)) => {
             let config = args.merge(cli.serve).resolve()?;
+            if let Some(tls) = &config.tls {
+                // The certificate, key and CA files read as the server would.
+                sessiond_server::tls::Tls::new(tls.clone())?;
+            }
             print!("{}", config.describe());
             Ok(())
         }
