@@ -392,7 +392,11 @@ pub struct Config {
     pub plaintext: bool,
     /// The TLS listener's settings, when there is one.
     pub tls: Option<crate::tls::TlsSettings>,
-    /// The users: `default` (from `requirepass`) and the `[[user]]` tables.
+    /// The `[[user]]` tables (of the config file and `--users-file`).
+    pub user_entries: Vec<crate::users::UserEntry>,
+    /// The users: `default` (from `requirepass`) and `user_entries`; made
+    /// again from both when the server binds, so a test may set
+    /// `requirepass` on a resolved `Config`.
     pub users: crate::users::Users,
 }
 
@@ -572,6 +576,7 @@ impl ServeArgs {
             plaintext,
             tls,
             users,
+            user_entries: entries,
         })
     }
 

@@ -41,6 +41,13 @@ fn auth_delay(failures: u32) -> Duration {
     Duration::from_millis(100u64 << failures.saturating_sub(1).min(5)).min(Duration::from_secs(2))
 }
 
+/// Writes `out` and flushes it (TLS keeps what the socket did not take
+/// until flushed; for plain TCP the flush does nothing).
+async fn send<S: Stream>(stream: &mut S, out: &[u8]) -> std::io::Result<()> {
+    stream.write_all(out).await?;
+    stream.flush().await
+}
+
 /// The name under which requests that are not a valid command (unknown
 /// name, wrong arity, bad arguments) are counted in metrics and INFO.
 pub const INVALID_COMMAND: &str = "(invalid)";
@@ -181,14 +188,14 @@ async fn serve<S: Stream>(
                     };
                     encode(&reply, conn.proto, &mut out);
                     if conn.quit {
-                        stream.write_all(&out).await?;
+                        send(stream, &out).await?;
                         return Ok(());
                     }
                     // A client may pipeline many requests with big replies
                     // and read none of them: write as we go, so TCP's flow
                     // control holds it back instead of our memory growing.
                     if out.len() >= FLUSH_REPLIES_AT {
-                        stream.write_all(&out).await?;
+                        send(stream, &out).await?;
                         out.clear();
                     }
                 }
@@ -196,13 +203,13 @@ async fn serve<S: Stream>(
                 Err(e) => {
                     // The stream cannot be framed any more: say why, close.
                     encode(&parse_error_reply(&e), conn.proto, &mut out);
-                    stream.write_all(&out).await?;
+                    send(stream, &out).await?;
                     return Ok(());
                 }
             }
         }
         if !out.is_empty() {
-            stream.write_all(&out).await?;
+            send(stream, &out).await?;
             out.clear();
         }
         tokio::select! {

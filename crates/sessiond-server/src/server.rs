@@ -64,11 +64,13 @@ impl Server {
     /// # Errors
     /// As [`Server::bind`].
     pub async fn bind_with(
-        config: Config,
+        mut config: Config,
         mut storage: Box<dyn Storage>,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Server> {
         let started = std::time::Instant::now();
+        config.users = crate::users::Users::new(config.requirepass.as_deref(), &config.user_entries)
+            .map_err(|e| anyhow::anyhow!(e))?;
         let loaded = storage.load().context("loading sessions")?;
         // A new epoch per start, on disk before the first grant: fencing
         // tokens never go backwards across restarts.
