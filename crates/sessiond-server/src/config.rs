@@ -100,8 +100,14 @@ pub fn shown_defaults() -> Vec<(&'static str, String)> {
         ),
         ("slowlog_max_len", d::SLOWLOG_MAX_LEN.to_string()),
         ("log_level", d::LOG_LEVEL.to_owned()),
-        ("plaintext", if d::PLAINTEXT { "yes" } else { "no" }.to_owned()),
-        ("tls_auth_clients", name(d::TLS_AUTH_CLIENTS.to_possible_value())),
+        (
+            "plaintext",
+            if d::PLAINTEXT { "yes" } else { "no" }.to_owned(),
+        ),
+        (
+            "tls_auth_clients",
+            name(d::TLS_AUTH_CLIENTS.to_possible_value()),
+        ),
     ]
 }
 
@@ -797,8 +803,14 @@ impl Config {
         }
         if let Some(t) = &self.tls {
             lines.push(format!("tls_port = {}", t.port));
-            lines.push(format!("tls_cert_file = {:?}", t.cert_file.display().to_string()));
-            lines.push(format!("tls_key_file = {:?}", t.key_file.display().to_string()));
+            lines.push(format!(
+                "tls_cert_file = {:?}",
+                t.cert_file.display().to_string()
+            ));
+            lines.push(format!(
+                "tls_key_file = {:?}",
+                t.key_file.display().to_string()
+            ));
             if let Some(ca) = &t.ca_cert_file {
                 lines.push(format!("tls_ca_cert_file = {:?}", ca.display().to_string()));
             }

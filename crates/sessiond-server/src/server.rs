@@ -69,8 +69,9 @@ impl Server {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Server> {
         let started = std::time::Instant::now();
-        config.users = crate::users::Users::new(config.requirepass.as_deref(), &config.user_entries)
-            .map_err(|e| anyhow::anyhow!(e))?;
+        config.users =
+            crate::users::Users::new(config.requirepass.as_deref(), &config.user_entries)
+                .map_err(|e| anyhow::anyhow!(e))?;
         let loaded = storage.load().context("loading sessions")?;
         // A new epoch per start, on disk before the first grant: fencing
         // tokens never go backwards across restarts.
@@ -91,13 +92,14 @@ impl Server {
             took_ms = started.elapsed().as_millis() as u64,
             "loaded"
         );
-        let listener = match config.plaintext {
-            true => Some(
+        let listener = if config.plaintext {
+            Some(
                 TcpListener::bind(config.listen)
                     .await
                     .with_context(|| format!("binding {}", config.listen))?,
-            ),
-            false => None,
+            )
+        } else {
+            None
         };
         let tls = match &config.tls {
             Some(settings) => {
@@ -248,14 +250,14 @@ impl Server {
                 r = accept(tls_listener.as_ref()) => (r, true),
             };
             let (stream, addr) = match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off
-                        // briefly instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off
+                    // briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             shared.metrics.connections_total.inc();
             let _ = stream.set_nodelay(true);
@@ -282,7 +284,9 @@ impl Server {
                     tracker.spawn(async move {
                         // The handshake runs in the connection's task, so a
                         // slow client holds up no other.
-                        if let Some(stream) = tls.accept(stream, addr, &shared.metrics, &shutdown).await {
+                        if let Some(stream) =
+                            tls.accept(stream, addr, &shared.metrics, &shutdown).await
+                        {
                             crate::connection::run(stream, addr, shared, shutdown).await;
                         }
                         drop(slot);
@@ -317,7 +321,9 @@ impl Server {
 }
 
 /// The next connection of `listener`; never, without one.
-async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+async fn accept(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
     match listener {
         Some(l) => l.accept().await,
         None => std::future::pending().await,

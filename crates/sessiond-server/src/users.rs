@@ -69,7 +69,9 @@ pub enum AclError {
         session: String,
     },
     /// The command shows every session, and the user has a prefix.
-    #[error("User {user} has no permissions to run the '{command}' command on every session (it is confined to a session prefix)")]
+    #[error(
+        "User {user} has no permissions to run the '{command}' command on every session (it is confined to a session prefix)"
+    )]
     AllSessions {
         /// The user.
         user: String,

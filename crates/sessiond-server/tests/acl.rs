@@ -107,7 +107,11 @@ async fn every_command_for_every_class() {
     let server = start(dir.path());
     let table = documented_table();
     assert!(table.len() > 30, "{table:?}");
-    let users = [("ro", "ro-pass", "read"), ("rw", "rw-pass", "readwrite"), ("adm", "adm-pass", "admin")];
+    let users = [
+        ("ro", "ro-pass", "read"),
+        ("rw", "rw-pass", "readwrite"),
+        ("adm", "adm-pass", "admin"),
+    ];
     let mut checked = 0;
     for (user, pass, class) in users {
         for (form, needed) in &table {
@@ -141,9 +145,16 @@ async fn a_tenant_touches_only_its_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
     let mut adm = login(&server, "adm", "adm-pass").await.unwrap();
-    adm.command(&["SESSION.COMMIT", "tenantB:1", "CREATE", "SET", "secret", "b"])
-        .await
-        .unwrap();
+    adm.command(&[
+        "SESSION.COMMIT",
+        "tenantB:1",
+        "CREATE",
+        "SET",
+        "secret",
+        "b",
+    ])
+    .await
+    .unwrap();
     let mut t = login(&server, "tenant", "t-pass").await.unwrap();
 
     // Ids the server makes for it carry its prefix.
@@ -178,7 +189,10 @@ async fn a_tenant_touches_only_its_sessions() {
     }
     // Tenant B's session is as it was.
     let b = adm.command(&["SESSION.READ", "tenantB:1"]).await.unwrap();
-    assert!(format!("{b:?}").contains("\"b\"") || format!("{b:?}").contains("b\""), "{b:?}");
+    assert!(
+        format!("{b:?}").contains("\"b\"") || format!("{b:?}").contains("b\""),
+        "{b:?}"
+    );
     assert!(!format!("{b:?}").contains("stolen"));
 }
 
@@ -275,7 +289,10 @@ async fn requirepass_is_still_the_default_admin_beside_users() {
     d.command(&["LOCK.BREAK", "x"]).await.unwrap();
     let mut dash = login(&server, "dash", "d").await.unwrap();
     dash.command(&["SESSION.EXISTS", "x"]).await.unwrap();
-    match dash.command(&["SESSION.COMMIT", "x", "CREATE", "SET", "a", "b"]).await {
+    match dash
+        .command(&["SESSION.COMMIT", "x", "CREATE", "SET", "a", "b"])
+        .await
+    {
         Err(e) => assert_eq!(
             e.to_string(),
             "NOPERM User dash has no permissions to run the 'session.commit' command"

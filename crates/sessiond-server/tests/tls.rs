@@ -53,8 +53,13 @@ async fn sessions_and_locks_over_tls_and_plaintext_beside_it() {
         .unwrap();
     let read = c.command(&["SESSION.READ", "u1"]).await.unwrap();
     assert!(format!("{read:?}").contains("alice"));
-    assert!(format!("{read:?}").len() > 200_000, "the big value came back whole");
-    c.command(&["LOCK.ACQUIRE", "u1", "WAIT", "1000"]).await.unwrap();
+    assert!(
+        format!("{read:?}").len() > 200_000,
+        "the big value came back whole"
+    );
+    c.command(&["LOCK.ACQUIRE", "u1", "WAIT", "1000"])
+        .await
+        .unwrap();
 
     // The plaintext port serves the same data.
     let mut plain = Client::connect(server.resp.unwrap()).await.unwrap();
@@ -93,11 +98,19 @@ async fn client_certificates_required() {
     assert_eq!(server.handshake_failures("no_client_certificate", 1), 1);
     // A certificate of another CA.
     let foreign = other.client("intruder");
-    assert!(ping(server.tls, tls(&ca.cert, Some(&foreign))).await.is_err());
+    assert!(
+        ping(server.tls, tls(&ca.cert, Some(&foreign)))
+            .await
+            .is_err()
+    );
     assert_eq!(server.handshake_failures("unknown_ca", 1), 1);
     // An expired certificate of the right CA.
     let expired = ca.expired_client("old");
-    assert!(ping(server.tls, tls(&ca.cert, Some(&expired))).await.is_err());
+    assert!(
+        ping(server.tls, tls(&ca.cert, Some(&expired)))
+            .await
+            .is_err()
+    );
     assert_eq!(server.handshake_failures("expired_certificate", 1), 1);
     // And the good one still works.
     ping(server.tls, tls(&ca.cert, Some(&good))).await.unwrap();
@@ -112,7 +125,12 @@ async fn client_certificates_optional() {
     let server = TlsServer::start(
         dir.path(),
         &ca.server("server"),
-        &["--tls-ca-cert-file", &ca_file, "--tls-auth-clients", "optional"],
+        &[
+            "--tls-ca-cert-file",
+            &ca_file,
+            "--tls-auth-clients",
+            "optional",
+        ],
     );
     ping(server.tls, tls(&ca.cert, None)).await.unwrap();
     ping(server.tls, tls(&ca.cert, Some(&ca.client("app"))))
@@ -120,7 +138,11 @@ async fn client_certificates_optional() {
         .unwrap();
     // Given, a certificate must be valid.
     let foreign = other.client("intruder");
-    assert!(ping(server.tls, tls(&ca.cert, Some(&foreign))).await.is_err());
+    assert!(
+        ping(server.tls, tls(&ca.cert, Some(&foreign)))
+            .await
+            .is_err()
+    );
     assert_eq!(server.handshake_failures("unknown_ca", 1), 1);
 }
 
@@ -135,7 +157,10 @@ async fn an_expired_server_certificate_is_refused_by_the_client() {
     );
     let err = ping(server.tls, tls(&ca.cert, None)).await.unwrap_err();
     assert!(err.to_lowercase().contains("expired"), "{err}");
-    assert_eq!(server.handshake_failures("peer_alert_certificate_expired", 1), 1);
+    assert_eq!(
+        server.handshake_failures("peer_alert_certificate_expired", 1),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +168,11 @@ async fn plaintext_garbage_and_stalled_clients_on_the_tls_port() {
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "ca");
-    let server = TlsServer::start(dir.path(), &ca.server("server"), &["--tls-auth-clients", "no"]);
+    let server = TlsServer::start(
+        dir.path(),
+        &ca.server("server"),
+        &["--tls-auth-clients", "no"],
+    );
 
     // A client that connects and says nothing holds up no one.
     let _stalled = tokio::net::TcpStream::connect(server.tls).await.unwrap();
@@ -164,13 +193,17 @@ async fn plaintext_garbage_and_stalled_clients_on_the_tls_port() {
     assert!(closed);
     assert_eq!(server.handshake_failures("not_tls", 1), 1);
     // A handshake record with garbage inside.
-    let (_, closed) = tls_support_raw(server.tls, &[0x16, 0x03, 0x01, 0x00, 0x04, 1, 2, 3, 4]).await;
+    let (_, closed) =
+        tls_support_raw(server.tls, &[0x16, 0x03, 0x01, 0x00, 0x04, 1, 2, 3, 4]).await;
     assert!(closed);
 
     // Meanwhile real clients are served.
     ping(server.tls, tls(&ca.cert, None)).await.unwrap();
     let logged = server.logged();
-    assert!(logged.contains("plaintext RESP sent to the TLS port"), "{logged}");
+    assert!(
+        logged.contains("plaintext RESP sent to the TLS port"),
+        "{logged}"
+    );
     // The server is alive and well.
     let mut plain = Client::connect(server.resp.unwrap()).await.unwrap();
     plain.command(&["PING"]).await.unwrap();
@@ -232,7 +265,9 @@ async fn sighup_swaps_the_certificate_and_open_connections_stay() {
     assert!(ping(server.tls, tls(&old_ca.cert, None)).await.is_err());
 
     // The connection opened before keeps working.
-    open.command(&["SESSION.INCR", "s", "n", "1"]).await.unwrap();
+    open.command(&["SESSION.INCR", "s", "n", "1"])
+        .await
+        .unwrap();
     let read = open.command(&["SESSION.READ", "s"]).await.unwrap();
     assert!(format!("{read:?}").contains('2'), "{read:?}");
 
@@ -283,7 +318,14 @@ async fn tls_only_and_settings_that_cannot_work() {
     let err = TlsServer::try_start(
         dir.path(),
         &cert,
-        &["--tls-auth-clients", "no", "--plaintext", "no", "--bind", "0.0.0.0"],
+        &[
+            "--tls-auth-clients",
+            "no",
+            "--plaintext",
+            "no",
+            "--bind",
+            "0.0.0.0",
+        ],
     )
     .err()
     .unwrap();
@@ -304,7 +346,15 @@ async fn redis_cli_speaks_tls() {
     let port = server.tls.port().to_string();
     let run = |extra: &[&str]| {
         let out = std::process::Command::new("redis-cli")
-            .args(["--tls", "--cacert", &ca_file, "-h", "127.0.0.1", "-p", &port])
+            .args([
+                "--tls",
+                "--cacert",
+                &ca_file,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+            ])
             .args(extra)
             .output()
             .expect("redis-cli (Debian package redis-tools)");
@@ -312,7 +362,17 @@ async fn redis_cli_speaks_tls() {
     };
     let cert = client.cert.to_str().unwrap();
     let key = client.key.to_str().unwrap();
-    let out = run(&["--cert", cert, "--key", key, "SESSION.INCR", "s", "n", "5", "CREATE"]);
+    let out = run(&[
+        "--cert",
+        cert,
+        "--key",
+        key,
+        "SESSION.INCR",
+        "s",
+        "n",
+        "5",
+        "CREATE",
+    ]);
     assert!(out.contains('5'), "{out}");
     assert_eq!(run(&["--cert", cert, "--key", key, "PING"]).trim(), "PONG");
     // Without a client certificate: refused.

@@ -6,8 +6,8 @@
 //! compile until it has a class. docs/protocol.md lists the same table; a
 //! test checks the two agree.
 
-use sessiond_core::engine::Command as EngineCommand;
 use sessiond_core::SessionId;
+use sessiond_core::engine::Command as EngineCommand;
 
 use super::Command;
 use super::conn::{AclSub, ClientSub, ConnCommand, SlowLogSub};

@@ -184,7 +184,11 @@ impl TlsServer {
     pub fn handshake_failures(&self, reason: &str, at_least: u64) -> u64 {
         let mut n = 0;
         for _ in 0..100 {
-            n = labelled(&scrape(self.metrics), "sessiond_tls_handshake_failures_total", reason);
+            n = labelled(
+                &scrape(self.metrics),
+                "sessiond_tls_handshake_failures_total",
+                reason,
+            );
             if n >= at_least {
                 break;
             }
