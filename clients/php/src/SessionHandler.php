@@ -233,7 +233,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         $uri = $get('uri');
         if ($uri === null) {
             $path = (string) ini_get('session.save_path');
-            if (preg_match('#^(tcp|unix|sessiond)://#', $path)) {
+            if (preg_match('#^(tcp|tls|unix|sessiond)://#', $path)) {
                 $uri = $path;
             }
         }
@@ -242,8 +242,8 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         }
         $options = [];
         foreach (array_keys(self::DEFAULTS) as $k) {
-            if ($k === 'on_conflict') {
-                continue;
+            if ($k === 'on_conflict' || $k === 'tls') {
+                continue; // code only (tls: also the URI's tls[cafile]=… query)
             }
             $v = $get($k);
             if ($v !== null) {

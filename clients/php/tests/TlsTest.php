@@ -143,6 +143,17 @@ final class TlsTest extends \PHPUnit\Framework\TestCase
         $ops->close();
     }
 
+    public function testTlsOptionsInTheUriQuery(): void
+    {
+        $d = self::$dir;
+        $h = new SessionHandler(self::uri('php', 'app-secret') . "?lock_mode=none&tls[cafile]=$d/ca.crt&tls[local_cert]=$d/client.crt&tls[local_pk]=$d/client.key");
+        $this->assertTrue($h->open('', 'PHPSESSID'));
+        $id = $h->create_sid();
+        $this->assertSame('', $h->read($id));
+        $this->assertTrue($h->write($id, 'k|s:1:"v";'));
+        $this->assertTrue($h->close());
+    }
+
     public function testLeastPrivilege(): void
     {
         $php = new Connection('tls://127.0.0.1:' . self::$port, 'app-secret', 2.0, 5.0, false, null, 10.0, 'php', self::tls());
