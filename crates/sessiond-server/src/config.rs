@@ -61,6 +61,8 @@ pub mod defaults {
     pub const LOG_LEVEL: &str = "info";
     /// `--plaintext`.
     pub const PLAINTEXT: bool = true;
+    /// `--tls-cluster`.
+    pub const TLS_CLUSTER: bool = false;
     /// `--tls-auth-clients` (Redis's default).
     pub const TLS_AUTH_CLIENTS: crate::tls::AuthClients = crate::tls::AuthClients::Yes;
 }
@@ -107,6 +109,10 @@ pub fn shown_defaults() -> Vec<(&'static str, String)> {
         (
             "tls_auth_clients",
             name(d::TLS_AUTH_CLIENTS.to_possible_value()),
+        ),
+        (
+            "tls_cluster",
+            if d::TLS_CLUSTER { "yes" } else { "no" }.to_owned(),
         ),
     ]
 }
@@ -291,6 +297,11 @@ pub struct ServeArgs {
     /// `optional` checks one if given, `no` does not ask.
     #[arg(long, env = "SESSIOND_TLS_AUTH_CLIENTS")]
     pub tls_auth_clients: Option<crate::tls::AuthClients>,
+    /// Cluster traffic over TLS, with the --tls-cert-file, --tls-key-file
+    /// and --tls-ca-cert-file of the client port; each node checks the
+    /// other's certificate (mutual authentication).
+    #[arg(long, env = "SESSIOND_TLS_CLUSTER", value_parser = clap::builder::BoolishValueParser::new())]
+    pub tls_cluster: Option<bool>,
     /// TOML file of `[[user]]` tables (name, password as `#<sha256 hex>`,
     /// class read|readwrite|admin, optional prefix), added to those of
     /// --config.
@@ -322,6 +333,9 @@ pub struct ClusterConfig {
     pub initial: std::collections::BTreeMap<u64, String>,
     /// After how long without an answer a node is declared dead.
     pub node_down_after: Duration,
+    /// TLS between nodes (`--tls-cluster yes`): the TLS files of the
+    /// client port, with mutual authentication.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl ClusterConfig {
@@ -477,6 +491,20 @@ impl ServeArgs {
         let users = crate::users::Users::new(requirepass.as_deref(), &entries)
             .map_err(ConfigError::Invalid)?;
         let plaintext = s.plaintext.unwrap_or(defaults::PLAINTEXT);
+        let cluster_tls = if s.tls_cluster.unwrap_or(defaults::TLS_CLUSTER) {
+            match &tls {
+                Some(t) if t.ca_cert_file.is_some() && s.node_id.is_some() => Some(t.clone()),
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "--tls-cluster yes needs a cluster node (--node-id …) and --tls-port, \
+                         --tls-cert-file, --tls-key-file and --tls-ca-cert-file"
+                            .into(),
+                    ));
+                }
+            }
+        } else {
+            None
+        };
         if !plaintext && tls.is_none() {
             return Err(ConfigError::Invalid(
                 "--plaintext no needs --tls-port: nothing would be served".into(),
@@ -571,6 +599,7 @@ impl ServeArgs {
                             .unwrap_or(defaults::NODE_DOWN_AFTER_SECS)
                             .max(1),
                     ),
+                    tls: cluster_tls.clone(),
                     ..c
                 }
             }),
@@ -626,6 +655,7 @@ impl ServeArgs {
             tls_key_file: self.tls_key_file.or(file.tls_key_file),
             tls_ca_cert_file: self.tls_ca_cert_file.or(file.tls_ca_cert_file),
             tls_auth_clients: self.tls_auth_clients.or(file.tls_auth_clients),
+            tls_cluster: self.tls_cluster.or(file.tls_cluster),
             users_file: self.users_file.or(file.users_file),
             // The file's users, and any given programmatically.
             user: if self.user.is_empty() {
@@ -656,6 +686,7 @@ fn cluster_config(
                 raft_addr,
                 initial,
                 node_down_after: Duration::from_secs(defaults::NODE_DOWN_AFTER_SECS),
+                tls: None,
             }))
         }
         _ => Err(ConfigError::Invalid(

@@ -23,12 +23,14 @@ use clap::ValueEnum;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{self, AlertDescription, CertificateError, RootCertStore, ServerConfig};
+use tokio_rustls::rustls::{
+    self, AlertDescription, CertificateError, ClientConfig, RootCertStore, ServerConfig,
+};
 use tokio_rustls::server::TlsStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -185,6 +187,68 @@ impl Tls {
         tracing::warn!(%addr, reason = failure.reason, "TLS handshake failed: {}", failure.detail);
         metrics.tls_handshake_failed(failure.reason);
         None
+    }
+}
+
+/// TLS between cluster nodes (`--tls-cluster yes`): each node shows its
+/// certificate (`--tls-cert-file`) to the other and checks the other's
+/// against `--tls-ca-cert-file`, in both directions. The node certificate
+/// therefore serves as server and client certificate: it must name every
+/// address peers dial it by and allow both uses (or name no extended key
+/// usage). Read once, at start.
+pub struct PeerTls {
+    /// For connections from peers (client certificates required).
+    pub acceptor: TlsAcceptor,
+    /// For connections to peers (with this node's certificate).
+    pub connector: TlsConnector,
+}
+
+impl PeerTls {
+    /// Reads the files of `s` (a CA file is required).
+    ///
+    /// # Errors
+    /// [`TlsError`] naming the file or the mismatch.
+    pub fn new(s: &TlsSettings) -> Result<PeerTls, TlsError> {
+        let Some(ca) = &s.ca_cert_file else {
+            return Err(TlsError::Config(
+                "--tls-cluster yes needs --tls-ca-cert-file (peers check each other)".into(),
+            ));
+        };
+        let server = server_config(&TlsSettings {
+            auth_clients: AuthClients::Yes,
+            ..s.clone()
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        for c in read_certs("--tls-ca-cert-file", ca)? {
+            roots.add(c).map_err(|e| TlsError::Config(e.to_string()))?;
+        }
+        let key = PrivateKeyDer::from_pem_file(&s.key_file).map_err(|e| TlsError::File {
+            what: "--tls-key-file",
+            path: s.key_file.clone(),
+            reason: e.to_string(),
+        })?;
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(read_certs("--tls-cert-file", &s.cert_file)?, key)
+            .map_err(|e| TlsError::Config(format!("node certificate: {e}")))?;
+        Ok(PeerTls {
+            acceptor: TlsAcceptor::from(server),
+            connector: TlsConnector::from(Arc::new(client)),
+        })
+    }
+
+    /// The name a peer at `addr` (`host:port`) must carry in its
+    /// certificate: its IP address, or its host name.
+    ///
+    /// # Errors
+    /// A host that is neither.
+    pub fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        ServerName::try_from(host.to_owned()).map_err(|e| format!("peer address {addr}: {e}"))
     }
 }
 

@@ -378,3 +378,95 @@ async fn redis_cli_speaks_tls() {
     // Without a client certificate: refused.
     assert_ne!(run(&["PING"]).trim(), "PONG");
 }
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_replicates_over_mutual_tls_and_refuses_plain_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let ca_file = ca.cert.to_str().unwrap().to_owned();
+    let raft: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let initial = raft
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes: Vec<TlsServer> = (0..3)
+        .map(|i| {
+            let id = (i + 1).to_string();
+            let node_dir = dir.path().join(format!("n{id}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            TlsServer::start(
+                &node_dir,
+                &ca.node(&format!("node{id}")),
+                &[
+                    "--tls-ca-cert-file",
+                    &ca_file,
+                    "--tls-cluster",
+                    "yes",
+                    "--node-id",
+                    &id,
+                    "--raft-addr",
+                    &raft[i],
+                    "--initial-cluster",
+                    &initial,
+                ],
+            )
+        })
+        .collect();
+
+    // A write through any node (followers forward it to the leader) is
+    // applied on every node: the peers talk to each other over TLS.
+    let client = ca.client("app");
+    let mut written = false;
+    for _ in 0..200 {
+        let mut c = Client::connect_with(nodes[0].tls, tls(&ca.cert, Some(&client)))
+            .await
+            .unwrap();
+        if c.command(&["SESSION.COMMIT", "s", "CREATE", "SET", "k", "over-tls"])
+            .await
+            .is_ok()
+        {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(written, "no leader elected over TLS");
+    for node in &nodes {
+        let mut seen = false;
+        for _ in 0..200 {
+            let mut c = Client::connect(node.resp.unwrap()).await.unwrap();
+            let read = c.command(&["SESSION.READ", "s"]).await;
+            if format!("{read:?}").contains("over-tls") {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(seen, "node {} never applied the write", node.tls);
+    }
+
+    // A peer speaking plain TCP to a node's peer port is refused there.
+    let (_, closed) = tls_support_raw(raft[1].parse().unwrap(), &[0, 0, 0, 1, 4]).await;
+    assert!(closed);
+    let mut logged = false;
+    for _ in 0..100 {
+        if nodes[1].logged().contains("peer TLS handshake failed") {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(logged, "{}", nodes[1].logged());
+}

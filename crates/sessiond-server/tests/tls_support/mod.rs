@@ -52,6 +52,28 @@ impl Ca {
         }
     }
 
+    /// A cluster node's certificate: for `127.0.0.1` and `localhost`, as
+    /// server and as client.
+    pub fn node(&self, name: &str) -> Issued {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let issued = Issued {
+            cert: self.dir.join(format!("{name}.crt")),
+            key: self.dir.join(format!("{name}.key")),
+        };
+        std::fs::write(&issued.cert, cert.pem()).unwrap();
+        std::fs::write(&issued.key, key.serialize_pem()).unwrap();
+        issued
+    }
+
     fn issue(&self, name: &str, client: bool, expired: bool) -> Issued {
         let key = KeyPair::generate().unwrap();
         let sans: Vec<String> = if client {
