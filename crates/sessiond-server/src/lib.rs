@@ -27,8 +27,8 @@
 //!   [`slowlog`], [`notify`] (systemd's sd_notify), [`backup`], [`info`],
 //!   [`ids`], [`process`].
 //!
-//! Modules point one way: `users`, `tls` → `protocol`, `config`, `metrics`, `slowlog`,
-//! `notify`, `process`,
+//! Modules point one way: `users`, `metrics` → `tls` → `protocol`,
+//! `config`, `slowlog`, `notify`, `process`,
 //! `storage` → `persist` → `state` (`write_gate`, `cluster`, `reload` after it) → `info`, `backup` → `cmd` → `connection` →
 //! `http`, `server` (checked by `../shared/tools/module-cycles`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
