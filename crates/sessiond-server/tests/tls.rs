@@ -470,3 +470,72 @@ async fn a_cluster_replicates_over_mutual_tls_and_refuses_plain_peers() {
     }
     assert!(logged, "{}", nodes[1].logged());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_and_locks_log_in_over_tls_with_their_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let users = dir.path().join("users.toml");
+    std::fs::write(
+        &users,
+        format!(
+            "[[user]]\nname = \"ops\"\npassword = \"{}\"\nclass = \"admin\"\n\
+             [[user]]\nname = \"dash\"\npassword = \"{}\"\nclass = \"read\"\n",
+            sessiond_server::users::hash_password("ops-pw"),
+            sessiond_server::users::hash_password("dash-pw"),
+        ),
+    )
+    .unwrap();
+    let server = TlsServer::start(
+        dir.path(),
+        &ca.server("server"),
+        &[
+            "--tls-auth-clients",
+            "no",
+            "--plaintext",
+            "no",
+            "--users-file",
+            users.to_str().unwrap(),
+        ],
+    );
+    let tool = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sessiond"))
+            .args(args)
+            .args(["--addr", &server.tls.to_string(), "--cacert"])
+            .arg(&ca.cert)
+            .env_remove("SESSIOND_REQUIREPASS")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = tool(&["locks", "--user", "dash", "--password", "dash-pw"]);
+    assert!(ok && out.contains("no locks held"), "{out}");
+    let file = dir.path().join("backup.bin");
+    let to = file.to_str().unwrap();
+    let (ok, out) = tool(&[
+        "backup",
+        "--to",
+        to,
+        "--user",
+        "ops",
+        "--password",
+        "ops-pw",
+    ]);
+    assert!(ok, "{out}");
+    assert!(file.exists());
+    // A read-only user may not take backups.
+    let (ok, out) = tool(&[
+        "backup",
+        "--to",
+        to,
+        "--user",
+        "dash",
+        "--password",
+        "dash-pw",
+    ]);
+    assert!(!ok && out.contains("NOPERM"), "{out}");
+}
