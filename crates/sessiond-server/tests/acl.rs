@@ -300,3 +300,48 @@ async fn requirepass_is_still_the_default_admin_beside_users() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Every command of an example in docs/protocol.md (every command the
+/// server accepts has one, see protocol_examples.rs) has a row in the
+/// permissions table, so a new command cannot go without its class being
+/// documented (and `cmd/acl.rs` does not compile without one).
+#[test]
+fn every_documented_command_has_a_row_in_the_permissions_table() {
+    let containers = ["CLIENT", "SLOWLOG", "ACL", "CLUSTER"];
+    let key = |words: &[&str]| {
+        let name = words[0].to_ascii_uppercase();
+        match words.get(1) {
+            Some(sub) if containers.contains(&name.as_str()) => {
+                format!("{name} {}", sub.to_ascii_uppercase())
+            }
+            _ => name,
+        }
+    };
+    let table: std::collections::BTreeSet<String> = documented_table()
+        .iter()
+        .map(|(form, _)| key(&form.split_whitespace().collect::<Vec<_>>()))
+        .collect();
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/protocol.md"
+    ))
+    .unwrap();
+    let mut checked = 0;
+    for line in doc.lines().filter_map(|l| l.strip_prefix("> ")) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let argv = words
+            .iter()
+            .map(|w| bytes::Bytes::copy_from_slice(w.as_bytes()))
+            .collect();
+        if sessiond_server::cmd::Command::parse(argv).is_err() {
+            continue; // an example of an error
+        }
+        assert!(
+            table.contains(&key(&words)),
+            "`{line}`: {} has no row in the permissions table of docs/protocol.md",
+            key(&words)
+        );
+        checked += 1;
+    }
+    assert!(checked > 40, "only {checked} examples");
+}
