@@ -539,3 +539,51 @@ async fn backup_and_locks_log_in_over_tls_with_their_users() {
     ]);
     assert!(!ok && out.contains("NOPERM"), "{out}");
 }
+
+#[test]
+fn check_config_reads_the_tls_files_and_hash_password_hashes() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let cert = ca.server("server");
+    let check = |cert_file: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sessiond"))
+            .args([
+                "check-config",
+                "--tls-port",
+                "0",
+                "--tls-auth-clients",
+                "no",
+            ])
+            .arg("--tls-cert-file")
+            .arg(cert_file)
+            .arg("--tls-key-file")
+            .arg(&cert.key)
+            .output()
+            .unwrap()
+    };
+    let good = check(&cert.cert);
+    assert!(good.status.success(), "{good:?}");
+    assert!(String::from_utf8_lossy(&good.stdout).contains("tls_auth_clients = \"no\""));
+    let missing = check(&dir.path().join("nope.crt"));
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("--tls-cert-file") && err.contains("nope.crt"),
+        "{err}"
+    );
+
+    let mut hash = std::process::Command::new(env!("CARGO_BIN_EXE_sessiond"))
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    hash.stdin.take().unwrap().write_all(b"abc\n").unwrap();
+    let out = hash.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        // echo -n abc | sha256sum
+        "#ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}
