@@ -429,7 +429,7 @@ async fn a_cluster_replicates_over_mutual_tls_and_refuses_plain_peers() {
     // applied on every node: the peers talk to each other over TLS.
     let client = ca.client("app");
     let mut written = false;
-    for _ in 0..200 {
+    for _ in 0..400 {
         let mut c = Client::connect_with(nodes[0].tls, tls(&ca.cert, Some(&client)))
             .await
             .unwrap();
@@ -442,10 +442,11 @@ async fn a_cluster_replicates_over_mutual_tls_and_refuses_plain_peers() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // Bounded (20 s, as the other cluster tests): a hang guard.
     assert!(written, "no leader elected over TLS");
     for node in &nodes {
         let mut seen = false;
-        for _ in 0..200 {
+        for _ in 0..400 {
             let mut c = Client::connect(node.resp.unwrap()).await.unwrap();
             let read = c.command(&["SESSION.READ", "s"]).await;
             if format!("{read:?}").contains("over-tls") {
