@@ -154,6 +154,19 @@ final class TlsTest extends \PHPUnit\Framework\TestCase
         $this->assertTrue($h->close());
     }
 
+    public function testPersistentTlsSocketIsReused(): void
+    {
+        $uri = self::uri('php', 'app-secret');
+        $first = new Connection(Connection::parseUri($uri)['address'], 'app-secret', 2.0, 5.0, true, 'tls-persistent', 10.0, 'php', self::tls());
+        $this->assertSame('PONG', $first->command(['PING']));
+        // A later request of this process gets the same socket, still
+        // logged in, and the TLS session on it still works.
+        $second = new Connection(Connection::parseUri($uri)['address'], 'app-secret', 2.0, 5.0, true, 'tls-persistent', 10.0, 'php', self::tls());
+        $this->assertSame('PONG', $second->command(['PING']));
+        $this->assertTrue($second->wasReused());
+        $this->assertSame('php', $second->command(['ACL', 'WHOAMI']));
+    }
+
     public function testLeastPrivilege(): void
     {
         $php = new Connection('tls://127.0.0.1:' . self::$port, 'app-secret', 2.0, 5.0, false, null, 10.0, 'php', self::tls());
