@@ -74,6 +74,7 @@ pub async fn run<S: Stream>(
     let id = shared.next_client_id();
     // Shutdown or CLIENT KILL: either ends this connection the same way.
     let kill = shutdown.child_token();
+    let initial_user = shared.config.users.initial();
     shared.clients.lock().insert(
         id,
         ClientInfo {
@@ -81,12 +82,12 @@ pub async fn run<S: Stream>(
             addr,
             name: None,
             lib: None,
+            user: initial_user.as_ref().map(|u| u.name.clone()),
             connected: Instant::now(),
             kill: kill.clone(),
         },
     );
     shared.metrics.connections.inc();
-    let initial_user = shared.config.users.initial();
     let mut conn = ConnState {
         id,
         addr,

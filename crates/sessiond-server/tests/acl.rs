@@ -252,6 +252,11 @@ async fn auth_with_users_whoami_list_and_refusals() {
     for secret in ["ro-pass", "rw-pass", &hashed("rw-pass")[1..]] {
         assert!(!list.contains(secret), "{list}");
     }
+    // CLIENT LIST names each connection's user.
+    let clients = format!("{:?}", adm.command(&["CLIENT", "LIST"]).await.unwrap());
+    for user in ["user=adm ", "user=rw ", "user=ro "] {
+        assert!(clients.contains(user), "{user} in {clients}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

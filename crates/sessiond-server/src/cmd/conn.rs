@@ -35,8 +35,11 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    /// Logs the connection in as `user`.
-    pub fn log_in(&mut self, user: Arc<crate::users::User>) {
+    /// Logs the connection in as `user` (CLIENT LIST shows it).
+    pub fn log_in(&mut self, shared: &Shared, user: Arc<crate::users::User>) {
+        if let Some(c) = shared.clients.lock().get_mut(&self.id) {
+            c.user = Some(user.name.clone());
+        }
         self.authed = true;
         self.user = Some(user);
     }
@@ -333,7 +336,7 @@ impl ConnCommand {
                 };
                 if let Some((user, pass)) = auth {
                     match authenticate(shared, conn, Some(&user), &pass) {
-                        Ok(u) => conn.log_in(u),
+                        Ok(u) => conn.log_in(shared, u),
                         Err(e) => return e,
                     }
                 }
@@ -366,7 +369,7 @@ impl ConnCommand {
             ConnCommand::Auth(user, pass) => {
                 match authenticate(shared, conn, user.as_ref(), &pass) {
                     Ok(u) => {
-                        conn.log_in(u);
+                        conn.log_in(shared, u);
                         Reply::ok()
                     }
                     Err(e) => e,
@@ -503,11 +506,12 @@ fn client_list(shared: &Shared) -> String {
             |m: &BTreeMap<u64, Vec<String>>| m.get(&c.id).map_or(String::new(), |v| v.join(","));
         let _ = writeln!(
             out,
-            "id={} addr={} name={} age={} db=0 lib-name={} lib-ver={} locks={} waits={}",
+            "id={} addr={} name={} age={} db=0 user={} lib-name={} lib-ver={} locks={} waits={}",
             c.id,
             c.addr,
             c.name.as_deref().unwrap_or(""),
             c.connected.elapsed().as_secs(),
+            c.user.as_deref().unwrap_or(""),
             lib_name,
             lib_ver,
             list(&holds),
