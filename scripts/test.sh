@@ -30,6 +30,9 @@ compgen -G '/usr/sbin/php-fpm*' >/dev/null || need+=(php-fpm)
 # run Debian's Symfony 5.4 and Laravel 8.83 packages.
 [ -f /usr/share/php/Symfony/Component/HttpKernel/autoload.php ] || need+=(php-symfony-http-kernel php-symfony-http-foundation php-symfony-event-dispatcher php-psr-container)
 [ -f /usr/share/php/Illuminate/Foundation/Application.php ] || need+=(php-laravel-framework)
+# openssl: the PHP handler's TLS test (clients/php/tests/TlsTest.php) makes
+# its certificates with it.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The metrics test reads scrapes with the reference Prometheus parsers; the
 # package test builds a .deb (dpkg-deb is part of every Debian install).
 /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)

@@ -49,7 +49,7 @@ final class Connection
     /** Where the next reply starts in $buf (parsed bytes are dropped at the next fill, not one line at a time). */
     private int $pos = 0;
     private bool $reused = false;
-    /** @var list<string> the nodes, each tcp://host:port or unix:///path */
+    /** @var list<string> the nodes, each tcp://host:port, tls://host:port or unix:///path */
     private array $nodes;
     /** Index in $nodes of the node connected to (or to try first). */
     private int $current = 0;
@@ -73,6 +73,12 @@ final class Connection
      *                          separated by commas (a cluster's nodes)
      * @param float $failoverTimeout seconds one request may spend failing
      *                          over (reconnecting, TRYAGAIN) in all
+     * @param ?string $user     the user $password is for (AUTH user pass);
+     *                          null: the `default` user (AUTH pass)
+     * @param array<string, mixed> $tls PHP `ssl` stream context options for
+     *                          tls:// addresses (cafile, peer_name,
+     *                          local_cert, local_pk, verify_peer, …);
+     *                          verify_peer and verify_peer_name default to true
      */
     public function __construct(
         private string $address,
@@ -82,6 +88,8 @@ final class Connection
         private bool $persistent = false,
         private ?string $clientName = null,
         private float $failoverTimeout = 10.0,
+        private ?string $user = null,
+        private array $tls = [],
     ) {
         $this->nodes = array_values(array_filter(array_map('trim', explode(',', $address)), static fn ($a) => $a !== ''));
         if ($this->nodes === []) {
@@ -109,10 +117,12 @@ final class Connection
     }
 
     /**
-     * Parses `tcp://[user:password@]host:port[?k=v&…]`, `unix:///path[?…]`,
-     * `redis://…` (treated as tcp) or a bare `host:port`.
+     * Parses `tcp://[user:password@]host:port[?k=v&…]`, `tls://…` (the same
+     * over TLS; `rediss://` too), `unix:///path[?…]`, `redis://…` (treated
+     * as tcp) or a bare `host:port`. A user name before the password is
+     * returned as `user` (none, or empty: the `default` user).
      *
-     * @return array{address: string, password: ?string, query: array<string,string>, display: string}
+     * @return array{address: string, password: ?string, user: ?string, query: array<string,mixed>, display: string}
      */
     public static function parseUri(string $uri): array
     {
@@ -132,22 +142,24 @@ final class Connection
         $scheme = strtolower(substr($uri, 0, strpos($uri, '://')));
         if ($scheme === 'unix') {
             $path = substr($uri, 7);
-            return ['address' => 'unix://' . $path, 'password' => null, 'query' => $query, 'display' => 'unix://' . $path];
+            return ['address' => 'unix://' . $path, 'password' => null, 'user' => null, 'query' => $query, 'display' => 'unix://' . $path];
         }
-        if (!in_array($scheme, ['tcp', 'redis', 'sessiond'], true)) {
-            throw new \InvalidArgumentException("sessiond: unsupported URI scheme '$scheme' (use tcp:// or unix://)");
+        if (!in_array($scheme, ['tcp', 'redis', 'sessiond', 'tls', 'rediss'], true)) {
+            throw new \InvalidArgumentException("sessiond: unsupported URI scheme '$scheme' (use tcp://, tls:// or unix://)");
         }
+        $transport = in_array($scheme, ['tls', 'rediss'], true) ? 'tls' : 'tcp';
         // Several nodes: tcp://[:password@]n1:6380,n2:6380,n3:6380 (each may
         // repeat the scheme; the password applies to every node).
         $rest = substr($uri, strlen($scheme) + 3);
         $password = null;
+        $user = null;
         $addrs = [];
         foreach (explode(',', $rest) as $i => $part) {
             $part = trim($part);
             if ($part === '') {
                 continue;
             }
-            $part = preg_replace('#^(tcp|redis|sessiond)://#i', '', $part);
+            $part = preg_replace('#^(tcp|redis|sessiond|tls|rediss)://#i', '', $part);
             $p = parse_url('tcp://' . $part);
             if ($p === false || !isset($p['host'])) {
                 throw new \InvalidArgumentException('sessiond: cannot parse server URI');
@@ -155,15 +167,18 @@ final class Connection
             if (isset($p['pass'])) {
                 $password ??= rawurldecode($p['pass']);
             }
+            if (isset($p['user']) && $p['user'] !== '') {
+                $user ??= rawurldecode($p['user']);
+            }
             $host = $p['host'];
             $port = $p['port'] ?? 6380;
-            $addrs[] = "tcp://$host:$port";
+            $addrs[] = "$transport://$host:$port";
         }
         if ($addrs === []) {
             throw new \InvalidArgumentException('sessiond: cannot parse server URI');
         }
         $addr = implode(',', $addrs);
-        return ['address' => $addr, 'password' => $password, 'query' => $query, 'display' => count($addrs) === 1 ? $addr : 'tcp://' . implode(',', array_map(static fn ($a) => substr($a, 6), $addrs))];
+        return ['address' => $addr, 'password' => $password, 'user' => $user, 'query' => $query, 'display' => count($addrs) === 1 ? $addr : "$transport://" . implode(',', array_map(static fn ($a) => substr($a, 6), $addrs))];
     }
 
     public function address(): string
@@ -245,7 +260,16 @@ final class Connection
     private function connectOne(): void
     {
         $flags = STREAM_CLIENT_CONNECT;
-        $ctx = stream_context_create(['socket' => ['tcp_nodelay' => true]]);
+        $ctx = ['socket' => ['tcp_nodelay' => true]];
+        if (str_starts_with($this->address, 'tls://')) {
+            // Verified unless the caller says otherwise; TLS 1.2 or 1.3.
+            $ctx['ssl'] = $this->tls + [
+                'verify_peer' => true,
+                'verify_peer_name' => true,
+                'crypto_method' => STREAM_CRYPTO_METHOD_TLSv1_2_CLIENT | STREAM_CRYPTO_METHOD_TLSv1_3_CLIENT,
+            ];
+        }
+        $ctx = stream_context_create($ctx);
         if ($this->persistent) {
             $flags |= STREAM_CLIENT_PERSISTENT;
             // A distinct persistent socket per (address, name): PHP keys
@@ -259,9 +283,20 @@ final class Connection
         }
         $errno = 0;
         $errstr = '';
-        $sock = @stream_socket_client($addr, $errno, $errstr, $this->connectTimeout, $flags, $ctx);
+        // A failed TLS handshake leaves $errstr empty; PHP's warnings say
+        // why (e.g. certificate verify failed): kept for the message.
+        $warnings = [];
+        set_error_handler(static function (int $no, string $msg) use (&$warnings): bool {
+            $warnings[] = $msg;
+            return true;
+        });
+        try {
+            $sock = stream_socket_client($addr, $errno, $errstr, $this->connectTimeout, $flags, $ctx);
+        } finally {
+            restore_error_handler();
+        }
         if ($sock === false) {
-            $why = $errstr !== '' ? $errstr : 'unknown error';
+            $why = $errstr !== '' ? $errstr : ($warnings !== [] ? implode('; ', $warnings) : 'unknown error');
             throw new ConnectionException("sessiond: cannot connect to {$this->address}: $why (errno $errno)");
         }
         $this->sock = $sock;
@@ -292,13 +327,17 @@ final class Connection
             // it. RESET ends the authentication: AUTH again (the name stays).
             $this->prefix = [['RESET']];
             if ($this->password !== null && $this->password !== '') {
-                $this->prefix[] = ['AUTH', $this->password];
+                $this->prefix[] = $this->user !== null && $this->user !== ''
+                    ? ['AUTH', $this->user, $this->password]
+                    : ['AUTH', $this->password];
             }
             return;
         }
         $init = [];
         if ($this->password !== null && $this->password !== '') {
-            $init[] = ['AUTH', $this->password];
+            $init[] = $this->user !== null && $this->user !== ''
+                ? ['AUTH', $this->user, $this->password]
+                : ['AUTH', $this->password];
         }
         if ($this->clientName !== null && $this->clientName !== '') {
             $init[] = ['CLIENT', 'SETNAME', $this->clientName];

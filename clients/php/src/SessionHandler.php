@@ -45,6 +45,8 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         'failover_timeout' => 10.0,   // seconds one request may spend failing over between a cluster's nodes
         'persistent' => false,        // one socket per worker kept across requests; RESET at its first use in a request
         'password' => null,
+        'user' => null,               // the user the password is for (AUTH user pass); null: `default`
+        'tls' => [],                  // for tls:// URIs: PHP `ssl` context options (cafile, peer_name, local_cert, local_pk, verify_peer…)
         'name' => null,               // CLIENT SETNAME, shown in LOCK.INFO / `sessiond locks`
         'ttl' => null,                // idle TTL in seconds; null: session.gc_maxlifetime
         'lifetime' => null,           // absolute lifetime of new sessions in seconds; null: none
@@ -117,7 +119,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
     private ?array $prefetched = null;
 
     /**
-     * @param string $uri tcp://[:password@]host:port[?option=value&…] or unix:///path
+     * @param string $uri tcp://[[user]:password@]host:port[?option=value&…], tls://… or unix:///path
      * @param array<string, mixed> $options see DEFAULTS; options given here win over URI query options
      */
     public function __construct(string $uri, array $options = [])
@@ -128,6 +130,12 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         $opt = array_merge(static::defaults(), self::castQuery($u['query']), $options);
         if ($u['password'] !== null && $opt['password'] === null) {
             $opt['password'] = $u['password'];
+        }
+        if ($u['user'] !== null && $opt['user'] === null) {
+            $opt['user'] = $u['user'];
+        }
+        if (!is_array($opt['tls'])) {
+            throw new \InvalidArgumentException('sessiond: tls must be an array of PHP ssl context options');
         }
         if (!in_array($opt['lock_mode'], self::MODES, true)) {
             throw new \InvalidArgumentException("sessiond: unknown lock_mode '{$opt['lock_mode']}' (session, readonly or none)");
@@ -158,6 +166,8 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             (bool) $opt['persistent'],
             $opt['name'],
             (float) $opt['failover_timeout'],
+            $opt['user'],
+            $opt['tls'],
         );
         // While it holds a lock, a TRYAGAIN is retried on the same connection.
         $this->lockConn->setPinned(fn (): bool => $this->token !== null || $this->keyLocks !== []);
@@ -236,7 +246,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         $uri = $get('uri');
         if ($uri === null) {
             $path = (string) ini_get('session.save_path');
-            if (preg_match('#^(tcp|unix|sessiond)://#', $path)) {
+            if (preg_match('#^(tcp|tls|unix|sessiond)://#', $path)) {
                 $uri = $path;
             }
         }
@@ -245,8 +255,8 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         }
         $options = [];
         foreach (array_keys(self::DEFAULTS) as $k) {
-            if ($k === 'on_conflict') {
-                continue;
+            if ($k === 'on_conflict' || $k === 'tls') {
+                continue; // code only (tls: also the URI's tls[cafile]=… query)
             }
             $v = $get($k);
             if ($v !== null) {

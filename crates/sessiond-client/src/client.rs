@@ -1,10 +1,17 @@
 //! The connection and the typed command methods.
 
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::cmd::{Cmd, ms_ceil};
 use crate::error::{Error, Result};
@@ -19,8 +26,12 @@ use crate::value::{Decoded, Value, decode};
 /// [`Client::connect_any`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectOptions {
-    /// Password for the `default` user (`HELLO 3 AUTH default …` or `AUTH`).
+    /// The user to log in as with `password` (`default` when `None`).
+    pub user: Option<String>,
+    /// Password for the user (`HELLO 3 AUTH user …` or `AUTH user …`).
     pub password: Option<String>,
+    /// Connect over TLS (to the server's `--tls-port`).
+    pub tls: Option<TlsOptions>,
     /// Client name (`HELLO 3 … SETNAME` or `CLIENT SETNAME`).
     pub client_name: Option<String>,
     /// Switch the connection to RESP3 with `HELLO 3` (default `true`); with
@@ -38,10 +49,80 @@ pub struct ConnectOptions {
     pub max_attempts: u32,
 }
 
+/// TLS settings of a connection: the CA the server's certificate must be
+/// signed by, and a client certificate for servers that require one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// The CA certificates (PEM) that sign the server's certificate.
+    pub ca_file: PathBuf,
+    /// The client certificate chain (PEM), for `--tls-auth-clients yes`.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// The name the server's certificate must carry; the server's IP
+    /// address when `None`.
+    pub server_name: Option<String>,
+}
+
+impl TlsOptions {
+    /// Verifies the server against the CAs of `ca_file`.
+    pub fn with_ca(ca_file: impl Into<PathBuf>) -> TlsOptions {
+        TlsOptions {
+            ca_file: ca_file.into(),
+            cert_file: None,
+            key_file: None,
+            server_name: None,
+        }
+    }
+
+    fn connector(&self) -> Result<tokio_rustls::TlsConnector> {
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("TLS {what}: {e}"),
+            ))
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&self.ca_file).map_err(|e| bad("CA file", &e))? {
+            roots
+                .add(c.map_err(|e| bad("CA file", &e))?)
+                .map_err(|e| bad("CA file", &e))?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| bad("versions", &e))?
+        .with_root_certificates(roots);
+        let config = match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                let certs = CertificateDer::pem_file_iter(cert)
+                    .map_err(|e| bad("certificate file", &e))?
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| bad("certificate file", &e))?;
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("key file", &e))?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| bad("client certificate", &e))?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            _ => {
+                return Err(bad(
+                    "client certificate",
+                    &"give both cert_file and key_file, or neither",
+                ));
+            }
+        };
+        Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    }
+}
+
 impl Default for ConnectOptions {
     fn default() -> ConnectOptions {
         ConnectOptions {
+            user: None,
             password: None,
+            tls: None,
             client_name: None,
             resp3: true,
             connect_timeout: Duration::from_secs(2),
@@ -51,17 +132,87 @@ impl Default for ConnectOptions {
     }
 }
 
+/// Plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stream::Plain(_) => "Plain",
+            Stream::Tls(_) => "Tls",
+        })
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
 }
 
 impl Conn {
-    async fn open(addr: impl ToSocketAddrs) -> Result<Conn> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+    async fn open(addr: impl ToSocketAddrs, tls: Option<&TlsOptions>) -> Result<Conn> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(t) => {
+                let name = match &t.server_name {
+                    Some(n) => ServerName::try_from(n.clone()).map_err(|e| {
+                        Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            format!("TLS server name {n:?}: {e}"),
+                        ))
+                    })?,
+                    None => ServerName::IpAddress(tcp.peer_addr()?.ip().into()),
+                };
+                Stream::Tls(Box::new(t.connector()?.connect(name, tcp).await?))
+            }
+        };
         Ok(Conn {
             stream,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -76,10 +227,28 @@ impl Conn {
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
             self.rbuf.reserve(READ_CHUNK);
         }
-        match self.stream.try_read_buf(&mut self.rbuf) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        match &mut self.stream {
+            Stream::Plain(s) => match s.try_read_buf(&mut self.rbuf) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            },
+            // One poll that does not wait: TLS records have to go through
+            // rustls, so the socket is not read around it.
+            Stream::Tls(s) => {
+                let mut chunk = [0u8; 4096];
+                let mut buf = ReadBuf::new(&mut chunk);
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                match Pin::new(s.as_mut()).poll_read(&mut cx, &mut buf) {
+                    Poll::Ready(Ok(())) if buf.filled().is_empty() => true,
+                    Poll::Ready(Ok(())) => {
+                        self.rbuf.extend_from_slice(buf.filled());
+                        false
+                    }
+                    Poll::Ready(Err(_)) => true,
+                    Poll::Pending => false,
+                }
+            }
         }
     }
 }
@@ -199,7 +368,7 @@ impl Client {
     /// `AUTH default password` and `CLIENT SETNAME name` as needed.
     pub async fn connect_with(addr: impl ToSocketAddrs, opts: ConnectOptions) -> Result<Client> {
         let mut client = Client {
-            conn: Some(Conn::open(addr).await?),
+            conn: Some(Conn::open(addr, opts.tls.as_ref()).await?),
             resp3: opts.resp3,
             nodes: None,
         };
@@ -256,7 +425,9 @@ impl Client {
             let mut cmd = Cmd::new("HELLO");
             cmd.arg("3");
             if let Some(password) = &opts.password {
-                cmd.arg("AUTH").arg("default").arg(password);
+                cmd.arg("AUTH")
+                    .arg(opts.user.as_deref().unwrap_or("default"))
+                    .arg(password);
             }
             if let Some(name) = &opts.client_name {
                 cmd.arg("SETNAME").arg(name);
@@ -265,7 +436,8 @@ impl Client {
         } else {
             if let Some(password) = &opts.password {
                 let mut cmd = Cmd::new("AUTH");
-                cmd.arg("default").arg(password);
+                cmd.arg(opts.user.as_deref().unwrap_or("default"))
+                    .arg(password);
                 reply::ok(self.exchange(&cmd).await?, "AUTH")?;
             }
             if let Some(name) = &opts.client_name {
@@ -298,7 +470,7 @@ impl Client {
                 .cloned()
                 .unwrap_or_default();
             let attempt = async {
-                self.conn = Some(Conn::open(addr.as_str()).await?);
+                self.conn = Some(Conn::open(addr.as_str(), opts.tls.as_ref()).await?);
                 self.handshake(&opts).await
             };
             match tokio::time::timeout(opts.connect_timeout, attempt).await {
@@ -445,6 +617,8 @@ impl Client {
         conn.wbuf.clear();
         cmd.encode_into(&mut conn.wbuf);
         conn.stream.write_all(&conn.wbuf).await?;
+        // TLS keeps what it could not send yet until flushed.
+        conn.stream.flush().await?;
         if conn.wbuf.capacity() > 1 << 20 {
             conn.wbuf = BytesMut::with_capacity(1024);
         }

@@ -99,7 +99,7 @@ mod types;
 mod value;
 
 pub use bytes::Bytes;
-pub use client::{Client, ConnectOptions};
+pub use client::{Client, ConnectOptions, TlsOptions};
 pub use error::{Error, Result};
 pub use types::{
     CasResult, Commit, CommitResult, Field, IncrOptions, LockGrant, LockInfo, LockOptions,

@@ -27,17 +27,17 @@ pub fn snapshot(shared: &crate::state::Shared) -> Vec<u8> {
 
 /// Copies the state of the server at `addr` into `to` (written to a
 /// temporary file, synced, then renamed: `to` is whole or absent). Returns
-/// the number of sessions.
+/// the number of sessions. `opts`: user, password, TLS (an admin user is
+/// needed where there are users).
 ///
 /// # Errors
 /// Connection, an unreadable reply, the file.
-pub async fn backup(addr: &str, password: Option<String>, to: &Path) -> anyhow::Result<usize> {
+pub async fn backup(addr: &str, opts: ConnectOptions, to: &Path) -> anyhow::Result<usize> {
     let mut client = Client::connect_with(
         addr,
         ConnectOptions {
-            password,
             client_name: Some("sessiond-backup".into()),
-            ..Default::default()
+            ..opts
         },
     )
     .await

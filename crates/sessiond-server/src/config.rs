@@ -71,6 +71,12 @@ pub mod defaults {
     pub const RAFT_ELECTION_TIMEOUT_MS: u64 = 200;
     /// `--log-level` (a `tracing` env-filter directive).
     pub const LOG_LEVEL: &str = "info";
+    /// `--plaintext`.
+    pub const PLAINTEXT: bool = true;
+    /// `--tls-cluster`.
+    pub const TLS_CLUSTER: bool = false;
+    /// `--tls-auth-clients` (Redis's default).
+    pub const TLS_AUTH_CLIENTS: crate::tls::AuthClients = crate::tls::AuthClients::Yes;
 }
 
 /// Each flag of [`ServeArgs`] that has a default, by its id, with the
@@ -119,6 +125,18 @@ pub fn shown_defaults() -> Vec<(&'static str, String)> {
         ),
         ("slowlog_max_len", d::SLOWLOG_MAX_LEN.to_string()),
         ("log_level", d::LOG_LEVEL.to_owned()),
+        (
+            "plaintext",
+            if d::PLAINTEXT { "yes" } else { "no" }.to_owned(),
+        ),
+        (
+            "tls_auth_clients",
+            name(d::TLS_AUTH_CLIENTS.to_possible_value()),
+        ),
+        (
+            "tls_cluster",
+            if d::TLS_CLUSTER { "yes" } else { "no" }.to_owned(),
+        ),
     ]
 }
 
@@ -383,6 +401,50 @@ pub struct ServeArgs {
     /// `tracing` env-filter directives (`info,sessiond_server::cluster=debug`).
     #[arg(long, env = "SESSIOND_LOG")]
     pub log_level: Option<String>,
+    /// Serve the plaintext port (--port): `no` leaves only the TLS port.
+    #[arg(long, env = "SESSIOND_PLAINTEXT", value_parser = clap::builder::BoolishValueParser::new())]
+    pub plaintext: Option<bool>,
+    /// Port for RESP clients over TLS (on --bind); 0 picks a free one.
+    /// Without it there is no TLS listener.
+    #[arg(long, env = "SESSIOND_TLS_PORT")]
+    pub tls_port: Option<u16>,
+    /// The server's certificate chain (PEM), for --tls-port. Read again on
+    /// SIGHUP.
+    #[arg(long, env = "SESSIOND_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The server's private key (PEM), for --tls-port. Read again on SIGHUP.
+    #[arg(long, env = "SESSIOND_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must be signed by.
+    /// Read again on SIGHUP.
+    #[arg(long, env = "SESSIOND_TLS_CA_CERT_FILE")]
+    pub tls_ca_cert_file: Option<PathBuf>,
+    /// Client certificates: `yes` requires one signed by --tls-ca-cert-file,
+    /// `optional` checks one if given, `no` does not ask.
+    #[arg(long, env = "SESSIOND_TLS_AUTH_CLIENTS")]
+    pub tls_auth_clients: Option<crate::tls::AuthClients>,
+    /// Cluster traffic over TLS, with the --tls-cert-file, --tls-key-file
+    /// and --tls-ca-cert-file of the client port; each node checks the
+    /// other's certificate (mutual authentication).
+    #[arg(long, env = "SESSIOND_TLS_CLUSTER", value_parser = clap::builder::BoolishValueParser::new())]
+    pub tls_cluster: Option<bool>,
+    /// TOML file of `[[user]]` tables (name, password as `#<sha256 hex>`,
+    /// class read|readwrite|admin, optional prefix), added to those of
+    /// --config.
+    #[arg(long, env = "SESSIOND_USERS_FILE")]
+    pub users_file: Option<PathBuf>,
+    /// `[[user]]` tables of the config file.
+    #[arg(skip)]
+    #[serde(default)]
+    pub user: Vec<crate::users::UserEntry>,
+}
+
+/// A `--users-file`: only `[[user]]` tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFile {
+    #[serde(default)]
+    user: Vec<crate::users::UserEntry>,
 }
 
 /// The settings of a cluster node (`--node-id`, `--raft-addr`,
@@ -403,6 +465,9 @@ pub struct ClusterConfig {
     pub heartbeat_ms: u64,
     /// The shortest election timeout, in ms (the longest is twice it).
     pub election_timeout_ms: u64,
+    /// TLS between nodes (`--tls-cluster yes`): the TLS files of the
+    /// client port, with mutual authentication.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl ClusterConfig {
@@ -479,6 +544,16 @@ pub struct Config {
     pub slowlog_max_len: usize,
     /// The log filter (`tracing` env-filter directives), checked valid.
     pub log_level: String,
+    /// Whether the plaintext port (`listen`) is served.
+    pub plaintext: bool,
+    /// The TLS listener's settings, when there is one.
+    pub tls: Option<crate::tls::TlsSettings>,
+    /// The `[[user]]` tables (of the config file and `--users-file`).
+    pub user_entries: Vec<crate::users::UserEntry>,
+    /// The users: `default` (from `requirepass`) and `user_entries`; made
+    /// again from both when the server binds, so a test may set
+    /// `requirepass` on a resolved `Config`.
+    pub users: crate::users::Users,
 }
 
 /// Why the settings are unusable.
@@ -527,6 +602,7 @@ impl ServeArgs {
         };
         let s = self.merge(file);
         let bind = s.bind.unwrap_or(defaults::BIND);
+        let tls = tls_settings(&s)?;
         let requirepass = match (s.requirepass, &s.requirepass_file) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::Invalid(
@@ -536,14 +612,55 @@ impl ServeArgs {
             (None, Some(path)) => Some(read_password_file(path)?),
             (pass, None) => pass.filter(|p| !p.is_empty()),
         };
+        let mut entries = s.user.clone();
+        if let Some(path) = &s.users_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let file: UsersFile = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.clone(),
+                source: Box::new(source),
+            })?;
+            entries.extend(file.user);
+        }
+        let users = crate::users::Users::new(requirepass.as_deref(), &entries)
+            .map_err(ConfigError::Invalid)?;
+        let plaintext = s.plaintext.unwrap_or(defaults::PLAINTEXT);
+        let cluster_tls = if s.tls_cluster.unwrap_or(defaults::TLS_CLUSTER) {
+            match &tls {
+                Some(t) if t.ca_cert_file.is_some() && s.node_id.is_some() => Some(t.clone()),
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "--tls-cluster yes needs a cluster node (--node-id …) and --tls-port, \
+                         --tls-cert-file, --tls-key-file and --tls-ca-cert-file"
+                            .into(),
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+        if !plaintext && tls.is_none() {
+            return Err(ConfigError::Invalid(
+                "--plaintext no needs --tls-port: nothing would be served".into(),
+            ));
+        }
+        // Only clients with a certificate of our CA reach a TLS-only server
+        // that requires one: that is authentication enough.
+        let certificate_required = !plaintext
+            && tls
+                .as_ref()
+                .is_some_and(|t| t.auth_clients == crate::tls::AuthClients::Yes);
         if !bind.is_loopback()
-            && requirepass.is_none()
+            && !users.password_required()
+            && !certificate_required
             && !s
                 .allow_remote_without_password
                 .unwrap_or(defaults::ALLOW_REMOTE_WITHOUT_PASSWORD)
         {
             return Err(ConfigError::Invalid(format!(
-                "refusing to listen on {bind} without a password: set --requirepass \
+                "refusing to listen on {bind} without a password: set --requirepass or users \
                  (or --allow-remote-without-password true on a network you trust)"
             )));
         }
@@ -640,6 +757,7 @@ impl ServeArgs {
                         .raft_election_timeout
                         .unwrap_or(defaults::RAFT_ELECTION_TIMEOUT_MS)
                         .max(3 * heartbeat_ms),
+                    tls: cluster_tls.clone(),
                     ..c
                 }
             }),
@@ -648,6 +766,10 @@ impl ServeArgs {
                 .unwrap_or(defaults::SLOWLOG_LOG_SLOWER_THAN),
             slowlog_max_len: s.slowlog_max_len.unwrap_or(defaults::SLOWLOG_MAX_LEN),
             log_level: log_filter(s.log_level.as_deref().unwrap_or(defaults::LOG_LEVEL))?,
+            plaintext,
+            tls,
+            users,
+            user_entries: entries,
         };
         let budget = config.memory_budget();
         if budget.max_memory > 0 && budget.data_limit < 1 << 20 {
@@ -702,6 +824,20 @@ impl ServeArgs {
                 .or(file.slowlog_log_slower_than),
             slowlog_max_len: self.slowlog_max_len.or(file.slowlog_max_len),
             log_level: self.log_level.or(file.log_level),
+            plaintext: self.plaintext.or(file.plaintext),
+            tls_port: self.tls_port.or(file.tls_port),
+            tls_cert_file: self.tls_cert_file.or(file.tls_cert_file),
+            tls_key_file: self.tls_key_file.or(file.tls_key_file),
+            tls_ca_cert_file: self.tls_ca_cert_file.or(file.tls_ca_cert_file),
+            tls_auth_clients: self.tls_auth_clients.or(file.tls_auth_clients),
+            tls_cluster: self.tls_cluster.or(file.tls_cluster),
+            users_file: self.users_file.or(file.users_file),
+            // The file's users, and any given programmatically.
+            user: if self.user.is_empty() {
+                file.user
+            } else {
+                self.user
+            },
         }
     }
 }
@@ -739,12 +875,51 @@ fn cluster_config(
                 snapshot_logs: defaults::RAFT_SNAPSHOT_LOGS,
                 heartbeat_ms: defaults::RAFT_HEARTBEAT_MS,
                 election_timeout_ms: defaults::RAFT_ELECTION_TIMEOUT_MS,
+                tls: None,
             }))
         }
         _ => Err(ConfigError::Invalid(
             "a cluster node needs --node-id and --raft-addr (and --initial-cluster to form a new cluster)".into(),
         )),
     }
+}
+
+/// The TLS listener's settings: none without `--tls-port`.
+fn tls_settings(s: &ServeArgs) -> Result<Option<crate::tls::TlsSettings>, ConfigError> {
+    let Some(port) = s.tls_port else {
+        if s.tls_cert_file.is_some() || s.tls_key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "--tls-cert-file and --tls-key-file are for --tls-port, which is not set".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let (Some(cert_file), Some(key_file)) = (s.tls_cert_file.clone(), s.tls_key_file.clone())
+    else {
+        return Err(ConfigError::Invalid(
+            "--tls-port needs --tls-cert-file and --tls-key-file".into(),
+        ));
+    };
+    let auth_clients = s.tls_auth_clients.unwrap_or(defaults::TLS_AUTH_CLIENTS);
+    if auth_clients != crate::tls::AuthClients::No && s.tls_ca_cert_file.is_none() {
+        return Err(ConfigError::Invalid(
+            "--tls-auth-clients yes or optional (yes is the default) needs --tls-ca-cert-file; \
+             or set --tls-auth-clients no"
+                .into(),
+        ));
+    }
+    if port != 0 && s.port == Some(port) && s.plaintext != Some(false) {
+        return Err(ConfigError::Invalid(format!(
+            "--tls-port {port} is also --port"
+        )));
+    }
+    Ok(Some(crate::tls::TlsSettings {
+        port,
+        cert_file,
+        key_file,
+        ca_cert_file: s.tls_ca_cert_file.clone(),
+        auth_clients,
+    }))
 }
 
 /// `directives` if they are a valid `tracing` env filter.
@@ -888,6 +1063,7 @@ impl Config {
             format!("slowlog_log_slower_than = {}", self.slowlog_log_slower_than),
             format!("slowlog_max_len = {}", self.slowlog_max_len),
             format!("log_level = {:?}", self.log_level),
+            format!("plaintext = {}", self.plaintext),
         ];
         let mut lines = lines.to_vec();
         if let Some(c) = &self.cluster {
@@ -903,6 +1079,25 @@ impl Config {
             lines.push(format!("raft_snapshot_logs = {}", c.snapshot_logs));
             lines.push(format!("raft_heartbeat = {}", c.heartbeat_ms));
             lines.push(format!("raft_election_timeout = {}", c.election_timeout_ms));
+        }
+        if let Some(t) = &self.tls {
+            lines.push(format!("tls_port = {}", t.port));
+            lines.push(format!(
+                "tls_cert_file = {:?}",
+                t.cert_file.display().to_string()
+            ));
+            lines.push(format!(
+                "tls_key_file = {:?}",
+                t.key_file.display().to_string()
+            ));
+            if let Some(ca) = &t.ca_cert_file {
+                lines.push(format!("tls_ca_cert_file = {:?}", ca.display().to_string()));
+            }
+            let auth = format!("{:?}", t.auth_clients).to_lowercase();
+            lines.push(format!("tls_auth_clients = \"{auth}\""));
+        }
+        for u in self.users.iter() {
+            lines.push(format!("# {}", u.rule()));
         }
         lines.join("\n") + "\n"
     }

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use sessiond_core::LockError;
@@ -30,6 +29,25 @@ const FLUSH_REPLIES_AT: usize = 64 * 1024;
 /// server buffer the full request size each.
 const MAX_UNAUTHENTICATED_REQUEST_BYTES: usize = 16 * 1024;
 
+/// A client's byte stream: plain TCP or TLS over it. The connection code is
+/// generic over it (monomorphized: plain TCP pays nothing for TLS).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+
+/// How long a refused AUTH waits before its answer: 100 ms after the first
+/// refusal on a connection, doubling, at most 2 s.
+fn auth_delay(failures: u32) -> Duration {
+    Duration::from_millis(100u64 << failures.saturating_sub(1).min(5)).min(Duration::from_secs(2))
+}
+
+/// Writes `out` and flushes it (TLS keeps what the socket did not take
+/// until flushed; for plain TCP the flush does nothing).
+async fn send<S: Stream>(stream: &mut S, out: &[u8]) -> std::io::Result<()> {
+    stream.write_all(out).await?;
+    stream.flush().await
+}
+
 /// The name under which requests that are not a valid command (unknown
 /// name, wrong arity, bad arguments) are counted in metrics and INFO.
 pub const INVALID_COMMAND: &str = "(invalid)";
@@ -47,8 +65,8 @@ fn request_limits(conn: &ConnState, shared: &Shared) -> RequestLimits {
 
 /// Runs a connection until the client leaves, sends QUIT, breaks the
 /// protocol, or the server shuts down; then releases its locks.
-pub async fn run(
-    mut stream: TcpStream,
+pub async fn run<S: Stream>(
+    mut stream: S,
     addr: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -56,6 +74,7 @@ pub async fn run(
     let id = shared.next_client_id();
     // Shutdown or CLIENT KILL: either ends this connection the same way.
     let kill = shutdown.child_token();
+    let initial_user = shared.config.users.initial();
     shared.clients.lock().insert(
         id,
         ClientInfo {
@@ -63,6 +82,7 @@ pub async fn run(
             addr,
             name: None,
             lib: None,
+            user: initial_user.as_ref().map(|u| u.name.clone()),
             connected: Instant::now(),
             kill: kill.clone(),
         },
@@ -72,7 +92,9 @@ pub async fn run(
         id,
         addr,
         proto: Protocol::Resp2,
-        authed: shared.config.requirepass.is_none(),
+        authed: initial_user.is_some(),
+        user: initial_user,
+        auth_failures: 0,
         name: None,
         lib: None,
         quit: false,
@@ -88,8 +110,8 @@ pub async fn run(
     shared.metrics.connections.dec();
 }
 
-async fn serve(
-    stream: &mut TcpStream,
+async fn serve<S: Stream>(
+    stream: &mut S,
     conn: &mut ConnState,
     shared: &Shared,
     shutdown: &CancellationToken,
@@ -114,7 +136,8 @@ async fn serve(
                         || argv
                             .first()
                             .is_some_and(|n| crate::cmd::conn_allowed_unauthenticated(n));
-                    let reply = match Command::parse(argv) {
+                    let prefix = conn.user.as_ref().and_then(|u| u.prefix.as_deref());
+                    let reply = match Command::parse_with_prefix(argv, prefix) {
                         Ok(cmd) => {
                             let started = Instant::now();
                             let name = cmd.name();
@@ -167,14 +190,14 @@ async fn serve(
                     };
                     encode(&reply, conn.proto, &mut out);
                     if conn.quit {
-                        stream.write_all(&out).await?;
+                        send(stream, &out).await?;
                         return Ok(());
                     }
                     // A client may pipeline many requests with big replies
                     // and read none of them: write as we go, so TCP's flow
                     // control holds it back instead of our memory growing.
                     if out.len() >= FLUSH_REPLIES_AT {
-                        stream.write_all(&out).await?;
+                        send(stream, &out).await?;
                         out.clear();
                     }
                 }
@@ -182,13 +205,13 @@ async fn serve(
                 Err(e) => {
                     // The stream cannot be framed any more: say why, close.
                     encode(&parse_error_reply(&e), conn.proto, &mut out);
-                    stream.write_all(&out).await?;
+                    send(stream, &out).await?;
                     return Ok(());
                 }
             }
         }
         if !out.is_empty() {
-            stream.write_all(&out).await?;
+            send(stream, &out).await?;
             out.clear();
         }
         tokio::select! {
@@ -206,17 +229,22 @@ async fn serve(
 
 /// Runs one command. `None` means the client disconnected while it waited.
 /// `waited` is set to the time spent queued for a lock.
-async fn execute(
+async fn execute<S: Stream>(
     cmd: Command,
     conn: &mut ConnState,
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut S,
     inbuf: &mut BytesMut,
     shutdown: &CancellationToken,
     waited: &mut Duration,
 ) -> Option<Reply> {
     if !conn.authed && !crate::cmd::conn_allowed_unauthenticated(cmd.name().as_bytes()) {
         return Some(Reply::error("NOAUTH", "Authentication required."));
+    }
+    if let Some(user) = &conn.user
+        && let Err(e) = crate::cmd::acl::authorize(user, &cmd)
+    {
+        return Some(crate::cmd::acl_error_reply(&e));
     }
     // Storage failing: write commands are refused before anything is applied.
     if let Some(refusal) = crate::write_gate::refuse(shared, &cmd) {
@@ -229,7 +257,15 @@ async fn execute(
             }
             return Some(ConnCommand::Reset.execute(shared, conn));
         }
-        Command::Conn(c) => return Some(c.execute(shared, conn)),
+        Command::Conn(c) => {
+            let failures = conn.auth_failures;
+            let reply = c.execute(shared, conn);
+            if conn.auth_failures > failures {
+                // Guessing passwords gets slower on each connection.
+                tokio::time::sleep(auth_delay(conn.auth_failures)).await;
+            }
+            return Some(reply);
+        }
         Command::Cluster(c) => return Some(c.execute(shared).await),
         Command::Engine(c) => c,
     };
@@ -307,13 +343,13 @@ async fn reset(conn: &mut ConnState, shared: &Shared) -> Result<(), Reply> {
 
 /// Runs an engine command through the cluster's log.
 #[allow(clippy::too_many_arguments)]
-async fn execute_replicated(
+async fn execute_replicated<S: Stream>(
     cmd: sessiond_core::engine::Command,
     wait_ms: u64,
     conn: &mut ConnState,
     shared: &Shared,
     replication: &dyn Replication,
-    stream: &mut TcpStream,
+    stream: &mut S,
     inbuf: &mut BytesMut,
     shutdown: &CancellationToken,
     waited: &mut Duration,
@@ -420,12 +456,12 @@ impl CancelWait for CancelReplicated<'_> {
 
 /// Waits for a lock hand-off, the wait's end, the client leaving, or
 /// shutdown. Bytes the client pipelines meanwhile are kept for later.
-async fn wait_for_grant(
+async fn wait_for_grant<S: Stream>(
     cancel: &(dyn CancelWait + Sync),
     mut rx: oneshot::Receiver<Delivery>,
     wait_ms: u64,
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut S,
     inbuf: &mut BytesMut,
     shutdown: &CancellationToken,
 ) -> Option<Reply> {

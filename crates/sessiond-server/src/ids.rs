@@ -21,6 +21,17 @@ pub fn new_session_id() -> SessionId {
     SessionId::parse(&hex).unwrap_or_else(|_| unreachable!("hex is a valid id"))
 }
 
+/// [`new_session_id`] after `prefix` (a user's session-id prefix, checked
+/// at start to leave room for the 40 characters).
+pub fn new_session_id_with_prefix(prefix: Option<&str>) -> SessionId {
+    let id = new_session_id();
+    match prefix {
+        None => id,
+        Some(p) => SessionId::parse(format!("{p}{id}").as_bytes())
+            .unwrap_or_else(|_| unreachable!("prefixes are checked valid at start")),
+    }
+}
+
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 #[cfg(test)]

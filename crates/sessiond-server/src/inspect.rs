@@ -4,21 +4,21 @@ use std::time::Duration;
 
 use sessiond_client::{Client, ConnectOptions};
 
-/// Prints the locks of one session or all, as a table.
+/// Prints the locks of one session or all, as a table. `opts`: user,
+/// password, TLS (a `read` user is enough).
 ///
 /// # Errors
 /// Connection and protocol errors.
 pub async fn print_locks(
     addr: &str,
     session: Option<&str>,
-    password: Option<String>,
+    opts: ConnectOptions,
 ) -> anyhow::Result<()> {
     let mut client = Client::connect_with(
         addr,
         ConnectOptions {
-            password,
             client_name: Some("sessiond-locks".into()),
-            ..Default::default()
+            ..opts
         },
     )
     .await?;

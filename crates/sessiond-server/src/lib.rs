@@ -20,12 +20,15 @@
 //! - [`write_gate`]: which commands are writes, refused while storage fails.
 //! - [`cluster`]: replication through Raft (openraft).
 //! - [`reload`]: SIGHUP puts changed settings in force where it can.
+//! - [`tls`]: the TLS listener's rustls configuration, handshakes, reloads.
+//! - [`users`]: users, their passwords and classes; [`cmd::acl`] decides
+//!   what each class may run.
 //! - [`config`], [`metrics`], [`http`] (metrics, health and readiness),
 //!   [`slowlog`], [`notify`] (systemd's sd_notify), [`backup`], [`info`],
 //!   [`ids`], [`process`].
 //!
-//! Modules point one way: `protocol`, `config`, `metrics`, `slowlog`,
-//! `notify`, `process`,
+//! Modules point one way: `users`, `metrics` → `tls` → `protocol`,
+//! `config`, `slowlog`, `notify`, `process`,
 //! `storage` → `persist` → `state` (`write_gate`, `cluster`, `reload` after it) → `info`, `backup` → `cmd` → `connection` →
 //! `http`, `server` (checked by `../shared/tools/module-cycles`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -49,6 +52,8 @@ pub mod server;
 pub mod slowlog;
 pub mod state;
 pub mod storage;
+pub mod tls;
+pub mod users;
 pub mod write_gate;
 
 #[doc(hidden)]

@@ -103,6 +103,13 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+/// A label set of one reason (a failed TLS handshake).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why, e.g. `unknown_ca`, `plaintext`, `timeout`.
+    pub reason: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 10 µs … ~20 s.
     Histogram::new(exponential_buckets(0.00001, 2.0, 22))
@@ -129,6 +136,10 @@ pub struct Metrics {
     pub lock_timeouts: Counter,
     /// How long locks were held, from grant to their end (seconds).
     pub lock_hold: Histogram,
+    /// TLS handshakes that failed, by reason.
+    pub tls_handshake_failures: Family<ReasonLabel, Counter>,
+    /// AUTH and HELLO AUTH attempts refused.
+    pub auth_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -144,11 +155,20 @@ impl Default for Metrics {
             lock_timeouts: Counter::default(),
             // The lock table counts in whole ms: 1 ms … ~2 min.
             lock_hold: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            tls_handshake_failures: Family::default(),
+            auth_failures: Counter::default(),
         }
     }
 }
 
 impl Metrics {
+    /// Counts a failed TLS handshake.
+    pub fn tls_handshake_failed(&self, reason: &'static str) {
+        self.tls_handshake_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
     /// Records one command.
     pub fn record(&self, command: &'static str, outcome: &str, took: Duration) {
         self.commands
@@ -218,6 +238,16 @@ impl Metrics {
             self.rejected_connections.clone(),
         );
         r.register("connections", "Connections open", self.connections.clone());
+        r.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed, by reason",
+            self.tls_handshake_failures.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "AUTH and HELLO AUTH attempts refused",
+            self.auth_failures.clone(),
+        );
         r.register(
             "sessions",
             "Sessions held",

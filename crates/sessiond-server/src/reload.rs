@@ -11,7 +11,9 @@
 //! else (addresses, storage, durability, the password, cluster membership,
 //! …) needs a restart: a change to it is reported and left as it is. Settings
 //! that do not resolve (a file that does not parse, a bad value) change
-//! nothing.
+//! nothing. The TLS certificate, key and CA files are read again on every
+//! SIGHUP (by the server, see `server.rs`); their paths, the TLS port and
+//! the users need a restart.
 //!
 //! [`diff`] says what changed; [`Reloader::reload`] puts it in force.
 
@@ -169,6 +171,49 @@ fn settings(c: &Config) -> Vec<(&'static str, bool, String)> {
         ),
         ("slowlog_max_len", true, c.slowlog_max_len.to_string()),
         ("log_level", true, c.log_level.clone()),
+        ("plaintext", false, c.plaintext.to_string()),
+        (
+            "tls_port",
+            false,
+            c.tls.as_ref().map_or_else(none, |t| t.port.to_string()),
+        ),
+        (
+            "tls_cert_file",
+            false,
+            c.tls
+                .as_ref()
+                .map_or_else(none, |t| t.cert_file.display().to_string()),
+        ),
+        (
+            "tls_key_file",
+            false,
+            c.tls
+                .as_ref()
+                .map_or_else(none, |t| t.key_file.display().to_string()),
+        ),
+        (
+            "tls_ca_cert_file",
+            false,
+            c.tls
+                .as_ref()
+                .and_then(|t| t.ca_cert_file.as_ref())
+                .map_or_else(none, |p| p.display().to_string()),
+        ),
+        (
+            "tls_auth_clients",
+            false,
+            c.tls.as_ref().map_or_else(none, |t| lower(&t.auth_clients)),
+        ),
+        // The users' names, classes and prefixes (never their passwords).
+        (
+            "users",
+            false,
+            c.users
+                .iter()
+                .map(|u| u.rule())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
     ]
 }
 

@@ -24,7 +24,10 @@ const PURGE_BATCH: usize = 1_000;
 /// A bound server, ready to run.
 pub struct Server {
     shared: Arc<Shared>,
-    listener: TcpListener,
+    // The plaintext port; none with `--plaintext no`.
+    listener: Option<TcpListener>,
+    // The TLS port and its rustls configuration.
+    tls: Option<(TcpListener, Arc<crate::tls::Tls>)>,
     metrics: Option<TcpListener>,
     // Stops the cluster node's background work (peer listener, Raft's
     // helpers) when the server stops.
@@ -68,11 +71,14 @@ impl Server {
     /// # Errors
     /// As [`Server::bind`].
     pub async fn bind_with(
-        config: Config,
+        mut config: Config,
         mut storage: Box<dyn Storage>,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Server> {
         let started = std::time::Instant::now();
+        config.users =
+            crate::users::Users::new(config.requirepass.as_deref(), &config.user_entries)
+                .map_err(|e| anyhow::anyhow!(e))?;
         let loaded = storage.load().context("loading sessions")?;
         // A new epoch per start, on disk before the first grant: fencing
         // tokens never go backwards across restarts.
@@ -93,9 +99,32 @@ impl Server {
             took_ms = started.elapsed().as_millis() as u64,
             "loaded"
         );
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
+        let listener = if config.plaintext {
+            Some(
+                TcpListener::bind(config.listen)
+                    .await
+                    .with_context(|| format!("binding {}", config.listen))?,
+            )
+        } else {
+            None
+        };
+        let tls = match &config.tls {
+            Some(settings) => {
+                let tls = crate::tls::Tls::new(settings.clone()).context("TLS")?;
+                let addr = SocketAddr::new(config.listen.ip(), settings.port);
+                let l = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding TLS {addr}"))?;
+                Some((l, Arc::new(tls)))
+            }
+            None => None,
+        };
+        for name in config.users.plaintext_passwords() {
+            tracing::warn!(
+                user = %name,
+                "password given in clear in the settings: write it as \"#<sha256 hex>\" (sessiond hash-password)"
+            );
+        }
         let metrics = match config.metrics_addr {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -161,14 +190,34 @@ impl Server {
         Ok(Server {
             shared,
             listener,
+            tls,
             metrics,
             cluster_shutdown,
         })
     }
 
-    /// The RESP address actually bound (useful with port 0).
+    /// The plaintext RESP address actually bound (useful with port 0).
+    ///
+    /// # Errors
+    /// `NotFound` with `--plaintext no`.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match &self.listener {
+            Some(l) => l.local_addr(),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no plaintext listener (--plaintext no)",
+            )),
+        }
+    }
+
+    /// The TLS address actually bound, if there is a TLS listener.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// The TLS configuration (to reload its certificates).
+    pub fn tls(&self) -> Option<Arc<crate::tls::Tls>> {
+        self.tls.as_ref().map(|(_, t)| t.clone())
     }
 
     /// The metrics address actually bound.
@@ -194,6 +243,7 @@ impl Server {
         let Server {
             shared,
             listener,
+            tls,
             metrics,
             cluster_shutdown,
         } = self;
@@ -217,19 +267,25 @@ impl Server {
         // Open client connections, against a limit SIGHUP may change (a
         // lower one closes none: new ones wait until enough have left).
         let open = Arc::new(AtomicUsize::new(0));
+        let (tls_listener, tls) = match tls {
+            Some((l, t)) => (Some(l), Some(t)),
+            None => (None, None),
+        };
         loop {
-            let (stream, addr) = tokio::select! {
+            let (accepted, over_tls) = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off
-                        // briefly instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                r = accept(listener.as_ref()) => (r, false),
+                r = accept(tls_listener.as_ref()) => (r, true),
+            };
+            let (stream, addr) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off
+                    // briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             shared.metrics.connections_total.inc();
             let _ = stream.set_nodelay(true);
@@ -250,10 +306,27 @@ impl Server {
                 continue;
             };
             let (shared, shutdown) = (shared.clone(), shutdown.clone());
-            tracker.spawn(async move {
-                crate::connection::run(stream, addr, shared, shutdown).await;
-                drop(slot);
-            });
+            match (over_tls, &tls) {
+                (true, Some(tls)) => {
+                    let tls = tls.clone();
+                    tracker.spawn(async move {
+                        // The handshake runs in the connection's task, so a
+                        // slow client holds up no other.
+                        if let Some(stream) =
+                            tls.accept(stream, addr, &shared.metrics, &shutdown).await
+                        {
+                            crate::connection::run(stream, addr, shared, shutdown).await;
+                        }
+                        drop(slot);
+                    });
+                }
+                _ => {
+                    tracker.spawn(async move {
+                        crate::connection::run(stream, addr, shared, shutdown).await;
+                        drop(slot);
+                    });
+                }
+            }
         }
         tracker.close();
         if tokio::time::timeout(shared.config.shutdown_timeout, tracker.wait())
@@ -272,6 +345,16 @@ impl Server {
             tracing::error!("stopped; {report}");
         }
         report
+    }
+}
+
+/// The next connection of `listener`; never, without one.
+async fn accept(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -474,14 +557,19 @@ async fn serve(config: Config, reloader: Option<crate::reload::Reloader>) -> any
     // Listening for SIGHUP before the ready line: from then on a SIGHUP
     // reloads instead of ending the process (its default action).
     let hangup = hangup_signal();
-    let addr = server.local_addr()?;
+    let addr = server
+        .local_addr()
+        .map_or("off".to_owned(), |a| a.to_string());
+    let tls_addr = server.tls_addr();
+    // `tls=` only with a TLS listener; `resp=off` with `--plaintext no`.
     println!(
-        "sessiond ready: resp={addr} metrics={}",
+        "sessiond ready: resp={addr} metrics={}{}",
         server
             .metrics_addr()
-            .map_or("off".to_owned(), |a| a.to_string())
+            .map_or("off".to_owned(), |a| a.to_string()),
+        tls_addr.map_or(String::new(), |a| format!(" tls={a}"))
     );
-    tracing::info!(%addr, durability = ?config.durability, storage = ?config.storage, data_dir = %config.data_dir.display(), "listening");
+    tracing::info!(%addr, tls = ?tls_addr, durability = ?config.durability, storage = ?config.storage, data_dir = %config.data_dir.display(), "listening");
     let shutdown = CancellationToken::new();
     let notifier = crate::notify::Notifier::from_env();
     if let Some(n) = notifier.clone() {
@@ -493,6 +581,7 @@ async fn serve(config: Config, reloader: Option<crate::reload::Reloader>) -> any
         hangup,
         reloader,
         server.shared(),
+        server.tls(),
         shutdown.clone(),
     ));
     let signal = shutdown.clone();
@@ -564,6 +653,7 @@ async fn reload_on_hangup(
     hangup: Hangup,
     reloader: Option<crate::reload::Reloader>,
     shared: Arc<Shared>,
+    tls: Option<Arc<crate::tls::Tls>>,
     shutdown: CancellationToken,
 ) {
     let Some(mut hangup) = hangup else {
@@ -580,6 +670,11 @@ async fn reload_on_hangup(
                 tracing::warn!("SIGHUP: started without settings to read again; nothing changed");
             }
         }
+        // The certificate files are read again whatever the settings say:
+        // rotating them needs no other change.
+        if let Some(tls) = &tls {
+            tls.reload_and_log();
+        }
     }
 }
 
@@ -588,6 +683,7 @@ async fn reload_on_hangup(
     _hangup: Hangup,
     _reloader: Option<crate::reload::Reloader>,
     _shared: Arc<Shared>,
+    _tls: Option<Arc<crate::tls::Tls>>,
     _shutdown: CancellationToken,
 ) {
 }

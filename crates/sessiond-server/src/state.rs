@@ -125,6 +125,8 @@ pub struct ClientInfo {
     pub name: Option<String>,
     /// CLIENT SETINFO lib-name / lib-ver.
     pub lib: Option<String>,
+    /// The user it is logged in as (none before AUTH).
+    pub user: Option<String>,
     /// When it connected.
     pub connected: Instant,
     /// Cancelled by CLIENT KILL: the connection closes (its locks go as on

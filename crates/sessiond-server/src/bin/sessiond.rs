@@ -29,12 +29,8 @@ enum Cmd {
         /// The file to write (replaced whole, or left as it was).
         #[arg(long)]
         to: std::path::PathBuf,
-        /// Server address.
-        #[arg(long, default_value = "127.0.0.1:6380", env = "SESSIOND_ADDR")]
-        addr: String,
-        /// Password.
-        #[arg(long, env = "SESSIOND_REQUIREPASS", hide_env_values = true)]
-        password: Option<String>,
+        #[command(flatten)]
+        conn: ClientArgs,
     },
     /// Write a new data directory from a backup file (then start the server
     /// on it).
@@ -46,6 +42,9 @@ enum Cmd {
         #[arg(long)]
         data_dir: std::path::PathBuf,
     },
+    /// Print the hash of the password read from standard input (one
+    /// line) as a `[[user]]` table's `password` takes it: `#<sha256 hex>`.
+    HashPassword,
     /// Print the man page (roff) on stdout.
     Man,
     /// Print shell completions on stdout.
@@ -55,16 +54,50 @@ enum Cmd {
     },
     /// List the locks held and waited for (the lock inspector).
     Locks {
-        /// Server address.
-        #[arg(long, default_value = "127.0.0.1:6380", env = "SESSIOND_ADDR")]
-        addr: String,
         /// Only this session.
         #[arg(long)]
         session: Option<String>,
-        /// Password.
-        #[arg(long, env = "SESSIOND_REQUIREPASS", hide_env_values = true)]
-        password: Option<String>,
+        #[command(flatten)]
+        conn: ClientArgs,
     },
+}
+
+/// How `backup` and `locks` reach the server.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// Server address (the TLS port with --cacert).
+    #[arg(long, default_value = "127.0.0.1:6380", env = "SESSIOND_ADDR")]
+    addr: String,
+    /// User (with --password; `default` when not given).
+    #[arg(long, env = "SESSIOND_USER")]
+    user: Option<String>,
+    /// Password.
+    #[arg(long, env = "SESSIOND_REQUIREPASS", hide_env_values = true)]
+    password: Option<String>,
+    /// Connect over TLS, checking the server against this CA file (PEM).
+    #[arg(long, env = "SESSIOND_CACERT")]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for servers that require one.
+    #[arg(long, requires = "cacert")]
+    cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<std::path::PathBuf>,
+}
+
+impl ClientArgs {
+    fn options(&self) -> sessiond_client::ConnectOptions {
+        sessiond_client::ConnectOptions {
+            user: self.user.clone(),
+            password: self.password.clone(),
+            tls: self.cacert.as_ref().map(|ca| sessiond_client::TlsOptions {
+                cert_file: self.cert.clone(),
+                key_file: self.key.clone(),
+                ..sessiond_client::TlsOptions::with_ca(ca)
+            }),
+            ..Default::default()
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +113,15 @@ fn main() -> anyhow::Result<()> {
                 show_defaults(Cli::command()).mut_subcommand("serve", show_defaults),
             )
             .render(&mut std::io::stdout())?;
+            return Ok(());
+        }
+        Some(Cmd::HashPassword) => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let pass = line.strip_suffix('\n').unwrap_or(&line);
+            let pass = pass.strip_suffix('\r').unwrap_or(pass);
+            anyhow::ensure!(!pass.is_empty(), "no password on standard input");
+            println!("{}", sessiond_server::users::hash_password(pass));
             return Ok(());
         }
         Some(Cmd::Completions { shell }) => {
@@ -124,18 +166,13 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Some(Cmd::Locks {
-            addr,
-            session,
-            password,
-        }) => runtime.block_on(sessiond_server::inspect::print_locks(
-            &addr,
-            session.as_deref(),
-            password,
-        )),
-        Some(Cmd::Man | Cmd::Completions { .. }) => Ok(()),
-        Some(Cmd::Backup { to, addr, password }) => {
-            let n = runtime.block_on(sessiond_server::backup::backup(&addr, password, &to))?;
+        Some(Cmd::Locks { session, conn }) => runtime.block_on(
+            sessiond_server::inspect::print_locks(&conn.addr, session.as_deref(), conn.options()),
+        ),
+        Some(Cmd::Man | Cmd::Completions { .. } | Cmd::HashPassword) => Ok(()),
+        Some(Cmd::Backup { to, conn }) => {
+            let addr = &conn.addr;
+            let n = runtime.block_on(sessiond_server::backup::backup(addr, conn.options(), &to))?;
             eprintln!("backed up {n} sessions from {addr} to {}", to.display());
             Ok(())
         }
@@ -149,6 +186,10 @@ fn main() -> anyhow::Result<()> {
         Some(Cmd::Serve(args)) => runtime.block_on(serve(args.merge(cli.serve), set_log)),
         Some(Cmd::CheckConfig(args)) => {
             let config = args.merge(cli.serve).resolve()?;
+            if let Some(tls) = &config.tls {
+                // The certificate, key and CA files read as the server would.
+                sessiond_server::tls::Tls::new(tls.clone())?;
+            }
             print!("{}", config.describe());
             Ok(())
         }

@@ -114,7 +114,13 @@ impl Cluster {
         }
         .validate()
         .context("raft settings")?;
-        let peers = network::PeerPool::default();
+        let peer_tls = match &config.tls {
+            Some(settings) => Some(Arc::new(
+                crate::tls::PeerTls::new(settings).context("cluster TLS")?,
+            )),
+            None => None,
+        };
+        let peers = network::PeerPool::new(peer_tls.clone());
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
@@ -136,7 +142,12 @@ impl Cluster {
         let listener = tokio::net::TcpListener::bind(&config.raft_addr)
             .await
             .with_context(|| format!("binding --raft-addr {}", config.raft_addr))?;
-        tokio::spawn(network::serve(listener, cluster.clone(), shutdown.clone()));
+        tokio::spawn(network::serve(
+            listener,
+            cluster.clone(),
+            peer_tls,
+            shutdown.clone(),
+        ));
         tokio::spawn(watch_nodes(
             cluster.clone(),
             config.node_down_after,

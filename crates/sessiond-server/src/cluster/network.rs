@@ -16,8 +16,10 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 use sessiond_core::engine::{Input, InputResult};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::tls::PeerTls;
 use tokio_util::sync::CancellationToken;
 
 use super::{Cluster, NodeId, ProposeError, TypeConfig};
@@ -81,14 +83,22 @@ pub enum CallError {
     AfterSend(String),
 }
 
-async fn write_frame(stream: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
+/// A connection to or from a peer: TCP, or TLS over it (`--tls-cluster`).
+trait PeerIo: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> PeerIo for T {}
+
+async fn write_frame<S: AsyncWrite + Unpin + ?Sized>(
+    stream: &mut S,
+    body: &[u8],
+) -> std::io::Result<()> {
     let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("frame too large"))?;
     stream.write_all(&len.to_be_bytes()).await?;
     stream.write_all(body).await?;
     stream.flush().await
 }
 
-async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+async fn read_frame<S: AsyncRead + Unpin + ?Sized>(stream: &mut S) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -103,7 +113,9 @@ async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 /// One reusable connection to a peer address.
 #[derive(Default)]
 struct Channel {
-    stream: Option<TcpStream>,
+    stream: Option<Box<dyn PeerIo>>,
+    // TLS to peers, when the cluster uses it.
+    tls: Option<Arc<PeerTls>>,
 }
 
 impl Channel {
@@ -118,11 +130,17 @@ impl Channel {
         // readable with EOF before anything is sent on it: drop it and
         // connect afresh, so a request is never reported as possibly applied
         // when it could not have reached anyone.
-        if let Some(stream) = &self.stream {
+        if let Some(stream) = &mut self.stream {
+            // One poll that does not wait (TLS records must go through
+            // rustls, so the socket is not read around it).
             let mut probe = [0u8; 1];
-            match stream.try_read(&mut probe) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                _ => self.stream = None,
+            let mut buf = tokio::io::ReadBuf::new(&mut probe);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if !std::pin::Pin::new(stream)
+                .poll_read(&mut cx, &mut buf)
+                .is_pending()
+            {
+                self.stream = None;
             }
         }
         if self.stream.is_none() {
@@ -131,7 +149,21 @@ impl Channel {
                 .map_err(|_| CallError::BeforeSend(format!("connect to {addr} timed out")))?
                 .map_err(|e| CallError::BeforeSend(format!("connect to {addr}: {e}")))?;
             let _ = stream.set_nodelay(true);
-            self.stream = Some(stream);
+            self.stream = Some(match &self.tls {
+                None => Box::new(stream),
+                Some(tls) => {
+                    let name = PeerTls::server_name(addr).map_err(CallError::BeforeSend)?;
+                    let tls = tokio::time::timeout(timeout, tls.connector.connect(name, stream))
+                        .await
+                        .map_err(|_| {
+                            CallError::BeforeSend(format!("TLS handshake with {addr} timed out"))
+                        })?
+                        .map_err(|e| {
+                            CallError::BeforeSend(format!("TLS handshake with {addr}: {e}"))
+                        })?;
+                    Box::new(tls)
+                }
+            });
         }
         let Some(stream) = self.stream.as_mut() else {
             return Err(CallError::BeforeSend("no connection".into()));
@@ -166,16 +198,32 @@ impl Channel {
 #[derive(Clone, Default)]
 pub struct PeerPool {
     idle: Arc<parking_lot::Mutex<HashMap<String, Vec<Channel>>>>,
+    tls: Option<Arc<PeerTls>>,
 }
 
 impl PeerPool {
+    /// A pool whose connections use `tls` (none: plain TCP).
+    pub fn new(tls: Option<Arc<PeerTls>>) -> PeerPool {
+        PeerPool {
+            idle: Arc::default(),
+            tls,
+        }
+    }
+
+    fn channel(&self) -> Channel {
+        Channel {
+            stream: None,
+            tls: self.tls.clone(),
+        }
+    }
+
     /// An idle connection to `addr`, or a new (unconnected) one.
     fn checkout(&self, addr: &str) -> Channel {
         self.idle
             .lock()
             .get_mut(addr)
             .and_then(Vec::pop)
-            .unwrap_or_default()
+            .unwrap_or_else(|| self.channel())
     }
 
     /// Keeps `channel` for the next call to `addr`, if it is still connected
@@ -257,7 +305,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerConnection {
             target,
             addr: node.addr.clone(),
-            channel: Channel::default(),
+            channel: self.peers.channel(),
         }
     }
 }
@@ -344,10 +392,15 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     }
 }
 
-/// Serves peers on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, cluster: Arc<Cluster>, shutdown: CancellationToken) {
+/// Serves peers on `listener` until `shutdown`, over TLS with `tls`.
+pub async fn serve(
+    listener: TcpListener,
+    cluster: Arc<Cluster>,
+    tls: Option<Arc<PeerTls>>,
+    shutdown: CancellationToken,
+) {
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, addr) = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(pair) => pair,
@@ -359,11 +412,33 @@ pub async fn serve(listener: TcpListener, cluster: Arc<Cluster>, shutdown: Cance
             },
         };
         let _ = stream.set_nodelay(true);
-        let (cluster, shutdown) = (cluster.clone(), shutdown.clone());
+        let (cluster, shutdown, tls) = (cluster.clone(), shutdown.clone(), tls.clone());
         tokio::spawn(async move {
+            let served = async {
+                match tls {
+                    None => serve_peer(stream, &cluster).await,
+                    Some(tls) => {
+                        let handshake = tokio::time::timeout(
+                            crate::tls::HANDSHAKE_TIMEOUT,
+                            tls.acceptor.accept(stream),
+                        );
+                        match handshake.await {
+                            Ok(Ok(stream)) => serve_peer(stream, &cluster).await,
+                            Ok(Err(e)) => {
+                                tracing::warn!(%addr, error = %e, "peer TLS handshake failed");
+                                Ok(())
+                            }
+                            Err(_) => {
+                                tracing::warn!(%addr, "peer TLS handshake timed out");
+                                Ok(())
+                            }
+                        }
+                    }
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                r = serve_peer(stream, &cluster) => {
+                r = served => {
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "peer connection ended");
                     }
@@ -373,7 +448,10 @@ pub async fn serve(listener: TcpListener, cluster: Arc<Cluster>, shutdown: Cance
     }
 }
 
-async fn serve_peer(mut stream: TcpStream, cluster: &Cluster) -> std::io::Result<()> {
+async fn serve_peer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    cluster: &Cluster,
+) -> std::io::Result<()> {
     loop {
         let body = read_frame(&mut stream).await?;
         let req: PeerRequest = postcard::from_bytes(&body)

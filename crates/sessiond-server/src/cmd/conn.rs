@@ -1,10 +1,10 @@
 //! Connection and server commands: PING, ECHO, HELLO, AUTH, CLIENT, INFO,
-//! SLOWLOG, BACKUP.SNAPSHOT, SELECT, COMMAND, RESET, QUIT.
+//! SLOWLOG, BACKUP.SNAPSHOT, SELECT, COMMAND, RESET, QUIT, ACL.
 
 use bytes::Bytes;
-use subtle::ConstantTimeEq;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use super::{Args, CmdError};
 use crate::protocol::{Protocol, Reply};
@@ -21,6 +21,11 @@ pub struct ConnState {
     pub proto: Protocol,
     /// Whether AUTH succeeded (or no password is set).
     pub authed: bool,
+    /// The user logged in as (with `authed`).
+    pub user: Option<Arc<crate::users::User>>,
+    /// AUTH and HELLO AUTH attempts refused on this connection: each next
+    /// refusal is answered later (see `connection.rs`).
+    pub auth_failures: u32,
     /// CLIENT SETNAME.
     pub name: Option<String>,
     /// CLIENT SETINFO lib-name/lib-ver.
@@ -30,6 +35,15 @@ pub struct ConnState {
 }
 
 impl ConnState {
+    /// Logs the connection in as `user` (CLIENT LIST shows it).
+    pub fn log_in(&mut self, shared: &Shared, user: Arc<crate::users::User>) {
+        if let Some(c) = shared.clients.lock().get_mut(&self.id) {
+            c.user = Some(user.name.clone());
+        }
+        self.authed = true;
+        self.user = Some(user);
+    }
+
     /// Sets the name here and in the shared registry.
     pub fn set_name(&mut self, shared: &Shared, name: Option<String>) {
         self.name = name.clone();
@@ -92,6 +106,17 @@ pub enum ConnCommand {
     Quit,
     /// CLUSTER.INFO (also `CLUSTER INFO`)
     ClusterInfo,
+    /// ACL subcommand
+    Acl(AclSub),
+}
+
+/// ACL subcommands.
+#[derive(Debug)]
+pub enum AclSub {
+    /// ACL WHOAMI: the user logged in as.
+    WhoAmI,
+    /// ACL LIST: every user as a rule string, without secrets.
+    List,
 }
 
 /// CLIENT subcommands.
@@ -268,6 +293,16 @@ impl ConnCommand {
                 }
                 None => return Err(CmdError::Arity("CLUSTER".into())),
             },
+            "ACL" => ConnCommand::Acl(match a.keyword().as_deref() {
+                Some("WHOAMI") => AclSub::WhoAmI,
+                Some("LIST") => AclSub::List,
+                Some(other) => {
+                    return Err(CmdError::Syntax(format!(
+                        "unknown ACL subcommand {other:?} (sessiond has ACL WHOAMI and ACL LIST)"
+                    )));
+                }
+                None => return Err(CmdError::Arity("ACL".into())),
+            }),
             _ => return Ok(None),
         }))
     }
@@ -288,6 +323,7 @@ impl ConnCommand {
             ConnCommand::Quit => "QUIT",
             ConnCommand::Reset => "RESET",
             ConnCommand::ClusterInfo => "CLUSTER.INFO",
+            ConnCommand::Acl(_) => "ACL",
         }
     }
 
@@ -308,10 +344,10 @@ impl ConnCommand {
                     Some(_) => return Reply::error("NOPROTO", "unsupported protocol version"),
                 };
                 if let Some((user, pass)) = auth {
-                    if let Err(e) = check_password(shared, Some(&user), &pass) {
-                        return e;
+                    match authenticate(shared, conn, Some(&user), &pass) {
+                        Ok(u) => conn.log_in(shared, u),
+                        Err(e) => return e,
                     }
-                    conn.authed = true;
                 }
                 if !conn.authed {
                     return Reply::error(
@@ -339,13 +375,27 @@ impl ConnCommand {
                     (Reply::bulk("modules"), Reply::Array(vec![])),
                 ])
             }
-            ConnCommand::Auth(user, pass) => match check_password(shared, user.as_ref(), &pass) {
-                Ok(()) => {
-                    conn.authed = true;
-                    Reply::ok()
+            ConnCommand::Auth(user, pass) => {
+                match authenticate(shared, conn, user.as_ref(), &pass) {
+                    Ok(u) => {
+                        conn.log_in(shared, u);
+                        Reply::ok()
+                    }
+                    Err(e) => e,
                 }
-                Err(e) => e,
-            },
+            }
+            ConnCommand::Acl(AclSub::WhoAmI) => conn
+                .user
+                .as_ref()
+                .map_or(Reply::Nil, |u| Reply::bulk(u.name.clone())),
+            ConnCommand::Acl(AclSub::List) => Reply::Array(
+                shared
+                    .config
+                    .users
+                    .iter()
+                    .map(|u| Reply::bulk(u.rule()))
+                    .collect(),
+            ),
             ConnCommand::Info(section) => {
                 Reply::bulk(crate::info::render(shared, section.as_deref()))
             }
@@ -471,11 +521,12 @@ fn client_list(shared: &Shared) -> String {
             |m: &BTreeMap<u64, Vec<String>>| m.get(&c.id).map_or(String::new(), |v| v.join(","));
         let _ = writeln!(
             out,
-            "id={} addr={} name={} age={} db=0 lib-name={} lib-ver={} locks={} waits={}",
+            "id={} addr={} name={} age={} db=0 user={} lib-name={} lib-ver={} locks={} waits={}",
             c.id,
             c.addr,
             c.name.as_deref().unwrap_or(""),
             c.connected.elapsed().as_secs(),
+            c.user.as_deref().unwrap_or(""),
             lib_name,
             lib_ver,
             list(&holds),
@@ -536,34 +587,42 @@ fn client_name(a: &mut Args) -> Result<String, CmdError> {
     Ok(name)
 }
 
-/// Compares in constant time, so the time to fail says nothing about how
-/// much of the password matched.
-fn check_password(shared: &Shared, user: Option<&Bytes>, pass: &[u8]) -> Result<(), Reply> {
-    let wrong = || {
-        Reply::error(
-            "WRONGPASS",
-            "invalid username-password pair or user is disabled.",
-        )
+/// The user `user` (or `default`) if `pass` is its password (compared as
+/// hashes in constant time). A refusal is logged with the peer address and
+/// counted.
+fn authenticate(
+    shared: &Shared,
+    conn: &mut ConnState,
+    user: Option<&Bytes>,
+    pass: &[u8],
+) -> Result<Arc<crate::users::User>, Reply> {
+    let users = &shared.config.users;
+    let name = match user {
+        Some(u) => String::from_utf8_lossy(u).into_owned(),
+        None => crate::users::DEFAULT_USER.to_owned(),
     };
-    let Some(expected) = shared.config.requirepass.as_deref() else {
-        // As Redis's `default` user with `nopass`: any password works when
-        // the user is named, so a client configured with credentials can
-        // still talk to a password-less development server.
-        return match user {
-            Some(u) if u.as_ref() == b"default" => Ok(()),
-            Some(_) => Err(wrong()),
-            None => Err(Reply::error(
-                "ERR",
-                "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-            )),
-        };
-    };
-    if user.is_some_and(|u| u.as_ref() != b"default") {
-        return Err(wrong());
+    let found = users.get(&name);
+    if user.is_none() && found.is_some_and(|u| u.nopass()) {
+        return Err(Reply::error(
+            "ERR",
+            "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        ));
     }
-    if bool::from(expected.as_bytes().ct_eq(pass)) {
-        Ok(())
-    } else {
-        Err(wrong())
+    match found {
+        Some(u) if u.accepts(pass) => Ok(u.clone()),
+        _ => {
+            conn.auth_failures = conn.auth_failures.saturating_add(1);
+            shared.metrics.auth_failures.inc();
+            tracing::warn!(
+                addr = %conn.addr,
+                user = %name,
+                failures = conn.auth_failures,
+                "authentication failed"
+            );
+            Err(Reply::error(
+                "WRONGPASS",
+                "invalid username-password pair or user is disabled.",
+            ))
+        }
     }
 }

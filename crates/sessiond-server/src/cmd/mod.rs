@@ -8,6 +8,7 @@
 //! connection. [`render`] is the one place where errors become RESP error
 //! codes.
 
+pub mod acl;
 mod args;
 pub mod cluster;
 pub mod conn;
@@ -20,7 +21,7 @@ use bytes::Bytes;
 pub use args::{Args, CmdError};
 pub use conn::{ConnCommand, ConnState, allowed_unauthenticated as conn_allowed_unauthenticated};
 pub use render::{
-    durability_error_reply, engine_error_reply, error_reply, parse_error_reply,
+    acl_error_reply, durability_error_reply, engine_error_reply, error_reply, parse_error_reply,
     replication_error_reply, response_reply, storage_fault_reply,
 };
 
@@ -42,9 +43,19 @@ impl Command {
     /// # Errors
     /// [`CmdError`] for an unknown command, wrong arity or a bad argument.
     pub fn parse(argv: Vec<Bytes>) -> Result<Command, CmdError> {
+        Self::parse_with_prefix(argv, None)
+    }
+
+    /// [`Command::parse`] for a user confined to session ids starting with
+    /// `prefix`: the ids the server makes (SESSION.NEW, SESSION.REGENERATE
+    /// without TO) start with it.
+    ///
+    /// # Errors
+    /// As [`Command::parse`].
+    pub fn parse_with_prefix(argv: Vec<Bytes>, prefix: Option<&str>) -> Result<Command, CmdError> {
         let mut args = Args::new(argv)?;
         let name = args.name().to_owned();
-        let cmd = if let Some(c) = session::parse(&name, &mut args)? {
+        let cmd = if let Some(c) = session::parse(&name, &mut args, prefix)? {
             Command::Engine(c)
         } else if let Some(c) = lock::parse(&name, &mut args)? {
             Command::Engine(c)

@@ -230,3 +230,8 @@ pub fn durability_error_reply(e: &DurabilityError) -> Reply {
 fn sanitize(name: &str) -> String {
     name.chars().take(64).filter(|c| !c.is_control()).collect()
 }
+
+/// A command refused to a user: Redis's NOPERM.
+pub fn acl_error_reply(e: &crate::users::AclError) -> Reply {
+    Reply::error("NOPERM", e.to_string())
+}

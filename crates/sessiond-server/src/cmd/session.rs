@@ -10,7 +10,7 @@ use super::{Args, CmdError};
 ///
 /// # Errors
 /// Arity, numbers, unknown options.
-pub fn parse(name: &str, a: &mut Args) -> Result<Option<Command>, CmdError> {
+pub fn parse(name: &str, a: &mut Args, prefix: Option<&str>) -> Result<Option<Command>, CmdError> {
     let cmd = match name {
         "SESSION.NEW" => {
             let (mut ttl_ms, mut lifetime_ms) = (None, None);
@@ -22,7 +22,7 @@ pub fn parse(name: &str, a: &mut Args) -> Result<Option<Command>, CmdError> {
                 }
             }
             Command::New {
-                id: crate::ids::new_session_id(),
+                id: crate::ids::new_session_id_with_prefix(prefix),
                 ttl_ms,
                 lifetime_ms,
             }
@@ -185,7 +185,7 @@ pub fn parse(name: &str, a: &mut Args) -> Result<Option<Command>, CmdError> {
                     // Chosen here, before the engine runs: it stays
                     // deterministic. A retry with the same REQID gets the
                     // id the first attempt chose, not this one.
-                    new_id: to.unwrap_or_else(crate::ids::new_session_id),
+                    new_id: to.unwrap_or_else(|| crate::ids::new_session_id_with_prefix(prefix)),
                 },
             )
         }
