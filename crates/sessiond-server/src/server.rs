@@ -166,7 +166,6 @@ impl Server {
                 cluster_config,
                 shared.clone(),
                 &shared.config.data_dir,
-                shared.config.durability,
                 cluster_shutdown.clone(),
             )
             .await

@@ -90,13 +90,12 @@ impl Cluster {
         config: ClusterConfig,
         shared: Arc<Shared>,
         data_dir: &std::path::Path,
-        durability: crate::config::Durability,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<Arc<Cluster>> {
         use anyhow::Context;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
-        let log = log_store::LogStore::open(&data_dir.join("raft.redb"), durability)
+        let log = log_store::LogStore::open(&data_dir.join("raft.redb"))
             .context("opening the raft log")?;
         let (sm, applied) = state_machine::StateMachine::open(shared.clone(), data_dir)
             .context("loading the last snapshot")?;
