@@ -376,9 +376,46 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_is_judged_by_its_lowest_ratio_and_the_failover_by_p99_and_its_count() {
+        let rep = Report {
+            cluster_cycle: vec![
+                row("sessiond-1node", "everysec", 1, 1000.0, 10.0),
+                row("sessiond-cluster3", "log fsynced", 1, 600.0, 10.0),
+                row("sessiond-1node", "everysec", 8, 1000.0, 10.0),
+                row("sessiond-cluster3", "log fsynced", 8, 400.0, 10.0),
+            ],
+            failover: Some(crate::report::Failover {
+                kills: 2,
+                samples_ms: vec![700.0, 900.0],
+                p50_ms: 700.0,
+                p99_ms: 900.0,
+                max_ms: 900.0,
+                increments_acknowledged: 3,
+                final_value: 3,
+            }),
+            ..Report::default()
+        };
+        let goals = targets(&rep);
+        let one_node = goal(&goals, "Cluster (3 nodes) ≥ 0.5× one node");
+        assert_eq!(one_node.met, Some(false), "{}", one_node.measured);
+        assert!(
+            one_node.measured.contains("lowest 0.40×"),
+            "{}",
+            one_node.measured
+        );
+        assert_eq!(goal(&goals, "Failover p99").met, Some(true));
+        // A lost increment fails the failover goal whatever the times.
+        let mut lost = rep;
+        if let Some(f) = &mut lost.failover {
+            f.final_value = 2;
+        }
+        assert_eq!(goal(&targets(&lost), "Failover p99").met, Some(false));
+    }
+
+    #[test]
     fn nothing_measured_means_no_verdict() {
         let goals = targets(&Report::default());
-        assert_eq!(goals.len(), 7);
+        assert_eq!(goals.len(), 11);
         for g in &goals {
             assert_eq!(g.met, None, "{}", g.target);
             assert_eq!(g.measured, "not measured");
