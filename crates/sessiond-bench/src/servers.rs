@@ -236,32 +236,7 @@ impl Server {
     /// A Redis replica of `primary` (same settings as [`Server::redis`]
     /// without persistence).
     pub fn redis_replica(bin: &str, name: &str, primary: SocketAddr) -> Result<Server> {
-        let dir = TempDir::new("redis-replica")?;
-        let port = free_port()?;
-        let args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--protected-mode",
-            "no",
-            "--dir",
-            &dir.path().display().to_string(),
-            "--logfile",
-            &dir.path().join("redis.log").display().to_string(),
-            "--replicaof",
-            &primary.ip().to_string(),
-            &primary.port().to_string(),
-        ]
-        .map(String::from)
-        .to_vec();
-        Self::spawn_plain(bin, name, args, port, dir)
+        Self::redis_with(bin, name, None, Some(primary))
     }
 
     /// One member of an etcd cluster: `name` listens for clients on
@@ -403,6 +378,16 @@ impl Server {
 
     /// redis-server with `appendonly` off or `appendfsync` = `fsync`.
     pub fn redis(bin: &str, name: &str, aof: Option<&str>) -> Result<Server> {
+        Self::redis_with(bin, name, aof, None)
+    }
+
+    /// [`Server::redis`], a replica of `replica_of` when given.
+    fn redis_with(
+        bin: &str,
+        name: &str,
+        aof: Option<&str>,
+        replica_of: Option<SocketAddr>,
+    ) -> Result<Server> {
         let dir = TempDir::new("redis")?;
         let port = free_port()?;
         let mut args: Vec<String> = [
@@ -426,6 +411,13 @@ impl Server {
         match aof {
             None => args.extend(["--appendonly", "no"].map(String::from)),
             Some(f) => args.extend(["--appendonly", "yes", "--appendfsync", f].map(String::from)),
+        }
+        if let Some(primary) = replica_of {
+            args.extend([
+                "--replicaof".to_owned(),
+                primary.ip().to_string(),
+                primary.port().to_string(),
+            ]);
         }
         Self::spawn_plain(bin, name, args, port, dir)
     }
