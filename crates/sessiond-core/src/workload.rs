@@ -603,6 +603,35 @@ impl Driver {
         }
     }
 
+    /// Applies one step as a cluster leader serves it: a pure read is
+    /// answered by [`Engine::peek`] and its access recorded at once with
+    /// [`Engine::reads_served`] (the server batches them; at once, the
+    /// record must equal [`Driver::step`]'s); any other step as `step`.
+    pub fn step_peeking(&mut self, engine: &mut Engine, step: &LogStep) -> Record {
+        if let Input::Command(conn, template) = &step.input
+            && !self.is_waiting(*conn)
+        {
+            let now = self.now + step.advance_ms;
+            let cmd = self.resolve(*conn, template);
+            if let Some(peek) = engine.peek(now, &cmd) {
+                self.now = now;
+                let accesses: Vec<_> = peek.accessed.into_iter().map(|id| (id, now)).collect();
+                let served = engine.reads_served(now, &accesses);
+                self.note_deliveries(&served.effects.deliveries);
+                let out = Outcome {
+                    result: Step::Done(Ok(peek.response)),
+                    effects: served.effects,
+                };
+                return Record {
+                    now,
+                    command: Some((*conn, cmd)),
+                    outcome: format!("{out:?}"),
+                };
+            }
+        }
+        self.step(engine, step)
+    }
+
     /// Applies a whole log; returns every record.
     pub fn run(&mut self, engine: &mut Engine, log: &[LogStep]) -> Vec<Record> {
         log.iter().map(|s| self.step(engine, s)).collect()

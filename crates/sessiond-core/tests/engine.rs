@@ -106,6 +106,103 @@ fn check_with(seed: u64, steps: usize, memory: MemoryLimit) {
     assert_eq!(a.digest(), c.digest());
 }
 
+/// A cluster leader answers pure reads from its own state
+/// (`Engine::peek`) and records their accesses later
+/// (`Engine::reads_served`): recorded at once, that must be exactly what
+/// applying the read does — same answers, same effects, same final state.
+#[test]
+fn peeked_reads_answer_and_slide_exactly_as_applied_reads() {
+    for seed in 0..12 {
+        let log = generate(
+            seed,
+            Shape {
+                steps: 3_000,
+                ..Shape::default()
+            },
+        );
+        let memory = MemoryLimit::default();
+        let (applied, a) = run(&log, None, memory, through_bytes);
+        let mut b = fresh_engine(memory);
+        let mut driver = Driver::new(1_000);
+        let mut peeked = 0;
+        for (i, step) in log.iter().enumerate() {
+            let record = driver.step_peeking(&mut b, step);
+            if let Some((_, cmd)) = &record.command
+                && b.peek(record.now, cmd).is_some()
+            {
+                peeked += 1;
+            }
+            assert_eq!(
+                record, applied[i],
+                "seed {seed}: step {i} differs when peeked"
+            );
+        }
+        assert!(peeked > 100, "seed {seed}: only {peeked} reads peeked");
+        assert_eq!(a.digest(), b.digest(), "seed {seed}: final states differ");
+    }
+}
+
+/// Accesses recorded late slide a session to the read's time, not the
+/// record's, never shorten one, and skip sessions gone meanwhile.
+#[test]
+fn reads_served_slide_to_the_read_time() {
+    use sessiond_core::SessionId;
+    use sessiond_core::engine::{Command, Input};
+    let mut engine = fresh_engine(MemoryLimit::default());
+    let id = SessionId::parse(b"s1").expect("an id");
+    let gone = SessionId::parse(b"s2").expect("an id");
+    for s in [&id, &gone] {
+        let new = Command::New {
+            id: s.clone(),
+            ttl_ms: Some(1_000),
+            lifetime_ms: None,
+        };
+        engine.apply(10_000, 1, new);
+    }
+    let ttl = |e: &Engine, now| match e.peek(now, &Command::Ttl { id: id.clone() }) {
+        Some(p) => p.response,
+        None => panic!("TTL is a pure read"),
+    };
+    // Read at 10,600 (peeked: nothing moves), recorded at 10,900.
+    let read = Command::Read {
+        id: id.clone(),
+        opts: sessiond_core::ReadOptions::default(),
+    };
+    let peek = engine.peek(10_600, &read).expect("a pure read");
+    assert_eq!(peek.accessed.as_ref(), Some(&id));
+    assert_eq!(
+        ttl(&engine, 10_600),
+        sessiond_core::engine::Response::Ttl(Some(400))
+    );
+    engine.apply(10_950, 1, Command::Destroy { id: gone.clone() });
+    let out = engine.input(
+        10_900,
+        Input::ReadsServed {
+            accesses: vec![(id.clone(), 10_600), (gone, 10_600)],
+        },
+    );
+    assert_eq!(out.result, sessiond_core::engine::InputResult::Count(1));
+    // Slid to 10,600 + 1,000, not to 10,900 + 1,000.
+    assert_eq!(
+        ttl(&engine, 10_900),
+        sessiond_core::engine::Response::Ttl(Some(700))
+    );
+    // An older access changes nothing.
+    engine.reads_served(10_950, &[(id.clone(), 10_100)]);
+    assert_eq!(
+        ttl(&engine, 10_950),
+        sessiond_core::engine::Response::Ttl(Some(650))
+    );
+    // A read recorded with a time past the entry's is held to the entry's.
+    engine.reads_served(11_000, &[(id.clone(), 99_000)]);
+    assert_eq!(
+        ttl(&engine, 11_000),
+        sessiond_core::engine::Response::Ttl(Some(1_000))
+    );
+    // A write is not a pure read.
+    assert!(engine.peek(11_000, &Command::Destroy { id }).is_none());
+}
+
 #[test]
 fn the_log_reaches_the_interesting_states() {
     // Guard against a generator that only produces refusals: over one long

@@ -354,6 +354,9 @@ async fn execute_replicated<S: Stream>(
     shutdown: &CancellationToken,
     waited: &mut Duration,
 ) -> Option<Reply> {
+    if let Some(reply) = read_on_leader(&cmd, shared, replication).await {
+        return Some(reply);
+    }
     // The grant of a wait may be applied on this node before the proposal's
     // answer comes back: register where it goes first.
     let rx = (wait_ms > 0).then(|| shared.register_waiter(conn.id));
@@ -397,6 +400,47 @@ async fn execute_replicated<S: Stream>(
             Some(replication_error_reply(&e))
         }
     }
+}
+
+/// A read whose session expires sooner than this goes through the log,
+/// which slides it at once: the slides of reads served by the leader reach
+/// the log in bulk (every half second, see `server::cluster_timekeeper`),
+/// and a write coming after such a read must not find the session expired
+/// in between.
+const SLIDE_HORIZON_MS: u64 = 2_000;
+
+/// A pure read (see `Command::is_pure_read`) on the leader, answered from
+/// this node's engine once the ReadIndex barrier passed, with no log entry;
+/// its expiry slide is noted for the next bulk record. `None` when the read
+/// must go through the log: not a pure read, this node does not lead (or
+/// lost the majority), or the session is about to expire.
+async fn read_on_leader(
+    cmd: &sessiond_core::engine::Command,
+    shared: &Shared,
+    replication: &dyn Replication,
+) -> Option<Reply> {
+    if !cmd.is_pure_read() || !replication.is_leader() {
+        return None;
+    }
+    let now = replication.read_barrier().await?;
+    let peek = shared.read(|engine, _| {
+        let peek = engine.peek(now, cmd)?;
+        if let Some(id) = &peek.accessed
+            && engine
+                .store()
+                .ttl(now, id)
+                .is_some_and(|ttl| ttl < SLIDE_HORIZON_MS)
+        {
+            return None;
+        }
+        Some(peek)
+    })?;
+    if let Some(id) = peek.accessed {
+        replication.note_read(id, now);
+    }
+    Some(response_reply(peek.response, &|id| {
+        shared.clients.lock().get(&id).cloned()
+    }))
 }
 
 /// How a wait ends when it is given up: locally, or through the log.

@@ -417,13 +417,15 @@ async fn timekeeper(shared: Arc<Shared>, shutdown: CancellationToken) {
 }
 
 /// In a cluster the leader proposes the ticks (with its time, like every
-/// proposal); every node applies them. Followers only watch for becoming
+/// proposal), and every half second the slides of the reads it served
+/// without a log entry; every node applies them. Followers only watch for becoming
 /// leader. Lease and expiry deadlines are also checked by every command at
 /// the time stamped on it, so a tick only makes them happen without one.
 async fn cluster_timekeeper(shared: Arc<Shared>, shutdown: CancellationToken) {
     let Some(replication) = shared.replication().cloned() else {
         return;
     };
+    let mut reads_flushed = Instant::now();
     loop {
         let next = shared.read(|e, _| e.next_deadline());
         let now = shared.clock.now();
@@ -437,6 +439,12 @@ async fn cluster_timekeeper(shared: Arc<Shared>, shutdown: CancellationToken) {
         let due = shared
             .read(|e, _| e.next_deadline())
             .is_some_and(|d| d <= shared.clock.now());
+        // The slides of reads served without a log entry go in first, so
+        // that no tick expires a session read since.
+        if due || reads_flushed.elapsed() >= Duration::from_millis(500) {
+            replication.flush_reads().await;
+            reads_flushed = Instant::now();
+        }
         if due && replication.is_leader() {
             let _ = replication
                 .propose(sessiond_core::engine::Input::Tick {

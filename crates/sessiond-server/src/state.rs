@@ -12,7 +12,7 @@ use sessiond_core::engine::{
     Command, ConnId, Delivery, EngineImage, Input, InputResult, Outcome, Step, conn_node,
 };
 use sessiond_core::locks::WaiterId;
-use sessiond_core::{Clock, Engine, Millis};
+use sessiond_core::{Clock, Engine, Millis, SessionId};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -64,6 +64,22 @@ pub trait Replication: Send + Sync {
     /// Changes the membership (on the leader, or through it); resolves
     /// once the change is committed, or with why it was not made.
     fn change_membership(&self, change: MembershipChange) -> BoxFuture<'_, Result<(), String>>;
+
+    /// For a read arriving now: confirms that this node still leads (a
+    /// majority answered after the read arrived) and that it applied every
+    /// entry committed before (Raft's ReadIndex), then gives the engine
+    /// time to read at. `None` when this node cannot serve the read itself
+    /// (not the leader, no majority in time): it then goes through the log.
+    fn read_barrier(&self) -> BoxFuture<'_, Option<Millis>>;
+
+    /// Notes that a read served here (`Engine::peek`) found session `id`
+    /// at `at`: its expiry slides when [`Replication::flush_reads`] puts
+    /// the noted reads in the log.
+    fn note_read(&self, id: SessionId, at: Millis);
+
+    /// Proposes the reads noted since the last call as one entry
+    /// (`Input::ReadsServed`); nothing when none were.
+    fn flush_reads(&self) -> BoxFuture<'_, ()>;
 }
 
 /// A change of a cluster's members (`CLUSTER.ADDLEARNER`,

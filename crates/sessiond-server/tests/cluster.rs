@@ -688,3 +688,73 @@ async fn sequential_leader_kills_under_everysec_lose_no_acknowledged_increment()
         }
     }
 }
+
+/// The leader answers reads from its own state once a majority confirmed
+/// it leads (ReadIndex), with no log entry per read; the expiry slides of
+/// those reads still reach every node in bulk: a session last read well
+/// before its deadline (so the read was served without the log) outlives
+/// its first deadline, also on the node that leads after that leader is
+/// killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_on_the_leader_need_no_log_entry_and_still_slide_every_node() {
+    let mut cluster = TestCluster::start(3);
+    let leader = cluster.stable_leader().await;
+    let addr = cluster.addr(leader).unwrap();
+    let created = Instant::now();
+    call(
+        addr,
+        &[
+            "SESSION.COMMIT",
+            "r1",
+            "CREATE",
+            "TTL",
+            "20",
+            "SET",
+            "k",
+            "v",
+        ],
+    )
+    .await
+    .expect("create");
+    let applied = |info: &str| {
+        info_field(info, "applied_index")
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    let before = applied(&cluster_info(addr).await.unwrap());
+    let mut client = Client::connect(addr).await.unwrap();
+    for _ in 0..100 {
+        let read = client.command(&["SESSION.READ", "r1"]).await.unwrap();
+        assert!(format!("{read:?}").contains('v'), "{read:?}");
+    }
+    let after = applied(&cluster_info(addr).await.unwrap());
+    // At most a few entries (the bulk records of their slides, a tick).
+    assert!(
+        after - before < 20,
+        "100 reads made {} log entries",
+        after - before
+    );
+    // One read 8 s in (12 s before the deadline: served without the log),
+    // then none until past the first deadline (20 s).
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(created.elapsed())).await;
+    let read = client.command(&["SESSION.READ", "r1"]).await.unwrap();
+    assert!(format!("{read:?}").contains('v'), "{read:?}");
+    drop(client);
+    tokio::time::sleep(Duration::from_secs(21).saturating_sub(created.elapsed())).await;
+    let ttl = call(addr, &["SESSION.TTL", "r1"]).await.expect("TTL");
+    assert!(
+        matches!(ttl, Value::Int(ms) if ms > 0),
+        "expired at its first deadline although read 8 s in: {ttl:?}"
+    );
+    cluster.kill(leader);
+    let next = cluster.stable_leader().await;
+    let ttl = call(cluster.addr(next).unwrap(), &["SESSION.TTL", "r1"])
+        .await
+        .expect("TTL on the new leader");
+    // The read's slide moved the deadline to 28 s.
+    assert!(
+        created.elapsed() >= Duration::from_secs(27) || matches!(ttl, Value::Int(ms) if ms > 0),
+        "the slide did not reach the other nodes: {ttl:?} after {:?}",
+        created.elapsed()
+    );
+}

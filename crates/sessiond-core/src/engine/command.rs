@@ -178,6 +178,19 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether the command only reads: `SESSION.READ` without `CREATE` or
+    /// `TTL`, `SESSION.EXISTS`, `SESSION.TTL` ([`Engine::peek`] answers
+    /// them without changing anything but the read's expiry slide).
+    ///
+    /// [`Engine::peek`]: super::Engine::peek
+    pub fn is_pure_read(&self) -> bool {
+        match self {
+            Command::Read { opts, .. } => !opts.create && opts.ttl_ms.is_none(),
+            Command::Exists { .. } | Command::Ttl { .. } => true,
+            _ => false,
+        }
+    }
+
     /// The protocol name of the command.
     pub fn name(&self) -> &'static str {
         match self {

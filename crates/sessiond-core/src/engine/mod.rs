@@ -162,6 +162,12 @@ pub enum Input {
         /// The node's current incarnation, whose connections stay.
         except_incarnation: Option<u64>,
     },
+    /// [`Engine::reads_served`]: the last-access times of reads a cluster
+    /// leader served without a log entry ([`Engine::peek`]).
+    ReadsServed {
+        /// Each session read (the id the read resolved to) and when.
+        accesses: Vec<(SessionId, Millis)>,
+    },
 }
 
 /// What an [`Input`] answers.
@@ -173,6 +179,16 @@ pub enum InputResult {
     Count(usize),
     /// Nothing to answer.
     Done,
+}
+
+/// What [`Engine::peek`] answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peek {
+    /// The command's response.
+    pub response: Response,
+    /// The session a read found, whose last access should move to the
+    /// read's time ([`Input::ReadsServed`]).
+    pub accessed: Option<SessionId>,
 }
 
 /// A queued `LOCK.ACQUIRE`/`LOCK.ONCE`: what to answer once granted.
@@ -281,6 +297,9 @@ impl Engine {
             Input::Abandon { token } => map(self.abandon(now, token), |()| InputResult::Done),
             Input::Tick { max_purge } => map(self.tick(now, max_purge), InputResult::Count),
             Input::RecordAccesses => map(self.record_accesses(now), InputResult::Count),
+            Input::ReadsServed { accesses } => {
+                map(self.reads_served(now, &accesses), InputResult::Count)
+            }
             Input::CloseNode {
                 node,
                 except_incarnation,
@@ -347,6 +366,57 @@ impl Engine {
     pub fn record_accesses(&mut self, now: Millis) -> Outcome<usize> {
         let recorded = self.store.record_accesses();
         self.finish(now, recorded, Vec::new())
+    }
+
+    /// Answers `cmd` without changing anything, when it is a pure read
+    /// (`SESSION.READ` without `CREATE` or `TTL`, `SESSION.EXISTS`,
+    /// `SESSION.TTL`): the same answer [`Engine::apply`] would give at
+    /// `now`, for a cluster leader that serves reads from its own state
+    /// once a majority confirmed it still leads (ReadIndex) instead of
+    /// putting each read in the log. `None` for every other command.
+    ///
+    /// A read also slides its session's expiry; that is left to the caller,
+    /// who gets the session read in [`Peek::accessed`] and records it later
+    /// with [`Input::ReadsServed`], so every replica slides it alike.
+    pub fn peek(&self, now: Millis, cmd: &Command) -> Option<Peek> {
+        if !cmd.is_pure_read() {
+            return None;
+        }
+        let (result, accessed) = match cmd {
+            Command::Read { id, opts } => match self.store.resolve(now, id) {
+                Some(canonical) => {
+                    let read = self.store.snapshot(&canonical, false, opts.keys.as_deref());
+                    (Response::Read(read), Some(canonical))
+                }
+                None => (Response::Read(None), None),
+            },
+            Command::Exists { id } => (Response::Flag(self.store.exists(now, id)), None),
+            Command::Ttl { id } => (Response::Ttl(self.store.ttl(now, id)), None),
+            _ => return None,
+        };
+        Some(Peek {
+            response: result,
+            accessed,
+        })
+    }
+
+    /// Slides the expiry of every session in `accesses` as a read at that
+    /// time would have (never past `now`, never shortening one), once per
+    /// session. Sessions gone since are skipped. Returns how many slid.
+    pub fn reads_served(
+        &mut self,
+        now: Millis,
+        accesses: &[(SessionId, Millis)],
+    ) -> Outcome<usize> {
+        // Like every input: locks whose time ran out go first.
+        let work = self.locks_due(now);
+        let mut slid = 0;
+        for (id, at) in accesses {
+            if self.store.accessed_at(now, id, (*at).min(now)) {
+                slid += 1;
+            }
+        }
+        self.finish(now, slid, work)
     }
 
     // ---- commands -------------------------------------------------------

@@ -226,6 +226,19 @@ impl Store {
             .map(|s| s.meta.deadline().saturating_sub(now))
     }
 
+    /// Moves the last access of the session `id` answers for to `at` (a
+    /// read served at `at`, recorded later), as that read would have.
+    /// Returns whether `id` answered for a live session at `now`.
+    pub fn accessed_at(&mut self, now: Millis, id: &SessionId, at: Millis) -> bool {
+        match self.resolve(now, id) {
+            Some(canonical) => {
+                self.slide(at, &canonical, None);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A session by canonical id, without sliding it. For the lock table and
     /// the inspector.
     pub fn get(&self, now: Millis, id: &SessionId) -> Option<&Session> {

@@ -13,9 +13,15 @@
 //! back, across leader changes and restarts (the last stamp is in every
 //! snapshot). Ids and random values are chosen before proposing.
 //!
-//! Reads go through the log like writes, so a read reflects every write
-//! acknowledged before it (linearizable) and no node answers from a state a
-//! failover could take back.
+//! Reads: the leader answers pure reads (`SESSION.READ` without `CREATE`
+//! or `TTL`, `EXISTS`, `TTL`) from its own engine once a majority confirmed
+//! that it still leads and it applied everything committed before the read
+//! arrived (Raft's ReadIndex, openraft's `get_read_log_id`), so a read
+//! reflects every write acknowledged before it and no node answers from a
+//! state a failover could take back. The expiry slide of such reads goes
+//! into the log in bulk, about once a second and before every tick
+//! (`Input::ReadsServed`), so every node slides alike. Other commands, and
+//! reads on a follower, go through the log.
 
 // openraft's storage and network traits return its error types, which are
 // large; the openraft examples allow this too.
@@ -26,16 +32,17 @@ mod membership;
 pub mod network;
 pub mod state_machine;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft};
 use serde::{Deserialize, Serialize};
 use sessiond_core::engine::{Input, InputResult};
-use sessiond_core::{Clock, Millis};
+use sessiond_core::{Clock, Millis, SessionId};
 use tokio::sync::watch;
 
 pub use crate::config::ClusterConfig;
@@ -73,7 +80,12 @@ pub struct Cluster {
     node_id: NodeId,
     clock: Arc<dyn Clock>,
     applied: watch::Receiver<u64>,
+    // The latest engine time applied (reads never go behind it).
+    applied_now: Arc<AtomicU64>,
     peers: network::PeerPool,
+    // Reads served here since the last `flush_reads`: each session read
+    // and the latest time it was.
+    reads: parking_lot::Mutex<HashMap<SessionId, Millis>>,
 }
 
 /// How long a proposal may take before the client gets an error.
@@ -99,6 +111,7 @@ impl Cluster {
             .context("opening the raft log")?;
         let (sm, applied) = state_machine::StateMachine::open(shared.clone(), data_dir)
             .context("loading the last snapshot")?;
+        let applied_now = sm.applied_now();
         let raft_config = openraft::Config {
             cluster_name: "sessiond".into(),
             heartbeat_interval: config.heartbeat_ms,
@@ -136,7 +149,9 @@ impl Cluster {
             node_id: config.node_id,
             clock: shared.clock.clone(),
             applied,
+            applied_now,
             peers,
+            reads: parking_lot::Mutex::new(HashMap::new()),
         });
         let listener = tokio::net::TcpListener::bind(&config.raft_addr)
             .await
@@ -276,6 +291,45 @@ impl Cluster {
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Raft's ReadIndex (see [`Replication::read_barrier`]).
+    async fn read_barrier_here(&self) -> Option<Millis> {
+        if !Replication::is_leader(self) {
+            return None;
+        }
+        let (read_log_id, _) = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.get_read_log_id())
+            .await
+            .ok()?
+            .ok()?;
+        let index = read_log_id.map_or(0, |l| l.index);
+        let mut applied = self.applied.clone();
+        tokio::time::timeout(PROPOSE_TIMEOUT, applied.wait_for(|a| *a >= index))
+            .await
+            .ok()?
+            .ok()?;
+        Some(
+            self.clock
+                .now()
+                .max(self.applied_now.load(Ordering::Acquire)),
+        )
+    }
+
+    async fn flush_reads_here(&self) {
+        let accesses: Vec<(SessionId, Millis)> = {
+            let mut reads = self.reads.lock();
+            if reads.is_empty() {
+                return;
+            }
+            let mut all: Vec<_> = reads.drain().collect();
+            all.sort_unstable();
+            all
+        };
+        // Lost if no leader takes it: those sessions then expire as if
+        // last read before these reads (documented in docs/design.md).
+        if let Err(e) = self.propose_anywhere(Input::ReadsServed { accesses }).await {
+            tracing::debug!(error = %e, "recording served reads");
         }
     }
 
@@ -427,5 +481,19 @@ impl Replication for Cluster {
 
     fn change_membership(&self, change: MembershipChange) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(self.change_anywhere(change))
+    }
+
+    fn read_barrier(&self) -> BoxFuture<'_, Option<Millis>> {
+        Box::pin(self.read_barrier_here())
+    }
+
+    fn note_read(&self, id: SessionId, at: Millis) {
+        let mut reads = self.reads.lock();
+        let latest = reads.entry(id).or_insert(at);
+        *latest = (*latest).max(at);
+    }
+
+    fn flush_reads(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.flush_reads_here())
     }
 }

@@ -5,6 +5,7 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -45,6 +46,9 @@ pub struct StateMachine {
     progress: Arc<Mutex<Progress>>,
     path: PathBuf,
     applied_tx: Arc<watch::Sender<u64>>,
+    // `Progress::last_now`, readable without the lock (reads served by the
+    // leader never read at a time behind what was applied).
+    applied_now: Arc<AtomicU64>,
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -74,15 +78,22 @@ impl StateMachine {
         }
         let index = progress.last_applied.map_or(0, |l| l.index);
         let (tx, rx) = watch::channel(index);
+        let applied_now = Arc::new(AtomicU64::new(progress.last_now));
         Ok((
             Self {
                 shared,
                 progress: Arc::new(Mutex::new(progress)),
                 path,
                 applied_tx: Arc::new(tx),
+                applied_now,
             },
             rx,
         ))
+    }
+
+    /// The latest engine time applied, kept up to date as entries apply.
+    pub fn applied_now(&self) -> Arc<AtomicU64> {
+        self.applied_now.clone()
     }
 
     fn write_file(&self, file: &SnapshotFile) -> Result<(), StorageError<NodeId>> {
@@ -161,6 +172,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(proposal) => {
                     let now = proposal.now.max(p.last_now);
                     p.last_now = now;
+                    self.applied_now.store(now, Ordering::Release);
                     self.shared.apply_replicated(now, proposal.input)
                 }
                 EntryPayload::Membership(m) => {
@@ -204,6 +216,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             p.last_applied = meta.last_log_id;
             p.membership = meta.last_membership.clone();
             p.last_now = p.last_now.max(file.last_now);
+            self.applied_now.store(p.last_now, Ordering::Release);
         }
         self.applied_tx
             .send_replace(meta.last_log_id.map_or(0, |l| l.index));
