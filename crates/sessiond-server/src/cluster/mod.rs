@@ -43,7 +43,7 @@ use openraft::{BasicNode, Raft};
 use serde::{Deserialize, Serialize};
 use sessiond_core::engine::{Input, InputResult};
 use sessiond_core::{Clock, Millis, SessionId};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 pub use crate::config::ClusterConfig;
 use crate::state::{BoxFuture, MembershipChange, Replication, ReplicationError, Shared};
@@ -86,6 +86,10 @@ pub struct Cluster {
     // Reads served here since the last `flush_reads`: each session read
     // and the latest time it was.
     reads: parking_lot::Mutex<HashMap<SessionId, Millis>>,
+    // Reads waiting for the next leadership confirmation (ReadIndex), all
+    // served by one round of heartbeats (see `confirm_reads`).
+    read_waiters: parking_lot::Mutex<Vec<oneshot::Sender<Option<u64>>>>,
+    read_wanted: tokio::sync::Notify,
 }
 
 /// How long a proposal may take before the client gets an error.
@@ -152,6 +156,8 @@ impl Cluster {
             applied_now,
             peers,
             reads: parking_lot::Mutex::new(HashMap::new()),
+            read_waiters: parking_lot::Mutex::new(Vec::new()),
+            read_wanted: tokio::sync::Notify::new(),
         });
         let listener = tokio::net::TcpListener::bind(&config.raft_addr)
             .await
@@ -162,6 +168,7 @@ impl Cluster {
             peer_tls,
             shutdown.clone(),
         ));
+        tokio::spawn(confirm_reads(cluster.clone(), shutdown.clone()));
         tokio::spawn(watch_nodes(
             cluster.clone(),
             config.node_down_after,
@@ -265,7 +272,21 @@ impl Cluster {
             let attempt = match self.propose_here(input.clone()).await {
                 Ok(done) => return Ok(done),
                 Err(ProposeError::Forward(Some(leader), Some(addr))) if leader != self.node_id => {
-                    match self.peers.forward(&addr, input.clone()).await {
+                    // A leader that stops answering (paused, cut off) is
+                    // replaced by an election: once another leader is
+                    // known, its answer is not worth waiting for (the
+                    // client's retry, with its request id, goes to the new
+                    // one).
+                    let mut metrics = self.raft.metrics();
+                    let deposed =
+                        metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != leader));
+                    let forwarded = tokio::select! {
+                        answer = self.peers.forward(&addr, input.clone()) => answer,
+                        _ = deposed => Err(network::CallError::AfterSend(format!(
+                            "node {leader} stopped leading during the request"
+                        ))),
+                    };
+                    match forwarded {
                         Ok(Ok(done)) => return Ok(done),
                         // The leader answered but could not commit (it was
                         // deposed meanwhile): nothing applied; retry.
@@ -299,11 +320,10 @@ impl Cluster {
         if !Replication::is_leader(self) {
             return None;
         }
-        let (read_log_id, _) = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.get_read_log_id())
-            .await
-            .ok()?
-            .ok()?;
-        let index = read_log_id.map_or(0, |l| l.index);
+        let (tx, rx) = oneshot::channel();
+        self.read_waiters.lock().push(tx);
+        self.read_wanted.notify_one();
+        let index = rx.await.ok()??;
         let mut applied = self.applied.clone();
         tokio::time::timeout(PROPOSE_TIMEOUT, applied.wait_for(|a| *a >= index))
             .await
@@ -372,6 +392,35 @@ impl Cluster {
             }
         }
         out
+    }
+}
+
+/// Confirms leadership for waiting reads in rounds: each round takes every
+/// read waiting when it starts, asks a majority once (openraft's
+/// `get_read_log_id`: a heartbeat to every follower) and gives them all the
+/// same read index. A read arriving during a round waits for the next: the
+/// confirmation must come after the read arrived. Under load, one round
+/// serves many reads instead of one heartbeat per read.
+async fn confirm_reads(cluster: Arc<Cluster>, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = cluster.read_wanted.notified() => {}
+        }
+        loop {
+            let waiting = std::mem::take(&mut *cluster.read_waiters.lock());
+            if waiting.is_empty() {
+                break;
+            }
+            let index =
+                match tokio::time::timeout(PROPOSE_TIMEOUT, cluster.raft.get_read_log_id()).await {
+                    Ok(Ok((read_log_id, _))) => Some(read_log_id.map_or(0, |l| l.index)),
+                    _ => None,
+                };
+            for tx in waiting {
+                let _ = tx.send(index);
+            }
+        }
     }
 }
 
