@@ -113,7 +113,24 @@ pub struct Scale {
     pub restart_sessions_counted: u64,
     pub restart_sessions_verified: u64,
     pub restart_sessions_bad: u64,
+    /// The same data as a cluster node's (imported, then restarted).
+    #[serde(default)]
+    pub cluster_node: Option<ClusterNodeRestart>,
     pub expiry: Option<Expiry>,
+}
+
+/// A cluster node's restart with every session: the single server's data
+/// imported into a cluster of one (taking its first snapshot), then that
+/// node killed with SIGKILL and started again (snapshot loaded, log
+/// replayed, elected).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ClusterNodeRestart {
+    pub import_secs: f64,
+    pub snapshot_bytes: u64,
+    pub restart_ready_secs: f64,
+    pub restart_serving_secs: f64,
+    pub sessions_verified: u64,
+    pub sessions_bad: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -442,6 +459,18 @@ impl Report {
                 "| after restart: sessions counted / verified intact / bad | {} / {} / {} | – |\n\n",
                 s.restart_sessions_counted, s.restart_sessions_verified, s.restart_sessions_bad
             ));
+            if let Some(c) = &s.cluster_node {
+                o.push_str(&format!(
+                    "As a cluster node (`--initial-cluster` of one on a copy of that data directory): import and first snapshot {:.2} s (snapshot file {}); \
+                     after SIGKILL, restart: ready line {:.2} s, first read answered {:.2} s; {} sessions intact, {} bad.\n\n",
+                    c.import_secs,
+                    mb(c.snapshot_bytes),
+                    c.restart_ready_secs,
+                    c.restart_serving_secs,
+                    c.sessions_verified,
+                    c.sessions_bad
+                ));
+            }
             if let Some(e) = &s.expiry {
                 o.push_str(&format!(
                     "Expiring {} sessions while {} connections run the session cycle on other sessions: expiry took {:.1} s; \

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::driver::{Lat, Rng, new_hist};
-use crate::report::{Expiry, Scale};
+use crate::report::{ClusterNodeRestart, Expiry, Scale};
 use crate::servers::{Server, SessiondCmd};
 use crate::store::{self, Client, FIELDS, Kind, Shape};
 use crate::wire::{Resp, Value};
@@ -197,12 +197,77 @@ pub fn run(o: &Opts) -> Result<Scale> {
         out.sessiond_rss_after_restart as f64 / 1e6
     );
 
+    out.cluster_node = Some(cluster_node(o, &mut sd, &sh)?);
+    let mut admin = Resp::connect(sd.addr)?;
+
     if o.expiry {
         out.expiry = Some(expiry(o, &sd, &sh, &mut admin)?);
     }
     // Dropping `sd` kills it: a clean shutdown would first write the backlog
     // of removals to disk, which measures nothing here.
     Ok(out)
+}
+
+/// The single server's data as a cluster node's: a copy of the data
+/// directory started as a cluster of one (it imports the sessions and takes
+/// its first snapshot before its ready line), then killed with SIGKILL and
+/// started again: the time until it answers a read, and every session
+/// checked. `sd` is stopped for the copy and started again after.
+fn cluster_node(o: &Opts, sd: &mut Server, sh: &Shape) -> Result<ClusterNodeRestart> {
+    let n = o.sessions;
+    eprintln!("scale: the same {n} sessions as a cluster node");
+    sd.stop();
+    let data = sd
+        .dir
+        .as_ref()
+        .map(|d| d.path().join("data/sessions.redb"))
+        .ok_or_else(|| anyhow::anyhow!("no data dir"))?;
+    let mut node = Server::sessiond_cluster_of_one(o.sessiond, "sessiond-cluster-node", &data)?;
+    sd.start_sessiond()?;
+    let mut out = ClusterNodeRestart::default();
+    let t = Instant::now();
+    node.start_sessiond()?;
+    first_read(node.addr, sh)?;
+    out.import_secs = t.elapsed().as_secs_f64();
+    if let Some(d) = &node.dir {
+        out.snapshot_bytes = std::fs::metadata(d.path().join("data/raft-snapshot.bin"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+    }
+    node.kill9();
+    let t = Instant::now();
+    out.restart_ready_secs = node.start_sessiond()?.as_secs_f64();
+    first_read(node.addr, sh)?;
+    out.restart_serving_secs = t.elapsed().as_secs_f64();
+    let (good, bad) = verify(node.addr, sh, n, 2)?;
+    out.sessions_verified = good;
+    out.sessions_bad = bad;
+    eprintln!(
+        "  import {:.2} s (snapshot {:.0} MB); after SIGKILL: ready line {:.2} s, first read {:.2} s; {good} intact, {bad} bad",
+        out.import_secs,
+        out.snapshot_bytes as f64 / 1e6,
+        out.restart_ready_secs,
+        out.restart_serving_secs
+    );
+    Ok(out)
+}
+
+/// Waits (at most 300 s) until the first session reads back.
+fn first_read(addr: SocketAddr, sh: &Shape) -> Result<()> {
+    let key = sh.id(0);
+    let t = Instant::now();
+    loop {
+        if let Ok(mut c) = Resp::connect(addr)
+            && let Ok(Value::Array(reply)) = c.call(&[b"SESSION.READ", key.as_bytes()])
+            && !reply.is_empty()
+        {
+            return Ok(());
+        }
+        if t.elapsed() > Duration::from_secs(300) {
+            bail!("{addr} did not answer SESSION.READ {key} within 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn expiry(o: &Opts, sd: &Server, sh: &Shape, admin: &mut Resp) -> Result<Expiry> {

@@ -311,6 +311,33 @@ impl Server {
         })
     }
 
+    /// sessiond as a cluster of one (node 1, `--raft-addr` on a free port)
+    /// on a new data directory holding a copy of the single server's
+    /// `sessions` file: its first start imports them. Not started.
+    pub fn sessiond_cluster_of_one(cmd: &SessiondCmd, name: &str, sessions: &Path) -> Result<Server> {
+        let mut s = Self::sessiond_unstarted(cmd, name, "everysec")?;
+        let data = s
+            .dir
+            .as_ref()
+            .map(|d| d.path().join("data"))
+            .ok_or_else(|| anyhow!("no dir"))?;
+        std::fs::create_dir_all(&data)?;
+        std::fs::copy(sessions, data.join("sessions.redb"))
+            .with_context(|| format!("copying {}", sessions.display()))?;
+        let raft = format!("127.0.0.1:{}", free_port()?);
+        if let Some((_, args)) = &mut s.restart {
+            args.extend([
+                "--node-id".to_string(),
+                "1".to_string(),
+                "--raft-addr".to_string(),
+                raft.clone(),
+                "--initial-cluster".to_string(),
+                format!("1={raft}"),
+            ]);
+        }
+        Ok(s)
+    }
+
     /// Stops sessiond cleanly (everything synced) and starts it again on the
     /// same data with another durability policy.
     pub fn restart_with_durability(&mut self, durability: &str) -> Result<()> {

@@ -274,6 +274,22 @@ pub fn targets(rep: &Report) -> Vec<Goal> {
             )
         }),
     );
+    push(
+        &mut g,
+        "Cluster node restart with 1M sessions serving in ≤ 5 s",
+        rep.scale
+            .as_ref()
+            .and_then(|s| s.cluster_node.as_ref().map(|c| (s, c)))
+            .map(|(s, c)| {
+                (
+                    format!(
+                        "{} sessions: first read after {:.2} s, {} of {} intact",
+                        s.sessions, c.restart_serving_secs, c.sessions_verified, s.sessions
+                    ),
+                    c.restart_serving_secs <= 5.0 && c.sessions_verified == s.sessions,
+                )
+            }),
+    );
     g
 }
 
