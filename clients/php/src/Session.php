@@ -182,7 +182,7 @@ final class Session
         if ($fence !== null) {
             array_push($cmd, 'FENCE', $fence);
         }
-        $r = $this->run($id, $key, $cmd, $fence !== null);
+        $r = $this->run($id, $key, $cmd, $fence !== null, true);
         $this->handler->remember($key, (int) $r[1], (string) $r[0]);
         return (int) $r[0];
     }
@@ -207,7 +207,7 @@ final class Session
         if ($fence !== null) {
             array_push($cmd, 'FENCE', $fence);
         }
-        $r = $this->run($id, $key, $cmd, $fence !== null);
+        $r = $this->run($id, $key, $cmd, $fence !== null, true);
         if ((int) $r[0] === 1) {
             $this->handler->remember($key, (int) $r[1], $encNew);
             return true;
@@ -354,11 +354,13 @@ final class Session
      *
      * @param list<string|int> $cmd
      */
-    private function run(string $id, string $key, array $cmd, bool $onLockConn): mixed
+    private function run(string $id, string $key, array $cmd, bool $onLockConn, bool $once = false): mixed
     {
         $conn = $onLockConn ? $this->handler->lockConnection() : $this->conn($id);
         try {
-            return $conn->command($cmd);
+            // INCR and CAS carry a request id: retried after a lost
+            // connection or a failover, they are applied once.
+            return $once ? $this->handler->commandOnce($conn, $cmd) : $conn->command($cmd);
         } catch (ServerException $e) {
             throw $this->translate($e, $key);
         }

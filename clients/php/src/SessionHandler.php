@@ -743,11 +743,12 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
      * the next node, until failover_timeout: the server answers a repeat
      * with the first answer and never applies it twice (a fenced commit
      * that went in and released the lock is told it succeeded, not that
-     * its token is stale).
+     * its token is stale). Also used by Session for INCR and CAS.
      *
+     * @internal
      * @param list<string|int> $cmd
      */
-    private function commandOnce(Connection $conn, array $cmd): mixed
+    public function commandOnce(Connection $conn, array $cmd): mixed
     {
         $cmd[] = 'REQID';
         $cmd[] = 'php-' . bin2hex(random_bytes(12));
