@@ -468,6 +468,8 @@ pub struct ClusterConfig {
     /// TLS between nodes (`--tls-cluster yes`): the TLS files of the
     /// client port, with mutual authentication.
     pub tls: Option<crate::tls::TlsSettings>,
+    /// `--durability`: when the Raft log is synced (cluster::log_store).
+    pub durability: Durability,
 }
 
 impl ClusterConfig {
@@ -758,6 +760,7 @@ impl ServeArgs {
                         .unwrap_or(defaults::RAFT_ELECTION_TIMEOUT_MS)
                         .max(3 * heartbeat_ms),
                     tls: cluster_tls.clone(),
+                    durability: s.durability.unwrap_or(defaults::DURABILITY),
                     ..c
                 }
             }),
@@ -876,6 +879,7 @@ fn cluster_config(
                 heartbeat_ms: defaults::RAFT_HEARTBEAT_MS,
                 election_timeout_ms: defaults::RAFT_ELECTION_TIMEOUT_MS,
                 tls: None,
+                durability: defaults::DURABILITY,
             }))
         }
         _ => Err(ConfigError::Invalid(

@@ -1,7 +1,7 @@
 //! The cluster: every input of the engine goes through a Raft log
 //! (openraft) and every node applies the committed log to its own engine.
 //!
-//! - [`log_store`]: the log and the vote in redb.
+//! - [`log_store`]: the log and the vote, in segment files.
 //! - [`state_machine`]: applies committed entries to the engine (through
 //!   [`Shared::apply_replicated`]), builds and installs snapshots (the
 //!   engine's image).
@@ -111,7 +111,7 @@ impl Cluster {
         use anyhow::Context;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
-        let log = log_store::LogStore::open(&data_dir.join("raft.redb"))
+        let log = log_store::LogStore::open(data_dir, config.durability)
             .context("opening the raft log")?;
         let (sm, applied) = state_machine::StateMachine::open(shared.clone(), data_dir)
             .context("loading the last snapshot")?;
