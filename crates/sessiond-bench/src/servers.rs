@@ -314,7 +314,11 @@ impl Server {
     /// sessiond as a cluster of one (node 1, `--raft-addr` on a free port)
     /// on a new data directory holding a copy of the single server's
     /// `sessions` file: its first start imports them. Not started.
-    pub fn sessiond_cluster_of_one(cmd: &SessiondCmd, name: &str, sessions: &Path) -> Result<Server> {
+    pub fn sessiond_cluster_of_one(
+        cmd: &SessiondCmd,
+        name: &str,
+        sessions: &Path,
+    ) -> Result<Server> {
         let mut s = Self::sessiond_unstarted(cmd, name, "everysec")?;
         let data = s
             .dir
