@@ -306,6 +306,49 @@ impl PackedFieldsBuilder {
     }
 }
 
+impl PackedFields {
+    /// The buffer itself (see the module docs for its layout): what a
+    /// snapshot stores, so that taking and loading one copies each session
+    /// once instead of splitting it into fields.
+    pub fn packed(&self) -> &Bytes {
+        &self.buf
+    }
+
+    /// Takes a buffer from [`PackedFields::packed`] back, checking it: every
+    /// entry whole, keys strictly increasing, nothing left over. `None` for
+    /// anything else (a snapshot is read from disk or from a peer).
+    pub fn from_packed(buf: Bytes) -> Option<Self> {
+        let mut len = 0;
+        let mut previous: Option<&[u8]> = None;
+        let mut rest: &[u8] = &buf;
+        while !rest.is_empty() {
+            let mut walk = Entries { rest };
+            let entry = walk.next()?;
+            if previous.is_some_and(|p| p >= entry.key) {
+                return None;
+            }
+            previous = Some(entry.key);
+            rest = walk.rest;
+            len += 1;
+        }
+        Some(Self { buf, len })
+    }
+}
+
+impl Serialize for PackedFields {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.buf)
+    }
+}
+
+impl<'de> Deserialize<'de> for PackedFields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let buf = Bytes::deserialize(deserializer)?;
+        Self::from_packed(buf)
+            .ok_or_else(|| serde::de::Error::custom("malformed packed session fields"))
+    }
+}
+
 impl fmt::Debug for PackedFields {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
@@ -323,6 +366,42 @@ impl fmt::Debug for PackedFields {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_packed_buffer_comes_back_only_when_well_formed() {
+        let fields = PackedFields::from_entries([
+            (Bytes::from_static(b"b"), field("2", 2)),
+            (Bytes::from_static(b"a"), field("1", 1)),
+        ]);
+        let back = PackedFields::from_packed(fields.packed().clone()).expect("well formed");
+        assert_eq!(back, fields);
+        assert_eq!(back.len(), 2);
+        assert_eq!(
+            PackedFields::from_packed(Bytes::new()),
+            Some(PackedFields::new())
+        );
+        let raw = fields.packed().to_vec();
+        // Cut short, trailing garbage, a length past the end.
+        assert_eq!(
+            PackedFields::from_packed(Bytes::from(raw[..raw.len() - 1].to_vec())),
+            None
+        );
+        let mut longer = raw.clone();
+        longer.push(0);
+        assert_eq!(PackedFields::from_packed(Bytes::from(longer)), None);
+        let mut bad_len = raw.clone();
+        bad_len[0] = 0xff;
+        assert_eq!(PackedFields::from_packed(Bytes::from(bad_len)), None);
+        // Keys out of order, and a repeated key.
+        let mut swapped = Vec::new();
+        push_entry(&mut swapped, b"b", b"2", 2);
+        push_entry(&mut swapped, b"a", b"1", 1);
+        assert_eq!(PackedFields::from_packed(Bytes::from(swapped)), None);
+        let mut twice = Vec::new();
+        push_entry(&mut twice, b"a", b"1", 1);
+        push_entry(&mut twice, b"a", b"2", 2);
+        assert_eq!(PackedFields::from_packed(Bytes::from(twice)), None);
+    }
 
     fn field(value: &str, version: u64) -> Field {
         Field {

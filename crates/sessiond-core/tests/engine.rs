@@ -440,12 +440,46 @@ fn closing_a_node_spares_the_connections_of_its_current_run() {
 }
 
 #[test]
+fn an_image_of_format_2_still_loads() {
+    // Format 2 is format 3 with each session's fields one by one.
+    #[derive(serde::Serialize)]
+    struct V2 {
+        format: u32,
+        store: sessiond_core::store::StoreImageV2,
+        locks: sessiond_core::locks::LockTableImage,
+        pending: Vec<(
+            sessiond_core::locks::WaiterId,
+            sessiond_core::engine::PendingGrant,
+        )>,
+        dedupe: Vec<sessiond_core::engine::dedupe::DedupeEntry>,
+    }
+    let log = generate(4, Shape::default());
+    let (_, engine) = run(&log, None, MemoryLimit::default(), through_bytes);
+    let image = engine.image();
+    assert!(
+        image.store.sessions.iter().any(|s| !s.fields.is_empty()),
+        "sessions with fields"
+    );
+    let v2 = postcard::to_stdvec(&V2 {
+        format: 2,
+        store: (&image.store).into(),
+        locks: image.locks.clone(),
+        pending: image.pending.clone(),
+        dedupe: image.dedupe.clone(),
+    })
+    .unwrap();
+    let loaded = EngineImage::decode(&v2).unwrap();
+    assert_eq!(loaded, image);
+    assert_eq!(Engine::from_image(loaded).digest(), engine.digest());
+}
+
+#[test]
 fn an_image_of_format_1_still_loads_without_remembered_requests() {
     // Format 1 is format 2 without the request-id table at the end.
     #[derive(serde::Serialize)]
     struct V1 {
         format: u32,
-        store: sessiond_core::store::StoreImage,
+        store: sessiond_core::store::StoreImageV2,
         locks: sessiond_core::locks::LockTableImage,
         pending: Vec<(
             sessiond_core::locks::WaiterId,
@@ -458,7 +492,7 @@ fn an_image_of_format_1_still_loads_without_remembered_requests() {
     assert!(!image.dedupe.is_empty(), "the log remembers some answers");
     let v1 = postcard::to_stdvec(&V1 {
         format: 1,
-        store: image.store.clone(),
+        store: (&image.store).into(),
         locks: image.locks.clone(),
         pending: image.pending.clone(),
     })

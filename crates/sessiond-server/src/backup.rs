@@ -70,11 +70,11 @@ pub fn restore_into(image: &EngineImage, storage: &mut dyn Storage) -> Result<us
             id: s.id.clone(),
             meta: s.meta,
         });
-        for (key, field) in &s.fields {
+        for (key, field) in s.fields.iter() {
             batch.push(Mutation::PutField {
                 id: s.id.clone(),
-                key: key.clone(),
-                field: field.clone(),
+                key,
+                field,
             });
         }
         if batch.len() >= RESTORE_BATCH {

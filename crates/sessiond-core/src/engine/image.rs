@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::dedupe::{DedupeEntry, DedupeTable};
 use super::{Engine, PendingGrant};
 use crate::locks::{LockTableImage, WaiterId};
-use crate::store::StoreImage;
+use crate::store::{StoreImage, StoreImageV2};
 use crate::{LockTable, Store};
 
 /// An [`Engine`] as plain, sorted data: equal engines give equal images
@@ -26,12 +26,22 @@ pub struct EngineImage {
     pub dedupe: Vec<DedupeEntry>,
 }
 
-/// Format 1: before request ids were remembered.
+/// Format 1: before request ids were remembered (fields one by one).
 #[derive(Deserialize)]
 struct EngineImageV1 {
-    store: StoreImage,
+    store: StoreImageV2,
     locks: LockTableImage,
     pending: Vec<(WaiterId, PendingGrant)>,
+}
+
+/// Format 2: each session's fields one by one.
+#[derive(Deserialize)]
+struct EngineImageV2 {
+    _format: u32,
+    store: StoreImageV2,
+    locks: LockTableImage,
+    pending: Vec<(WaiterId, PendingGrant)>,
+    dedupe: Vec<DedupeEntry>,
 }
 
 /// Why an encoded image could not be read.
@@ -46,8 +56,9 @@ pub enum ImageError {
     Format(u32),
 }
 
-/// The current image format.
-pub const FORMAT: u32 = 2;
+/// The current image format: 3, each session's fields in their packed
+/// buffer (2: fields one by one; 1: also without request ids).
+pub const FORMAT: u32 = 3;
 
 impl EngineImage {
     /// The image as bytes (postcard).
@@ -69,11 +80,21 @@ impl EngineImage {
         let (format, rest): (u32, &[u8]) = postcard::take_from_bytes(bytes)?;
         match format {
             FORMAT => postcard::from_bytes(bytes).map_err(ImageError::from),
+            2 => {
+                let v2: EngineImageV2 = postcard::from_bytes(bytes)?;
+                Ok(EngineImage {
+                    format: FORMAT,
+                    store: v2.store.into(),
+                    locks: v2.locks,
+                    pending: v2.pending,
+                    dedupe: v2.dedupe,
+                })
+            }
             1 => {
                 let v1: EngineImageV1 = postcard::from_bytes(rest)?;
                 Ok(EngineImage {
                     format: FORMAT,
-                    store: v1.store,
+                    store: v1.store.into(),
                     locks: v1.locks,
                     pending: v1.pending,
                     dedupe: Vec::new(),

@@ -15,8 +15,82 @@ pub struct SessionImage {
     pub id: SessionId,
     /// Versions and timing.
     pub meta: SessionMeta,
+    /// Its fields, in their packed buffer (sorted by key): taking an image
+    /// shares each session's buffer and loading one copies it once,
+    /// instead of a key and a value allocated per field (a 1M-session
+    /// snapshot took seconds longer to take and to load that way).
+    pub fields: PackedFields,
+}
+
+/// One session in an image of engine formats 1 and 2: fields one by one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionImageV2 {
+    /// Its id.
+    pub id: SessionId,
+    /// Versions and timing.
+    pub meta: SessionMeta,
     /// Its fields, sorted by key.
     pub fields: Vec<(Bytes, Field)>,
+}
+
+/// A [`StoreImage`] as engine formats 1 and 2 wrote it (read to load older
+/// snapshots; written only by tests).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreImageV2 {
+    /// The settings.
+    pub config: StoreConfig,
+    /// Every session held, by id.
+    pub sessions: Vec<SessionImageV2>,
+    /// Every alias, by old id.
+    pub aliases: Vec<(SessionId, Alias)>,
+    /// The last version handed out.
+    pub last_version: u64,
+    /// Sessions whose last access is not recorded in storage yet, by id.
+    pub accessed: Vec<SessionId>,
+    /// Counters.
+    pub stats: StoreStats,
+}
+
+impl From<StoreImageV2> for StoreImage {
+    fn from(old: StoreImageV2) -> Self {
+        StoreImage {
+            config: old.config,
+            sessions: old
+                .sessions
+                .into_iter()
+                .map(|s| SessionImage {
+                    id: s.id,
+                    meta: s.meta,
+                    fields: PackedFields::from_entries(s.fields),
+                })
+                .collect(),
+            aliases: old.aliases,
+            last_version: old.last_version,
+            accessed: old.accessed,
+            stats: old.stats,
+        }
+    }
+}
+
+impl From<&StoreImage> for StoreImageV2 {
+    fn from(image: &StoreImage) -> Self {
+        StoreImageV2 {
+            config: image.config,
+            sessions: image
+                .sessions
+                .iter()
+                .map(|s| SessionImageV2 {
+                    id: s.id.clone(),
+                    meta: s.meta,
+                    fields: s.fields.iter().collect(),
+                })
+                .collect(),
+            aliases: image.aliases.clone(),
+            last_version: image.last_version,
+            accessed: image.accessed.clone(),
+            stats: image.stats,
+        }
+    }
 }
 
 /// A [`Store`] as plain data, sorted: see [`Store::image`].
@@ -47,7 +121,7 @@ impl Store {
             .map(|(id, s)| SessionImage {
                 id: id.clone(),
                 meta: s.meta,
-                fields: s.fields.iter().collect(),
+                fields: s.fields.clone(),
             })
             .collect();
         sessions.sort_unstable_by(|a, b| a.id.cmp(&b.id));
@@ -82,7 +156,7 @@ impl Store {
                         s.id,
                         Session {
                             meta: s.meta,
-                            fields: PackedFields::from_entries(s.fields),
+                            fields: s.fields,
                         },
                     )
                 })

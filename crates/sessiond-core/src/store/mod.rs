@@ -33,7 +33,7 @@ pub mod ops;
 
 pub use aliases::Alias;
 pub use config::{Limits, StoreConfig};
-pub use image::{SessionImage, StoreImage};
+pub use image::{SessionImage, SessionImageV2, StoreImage, StoreImageV2};
 pub use memory::{EvictionPolicy, MemoryLimit, MemoryStats};
 pub use ops::{
     CasOutcome, CommitOutcome, CommitRequest, Mutation, Op, ReadField, ReadOptions, ReadResult,
