@@ -335,6 +335,55 @@ async fn every_node_killed_at_once_keeps_everything_acknowledged() {
     assert!(verdict.is_linearizable(), "{verdict:?}\n{history:#?}");
 }
 
+/// A voter whose data directory was lost must not come back as the same
+/// voter (it would forget entries it acknowledged): started again on an
+/// empty directory with the same flags, it exits naming the way out
+/// (removed and added again: the next test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_that_lost_its_data_is_refused_with_the_way_out() {
+    let mut cluster = TestCluster::loopback(3, default_args());
+    let leader = cluster.stable_leader().await;
+    let victim = (leader + 1) % 3;
+    let laddr = cluster.addr(leader).expect("runs");
+    for i in 0..20 {
+        let id = format!("v{i}");
+        call(laddr, &["SESSION.COMMIT", &id, "CREATE", "SET", "f", &id])
+            .await
+            .unwrap_or_else(|e| panic!("commit {id}: {e}"));
+    }
+    // Its log reached the leader's last entries (it acknowledged them).
+    let last = info_number(laddr, "CLUSTER.INFO", "last_log_index")
+        .await
+        .expect("last_log_index");
+    let vaddr = cluster.addr(victim).expect("runs");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while info_number(vaddr, "CLUSTER.INFO", "last_log_index")
+        .await
+        .unwrap_or(0)
+        < last
+    {
+        assert!(Instant::now() < deadline, "the follower never caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.kill(victim);
+    std::fs::remove_dir_all(&cluster.nodes[victim].dir).expect("wipe the data dir");
+    let (status, stderr) = cluster
+        .try_start_node(victim)
+        .expect_err("a voter that lost its data is refused");
+    assert!(!status.success());
+    assert!(
+        stderr.contains("empty data directory") && stderr.contains("CLUSTER.REMOVE"),
+        "{stderr}"
+    );
+    // The cluster kept serving meanwhile.
+    call(
+        laddr,
+        &["SESSION.COMMIT", "after", "CREATE", "SET", "f", "x"],
+    )
+    .await
+    .expect("the two others still commit");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_node_removed_and_added_again_catches_up_from_a_snapshot() {
     let mut args = default_args();

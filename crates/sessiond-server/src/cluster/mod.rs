@@ -111,7 +111,7 @@ impl Cluster {
         use anyhow::Context;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
-        let log = log_store::LogStore::open(data_dir, config.durability)
+        let mut log = log_store::LogStore::open(data_dir, config.durability)
             .context("opening the raft log")?;
         let (sm, applied) = state_machine::StateMachine::open(shared.clone(), data_dir)
             .context("loading the last snapshot")?;
@@ -137,6 +137,7 @@ impl Cluster {
             None => None,
         };
         let peers = network::PeerPool::new(peer_tls.clone());
+        refuse_forgotten_voter(&config, &mut log, data_dir, &peers).await?;
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
@@ -315,6 +316,19 @@ impl Cluster {
         }
     }
 
+    /// On the leader: the index of the last entry `node` acknowledged.
+    fn matched(&self, node: NodeId) -> Option<u64> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader != Some(self.node_id) {
+            return None;
+        }
+        m.replication?
+            .get(&node)
+            .copied()
+            .flatten()
+            .map(|l| l.index)
+    }
+
     /// Raft's ReadIndex (see [`Replication::read_barrier`]).
     async fn read_barrier_here(&self) -> Option<Millis> {
         if !Replication::is_leader(self) {
@@ -393,6 +407,64 @@ impl Cluster {
         }
         out
     }
+}
+
+/// Refuses to start an initial member whose data directory is empty (no
+/// vote, no log, no snapshot) while the cluster's leader says this node
+/// once acknowledged entries: its disk was lost or wiped. Raft counts every
+/// acknowledgement as a promise to keep the entry; a voter that comes back
+/// without them can vote a candidate that lacks committed writes into
+/// office, and openraft's leader asserts against a follower's log going
+/// back. Such a node must leave the cluster and come back as a new member
+/// (`CLUSTER.REMOVE`, then `CLUSTER.ADDLEARNER` and `CLUSTER.PROMOTE`).
+/// An initial member that never ran (its first start, late) has nothing
+/// acknowledged and starts as usual. Best effort: with no leader reachable,
+/// or a leader elected since this node last answered (it knows nothing of
+/// its past), the node starts.
+async fn refuse_forgotten_voter(
+    config: &ClusterConfig,
+    log: &mut log_store::LogStore,
+    data_dir: &std::path::Path,
+    peers: &network::PeerPool,
+) -> anyhow::Result<()> {
+    use openraft::storage::RaftLogStorage;
+    let others: Vec<&String> = config
+        .initial
+        .iter()
+        .filter(|(id, _)| **id != config.node_id)
+        .map(|(_, addr)| addr)
+        .collect();
+    if others.is_empty() || data_dir.join("raft-snapshot.bin").exists() {
+        return Ok(());
+    }
+    let state = log
+        .get_log_state()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the raft log: {e}"))?;
+    let vote = log
+        .read_vote()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the vote: {e}"))?;
+    if state.last_log_id.is_some() || vote.is_some() {
+        return Ok(());
+    }
+    for addr in others {
+        if let Some(index) = peers
+            .matched(addr, config.node_id, Duration::from_secs(1))
+            .await
+            && index > 0
+        {
+            anyhow::bail!(
+                "node {id} starts with an empty data directory ({dir}), but the cluster's leader ({addr}) says this node acknowledged its log up to entry {index}: its data was lost. \
+                 It cannot rejoin as the same voter (it would forget entries it promised to keep). \
+                 On a member: CLUSTER.REMOVE {id}; then start this node without --initial-cluster and add it back with CLUSTER.ADDLEARNER {id} {raft} and CLUSTER.PROMOTE {id} (docs/operations.md, \"Changing members, replacing a dead node\")",
+                id = config.node_id,
+                dir = data_dir.display(),
+                raft = config.raft_addr,
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Confirms leadership for waiting reads in rounds: each round takes every

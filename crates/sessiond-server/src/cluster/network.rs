@@ -40,6 +40,8 @@ enum PeerRequest {
     Ping,
     // New variants go last: the encoding numbers them in order.
     Membership(MembershipChange),
+    /// How far the answering leader knows node N's log to reach.
+    Matched(NodeId),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -50,6 +52,9 @@ enum PeerResponse {
     Propose(Result<(InputResult, u64), ForwardRefused>),
     Pong,
     Membership(Result<(), ChangeRefused>),
+    /// The index of the last entry node N acknowledged to this leader;
+    /// `None` from a node that does not lead or has no such record.
+    Matched(Option<u64>),
 }
 
 /// Why a leader refused a forwarded membership change.
@@ -280,6 +285,21 @@ impl PeerPool {
         }
     }
 
+    /// Asks the node at `addr`, if it leads, up to which index node `node`
+    /// acknowledged its log; `None` when it does not lead, does not know,
+    /// or does not answer within `timeout`.
+    pub async fn matched(&self, addr: &str, node: NodeId, timeout: Duration) -> Option<u64> {
+        let mut channel = self.checkout(addr);
+        let answer = channel
+            .call(addr, &PeerRequest::Matched(node), timeout)
+            .await;
+        self.checkin(addr, channel);
+        match answer {
+            Ok(PeerResponse::Matched(m)) => m,
+            _ => None,
+        }
+    }
+
     /// Whether the node at `addr` answers within `timeout`.
     pub async fn ping(&self, addr: &str, timeout: Duration) -> bool {
         let mut channel = self.checkout(addr);
@@ -473,6 +493,7 @@ async fn serve_peer<S: AsyncRead + AsyncWrite + Unpin>(
             PeerRequest::Membership(change) => PeerResponse::Membership(
                 super::membership::answer_forwarded(cluster.change_here(&change).await),
             ),
+            PeerRequest::Matched(node) => PeerResponse::Matched(cluster.matched(node)),
         };
         let bytes = postcard::to_stdvec(&resp)
             .map_err(|e| std::io::Error::other(format!("encoding an answer: {e}")))?;

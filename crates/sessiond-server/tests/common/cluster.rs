@@ -131,6 +131,31 @@ impl TestCluster {
         node.stopped = false;
     }
 
+    /// Starts node `i` as [`TestCluster::start_node`] does, but returns the
+    /// exit status and stderr when it exits instead of becoming ready.
+    pub fn try_start_node(&mut self, i: usize) -> Result<(), (std::process::ExitStatus, String)> {
+        let node = &mut self.nodes[i];
+        let id = node.id.to_string();
+        let dir = node.dir.display().to_string();
+        let mut flags: Vec<&str> = vec![
+            "--port",
+            "0",
+            "--data-dir",
+            &dir,
+            "--node-id",
+            &id,
+            "--raft-addr",
+            &node.raft,
+            "--initial-cluster",
+            self.initial.as_str(),
+        ];
+        flags.extend(self.args.iter().map(String::as_str));
+        flags.extend(node.extra.iter().map(String::as_str));
+        node.process = Some(ServerProcess::try_start(&flags, &[])?);
+        node.stopped = false;
+        Ok(())
+    }
+
     /// The client address of node `i`, if it runs.
     pub fn addr(&self, i: usize) -> Option<SocketAddr> {
         self.nodes[i].process.as_ref().map(|p| p.addr)
