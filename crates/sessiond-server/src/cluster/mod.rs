@@ -157,7 +157,16 @@ impl Cluster {
         )
         .await
         .context("starting raft")?;
-        if restarting {
+        // Only with other voters to wait for: a cluster of one elects
+        // itself at once.
+        let voters = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        if restarting && voters > 1 {
             hold_elections_after_restart(
                 &raft,
                 Duration::from_millis(5 * config.election_timeout_ms),
