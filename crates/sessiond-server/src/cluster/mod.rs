@@ -137,15 +137,27 @@ impl Cluster {
             None => None,
         };
         let peers = network::PeerPool::new(peer_tls.clone());
-        refuse_forgotten_voter(&config, &mut log, data_dir, &peers).await?;
-        let restarting = {
+        // What this node kept: nothing at all (a first start, or a lost
+        // disk), or a log (a restart).
+        let (restarting, kept_nothing) = {
             use openraft::storage::RaftLogStorage;
-            log.get_log_state()
+            let state = log
+                .get_log_state()
                 .await
-                .map_err(|e| anyhow::anyhow!("reading the raft log: {e}"))?
-                .last_log_id
-                .is_some()
+                .map_err(|e| anyhow::anyhow!("reading the raft log: {e}"))?;
+            let vote = log
+                .read_vote()
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the vote: {e}"))?;
+            let restarting = state.last_log_id.is_some();
+            (
+                restarting,
+                !restarting && vote.is_none() && !data_dir.join("raft-snapshot.bin").exists(),
+            )
         };
+        if kept_nothing {
+            refuse_forgotten_voter(&config, data_dir, &peers).await?;
+        }
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
@@ -450,9 +462,10 @@ fn hold_elections_after_restart(raft: &Raft<TypeConfig>, hold: Duration) {
     });
 }
 
-/// Refuses to start an initial member whose data directory is empty (no
-/// vote, no log, no snapshot) while the cluster's leader says this node
-/// once acknowledged entries: its disk was lost or wiped. Raft counts every
+/// Called for a node whose data directory holds nothing (no vote, no log,
+/// no snapshot): refuses to start it as an initial member while the
+/// cluster's leader says this node once acknowledged entries: its disk was
+/// lost or wiped. Raft counts every
 /// acknowledgement as a promise to keep the entry; a voter that comes back
 /// without them can vote a candidate that lacks committed writes into
 /// office, and openraft's leader asserts against a follower's log going
@@ -464,31 +477,14 @@ fn hold_elections_after_restart(raft: &Raft<TypeConfig>, hold: Duration) {
 /// its past), the node starts.
 async fn refuse_forgotten_voter(
     config: &ClusterConfig,
-    log: &mut log_store::LogStore,
     data_dir: &std::path::Path,
     peers: &network::PeerPool,
 ) -> anyhow::Result<()> {
-    use openraft::storage::RaftLogStorage;
-    let others: Vec<&String> = config
+    let others = config
         .initial
         .iter()
         .filter(|(id, _)| **id != config.node_id)
-        .map(|(_, addr)| addr)
-        .collect();
-    if others.is_empty() || data_dir.join("raft-snapshot.bin").exists() {
-        return Ok(());
-    }
-    let state = log
-        .get_log_state()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the raft log: {e}"))?;
-    let vote = log
-        .read_vote()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the vote: {e}"))?;
-    if state.last_log_id.is_some() || vote.is_some() {
-        return Ok(());
-    }
+        .map(|(_, addr)| addr);
     for addr in others {
         if let Some(index) = peers
             .matched(addr, config.node_id, Duration::from_secs(1))
