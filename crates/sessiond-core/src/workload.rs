@@ -14,7 +14,7 @@ use crate::engine::{
     AcquireArgs, Command, ConnId, Delivery, Engine, Fence, Outcome, Response, Step,
 };
 use crate::locks::{Scope, WaiterId};
-use crate::{CommitRequest, Millis, Op, ReadOptions, SessionId};
+use crate::{CommitRequest, Millis, Mutation, Op, ReadOptions, SessionId};
 
 /// One generated step: move the clock, then give the engine one input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +135,9 @@ pub struct Record {
     pub command: Option<(ConnId, Command)>,
     /// The outcome, rendered with `{:?}` (results and effects).
     pub outcome: String,
+    /// The storage mutations among its effects (also in `outcome`), for
+    /// tests that keep a model of the disk.
+    pub mutations: Vec<Mutation>,
 }
 
 /// SplitMix64: a tiny, well-known PRNG, stable across platforms.
@@ -552,7 +555,7 @@ impl Driver {
                         Step::Done(Err(_)) => {}
                     }
                     self.note_deliveries(&out.effects.deliveries);
-                    Some(format!("{out:?}"))
+                    Some((format!("{out:?}"), out.effects.mutations))
                 }
             }
             Input::Close(conn) => {
@@ -560,26 +563,28 @@ impl Driver {
                 self.latest.remove(conn);
                 let out = engine.connection_closed(now, *conn);
                 self.note_deliveries(&out.effects.deliveries);
-                Some(format!("{out:?}"))
+                Some((format!("{out:?}"), out.effects.mutations))
             }
             Input::CancelWait(conn) => match self.waiting.remove(conn) {
                 Some(w) => {
                     let out = engine.cancel_wait(now, w);
                     self.note_deliveries(&out.effects.deliveries);
-                    Some(format!("{out:?}"))
+                    Some((format!("{out:?}"), out.effects.mutations))
                 }
                 None => None,
             },
             Input::Tick => {
                 let out: Outcome<usize> = engine.tick(now, 3);
                 self.note_deliveries(&out.effects.deliveries);
-                Some(format!("{out:?}"))
+                Some((format!("{out:?}"), out.effects.mutations))
             }
         };
+        let (outcome, mutations) = outcome.unwrap_or_default();
         Record {
             now,
             command,
-            outcome: outcome.unwrap_or_default(),
+            outcome,
+            mutations,
         }
     }
 
@@ -626,6 +631,7 @@ impl Driver {
                     now,
                     command: Some((*conn, cmd)),
                     outcome: format!("{out:?}"),
+                    mutations: out.effects.mutations,
                 };
             }
         }

@@ -191,6 +191,29 @@ impl Command {
         }
     }
 
+    /// The sessions the command names (a regenerate names two, `LOCK.INFO`
+    /// without an id none).
+    pub fn session_ids(&self) -> [Option<&SessionId>; 2] {
+        match self {
+            Command::New { id, .. }
+            | Command::Read { id, .. }
+            | Command::Commit { id, .. }
+            | Command::Destroy { id }
+            | Command::Exists { id }
+            | Command::Touch { id, .. }
+            | Command::Ttl { id }
+            | Command::Incr { id, .. }
+            | Command::Cas { id, .. }
+            | Command::Release { id, .. }
+            | Command::Renew { id, .. }
+            | Command::Break { id, .. } => [Some(id), None],
+            Command::Regenerate { id, new_id, .. } => [Some(id), Some(new_id)],
+            Command::Acquire(args) | Command::Once { args, .. } => [Some(&args.id), None],
+            Command::LockInfo { id } => [id.as_ref(), None],
+            Command::Idempotent { cmd, .. } => cmd.session_ids(),
+        }
+    }
+
     /// The protocol name of the command.
     pub fn name(&self) -> &'static str {
         match self {

@@ -85,6 +85,21 @@ impl DedupeTable {
         }
     }
 
+    /// Forgets the answers to `reqids` (their writes were undone: a retry
+    /// must apply again).
+    pub(super) fn forget(&mut self, reqids: &[String]) {
+        let mut gone = 0;
+        for id in reqids {
+            if self.by_id.remove(id).is_some() {
+                gone += 1;
+            }
+        }
+        if gone > 0 {
+            let by_id = &self.by_id;
+            self.order.retain(|id| by_id.contains_key(id));
+        }
+    }
+
     /// How many answers are remembered.
     pub(super) fn len(&self) -> usize {
         self.by_id.len()

@@ -127,6 +127,7 @@ impl Engine {
             locks: LockTable::from_image(image.locks),
             pending: image.pending.into_iter().collect(),
             dedupe: DedupeTable::from_entries(image.dedupe),
+            dedupe_undo: None,
         }
     }
 

@@ -209,6 +209,16 @@ pub struct Engine {
     locks: LockTable,
     pending: HashMap<WaiterId, PendingGrant>,
     dedupe: dedupe::DedupeTable,
+    // With the store's undo journal on: the request ids whose answers the
+    // inputs since the last seal remembered, and those of each batch not
+    // yet durable (see `Engine::undo_after`).
+    dedupe_undo: Option<DedupeUndo>,
+}
+
+#[derive(Debug, Default)]
+struct DedupeUndo {
+    open: Vec<String>,
+    sealed: std::collections::VecDeque<(u64, Vec<String>)>,
 }
 
 impl Engine {
@@ -219,7 +229,78 @@ impl Engine {
             locks,
             pending: HashMap::new(),
             dedupe: dedupe::DedupeTable::default(),
+            dedupe_undo: None,
         }
+    }
+
+    /// Turns undo on or off: a single server under `--durability always`
+    /// keeps, for each batch of changes not yet durable, what it replaced,
+    /// so that a batch storage fails to sync can be undone
+    /// ([`Engine::undo_after`]). See [`crate::store::undo`].
+    pub fn keep_undo(&mut self, on: bool) {
+        self.store.keep_undo(on);
+        self.dedupe_undo = on.then(DedupeUndo::default);
+    }
+
+    /// Tags what the inputs since the last call changed with the position
+    /// of the batch their mutations went out in (`None`: they made none).
+    pub fn seal_undo(&mut self, mark: Option<u64>) {
+        self.store.seal_undo(mark);
+        if let Some(undo) = &mut self.dedupe_undo {
+            let reqids = std::mem::take(&mut undo.open);
+            if let Some(mark) = mark
+                && !reqids.is_empty()
+            {
+                undo.sealed.push_back((mark, reqids));
+            }
+        }
+    }
+
+    /// Forgets what the batches up to `mark` changed: they are durable.
+    pub fn forget_undo_through(&mut self, mark: u64) {
+        self.store.forget_undo_through(mark);
+        if let Some(undo) = &mut self.dedupe_undo {
+            while undo.sealed.front().is_some_and(|(m, _)| *m <= mark) {
+                undo.sealed.pop_front();
+            }
+        }
+    }
+
+    /// Undoes every change of the batches after `mark` (and of the inputs
+    /// not sealed yet): sessions and aliases as they were, the answers
+    /// remembered for their request ids forgotten (a retry applies again).
+    /// The effects carry the mutations that put storage back in that state.
+    /// Locks are not undone: they live in memory only.
+    pub fn undo_after(&mut self, now: Millis, mark: u64) -> Outcome<crate::store::UndoReport> {
+        let report = self.store.undo_after(mark);
+        if let Some(undo) = &mut self.dedupe_undo {
+            let mut reqids = std::mem::take(&mut undo.open);
+            while undo.sealed.back().is_some_and(|(m, _)| *m > mark) {
+                if let Some((_, ids)) = undo.sealed.pop_back() {
+                    reqids.extend(ids);
+                }
+            }
+            self.dedupe.forget(&reqids);
+        }
+        self.finish(now, report, Vec::new())
+    }
+
+    /// The position of the newest batch not yet durable that changed a
+    /// session `cmd` names (or the session it answers for through an
+    /// alias): its answer must wait until that batch is durable, so that
+    /// no one sees a change that may still be undone.
+    pub fn unconfirmed_mark(&self, now: Millis, cmd: &Command) -> Option<u64> {
+        if !self.store.keeps_undo() {
+            return None;
+        }
+        let mut newest = None;
+        for id in cmd.session_ids().into_iter().flatten() {
+            let canonical = self.store.resolve(now, id);
+            for id in std::iter::once(id).chain(canonical.as_ref()) {
+                newest = newest.max(self.store.unconfirmed_mark(id));
+            }
+        }
+        newest
     }
 
     /// How many request ids' answers are remembered (see [`dedupe`]).
@@ -583,6 +664,9 @@ impl Engine {
         // A wait is not an answer: a lock acquire has its own request ids
         // in the lock table.
         if let Step::Done(result) = &step {
+            if let Some(undo) = &mut self.dedupe_undo {
+                undo.open.push(reqid.clone());
+            }
             self.dedupe.insert(dedupe::DedupeEntry {
                 reqid,
                 command,

@@ -82,6 +82,8 @@ impl Store {
             0
         };
         self.check_room(memory::id_cost(new_id) + alias_cost, memory::id_cost(&old))?;
+        self.keep_session(&old);
+        self.keep_session(new_id);
         let Some(mut session) = self.sessions.remove(&old) else {
             return Err(StoreError::NoSession(id.to_string()));
         };
@@ -126,6 +128,7 @@ impl Store {
 
     /// Records `old → alias.target` (replacing any alias of `old`).
     pub(super) fn link_alias(&mut self, old: SessionId, alias: Alias) {
+        self.keep_alias(&old);
         self.unlink_alias(&old);
         self.used_memory += memory::alias_cost(&old);
         self.alias_expiry.insert(alias.until, old.clone());
@@ -139,6 +142,10 @@ impl Store {
     /// Forgets the alias of `old` in memory (the caller records the
     /// deletion for the storage); returns it.
     pub(super) fn unlink_alias(&mut self, old: &SessionId) -> Option<Alias> {
+        if !self.aliases.contains_key(old) {
+            return None;
+        }
+        self.keep_alias(old);
         let alias = self.aliases.remove(old)?;
         self.used_memory = self.used_memory.saturating_sub(memory::alias_cost(old));
         self.alias_expiry.remove(alias.until, old);

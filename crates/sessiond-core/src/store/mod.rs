@@ -30,6 +30,7 @@ pub mod config;
 pub mod image;
 pub mod memory;
 pub mod ops;
+pub mod undo;
 
 pub use aliases::Alias;
 pub use config::{Limits, StoreConfig};
@@ -39,6 +40,7 @@ pub use ops::{
     CasOutcome, CommitOutcome, CommitRequest, Mutation, Op, ReadField, ReadOptions, ReadResult,
     StoreStats,
 };
+pub use undo::UndoReport;
 
 /// Every session, its expiry, and regenerate aliases.
 ///
@@ -87,6 +89,9 @@ pub struct Store {
     // restored a snapshot, not part of an image (its format stays).
     evicted: u64,
     oom_refusals: u64,
+    // What each batch not yet durable replaced (single server under
+    // `always` only; see `undo`).
+    undo: Option<undo::Journal>,
 }
 
 impl Store {
@@ -107,6 +112,7 @@ impl Store {
             idle: None,
             evicted: 0,
             oom_refusals: 0,
+            undo: None,
         };
         store.sync_idle_index();
         store
@@ -429,6 +435,7 @@ impl Store {
         };
         self.check_room(created_cost + new_cost, old_cost)?;
 
+        self.keep_session(&canonical);
         if existing.is_none() {
             self.insert_new(now, &canonical, req.ttl_ms, req.lifetime_ms);
         }
@@ -592,6 +599,7 @@ impl Store {
         for (deadline, id) in self.expiry.pop_due(now, max) {
             // The index holds exactly the session's deadline (invariant), so
             // a due entry is an expired session.
+            self.keep_session(&id);
             if let Some(session) = self.sessions.remove(&id) {
                 debug_assert_eq!(session.meta.deadline(), deadline);
                 self.account_remove(&id, &session);
@@ -662,6 +670,7 @@ impl Store {
         ttl_ms: Option<u64>,
         lifetime_ms: Option<u64>,
     ) {
+        self.keep_session(id);
         self.clear_dead(id);
         let meta = self.new_meta(now, ttl_ms, lifetime_ms);
         self.expiry.insert(meta.deadline(), id.clone());
@@ -680,6 +689,7 @@ impl Store {
 
     /// Removes the session `id` and every alias leading to it.
     fn remove_session(&mut self, id: &SessionId) {
+        self.keep_session(id);
         if let Some(session) = self.sessions.remove(id) {
             self.expiry.remove(session.meta.deadline(), id);
             self.account_remove(id, &session);
@@ -700,33 +710,41 @@ impl Store {
     /// [`Self::slide`], recording the metadata for the storage when it
     /// changed or when `force` (a commit changed the version in place).
     fn slide_and_record(&mut self, now: Millis, id: &SessionId, ttl_ms: Option<u64>, force: bool) {
-        let Some(session) = self.sessions.get_mut(id) else {
+        let Some(session) = self.sessions.get(id) else {
             return;
         };
         let before = session.meta;
+        let mut meta = before;
         // `max`: a clock step backwards must never shorten a session.
-        session.meta.last_access = before.last_access.max(now);
+        meta.last_access = before.last_access.max(now);
         if let Some(ttl) = ttl_ms {
-            session.meta.ttl_ms = ttl;
+            meta.ttl_ms = ttl;
         }
-        if session.meta == before && !force {
+        if meta == before && !force {
             return;
         }
-        self.expiry
-            .reschedule(before.deadline(), session.meta.deadline(), id);
-        if let Some(idle) = &mut self.idle {
-            idle.reschedule(before.last_access, session.meta.last_access, id);
-        }
         let only_accessed = SessionMeta {
-            last_access: session.meta.last_access,
+            last_access: meta.last_access,
             ..before
-        } == session.meta;
+        } == meta;
+        if !only_accessed || force {
+            // A slide alone is not written now (`record_accesses` is), so
+            // there is nothing of it to undo.
+            self.keep_session(id);
+        }
+        if let Some(session) = self.sessions.get_mut(id) {
+            session.meta = meta;
+        }
+        self.expiry.reschedule(before.deadline(), meta.deadline(), id);
+        if let Some(idle) = &mut self.idle {
+            idle.reschedule(before.last_access, meta.last_access, id);
+        }
         if only_accessed && !force {
             self.accessed.insert(id.clone());
         } else {
             self.outbox.push(Mutation::PutMeta {
                 id: id.clone(),
-                meta: session.meta,
+                meta,
             });
             self.accessed.remove(id);
         }
