@@ -48,7 +48,10 @@ fn engine(memory: MemoryLimit, undo: bool) -> Engine {
 /// A session as the tests compare it: its metadata without the last
 /// access (`None` when storage has fields but no metadata, which must
 /// never happen) and its fields.
-type SessionView = (Option<(u64, Millis, u64, Option<Millis>)>, Vec<(Bytes, Field)>);
+type SessionView = (
+    Option<(u64, Millis, u64, Option<Millis>)>,
+    Vec<(Bytes, Field)>,
+);
 type View = (
     BTreeMap<SessionId, SessionView>,
     BTreeMap<SessionId, (SessionId, Millis)>,
@@ -187,7 +190,8 @@ fn check(seed: u64, memory: MemoryLimit) {
     };
     check_memory(&a, "before the failure");
     assert_eq!(
-        a.store().unconfirmed_mark(&SessionId::parse(b"nothing-here").unwrap()),
+        a.store()
+            .unconfirmed_mark(&SessionId::parse(b"nothing-here").unwrap()),
         None
     );
 
@@ -230,7 +234,10 @@ fn check(seed: u64, memory: MemoryLimit) {
         durable + 1,
         durable + failed
     );
-    assert!(a.last_version() >= b.last_version(), "versions never go back");
+    assert!(
+        a.last_version() >= b.last_version(),
+        "versions never go back"
+    );
     // And storage holds exactly that, whatever of the failure reached it.
     assert_eq!(
         disk.view(),
@@ -328,7 +335,10 @@ fn an_undone_write_with_a_request_id_applies_again_when_retried() {
     assert_eq!(value(&e).value, "1", "the undone write is gone");
     // The retry is applied, not answered from memory.
     let retried = e.apply(1_030, 7, commit("c7-2", "2"));
-    assert!(retried.effects.wrote(), "a retry of an undone write applies");
+    assert!(
+        retried.effects.wrote(),
+        "a retry of an undone write applies"
+    );
     assert_eq!(value(&e).value, "2");
     // The durable one is still remembered.
     let repeat = e.apply(1_040, 7, commit("c7-1", "1"));

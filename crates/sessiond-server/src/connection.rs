@@ -288,15 +288,44 @@ async fn execute<S: Stream>(
         )
         .await;
     }
-    let (executed, seq) = shared.execute(conn.id, cmd);
-    match executed {
+    let mut cmd = cmd;
+    // Under `always`, a command that changed nothing is answered again if
+    // what it saw is undone (below): it keeps a copy to run again, once.
+    let mut again = shared.undoes_failed_writes();
+    let executed = loop {
+        let copy = again.then(|| cmd.clone());
+        let (executed, seq, unconfirmed) = shared.execute(conn.id, cmd);
+        let Executed::Done(Ok(response)) = executed else {
+            break executed;
+        };
         // Under `always`, a command that changed anything (a write, a
         // create, a new TTL, a grant that created its session) waits until
-        // that is on disk; one that changed nothing never waits.
-        Executed::Done(Ok(response)) => Some(match shared.durable(seq).await {
-            Ok(()) => response_reply(response, &|id| shared.clients.lock().get(&id).cloned()),
-            Err(e) => durability_error_reply(&e),
-        }),
+        // that is on disk; one that changed nothing waits only when it
+        // shows a change that is not on disk yet (which a failed sync
+        // would undo), until that change is.
+        match shared.durable(seq.max(unconfirmed)).await {
+            Ok(()) => {
+                return Some(response_reply(response, &|id| {
+                    shared.clients.lock().get(&id).cloned()
+                }));
+            }
+            Err(e) => {
+                // Nothing of a failed command is kept, a lock it was
+                // granted included.
+                release_grant(shared, &response);
+                shared.undo_unconfirmed();
+                match copy {
+                    Some(c) if seq.is_none() => {
+                        cmd = c;
+                        again = false;
+                    }
+                    _ => return Some(durability_error_reply(&e)),
+                }
+            }
+        }
+    };
+    match executed {
+        Executed::Done(Ok(_)) => unreachable!("answered in the loop above"),
         Executed::Done(Err(e)) => Some(engine_error_reply(&e)),
         Executed::Wait(waiter, rx) => {
             let cancel = CancelLocal {
@@ -573,14 +602,29 @@ async fn wait_for_grant<S: Stream>(
         Ok(r) => r,
         Err(e) => return Some(engine_error_reply(&e)),
     };
-    if delivery.wrote
+    // A grant's reply may show changes not on disk yet (the holder before
+    // committed and released): under `always` it waits for them, as any
+    // read of them does.
+    if (delivery.wrote || shared.undoes_failed_writes())
         && let Err(e) = shared.durable_so_far().await
     {
+        release_grant(shared, &response);
+        shared.undo_unconfirmed();
         return Some(durability_error_reply(&e));
     }
     Some(response_reply(response, &|id| {
         shared.clients.lock().get(&id).cloned()
     }))
+}
+
+/// Releases the lock `response` granted, if it granted one: its command
+/// failed, and a client told so must not be left holding it.
+fn release_grant(shared: &Shared, response: &sessiond_core::engine::Response) {
+    use sessiond_core::engine::Response;
+    if let Response::Granted { token, .. } | Response::OnceGranted { token, .. } = response {
+        let token = *token;
+        shared.run(|e, now| e.abandon(now, token));
+    }
 }
 
 /// Whether the requests pipelined in `inbuf` (which starts at a request's

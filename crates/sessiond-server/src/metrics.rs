@@ -335,6 +335,11 @@ impl Metrics {
             ConstCounter::new(g.storage_refused_writes),
         );
         r.register(
+            "storage_undone_batches",
+            "Batches of changes storage failed to sync under durability always, undone (their writes were answered with an error)",
+            ConstCounter::new(g.storage_undone_batches),
+        );
+        r.register(
             "storage_queued_batches",
             "Batches of changes not yet on disk",
             gauge(g.storage_queued_batches),
@@ -469,6 +474,8 @@ pub struct StateGauges {
     pub storage_recoveries: u64,
     /// Write commands refused while storage failed.
     pub storage_refused_writes: u64,
+    /// Batches undone after storage failures (`always`).
+    pub storage_undone_batches: u64,
     /// Batches of changes not yet on disk.
     pub storage_queued_batches: u64,
     /// Changes not yet on disk.

@@ -21,8 +21,9 @@
 //! - The writer keeps every batch until it is *durable* (synced), not only
 //!   until it is applied: after a failure only synced data is known to be
 //!   in the file (redb may roll unsynced commits back when it recovers the
-//!   file). The batch that failed and everything after it stay queued, in
-//!   order.
+//!   file). Under `everysec` and `no`, the batch that failed and
+//!   everything after it stay queued, in order (under `always` they are
+//!   undone instead: below).
 //! - From the first failure on, [`Persistence::write_refusal`] returns the
 //!   [`StorageFault`]; the command path refuses write commands with
 //!   `-MISCONF …` before applying anything (the `write_gate` module). Reads,
@@ -40,6 +41,23 @@
 //!   not flush.
 //! - INFO (`# Persistence`), the metrics (`sessiond_storage_*`) and the log
 //!   show the state, the cause and since when.
+//!
+//! # Under `always`: a write that got an error is undone
+//!
+//! Under `always` no write is answered before its batch is synced, so a
+//! failure means the batches not yet durable were never acknowledged. They
+//! must not stay visible, nor reach the disk later: on the first failure
+//! the writer drops every batch after the last durable one (and the ones
+//! still on their way) and asks the server to undo them
+//! ([`Progress::undo_epoch`]); the server undoes their changes in memory
+//! (the engine's undo journal), records them as discarded (their waiters
+//! get [`DurabilityError`] even if later batches become durable), sends
+//! [`Persistence::undone`] and queues the mutations that put storage back
+//! in the durable state (a failed sync leaves unknown what reached the
+//! file). Only then does the writer retry and accept writes again. Reads
+//! of a session with a change not yet durable wait for it, so an undone
+//! change was never seen. Under `everysec` and `no` writes are answered
+//! before they are durable, so nothing is undone: everything stays queued.
 //!
 //! Under every policy the queue held back between syncs is bounded: once
 //! it holds more than [`RETAIN_SYNC_BYTES`] the writer syncs early.
@@ -69,6 +87,9 @@ pub type Seq = u64;
 
 enum Msg {
     Batch(Seq, Vec<Mutation>, u64),
+    // The server undid what the writer dropped at failure `epoch` (under
+    // `always`); batches after this message are kept again.
+    Undone(u64),
     Shutdown,
 }
 
@@ -108,6 +129,12 @@ pub struct Progress {
     /// Storage is failing now: writes are refused and the writer retries.
     /// Nothing after `durable` is known to be on disk.
     pub failed: bool,
+    /// Under `always`: how many times the writer dropped the batches after
+    /// `undo_after` at a failure and asked for them to be undone
+    /// ([`Persistence::undo_due`]).
+    pub undo_epoch: u64,
+    /// The last durable batch at the newest such failure.
+    pub undo_after: Seq,
     /// Storage transactions applied.
     pub transactions: u64,
     /// Syncs to disk.
@@ -116,10 +143,20 @@ pub struct Progress {
 
 /// Why a wait for the disk failed.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "storage is failing: the change is applied in memory and queued for the disk, but is not on disk yet (the server retries; see INFO persistence)"
-)]
-pub struct DurabilityError;
+pub enum DurabilityError {
+    /// `everysec`, `no`: the change stays and reaches the disk once
+    /// storage accepts writes again.
+    #[error(
+        "storage is failing: the change is applied in memory and queued for the disk, but is not on disk yet (the server retries; see INFO persistence)"
+    )]
+    Queued,
+    /// `always`: the change was not made (undone in memory, never written):
+    /// the client may send it again once storage accepts writes.
+    #[error(
+        "storage failed to sync the change: it was not made (undone, nothing of it is kept); retry once storage accepts writes again (see INFO persistence)"
+    )]
+    Undone,
+}
 
 /// What kind of failure storage reported, from the operating system's
 /// error underneath when there is one.
@@ -200,6 +237,7 @@ pub struct StorageHealth {
     failures: AtomicU64,
     recoveries: AtomicU64,
     refused_writes: AtomicU64,
+    undone_batches: AtomicU64,
     queued_batches: AtomicU64,
     queued_mutations: AtomicU64,
 }
@@ -233,6 +271,17 @@ impl StorageHealth {
         self.refused_writes.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Batches undone after failures under `always` (their writes were
+    /// answered with an error).
+    pub fn undone_batches(&self) -> u64 {
+        self.undone_batches.load(Ordering::Relaxed)
+    }
+
+    /// Counts batches undone.
+    pub fn count_undone(&self, batches: u64) {
+        self.undone_batches.fetch_add(batches, Ordering::Relaxed);
+    }
+
     /// Batches (and their mutations) held by the writer and not yet on disk.
     pub fn queued(&self) -> (u64, u64) {
         (
@@ -257,6 +306,9 @@ impl StorageHealth {
 pub struct FlushReport {
     /// Every batch up to this one is on disk.
     pub durable: Seq,
+    /// Under `always`: batches dropped after a failure, their writes
+    /// answered with an error and undone (not lost: never acknowledged).
+    pub undone_batches: u64,
     /// Batches left in memory only: lost with this process.
     pub unflushed_batches: usize,
     /// Mutations in them.
@@ -287,11 +339,19 @@ impl FlushReport {
 impl std::fmt::Display for FlushReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.flushed() {
-            return write!(
+            write!(
                 f,
                 "storage flushed (every change up to batch {} is on disk)",
                 self.durable
-            );
+            )?;
+            if self.undone_batches > 0 {
+                write!(
+                    f,
+                    "; {} batches that storage failed to sync were undone (their writes were answered with an error)",
+                    self.undone_batches
+                )?;
+            }
+            return Ok(());
         }
         write!(
             f,
@@ -389,6 +449,11 @@ pub struct Persistence {
     durable_bytes: u64,
     max_pending_bytes: Option<usize>,
     report: Option<FlushReport>,
+    // Under `always`: the last failure whose batches the server undid, and
+    // the ranges of batches undone (never durable, whatever the progress
+    // says later).
+    undone_epoch: u64,
+    discarded: Arc<parking_lot::Mutex<Vec<(Seq, Seq)>>>,
 }
 
 /// What a reply waits for before it is sent.
@@ -398,6 +463,9 @@ pub struct DiskWait {
     // Only applied (backpressure), or durable (`always`).
     durable: bool,
     progress: watch::Receiver<Progress>,
+    discarded: Arc<parking_lot::Mutex<Vec<(Seq, Seq)>>>,
+    // Under `always` a failed batch is undone, not kept.
+    undoes: bool,
 }
 
 impl DiskWait {
@@ -407,6 +475,11 @@ impl DiskWait {
     /// [`DurabilityError`] when storage is failing before it got there.
     pub async fn wait(mut self) -> Result<(), DurabilityError> {
         let (seq, durable) = (self.seq, self.durable);
+        let error = if self.undoes {
+            DurabilityError::Undone
+        } else {
+            DurabilityError::Queued
+        };
         let reached = |p: &Progress| {
             if durable {
                 p.durable >= seq
@@ -414,15 +487,22 @@ impl DiskWait {
                 p.applied >= seq
             }
         };
-        let done = self
+        let done = *self
             .progress
             .wait_for(|p| reached(p) || p.failed)
             .await
-            .map_err(|_| DurabilityError)?;
-        if reached(&done) {
+            .map_err(|_| error.clone())?;
+        // A batch undone after a failure never becomes durable, even when
+        // later ones do.
+        let undone = self
+            .discarded
+            .lock()
+            .iter()
+            .any(|&(from, to)| (from..=to).contains(&seq));
+        if reached(&done) && !undone {
             Ok(())
         } else {
-            Err(DurabilityError)
+            Err(error)
         }
     }
 }
@@ -476,7 +556,38 @@ impl Persistence {
             max_pending_bytes: options.max_pending_bytes,
             max_lag: options.max_lag,
             report: None,
+            undone_epoch: 0,
+            discarded: Arc::default(),
         }
+    }
+
+    /// Under `always`, after a failure: `(epoch, after)` when the writer
+    /// dropped the batches after `after` and the server must undo them,
+    /// then call [`Persistence::undone`] (under the same lock, before
+    /// submitting anything else).
+    pub fn undo_due(&self) -> Option<(u64, Seq)> {
+        let p = self.progress.borrow();
+        (p.undo_epoch > self.undone_epoch).then_some((p.undo_epoch, p.undo_after))
+    }
+
+    /// The batches after `after` up to the last submitted were undone for
+    /// failure `epoch`: their waiters fail, and the writer keeps what is
+    /// submitted from now on.
+    pub fn undone(&mut self, epoch: u64, after: Seq) {
+        self.undone_epoch = epoch;
+        if self.next_seq > after {
+            self.discarded.lock().push((after + 1, self.next_seq));
+        }
+        let _ = self.tx.send(Msg::Undone(epoch));
+    }
+
+    /// Batches undone after failures, in all.
+    pub fn undone_batches(&self) -> u64 {
+        self.discarded
+            .lock()
+            .iter()
+            .map(|&(from, to)| to + 1 - from)
+            .sum()
     }
 
     /// Queues `mutations` (taken from the store under its lock) and returns
@@ -519,6 +630,8 @@ impl Persistence {
                 seq,
                 durable: true,
                 progress: self.progress.clone(),
+                discarded: self.discarded.clone(),
+                undoes: self.policy == Durability::Always,
             });
         }
         if let Some(wait) = self.pending_bytes_wait() {
@@ -533,6 +646,8 @@ impl Persistence {
             seq: behind,
             durable: false,
             progress: self.progress.clone(),
+            discarded: self.discarded.clone(),
+            undoes: self.policy == Durability::Always,
         })
     }
 
@@ -562,6 +677,8 @@ impl Persistence {
             seq,
             durable: true,
             progress: self.progress.clone(),
+            discarded: self.discarded.clone(),
+            undoes: self.policy == Durability::Always,
         })
     }
 
@@ -573,7 +690,14 @@ impl Persistence {
             seq,
             durable: false,
             progress: self.progress.clone(),
+            discarded: self.discarded.clone(),
+            undoes: self.policy == Durability::Always,
         })
+    }
+
+    /// The writer's progress as it changes.
+    pub fn watch_progress(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
     }
 
     /// The writer's progress, for INFO and metrics.
@@ -606,13 +730,17 @@ impl Persistence {
         }
         let _ = self.tx.send(Msg::Shutdown);
         let report = match self.writer.take().map(JoinHandle::join) {
-            Some(Ok(report)) => report,
+            Some(Ok(report)) => FlushReport {
+                undone_batches: self.undone_batches(),
+                ..report
+            },
             _ => {
                 tracing::error!("storage writer panicked or never started");
                 let durable = self.progress.borrow().durable;
                 let unflushed = usize::try_from(self.next_seq - durable).unwrap_or(usize::MAX);
                 FlushReport {
                     durable,
+                    undone_batches: self.undone_batches(),
                     unflushed_batches: unflushed,
                     unflushed_mutations: 0,
                     fault: Some(StorageFault {
@@ -670,6 +798,10 @@ struct Writer {
     last_sync: Instant,
     shutting_down: bool,
     retry: Option<Retry>,
+    // Under `always`, from a failure until the server undid what was
+    // dropped: the failure's epoch; batches arriving meanwhile are dropped.
+    discarding: Option<u64>,
+    undo_epoch: u64,
 }
 
 impl Writer {
@@ -696,6 +828,8 @@ impl Writer {
             last_sync: Instant::now(),
             shutting_down: false,
             retry: None,
+            discarding: None,
+            undo_epoch: 0,
         }
     }
 
@@ -761,6 +895,13 @@ impl Writer {
 
     fn take(&mut self, msg: Msg) {
         match msg {
+            // Made on top of changes being undone: undone with them.
+            Msg::Batch(..) if self.discarding.is_some() => {}
+            Msg::Undone(epoch) => {
+                if self.discarding == Some(epoch) {
+                    self.discarding = None;
+                }
+            }
             Msg::Batch(seq, mutations, floor) => {
                 self.queued_mutations += mutations.len();
                 self.queue.push_back(Queued {
@@ -888,13 +1029,16 @@ impl Writer {
         let kind = FaultKind::of(e);
         let cause = e.to_string();
         let now = Instant::now();
+        if self.retry.is_none() && self.policy == Durability::Always {
+            self.discard();
+        }
         match &mut self.retry {
             None => {
                 tracing::error!(
                     error = %e,
                     kind = kind.name(),
                     queued_batches = self.queue.len(),
-                    "storage write failed: refusing writes (MISCONF) until storage accepts them again; nothing queued is dropped, retrying in the background"
+                    "storage write failed: refusing writes (MISCONF) until storage accepts them again; retrying in the background"
                 );
                 self.health.set_fault(StorageFault {
                     kind,
@@ -933,8 +1077,39 @@ impl Writer {
         }
     }
 
+    /// Under `always`, at a failure: drops every batch not durable (none
+    /// was acknowledged) and asks the server to undo them.
+    fn discard(&mut self) {
+        let durable = self.progress.borrow().durable;
+        tracing::error!(
+            dropped_batches = self.queue.len(),
+            durable,
+            "storage failed under durability always: the writes not yet on disk were answered with an error; undoing them"
+        );
+        self.queue.clear();
+        self.queued_mutations = 0;
+        self.applied_n = 0;
+        self.unsynced_bytes = 0;
+        self.publish_queue();
+        self.undo_epoch += 1;
+        self.discarding = Some(self.undo_epoch);
+        let epoch = self.undo_epoch;
+        self.progress.send_modify(|p| {
+            p.undo_epoch = epoch;
+            p.undo_after = durable;
+        });
+    }
+
     /// One retry: recover storage, then apply and sync the whole queue.
     fn recover(&mut self) {
+        if self.discarding.is_some() {
+            // The server has not undone what was dropped yet: its state is
+            // not what storage should get. Try again a little later.
+            if let Some(retry) = &mut self.retry {
+                retry.next = Instant::now() + self.options.retry_min;
+            }
+            return;
+        }
         if let Err(e) = self.storage.recover() {
             self.fail(&e);
             return;
@@ -985,6 +1160,7 @@ impl Writer {
     fn report(&self) -> FlushReport {
         FlushReport {
             durable: self.progress.borrow().durable,
+            undone_batches: 0,
             unflushed_batches: self.queue.len(),
             unflushed_mutations: self.queued_mutations,
             fault: self.health.fault(),
@@ -1002,7 +1178,7 @@ pub fn info_text(
     let fault = health.fault();
     let (queued_batches, queued_mutations) = health.queued();
     format!(
-        "storage:{storage}\r\ndurability:{policy}\r\nstorage_transactions:{}\r\nstorage_syncs:{}\r\nstorage_failed:{}\r\nstorage_failed_since:{}\r\nstorage_failed_kind:{}\r\nstorage_failed_cause:{}\r\nstorage_failures:{}\r\nstorage_recoveries:{}\r\nstorage_refused_writes:{}\r\nstorage_queued_batches:{queued_batches}\r\nstorage_queued_changes:{queued_mutations}\r\n",
+        "storage:{storage}\r\ndurability:{policy}\r\nstorage_transactions:{}\r\nstorage_syncs:{}\r\nstorage_failed:{}\r\nstorage_failed_since:{}\r\nstorage_failed_kind:{}\r\nstorage_failed_cause:{}\r\nstorage_failures:{}\r\nstorage_recoveries:{}\r\nstorage_refused_writes:{}\r\nstorage_undone_batches:{}\r\nstorage_queued_batches:{queued_batches}\r\nstorage_queued_changes:{queued_mutations}\r\n",
         progress.transactions,
         progress.syncs,
         u8::from(fault.is_some()),
@@ -1014,6 +1190,7 @@ pub fn info_text(
         health.failures(),
         health.recoveries(),
         health.refused_writes(),
+        health.undone_batches(),
         storage = storage.to_lowercase(),
         policy = format!("{policy:?}").to_lowercase(),
     )
@@ -1257,7 +1434,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_failure_refuses_writes_keeps_everything_queued_and_recovers_in_order() {
-        for policy in [Durability::Always, Durability::Everysec, Durability::No] {
+        // (Under `always` nothing is acknowledged before it is durable, so a
+        // failure drops instead: the next test.)
+        for policy in [Durability::Everysec, Durability::No] {
             let storage = LossyStorage::default();
             let mut p = Persistence::start_with_options(
                 Box::new(storage.clone()),
@@ -1280,10 +1459,7 @@ mod tests {
             assert_eq!(fault.kind, FaultKind::DiskFull, "{policy:?}");
             assert!(fault.cause.contains("os error 28"), "{}", fault.cause);
             assert!(p.progress().failed);
-            if policy == Durability::Always {
-                // The reply to the write that hit the failure says so.
-                assert!(p.waiter(seq).unwrap().wait().await.is_err());
-            }
+            let _ = seq;
             // Changes that still arrive (expiry, access times) are queued.
             p.submit(put(22), 22);
             let failures = p.health().failures();
@@ -1309,6 +1485,51 @@ mod tests {
             assert!(report.flushed(), "{report}");
             assert_eq!(stored_fields(&storage.durable), 23);
         }
+    }
+
+    #[tokio::test]
+    async fn under_always_a_failure_drops_what_is_not_durable_until_the_server_undid_it() {
+        let storage = LossyStorage::default();
+        let policy = Durability::Always;
+        let mut p = Persistence::start_with_options(
+            Box::new(storage.clone()),
+            policy,
+            fast_retries(policy),
+        );
+        for i in 1..=20 {
+            let seq = p.submit(put(i), i);
+            p.waiter(seq).unwrap().wait().await.unwrap();
+        }
+        assert_eq!(p.undo_due(), None);
+        storage.fail(true);
+        let failed = p.submit(put(21), 21);
+        let wait = p.waiter(failed).unwrap();
+        assert!(matches!(wait.wait().await, Err(DurabilityError::Undone)));
+        eventually("the undo request", || p.undo_due().is_some()).await;
+        assert_eq!(p.undo_due(), Some((1, 20)));
+        // Made on top of the failed batch before the server undid it:
+        // dropped with it.
+        let built_on_it = p.submit(put(22), 22);
+        let late = p.waiter(built_on_it).unwrap();
+        storage.fail(false);
+        // Storage works again, but the writer waits for the undo.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(p.write_refusal().is_some(), "recovered before the undo");
+        p.undone(1, 20);
+        assert_eq!(p.undo_due(), None);
+        assert_eq!(p.undone_batches(), 2);
+        // What the server puts back, then what comes after, is kept.
+        let restore = p.submit(put(30), 30);
+        eventually("the recovery", || p.write_refusal().is_none()).await;
+        p.waiter(restore).unwrap().wait().await.unwrap();
+        // Later batches are durable; the undone ones never are.
+        assert!(matches!(late.wait().await, Err(DurabilityError::Undone)));
+        assert!(p.waiter(failed).unwrap().wait().await.is_err());
+        let report = p.shutdown();
+        assert!(report.flushed(), "{report}");
+        assert_eq!(report.undone_batches, 2);
+        // 20 acknowledged + the restore batch: nothing of 21 or 22.
+        assert_eq!(stored_fields(&storage.durable), 21);
     }
 
     #[tokio::test]

@@ -263,6 +263,9 @@ impl Server {
             tracker.spawn(crate::http::serve(m, shared.clone(), shutdown.clone()));
         }
         tracker.spawn(timekeeper(shared.clone(), shutdown.clone()));
+        if shared.undoes_failed_writes() {
+            tracker.spawn(undo_failed_batches(shared.clone(), shutdown.clone()));
+        }
         // Open client connections, against a limit SIGHUP may change (a
         // lower one closes none: new ones wait until enough have left).
         let open = Arc::new(AtomicUsize::new(0));
@@ -381,6 +384,31 @@ impl Drop for ConnSlot {
 /// ran out, and about once a second sends the last-access times that reads
 /// moved to the storage. Sleeps until the earliest deadline (at most a
 /// second), or until woken because an earlier one appeared.
+/// Under `always`: as soon as the writer reports a failed sync, undoes the
+/// changes it dropped (see the `persist` module), whether or not a client
+/// is waiting for one of them.
+async fn undo_failed_batches(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let Some(mut progress) = shared.watch_persistence() else {
+        return;
+    };
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = progress.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        let epoch = progress.borrow_and_update().undo_epoch;
+        if epoch > seen {
+            seen = epoch;
+            shared.undo_unconfirmed();
+        }
+    }
+}
+
 async fn timekeeper(shared: Arc<Shared>, shutdown: CancellationToken) {
     if shared.replication().is_some() {
         return cluster_timekeeper(shared, shutdown).await;

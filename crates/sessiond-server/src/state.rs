@@ -190,6 +190,8 @@ pub struct Shared {
     // The writer's storage state, readable without the state lock (a
     // cluster node has no writer: it stays healthy).
     storage_health: Arc<crate::persist::StorageHealth>,
+    // Under `always` (single server): failed batches are undone.
+    undoes: bool,
 }
 
 impl Shared {
@@ -197,11 +199,18 @@ impl Shared {
     pub fn new(
         config: Config,
         clock: Arc<dyn Clock>,
-        engine: Engine,
+        mut engine: Engine,
         persist: Option<Persistence>,
         node_id: u64,
         incarnation: u64,
     ) -> Self {
+        // Under `always` a batch storage fails to sync is undone (see the
+        // `persist` module): the engine keeps what each batch replaced
+        // until it is durable.
+        let undoes = persist
+            .as_ref()
+            .is_some_and(|p| p.policy() == crate::config::Durability::Always);
+        engine.keep_undo(undoes);
         let slowlog = SlowLog::new(config.slowlog_log_slower_than, config.slowlog_max_len);
         let storage_health = persist
             .as_ref()
@@ -228,6 +237,7 @@ impl Shared {
             incarnation,
             replication: std::sync::OnceLock::new(),
             storage_health,
+            undoes,
         }
     }
 
@@ -352,9 +362,18 @@ impl Shared {
     /// the returned receiver gets the reply once the engine grants it: the
     /// waiter is registered in the same step as the input that queued it,
     /// so no hand-off can miss it.
-    pub fn execute(&self, conn: ConnId, cmd: Command) -> (Executed, Option<Seq>) {
-        self.run_then(
-            |e, now| e.apply(now, conn, cmd),
+    ///
+    /// The third value, under `always`: the newest batch not yet durable
+    /// that changed a session the command names; its reply must wait for
+    /// that batch too (it may show that change, which a failed sync would
+    /// undo).
+    pub fn execute(&self, conn: ConnId, cmd: Command) -> (Executed, Option<Seq>, Option<Seq>) {
+        let mut unconfirmed = None;
+        let (executed, seq) = self.run_then(
+            |e, now| {
+                unconfirmed = e.unconfirmed_mark(now, &cmd);
+                e.apply(now, conn, cmd)
+            },
             |step, waiters| match step {
                 Step::Done(result) => Executed::Done(result),
                 Step::Wait(waiter) => {
@@ -363,7 +382,59 @@ impl Shared {
                     Executed::Wait(waiter, rx)
                 }
             },
-        )
+        );
+        (executed, seq, unconfirmed)
+    }
+
+    /// The writer's progress as it changes (none in a cluster).
+    pub fn watch_persistence(
+        &self,
+    ) -> Option<tokio::sync::watch::Receiver<crate::persist::Progress>> {
+        self.guarded
+            .lock()
+            .persist
+            .as_ref()
+            .map(Persistence::watch_progress)
+    }
+
+    /// Whether batches storage fails to sync are undone (`always`): reads
+    /// may then have to wait for the disk and be answered again.
+    pub fn undoes_failed_writes(&self) -> bool {
+        self.undoes
+    }
+
+    /// After a failure under `always`: undoes, in memory, every change
+    /// not durable (the writer dropped them), and queues what puts storage
+    /// back. Returns how many batches were undone; 0 when there was nothing
+    /// to do (no failure, or already done).
+    pub fn undo_unconfirmed(&self) -> usize {
+        let mut g = self.guarded.lock();
+        let Guarded {
+            engine, persist, ..
+        } = &mut *g;
+        let Some(p) = persist.as_mut() else {
+            return 0;
+        };
+        let Some((epoch, after)) = p.undo_due() else {
+            return 0;
+        };
+        let now = self.clock.now();
+        let Outcome { result, effects } = engine.undo_after(now, after);
+        // First the writer learns the undo is done (it drops what came
+        // before), then it gets the state to put back.
+        p.undone(epoch, after);
+        let floor = engine.last_version();
+        p.submit(effects.mutations, floor);
+        drop(g);
+        self.storage_health.count_undone(result.batches as u64);
+        tracing::warn!(
+            batches = result.batches,
+            sessions = result.sessions,
+            aliases = result.aliases,
+            durable = after,
+            "undone: the changes storage failed to sync (their clients got an error); memory and storage are back to the last durable state"
+        );
+        result.batches
     }
 
     /// Gives up the wait `waiter` (it timed out, the client left, the server
@@ -435,6 +506,13 @@ impl Shared {
             Some(p) => p.submit(mutations, floor),
             None => None,
         };
+        if self.undoes {
+            g.engine.seal_undo(seq);
+            if let Some(p) = &g.persist {
+                let durable = p.progress().durable;
+                g.engine.forget_undo_through(durable);
+            }
+        }
         drop(g);
         if next_deadline.is_some_and(|d| d < self.timer_at.load(Ordering::Relaxed)) {
             self.timer.notify_one();
@@ -556,10 +634,14 @@ impl Shared {
     /// Called once, last, at shutdown. A cluster node has no writer (its
     /// log is synced as it goes): nothing is left.
     pub fn shutdown_persistence(&self) -> crate::persist::FlushReport {
+        // A failure not undone yet: undone now, so that storage is put
+        // back before the writer stops.
+        self.undo_unconfirmed();
         match self.guarded.lock().persist.as_mut() {
             Some(p) => p.shutdown(),
             None => crate::persist::FlushReport {
                 durable: 0,
+                undone_batches: 0,
                 unflushed_batches: 0,
                 unflushed_mutations: 0,
                 fault: None,

@@ -15,7 +15,8 @@
 //! The check runs before the command is applied, outside the state lock: a
 //! write that passed the gate just before storage failed is applied and
 //! queued like the writes before it (nothing is dropped); if its reply
-//! waits for the disk (`always`, backpressure) it gets an error instead.
+//! waits for the disk (backpressure) it gets an error instead. Under
+//! `always` such a write is undone and told so (see the `persist` module).
 
 use sessiond_core::engine::Command as EngineCommand;
 

@@ -105,7 +105,7 @@ async fn disk_full_refuses_writes_then_resumes(durability: Durability) {
                 break;
             }
             // Under `always`, the write that met the failure is told so; it
-            // stays queued and reaches the disk once storage is back.
+            // is undone (`under_always_a_write_that_got_an_error_…` below).
             Err(Error::Server { code, .. }) if code == "ERR" => {}
             Err(e) => panic!("unexpected error {e}"),
         }
@@ -289,4 +289,156 @@ async fn shutdown_while_the_disk_is_full_reports_what_was_not_flushed() {
     assert!(c.exists("kept").await.unwrap());
     drop(c);
     server.stop().await;
+}
+
+/// Under `always` a write that got an error was never made: while its sync
+/// is in flight a read of its session on another connection waits for it,
+/// and once the sync fails both the reader and everyone after see the state
+/// before it; it is not on disk after storage recovers and the server
+/// restarts; a session it created does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_always_a_write_that_got_an_error_is_never_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessions.redb");
+    let switch = FaultSwitch::default();
+    let server = start(config(Durability::Always), faulty_redb(&path, &switch)).await;
+    let mut writer = Client::connect(server.addr).await.unwrap();
+    let mut reader = Client::connect(server.addr).await.unwrap();
+    let mut creator = Client::connect(server.addr).await.unwrap();
+    writer
+        .commit("s", &Commit::new().create().set("v", "1"))
+        .await
+        .unwrap();
+
+    // The disk is slow: the next syncs wait. Two writes go in: a change of
+    // `s` and a new session.
+    switch.hold_syncs(true);
+    let change = tokio::spawn(async move {
+        let r = writer
+            .commit("s", &Commit::new().set("v", "2").set("w", "new"))
+            .await;
+        (writer, r)
+    });
+    let create = tokio::spawn(async move {
+        let r = creator
+            .commit("fresh", &Commit::new().create().set("v", "x"))
+            .await;
+        (creator, r)
+    });
+    for _ in 0..500 {
+        if switch
+            .syncs_waiting
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        switch
+            .syncs_waiting
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0,
+        "the write never reached the disk"
+    );
+    // Give the second write time to be applied in memory too.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Reads of what they changed wait for the disk instead of showing it.
+    let read = tokio::spawn(async move {
+        let r = reader.read("s", &Default::default()).await;
+        let e = reader.exists("fresh").await;
+        (reader, r, e)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !read.is_finished(),
+        "a read answered with a change that was not on disk yet"
+    );
+
+    // The sync fails.
+    switch.set_failing(true);
+    switch.hold_syncs(false);
+    let (mut writer, changed) = change.await.unwrap();
+    let err = changed.expect_err("a write whose sync failed was acknowledged");
+    assert!(
+        matches!(&err, Error::Server { code, message } if code == "ERR" && message.contains("not made")),
+        "{err}"
+    );
+    let (_creator, created) = create.await.unwrap();
+    // Refused at the gate (MISCONF) or undone (ERR): never acknowledged.
+    assert!(created.is_err(), "{created:?}");
+    let (mut reader, r, e) = read.await.unwrap();
+    let data = r.unwrap().unwrap();
+    assert_eq!(
+        data.get("v").unwrap().as_ref(),
+        b"1",
+        "the reader saw an undone write"
+    );
+    assert!(data.get("w").is_none(), "the reader saw an undone write");
+    assert!(!e.unwrap(), "the reader saw an undone create");
+    // Everyone sees the state before, while storage is still failing.
+    let data = writer
+        .read("s", &Default::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(data.get("v").unwrap().as_ref(), b"1");
+    assert!(!reader.exists("fresh").await.unwrap());
+    assert!(
+        info_field(&mut reader, "storage_undone_batches")
+            .await
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+
+    // Storage comes back: writes resume, and nothing undone comes back.
+    switch.set_failing(false);
+    let mut resumed = false;
+    for _ in 0..500 {
+        match writer
+            .commit("other", &Commit::new().create().set("v", "ok"))
+            .await
+        {
+            Ok(_) => {
+                resumed = true;
+                break;
+            }
+            Err(e) if is_misconf(&e) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert!(resumed, "writes were still refused after storage came back");
+    let data = reader
+        .read("s", &Default::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(data.get("v").unwrap().as_ref(), b"1");
+    drop((writer, reader));
+    let report = server.stop().await;
+    assert!(report.flushed(), "{report}");
+    assert!(report.undone_batches >= 1, "{report}");
+
+    let server = start(
+        config(Durability::Always),
+        RedbStorage::open(&path).unwrap(),
+    )
+    .await;
+    let mut c = Client::connect(server.addr).await.unwrap();
+    let data = c.read("s", &Default::default()).await.unwrap().unwrap();
+    assert_eq!(
+        data.get("v").unwrap().as_ref(),
+        b"1",
+        "an undone write is on disk"
+    );
+    assert!(data.get("w").is_none(), "an undone write is on disk");
+    assert!(
+        !c.exists("fresh").await.unwrap(),
+        "an undone create is on disk"
+    );
+    assert!(c.exists("other").await.unwrap());
+    drop(c);
+    assert!(server.stop().await.flushed());
 }

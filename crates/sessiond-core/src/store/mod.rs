@@ -735,7 +735,8 @@ impl Store {
         if let Some(session) = self.sessions.get_mut(id) {
             session.meta = meta;
         }
-        self.expiry.reschedule(before.deadline(), meta.deadline(), id);
+        self.expiry
+            .reschedule(before.deadline(), meta.deadline(), id);
         if let Some(idle) = &mut self.idle {
             idle.reschedule(before.last_access, meta.last_access, id);
         }

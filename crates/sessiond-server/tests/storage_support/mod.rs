@@ -19,6 +19,10 @@ pub struct FaultSwitch {
     failing: Arc<AtomicBool>,
     /// Writes, set_len and syncs refused so far.
     pub refused: Arc<AtomicU64>,
+    // While true, syncs wait (a slow disk); the count of syncs waiting.
+    held: Arc<(Mutex<bool>, parking_lot::Condvar)>,
+    /// Syncs waiting now.
+    pub syncs_waiting: Arc<AtomicU64>,
 }
 
 impl FaultSwitch {
@@ -26,6 +30,30 @@ impl FaultSwitch {
     /// or works again (`false`). Reads always work.
     pub fn set_failing(&self, on: bool) {
         self.failing.store(on, Ordering::SeqCst);
+    }
+
+    /// While `on`, every sync waits (a disk that takes its time); `false`
+    /// lets them go on (to succeed or fail as the switch says then).
+    pub fn hold_syncs(&self, on: bool) {
+        let (held, cvar) = &*self.held;
+        *held.lock() = on;
+        cvar.notify_all();
+    }
+
+    fn wait_while_held(&self) {
+        let (held, cvar) = &*self.held;
+        let mut held = held.lock();
+        if *held {
+            self.syncs_waiting.fetch_add(1, Ordering::SeqCst);
+            // Bounded: a test that forgets to let go fails instead of hanging.
+            for _ in 0..600 {
+                if !*held {
+                    break;
+                }
+                cvar.wait_for(&mut held, std::time::Duration::from_millis(100));
+            }
+            self.syncs_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     fn check(&self) -> io::Result<()> {
@@ -58,6 +86,7 @@ impl StorageBackend for FaultyBackend {
         self.inner.set_len(len)
     }
     fn sync_data(&self) -> io::Result<()> {
+        self.switch.wait_while_held();
         self.switch.check()?;
         self.inner.sync_data()
     }
