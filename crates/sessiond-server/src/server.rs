@@ -341,8 +341,10 @@ impl Server {
             shared.run(|e, now| e.record_accesses(now));
         }
         let report = shared.shutdown_persistence();
-        if report.flushed() {
+        if report.flushed() && report.undone_batches == 0 {
             tracing::info!("stopped; {report}");
+        } else if report.flushed() {
+            tracing::warn!("stopped; {report}");
         } else {
             tracing::error!("stopped; {report}");
         }

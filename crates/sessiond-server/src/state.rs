@@ -464,6 +464,13 @@ impl Shared {
     ) -> (U, Option<Seq>) {
         let mut g = self.guarded.lock();
         let now = self.clock.now();
+        if self.undoes
+            && let Some(durable) = g.persist.as_ref().map(|p| p.progress().durable)
+        {
+            // What is durable can no longer be undone, and a read of it
+            // need not wait.
+            g.engine.forget_undo_through(durable);
+        }
         let Outcome {
             result,
             mut effects,
@@ -508,10 +515,6 @@ impl Shared {
         };
         if self.undoes {
             g.engine.seal_undo(seq);
-            if let Some(p) = &g.persist {
-                let durable = p.progress().durable;
-                g.engine.forget_undo_through(durable);
-            }
         }
         drop(g);
         if next_deadline.is_some_and(|d| d < self.timer_at.load(Ordering::Relaxed)) {

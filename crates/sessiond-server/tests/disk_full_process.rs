@@ -2,7 +2,9 @@
 //! binary with its data on a small tmpfs. Writes are refused (`MISCONF`)
 //! while the filesystem is full, accepted again without a restart once
 //! space is freed, nothing acknowledged is missing after a restart, and a
-//! shutdown that cannot flush exits non-zero and says so.
+//! shutdown that cannot flush exits non-zero and says so. Under `always`,
+//! the writes that got an error when the disk filled are not there after
+//! the restart either.
 //!
 //! Mounting needs root (CI runs as root); elsewhere the test prints why it
 //! is skipped and passes. The mount is removed even when the test fails.
@@ -64,10 +66,10 @@ struct Sessiond {
 }
 
 impl Sessiond {
-    fn start(data_dir: &Path, stderr: PathBuf) -> Sessiond {
+    fn start(data_dir: &Path, stderr: PathBuf, durability: &str) -> Sessiond {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sessiond"))
             .args(["serve", "--port", "0", "--metrics-addr", "off"])
-            .args(["--durability", "everysec", "--storage-cache-mb", "4"])
+            .args(["--durability", durability, "--storage-cache-mb", "4"])
             .arg("--data-dir")
             .arg(data_dir)
             .env("SESSIOND_LOG", "warn")
@@ -127,8 +129,15 @@ fn is_misconf(e: &Error) -> bool {
 }
 
 /// Writes 40 KB sessions until one is refused with MISCONF (at most
-/// `max`); returns the acknowledged ones and whether a refusal came.
-async fn fill(c: &mut Client, prefix: &str, max: usize, acked: &mut BTreeMap<String, u8>) -> bool {
+/// `max`); records the acknowledged ones, and (under `always`) those told
+/// their write was not made; returns whether a refusal came.
+async fn fill(
+    c: &mut Client,
+    prefix: &str,
+    max: usize,
+    acked: &mut BTreeMap<String, u8>,
+    not_made: &mut Vec<String>,
+) -> bool {
     for i in 0..max {
         let id = format!("{prefix}{i:05}");
         let fill = (i % 250) as u8;
@@ -141,6 +150,11 @@ async fn fill(c: &mut Client, prefix: &str, max: usize, acked: &mut BTreeMap<Str
                 acked.insert(id, b'a' + fill % 26);
             }
             Err(e) if is_misconf(&e) => return true,
+            Err(Error::Server { code, message })
+                if code == "ERR" && message.contains("not made") =>
+            {
+                not_made.push(id);
+            }
             Err(e) => panic!("unexpected error after {i} writes: {e}"),
         }
     }
@@ -149,6 +163,15 @@ async fn fill(c: &mut Client, prefix: &str, max: usize, acked: &mut BTreeMap<Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_filesystem_refuses_writes_resumes_when_freed_and_loses_nothing() {
+    full_filesystem_run("everysec").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_filesystem_under_always_keeps_no_write_that_got_an_error() {
+    full_filesystem_run("always").await;
+}
+
+async fn full_filesystem_run(durability: &str) {
     let mount = match Mount::tmpfs("64m") {
         Ok(m) => m,
         Err(why) => {
@@ -165,11 +188,12 @@ async fn a_full_filesystem_refuses_writes_resumes_when_freed_and_loses_nothing()
     let ballast = mount.path.join("ballast");
     std::fs::write(&ballast, vec![0u8; 40 << 20]).unwrap();
 
-    let server = Sessiond::start(&data, logs.path().join("1.log"));
+    let server = Sessiond::start(&data, logs.path().join("1.log"), durability);
     let mut c = Client::connect(server.addr).await.unwrap();
     let mut acked = BTreeMap::new();
+    let mut not_made = Vec::new();
     assert!(
-        fill(&mut c, "s", 2_000, &mut acked).await,
+        fill(&mut c, "s", 2_000, &mut acked, &mut not_made).await,
         "2,000 writes of 40 KB on a 64 MB filesystem were never refused"
     );
     assert!(!acked.is_empty());
@@ -177,6 +201,12 @@ async fn a_full_filesystem_refuses_writes_resumes_when_freed_and_loses_nothing()
     let (first, byte) = acked.iter().next().map(|(k, v)| (k.clone(), *v)).unwrap();
     let s = c.read(&first, &Default::default()).await.unwrap().unwrap();
     assert_eq!(s.get("data").unwrap()[0], byte);
+    for id in &not_made {
+        assert!(
+            !c.exists(id).await.unwrap(),
+            "{id}: a write that got an error is visible"
+        );
+    }
     let info = c.info(Some("persistence")).await.unwrap();
     assert!(info.contains("storage_failed:1"), "{info}");
     assert!(info.contains("storage_failed_kind:disk-full"), "{info}");
@@ -213,7 +243,7 @@ async fn a_full_filesystem_refuses_writes_resumes_when_freed_and_loses_nothing()
     );
 
     // Restart: everything acknowledged is there.
-    let server = Sessiond::start(&data, logs.path().join("2.log"));
+    let server = Sessiond::start(&data, logs.path().join("2.log"), durability);
     let mut c = Client::connect(server.addr).await.unwrap();
     for (id, byte) in &acked {
         let s = c
@@ -229,17 +259,39 @@ async fn a_full_filesystem_refuses_writes_resumes_when_freed_and_loses_nothing()
     }
     let s = c.read(&first, &Default::default()).await.unwrap().unwrap();
     assert_eq!(s.get("after").unwrap().as_ref(), b"yes");
+    if durability == "always" {
+        assert!(
+            !not_made.is_empty(),
+            "under always the write that met the full disk is told it was not made"
+        );
+    } else {
+        assert!(not_made.is_empty(), "{not_made:?}");
+    }
+    for id in &not_made {
+        assert!(
+            !c.exists(id).await.unwrap(),
+            "{id} was answered 'not made' but exists after the restart"
+        );
+    }
 
-    // Fill it again and stop while it is full: the exit is not clean, and
-    // the log says what was not written.
-    let more = fill(&mut c, "t", 2_000, &mut BTreeMap::new()).await;
+    // Fill it again and stop while it is full. Under `everysec` what is
+    // queued cannot be written: the exit is not clean, and the log says
+    // what was not written. Under `always` nothing unacknowledged is kept
+    // (the write that met the full disk was undone), so there is nothing
+    // left to flush: the exit is clean and says what was undone.
+    let more = fill(&mut c, "t", 2_000, &mut BTreeMap::new(), &mut Vec::new()).await;
     assert!(more, "the second fill was never refused");
     drop(c);
     let (status, stderr) = server.terminate();
-    assert!(
-        !status.success(),
-        "a shutdown that could not flush exited 0: {stderr}"
-    );
-    assert!(stderr.contains("NOT flushed"), "{stderr}");
+    if durability == "always" {
+        assert!(status.success(), "{status}: {stderr}");
+        assert!(stderr.contains("were undone"), "{stderr}");
+    } else {
+        assert!(
+            !status.success(),
+            "a shutdown that could not flush exited 0: {stderr}"
+        );
+        assert!(stderr.contains("NOT flushed"), "{stderr}");
+    }
     drop(mount);
 }
