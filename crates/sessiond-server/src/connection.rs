@@ -291,7 +291,7 @@ async fn execute<S: Stream>(
     let mut cmd = cmd;
     // Under `always`, a command that changed nothing is answered again if
     // what it saw is undone (below): it keeps a copy to run again, once.
-    let mut again = shared.undoes_failed_writes();
+    let mut again = shared.undoes_failed_writes() && !crate::write_gate::engine_writes(&cmd);
     let executed = loop {
         let copy = again.then(|| cmd.clone());
         let (executed, seq, unconfirmed) = shared.execute(conn.id, cmd);

@@ -32,7 +32,8 @@ pub fn is_write(cmd: &Command) -> bool {
     }
 }
 
-fn engine_writes(c: &EngineCommand) -> bool {
+/// Whether the engine command `c` may change what storage holds.
+pub fn engine_writes(c: &EngineCommand) -> bool {
     match c {
         EngineCommand::Read { opts, .. } => opts.create || opts.ttl_ms.is_some(),
         EngineCommand::Exists { .. } | EngineCommand::Ttl { .. } => false,
