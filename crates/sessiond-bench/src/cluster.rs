@@ -29,6 +29,10 @@ pub struct Opts<'a> {
     pub warmup: Duration,
     pub dur: Duration,
     pub kills: usize,
+    /// Stop the leader with SIGTERM instead of SIGKILL.
+    pub graceful: bool,
+    /// Only the failover part.
+    pub failover_only: bool,
     pub redis_bin: &'a str,
     pub etcd_bin: &'a str,
 }
@@ -207,6 +211,10 @@ pub fn run(cmd: &SessiondCmd, o: &Opts) -> Result<Results> {
         locked: Vec::new(),
         failover: None,
     };
+    if o.failover_only {
+        out.failover = Some(failover(cmd, o.kills, o.graceful)?);
+        return Ok(out);
+    }
     {
         let one = Server::sessiond(cmd, "sessiond-1node", "everysec")?;
         measure(
@@ -262,7 +270,7 @@ pub fn run(cmd: &SessiondCmd, o: &Opts) -> Result<Results> {
         Err(e) => eprintln!("  etcd3: skipped ({e:#})"),
     }
     if o.kills > 0 {
-        out.failover = Some(failover(cmd, o.kills)?);
+        out.failover = Some(failover(cmd, o.kills, o.graceful)?);
     }
     Ok(out)
 }
@@ -319,9 +327,11 @@ fn followers_caught_up(nodes: &[Option<Server>]) -> bool {
 }
 
 /// Kills the leader of a three-node cluster `kills` times (restarting it
-/// each time on its data once a new leader served a write).
-fn failover(cmd: &SessiondCmd, kills: usize) -> Result<Failover> {
-    eprintln!("== failover: the leader killed with SIGKILL {kills} times");
+/// each time on its data once a new leader served a write); with
+/// `graceful`, stops it with SIGTERM instead (a rolling restart).
+fn failover(cmd: &SessiondCmd, kills: usize, graceful: bool) -> Result<Failover> {
+    let signal = if graceful { "SIGTERM" } else { "SIGKILL" };
+    eprintln!("== failover: the leader stopped with {signal} {kills} times");
     let mut nodes: Vec<Option<Server>> = sessiond_cluster(cmd, "failover", "everysec")?
         .into_iter()
         .map(Some)
@@ -334,9 +344,16 @@ fn failover(cmd: &SessiondCmd, kills: usize) -> Result<Failover> {
         let leader = sessiond_leader(&nodes)?;
         let mut dead = nodes[leader].take().context("leader vanished")?;
         let t0 = Instant::now();
-        dead.kill9();
+        if graceful {
+            dead.sigterm();
+        } else {
+            dead.kill9();
+        }
         value = acknowledged_increment(&nodes, &format!("fo-{k}"))?;
         let took = t0.elapsed();
+        if graceful {
+            dead.stop();
+        }
         acked += 1;
         samples.push(took.as_secs_f64() * 1000.0);
         eprintln!(
@@ -380,6 +397,7 @@ fn failover(cmd: &SessiondCmd, kills: usize) -> Result<Failover> {
     };
     Ok(Failover {
         kills,
+        signal: signal.into(),
         samples_ms: samples,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),

@@ -120,6 +120,13 @@ struct RunArgs {
     /// quick 2].
     #[arg(long)]
     kills: Option<usize>,
+    /// How the failover part stops the leader: `kill` (SIGKILL, a crash)
+    /// or `term` (SIGTERM, a graceful stop as in a rolling restart).
+    #[arg(long, default_value = "kill", value_parser = ["kill", "term"])]
+    failover_signal: String,
+    /// In the cluster benchmark, only the failover part.
+    #[arg(long)]
+    failover_only: bool,
     /// Use a running sessiond instead of starting one (cycle, locked, ping,
     /// hand-off; scale and php always start their own).
     #[arg(long)]
@@ -616,6 +623,8 @@ fn run(mut a: RunArgs) -> Result<()> {
             warmup,
             dur,
             kills: a.kills.unwrap_or(if q { 2 } else { 20 }),
+            graceful: a.failover_signal == "term",
+            failover_only: a.failover_only,
             redis_bin: &a.redis_bin,
             etcd_bin: &a.etcd_bin,
         };

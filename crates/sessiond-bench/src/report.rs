@@ -61,10 +61,14 @@ pub struct CycleRow {
     pub ran_unlocked: Option<u64>,
 }
 
-/// Leader kills: from each SIGKILL to the first acknowledged write.
+/// Leader kills: from each SIGKILL (or SIGTERM) to the first acknowledged
+/// write.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Failover {
     pub kills: usize,
+    /// How the leader was stopped ("SIGKILL" when absent: older runs).
+    #[serde(default)]
+    pub signal: String,
     pub samples_ms: Vec<f64>,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -73,6 +77,17 @@ pub struct Failover {
     /// final value must equal it (no retry applied twice).
     pub increments_acknowledged: u64,
     pub final_value: i64,
+}
+
+impl Failover {
+    /// The signal the leader got.
+    pub fn signal_name(&self) -> &str {
+        if self.signal.is_empty() {
+            "SIGKILL"
+        } else {
+            &self.signal
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -539,7 +554,8 @@ impl Report {
         }
         if let Some(f) = &self.failover {
             o.push_str(&format!(
-                "### Failover: the leader of three nodes killed with SIGKILL {} times\n\nFrom each kill to the first write acknowledged by the cluster (a client retrying every 10 ms on the surviving nodes): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms. Every sample, ms: {}. Increments acknowledged {}, final counter {} (equal: no retry applied twice, none lost).\n\n",
+                "### Failover: the leader of three nodes stopped with {} {} times\n\nFrom each stop to the first write acknowledged by the cluster (a client retrying every 10 ms on the surviving nodes): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms. Every sample, ms: {}. Increments acknowledged {}, final counter {} (equal: no retry applied twice, none lost).\n\n",
+                f.signal_name(),
                 f.kills,
                 f.p50_ms,
                 f.p99_ms,

@@ -508,6 +508,17 @@ impl Server {
         })
     }
 
+    /// Sends SIGTERM and returns at once (the process shuts down on its
+    /// own; [`Server::stop`] waits for it).
+    pub fn sigterm(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: plain syscall on our child.
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+
     /// SIGTERM, then wait (SIGKILL after 60 s); returns how long it took.
     pub fn stop(&mut self) -> Duration {
         let t0 = Instant::now();

@@ -249,8 +249,14 @@ impl Server {
         let tracker = TaskTracker::new();
         {
             let (shutdown, cluster_shutdown) = (shutdown.clone(), cluster_shutdown.clone());
-            tokio::spawn(async move {
+            let replication = shared.replication().cloned();
+            // Tracked: the stop waits for the hand-over (bounded).
+            tracker.spawn(async move {
                 shutdown.cancelled().await;
+                // A leader hands over before its peer traffic stops.
+                if let Some(replication) = replication {
+                    replication.hand_off().await;
+                }
                 cluster_shutdown.cancel();
             });
         }

@@ -80,6 +80,11 @@ pub trait Replication: Send + Sync {
     /// Proposes the reads noted since the last call as one entry
     /// (`Input::ReadsServed`); nothing when none were.
     fn flush_reads(&self) -> BoxFuture<'_, ()>;
+
+    /// The node is stopping: if it leads, hands leadership to an
+    /// up-to-date voter first (bounded), so the others need not wait out
+    /// an election timeout.
+    fn hand_off(&self) -> BoxFuture<'_, ()>;
 }
 
 /// A change of a cluster's members (`CLUSTER.ADDLEARNER`,

@@ -42,6 +42,8 @@ enum PeerRequest {
     Membership(MembershipChange),
     /// How far the answering leader knows node N's log to reach.
     Matched(NodeId),
+    /// From a leader that is stopping: stand for election now.
+    TakeOver,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -55,6 +57,8 @@ enum PeerResponse {
     /// The index of the last entry node N acknowledged to this leader;
     /// `None` from a node that does not lead or has no such record.
     Matched(Option<u64>),
+    /// The election was started (or could not be).
+    TakeOver(bool),
 }
 
 /// Why a leader refused a forwarded membership change.
@@ -300,6 +304,15 @@ impl PeerPool {
         }
     }
 
+    /// Asks the node at `addr` to stand for election now (a stopping
+    /// leader hands over); whether it started one.
+    pub async fn take_over(&self, addr: &str, timeout: Duration) -> bool {
+        let mut channel = self.checkout(addr);
+        let answer = channel.call(addr, &PeerRequest::TakeOver, timeout).await;
+        self.checkin(addr, channel);
+        matches!(answer, Ok(PeerResponse::TakeOver(true)))
+    }
+
     /// Whether the node at `addr` answers within `timeout`.
     pub async fn ping(&self, addr: &str, timeout: Duration) -> bool {
         let mut channel = self.checkout(addr);
@@ -494,6 +507,7 @@ async fn serve_peer<S: AsyncRead + AsyncWrite + Unpin>(
                 super::membership::answer_forwarded(cluster.change_here(&change).await),
             ),
             PeerRequest::Matched(node) => PeerResponse::Matched(cluster.matched(node)),
+            PeerRequest::TakeOver => PeerResponse::TakeOver(cluster.stand_for_election().await),
         };
         let bytes = postcard::to_stdvec(&resp)
             .map_err(|e| std::io::Error::other(format!("encoding an answer: {e}")))?;
