@@ -152,6 +152,13 @@ struct RunArgs {
     /// profile (see docs/benchmarks.md).
     #[arg(long)]
     php_ini: Vec<String>,
+    /// The handler's optional C extension (`clients/php/ext/sessiond`), for
+    /// the "(ext + persistent + preload)" rows [default:
+    /// target/php-ext/sessiond.so beside the PHP client, as
+    /// `clients/php/ext/build.sh` leaves it; the rows are left out when it
+    /// is missing].
+    #[arg(long)]
+    php_ext: Option<PathBuf>,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "sessiond-bench.json")]
     json: PathBuf,
@@ -548,9 +555,24 @@ fn run(mut a: RunArgs) -> Result<()> {
                     },
                 ];
                 // sessiond in each mode; then the same with a persistent
-                // socket per worker and the classes preloaded into opcache.
+                // socket per worker and the classes preloaded into opcache;
+                // then that with the handler's C extension loaded (the same
+                // PHP code, its hot parts done in C).
                 let preload = client_dir.join("preload.php");
-                for tuned in [false, true] {
+                let ext = a
+                    .php_ext
+                    .clone()
+                    .unwrap_or_else(|| client_dir.join("../../target/php-ext/sessiond.so"));
+                let mut tunings = vec![(false, false), (true, false)];
+                if ext.is_file() {
+                    tunings.push((true, true));
+                } else {
+                    rep.notes.push(format!(
+                        "PHP benchmark: no sessiond extension at {} (clients/php/ext/build.sh builds it); its rows are left out",
+                        ext.display()
+                    ));
+                }
+                for (tuned, with_ext) in tunings {
                     for mode in ["session", "readonly", "none"] {
                         let mut uri = format!("tcp://{}?lock_mode={mode}", sd.addr);
                         let mut ini = vec![];
@@ -562,11 +584,17 @@ fn run(mut a: RunArgs) -> Result<()> {
                                 ini.push("opcache.preload_user=root".into());
                             }
                         }
+                        if with_ext {
+                            let abs = ext.canonicalize().unwrap_or_else(|_| ext.clone());
+                            ini.push(format!("extension={}", abs.display()));
+                        }
                         handlers.push(php::Handler {
-                            name: if tuned {
-                                format!("sessiond {mode} (persistent + preload)")
-                            } else {
-                                format!("sessiond {mode}")
+                            name: match (tuned, with_ext) {
+                                (true, true) => {
+                                    format!("sessiond {mode} (ext + persistent + preload)")
+                                }
+                                (true, false) => format!("sessiond {mode} (persistent + preload)"),
+                                _ => format!("sessiond {mode}"),
                             },
                             server: sd.name.clone(),
                             ini,
