@@ -66,6 +66,13 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
     ];
 
     private static ?self $instance = null;
+    /**
+     * Whether the sessiond C extension (clients/php/ext) does absorbRead()'s
+     * loop (the same, in C). Set at the first construction.
+     *
+     * @internal tests switch it off to compare both
+     */
+    public static ?bool $native = null;
     private static ?string $modeOverride = null;
 
     /** @var array<string, mixed> */
@@ -124,6 +131,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
      */
     public function __construct(string $uri, array $options = [])
     {
+        self::$native ??= \function_exists('sessiond_absorb_fields');
         $u = Connection::parseUri($uri);
         self::checkOptionNames(array_keys($u['query']), 'in the URI query string');
         self::checkOptionNames(array_keys($options), 'passed to ' . static::class);
@@ -1028,6 +1036,12 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         $this->serverId = (string) $sid;
         if ($this->serverId !== $id) {
             $this->followRegenerate($this->serverId);
+        }
+        // the same loop in C when the extension is loaded (null: it leaves
+        // this reply to the loop below)
+        $data = self::$native ? \sessiond_absorb_fields($fields, $this->opt['split_keys'], $this->readSet) : null;
+        if ($data !== null) {
+            return $data;
         }
         $data = [];
         for ($i = 0, $n = count($fields); $i + 3 <= $n; $i += 3) {

@@ -729,6 +729,8 @@ fail:
 static void silent_unserialize(zval *rv, zend_string *raw)
 {
 	zend_long saved = EG(error_reporting);
+	/* it destroys rv on failure, as unserialize()'s return value starts null */
+	ZVAL_NULL(rv);
 	if (!E_HAS_ONLY_FATAL_ERRORS(saved)) {
 		EG(error_reporting) &= E_FATAL_ERRORS;
 	}
