@@ -129,17 +129,16 @@ cd "$here"
 run_suite() {
     local ext="$1"
     shift
-    local scan="${PHP_INI_SCAN_DIR-}"
+    local envs=(SESSIOND_TEST_EXT="$ext")
     if [[ -n "$ext" ]]; then
         mkdir -p "$tmp/ini"
         echo "extension=$ext" > "$tmp/ini/99-sessiond-tests.ini"
-        # a leading ':' keeps the system's directory (the empty entry)
-        scan="${scan}:$tmp/ini"
+        # an empty entry (the leading ':') keeps the system's directory
+        envs+=(PHP_INI_SCAN_DIR="${PHP_INI_SCAN_DIR-}:$tmp/ini")
     fi
     : > "$SESSIOND_TEST_PIDFILE"
     # setsid: phpunit leads its own process group, which cleanup() can stop whole
-    PHP_INI_SCAN_DIR="$scan" SESSIOND_TEST_EXT="$ext" \
-        setsid "$phpunit" --configuration "$here/phpunit.xml.dist" "$@" &
+    env "${envs[@]}" setsid "$phpunit" --configuration "$here/phpunit.xml.dist" "$@" &
     phpunit_pid=$!
     wait "$phpunit_pid"
     phpunit_pid=""
