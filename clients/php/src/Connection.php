@@ -684,13 +684,21 @@ final class Connection
     private function readReply(float $deadline): mixed
     {
         if (self::$native) {
-            // The whole reply already read and well formed (the common
-            // case): parsed in C. Otherwise $pos does not move and the PHP
-            // parser below reads on, or throws its protocol error.
-            $pos = $this->pos;
-            $r = \sessiond_resp_parse($this->buf, $this->pos);
-            if ($this->pos !== $pos) {
-                return $r;
+            // Parsed in C once it is all read. $pos does not move when C
+            // leaves it: false, not all here yet (read more, up to 1 MiB:
+            // past that the PHP parser below reads a big reply on, or
+            // refuses a too long line); null, for the PHP parser to judge
+            // (its protocol errors).
+            while (true) {
+                $pos = $this->pos;
+                $r = \sessiond_resp_parse($this->buf, $this->pos);
+                if ($this->pos !== $pos) {
+                    return $r;
+                }
+                if ($r !== false || strlen($this->buf) - $pos > 1 << 20) {
+                    break;
+                }
+                $this->fill($deadline);
             }
         }
         // The common case inline (the whole reply is in the buffer): a

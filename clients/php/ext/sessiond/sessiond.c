@@ -45,7 +45,10 @@
  * RESP replies
  * --------------------------------------------------------------------- */
 
-typedef enum { PARSED = 1, DECLINED = 0, THREW = -1 } parse_rc;
+/* INCOMPLETE: the reply is not all in the buffer yet (the caller reads
+ * more and asks again); DECLINED: something the PHP parser must judge (a
+ * protocol error, an integer of more than 18 digits, deep nesting). */
+typedef enum { PARSED = 1, DECLINED = 0, THREW = -1, INCOMPLETE = 2 } parse_rc;
 
 /* Connection::intOf(): /^-?[0-9]+$/ (anything else is its protocol error).
  * Values of more than 18 digits are declined (PHP's saturating (int) cast
@@ -127,8 +130,11 @@ static parse_rc resp_parse(const char *buf, size_t len, size_t *pos, zval *rv, i
 			break;
 		}
 	}
-	if (end == NULL || end == line || depth > RESP_MAX_DEPTH) {
-		return DECLINED; /* incomplete, or an empty line (a protocol error) */
+	if (end == NULL) {
+		return INCOMPLETE;
+	}
+	if (end == line || depth > RESP_MAX_DEPTH) {
+		return DECLINED; /* an empty line is a protocol error */
 	}
 	char type = line[0];
 	const char *rest = line + 1;
@@ -148,8 +154,13 @@ static parse_rc resp_parse(const char *buf, size_t len, size_t *pos, zval *rv, i
 		}
 		break;
 	case '!':
-		if (!resp_int(rest, rl, &n) || n < 0 || (size_t)n > len - p || len - p - (size_t)n < 2
-				|| buf[p + n] != '\r' || buf[p + n + 1] != '\n') {
+		if (!resp_int(rest, rl, &n) || n < 0) {
+			return DECLINED;
+		}
+		if ((size_t)n > len - p || len - p - (size_t)n < 2) {
+			return INCOMPLETE;
+		}
+		if (buf[p + n] != '\r' || buf[p + n + 1] != '\n') {
 			return DECLINED;
 		}
 		if ((rc = server_exception(rv, buf + p, (size_t)n)) != PARSED) {
@@ -172,8 +183,11 @@ static parse_rc resp_parse(const char *buf, size_t len, size_t *pos, zval *rv, i
 			ZVAL_NULL(rv);
 			break;
 		}
-		if ((size_t)n > len - p || len - p - (size_t)n < 2 || buf[p + n] != '\r' || buf[p + n + 1] != '\n') {
-			return DECLINED; /* not all here yet, or not CRLF-terminated */
+		if ((size_t)n > len - p || len - p - (size_t)n < 2) {
+			return INCOMPLETE;
+		}
+		if (buf[p + n] != '\r' || buf[p + n + 1] != '\n') {
+			return DECLINED; /* not CRLF-terminated: the PHP parser's protocol error */
 		}
 		if (type == '=') {
 			/* substr($s, 4): the verbatim string's "txt:" prefix */
@@ -200,7 +214,7 @@ static parse_rc resp_parse(const char *buf, size_t len, size_t *pos, zval *rv, i
 		/* every element takes 3 bytes at least: more than fit is incomplete
 		 * (and a huge count never allocates) */
 		if ((size_t)n > (len - p) / 3) {
-			return DECLINED;
+			return INCOMPLETE;
 		}
 		array_init_size(rv, (uint32_t)n);
 		zend_hash_real_init_packed(Z_ARRVAL_P(rv));
@@ -220,7 +234,7 @@ static parse_rc resp_parse(const char *buf, size_t len, size_t *pos, zval *rv, i
 			return DECLINED;
 		}
 		if (n > 0 && (size_t)n > (len - p) / 6) {
-			return DECLINED;
+			return INCOMPLETE;
 		}
 		array_init(rv);
 		/* a negative count reads no pair, as the PHP loop does */
@@ -288,11 +302,11 @@ ZEND_END_ARG_INFO()
 
 /* sessiond_resp_parse(string $buf, int &$offset): mixed
  *
- * Parses the reply starting at $offset and moves $offset past it. When the
- * buffer does not hold one whole, well-formed reply of a type it knows,
- * returns null with $offset unchanged: the caller's PHP parser takes over
- * (it reads more, or throws its protocol error). Error replies are
- * returned as Sessiond\Exception\ServerException objects. */
+ * Parses the reply starting at $offset and moves $offset past it. Error
+ * replies are returned as Sessiond\Exception\ServerException objects.
+ * With $offset unchanged: false when the reply is not all in the buffer yet
+ * (read more and call again), null when the PHP parser must judge it (a
+ * protocol error, or something this parser leaves to it). */
 PHP_FUNCTION(sessiond_resp_parse)
 {
 	zend_string *buf;
@@ -304,8 +318,11 @@ PHP_FUNCTION(sessiond_resp_parse)
 	ZEND_PARSE_PARAMETERS_END();
 
 	zend_long off = zval_get_long(Z_REFVAL_P(offset));
-	if (off < 0 || (size_t)off >= ZSTR_LEN(buf)) {
+	if (off < 0 || (size_t)off > ZSTR_LEN(buf)) {
 		RETURN_NULL();
+	}
+	if ((size_t)off == ZSTR_LEN(buf)) {
+		RETURN_FALSE; /* nothing read yet */
 	}
 	size_t pos = (size_t)off;
 	zval rv;
@@ -315,6 +332,9 @@ PHP_FUNCTION(sessiond_resp_parse)
 	}
 	if (rc == DECLINED) {
 		RETURN_NULL();
+	}
+	if (rc == INCOMPLETE) {
+		RETURN_FALSE;
 	}
 	ZEND_TRY_ASSIGN_REF_LONG(offset, (zend_long)pos);
 	if (EG(exception)) {
