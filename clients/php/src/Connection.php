@@ -101,7 +101,13 @@ final class Connection
         private ?string $user = null,
         private array $tls = [],
     ) {
-        $this->nodes = array_values(array_filter(array_map('trim', explode(',', $address)), static fn ($a) => $a !== ''));
+        if (!str_contains($address, ',')) {
+            // one node (the common case), without the arrays and closure below
+            $a = trim($address);
+            $this->nodes = $a === '' ? [] : [$a];
+        } else {
+            $this->nodes = array_values(array_filter(array_map('trim', explode(',', $address)), static fn ($a) => $a !== ''));
+        }
         if ($this->nodes === []) {
             throw new \InvalidArgumentException('sessiond: no server address');
         }
@@ -170,7 +176,9 @@ final class Connection
             if ($part === '') {
                 continue;
             }
-            $part = preg_replace('#^(tcp|redis|sessiond|tls|rediss)://#i', '', $part);
+            if (str_contains($part, '://')) {
+                $part = preg_replace('#^(tcp|redis|sessiond|tls|rediss)://#i', '', $part);
+            }
             $p = parse_url('tcp://' . $part);
             if ($p === false || !isset($p['host'])) {
                 throw new \InvalidArgumentException('sessiond: cannot parse server URI');

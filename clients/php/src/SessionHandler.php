@@ -152,8 +152,13 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             throw new \InvalidArgumentException("sessiond: unknown conflict_policy '{$opt['conflict_policy']}' (theirs or mine)");
         }
         foreach (['split_keys', 'lww_keys'] as $k) {
-            if (!is_array($opt[$k]) || array_filter($opt[$k], static fn ($x) => !is_string($x) || $x === '') !== []) {
+            if (!is_array($opt[$k])) {
                 throw new \InvalidArgumentException("sessiond: $k must be a list of key names");
+            }
+            foreach ($opt[$k] as $x) {
+                if (!is_string($x) || $x === '') {
+                    throw new \InvalidArgumentException("sessiond: $k must be a list of key names");
+                }
             }
         }
         if ($opt['on_conflict'] !== null && !is_callable($opt['on_conflict'])) {
@@ -203,6 +208,17 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
      */
     private static function checkOptionNames(array $names, string $where): void
     {
+        // the common case (every name known) without building arrays
+        $known = true;
+        foreach ($names as $n) {
+            if (!array_key_exists((string) $n, self::DEFAULTS)) {
+                $known = false;
+                break;
+            }
+        }
+        if ($known) {
+            return;
+        }
         $unknown = array_values(array_diff(array_map('strval', $names), array_keys(self::DEFAULTS)));
         if ($unknown !== []) {
             throw new \InvalidArgumentException(sprintf(
