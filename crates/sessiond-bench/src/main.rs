@@ -154,9 +154,9 @@ struct RunArgs {
     php_ini: Vec<String>,
     /// The handler's optional C extension (`clients/php/ext/sessiond`), for
     /// the "(ext + persistent + preload)" rows [default:
-    /// target/php-ext/sessiond.so beside the PHP client, as
-    /// `clients/php/ext/build.sh` leaves it; the rows are left out when it
-    /// is missing].
+    /// target/php-ext/sessiond.so in the repository the PHP client is in,
+    /// where `clients/php/ext/build.sh` puts it; the rows are left out when
+    /// it is missing].
     #[arg(long)]
     php_ext: Option<PathBuf>,
     /// Where to write the results as JSON.
