@@ -1069,7 +1069,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             }
             $value = Codec::decodeValue($raw);
             $this->readSet[$key] = [$ver, Codec::encodeValue($value)];
-            $nested = $this->nestedPath($key);
+            $nested = str_contains($key, '.') ? $this->nestedPath($key) : null;
             if ($nested !== null) {
                 $data[$nested[0]][$nested[1]] = $value;
             } else {
@@ -1137,7 +1137,8 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             return $fields;
         }
         foreach ($fields as $k => $enc) {
-            if ($this->nestedPath((string) $k) !== null) {
+            // an element name has a '.': most keys are ruled out without a call
+            if (str_contains((string) $k, '.') && $this->nestedPath((string) $k) !== null) {
                 unset($fields[$k]);
                 $this->warn(sprintf('sessiond: top-level key %s is reserved (it names an element of a split key, see the split_keys option); not written', json_encode((string) $k, JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE)));
             }
