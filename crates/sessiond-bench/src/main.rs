@@ -159,6 +159,13 @@ struct RunArgs {
     /// it is missing].
     #[arg(long)]
     php_ext: Option<PathBuf>,
+    /// Measure every PHP row this many times, the rows taking turns (each
+    /// row's first round, then each row's second, …), and report each row's
+    /// median round (the range goes to the notes). On a shared machine
+    /// whose load changes during the run, rows measured minutes apart are
+    /// hardly comparable; interleaved rounds see the same load.
+    #[arg(long, default_value_t = 1)]
+    php_rounds: usize,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "sessiond-bench.json")]
     json: PathBuf,
@@ -628,8 +635,24 @@ fn run(mut a: RunArgs) -> Result<()> {
                         php_client_dir: &client_dir,
                         front,
                     };
-                    for h in &handlers {
-                        rep.php.push(php::run(h, &o)?);
+                    let mut rounds: Vec<Vec<report::PhpRow>> = vec![Vec::new(); handlers.len()];
+                    for _ in 0..a.php_rounds.max(1) {
+                        for (i, h) in handlers.iter().enumerate() {
+                            rounds[i].push(php::run(h, &o)?);
+                        }
+                    }
+                    for mut rs in rounds {
+                        rs.sort_by(|x, y| x.rps.total_cmp(&y.rps));
+                        let median = rs.remove(rs.len() / 2);
+                        if a.php_rounds > 1 {
+                            let lo = rs.first().map_or(median.rps, |r| r.rps.min(median.rps));
+                            let hi = rs.last().map_or(median.rps, |r| r.rps.max(median.rps));
+                            rep.notes.push(format!(
+                                "PHP {} / {}: {} rounds, {lo:.0}–{hi:.0} req/s (the median round, {:.0}, is in the table)",
+                                median.front, median.handler, a.php_rounds, median.rps
+                            ));
+                        }
+                        rep.php.push(median);
                     }
                 }
             }
