@@ -26,7 +26,7 @@ command -v "$phpize" >/dev/null || { echo "build.sh: phpize not found (apt-get i
 stamp="$("$php_config" --version) $("$php_config" --extension-dir)"
 
 if [[ -f "$so" && -f "$out/stamp" && "$(cat "$out/stamp")" == "$stamp" \
-      && -z "$(find "$src" -newer "$so" -type f -print -quit)" ]]; then
+      && -z "$(find "$src" "$here/build.sh" -newer "$so" -type f -print -quit)" ]]; then
     echo "$so"
     exit 0
 fi
