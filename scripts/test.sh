@@ -26,6 +26,10 @@ command -v php >/dev/null 2>&1 || need+=(php-cli)
 command -v phpunit >/dev/null 2>&1 || need+=(phpunit)
 compgen -G '/usr/sbin/php-fpm*' >/dev/null || need+=(php-fpm)
 [ -x /usr/sbin/nginx ] || need+=(nginx)
+# phpize (php-dev): run-tests.sh builds the handler's optional C extension
+# (clients/php/ext/build.sh, into target/php-ext/) and runs the suite with it
+# loaded, then without.
+command -v phpize >/dev/null 2>&1 || need+=(php-dev)
 # The framework tests (clients/php/tests/SymfonyTest.php, LaravelTest.php)
 # run Debian's Symfony 5.4 and Laravel 8.83 packages.
 [ -f /usr/share/php/Symfony/Component/HttpKernel/autoload.php ] || need+=(php-symfony-http-kernel php-symfony-http-foundation php-symfony-event-dispatcher php-psr-container)
@@ -74,7 +78,8 @@ bash scripts/soak.sh --seconds 45
 bash scripts/chaos.sh --seconds 60
 
 # The PHP session handler against the target/debug/sessiond that
-# `cargo test` just built (it builds one only if missing or stale).
+# `cargo test` just built (it builds one only if missing or stale): the
+# whole suite with the C extension loaded, then without it.
 bash clients/php/run-tests.sh
 
 # The race lab, short: one iteration of every scenario on every handler

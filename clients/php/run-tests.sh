@@ -16,10 +16,21 @@
 # and records the servers it starts in a pid file that the EXIT trap below
 # walks.
 #
+# The suite runs twice: with the handler's optional C extension
+# (clients/php/ext, built by ext/build.sh into target/php-ext/; needs
+# phpize from php-dev) loaded in every PHP process, and without it, since
+# the handler must behave the same either way. The extension is loaded
+# through PHP_INI_SCAN_DIR (the system's ini directory plus one holding
+# `extension=…/sessiond.so`) rather than `-d extension=…` on one command
+# line: the suite starts PHP in many ways (php -S servers, php-fpm, CLI
+# scripts, `php -r`), and all of them read that directory.
+#
 # Environment: SESSIOND_BIN (server binary to use), SESSIOND_TEST_URI (use a
 # running server instead of starting one), SESSIOND_SKIP_BUILD=1,
 # SESSIOND_TEST_KEEP=1 (keep logs and data in the temp dir it prints),
-# SESSIOND_TEST_WEB_SERVERS (size of the php -S pool, default 12).
+# SESSIOND_TEST_WEB_SERVERS (size of the php -S pool, default 12),
+# SESSIOND_PHP_EXT=off (run only without the extension, e.g. where php-dev
+# cannot be installed), SESSIOND_PHP_EXT=only (only with it).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -65,6 +76,17 @@ else
     exit 2
 fi
 
+ext_mode="${SESSIOND_PHP_EXT:-both}"
+case "$ext_mode" in
+    both|only|off) ;;
+    *) echo "run-tests.sh: SESSIOND_PHP_EXT must be both, only or off" >&2; exit 2 ;;
+esac
+so=""
+if [[ "$ext_mode" != off ]]; then
+    command -v phpize >/dev/null || { echo "run-tests.sh: phpize not found: apt-get install php-dev (or SESSIOND_PHP_EXT=off to test without the C extension)" >&2; exit 2; }
+    so="$(bash "$here/ext/build.sh")"
+fi
+
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/sessiond-php-tests.XXXXXX")"
 export SESSIOND_TEST_TMPDIR="$tmp"
 export SESSIOND_TEST_PIDFILE="$tmp/pids"
@@ -102,7 +124,32 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 cd "$here"
-# setsid: phpunit leads its own process group, which cleanup() can stop whole
-setsid "$phpunit" --configuration "$here/phpunit.xml.dist" "$@" &
-phpunit_pid=$!
-wait "$phpunit_pid"
+# One pass of the suite. $1: the sessiond.so to load in every PHP process,
+# or '' for none; the rest: phpunit's arguments.
+run_suite() {
+    local ext="$1"
+    shift
+    local envs=(SESSIOND_TEST_EXT="$ext")
+    if [[ -n "$ext" ]]; then
+        mkdir -p "$tmp/ini"
+        echo "extension=$ext" > "$tmp/ini/99-sessiond-tests.ini"
+        # an empty entry (the leading ':') keeps the system's directory
+        envs+=(PHP_INI_SCAN_DIR="${PHP_INI_SCAN_DIR-}:$tmp/ini")
+    fi
+    : > "$SESSIOND_TEST_PIDFILE"
+    # setsid: phpunit leads its own process group, which cleanup() can stop whole
+    env "${envs[@]}" setsid "$phpunit" --configuration "$here/phpunit.xml.dist" "$@" &
+    phpunit_pid=$!
+    wait "$phpunit_pid"
+    phpunit_pid=""
+}
+
+if [[ -n "$so" ]]; then
+    echo "run-tests.sh: with the C extension ($so)" >&2
+    run_suite "$so" "$@"
+fi
+if [[ "$ext_mode" != only ]]; then
+    echo "run-tests.sh: without the C extension" >&2
+    rm -rf "$tmp/suite"
+    run_suite "" "$@"
+fi

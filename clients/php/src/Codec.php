@@ -155,6 +155,11 @@ final class Codec
         if (!in_array($handler, self::HANDLERS, true)) {
             throw new \UnexpectedValueException("sessiond: session.serialize_handler '$handler' is not supported (use php, php_serialize or php_binary)");
         }
+        if (self::$native ??= \function_exists('sessiond_split_session')) {
+            // the same scan in C; false: a value refers to another
+            $r = \sessiond_split_session($data, $handler);
+            return $r === false ? self::splitByDecoding($data, $handler) : $r;
+        }
         $len = strlen($data);
         $p = 0;
         $slices = [];
@@ -212,15 +217,7 @@ final class Codec
             }
         }
         if (self::$sawRef) {
-            $decoded = self::decodeSession($data, $handler);
-            if ($decoded === null) {
-                return null;
-            }
-            $out = [];
-            foreach ($decoded as $k => $v) {
-                $out[(string) $k] = self::encodeValue($v);
-            }
-            return $out;
+            return self::splitByDecoding($data, $handler);
         }
         $out = [];
         foreach ($slices as $k => $slice) {
@@ -233,7 +230,35 @@ final class Codec
         return $out;
     }
 
+    /**
+     * splitSession() when values refer to each other (r:N; / R:N;): the
+     * slices cannot stand alone, so every value is unserialized and
+     * encoded again.
+     *
+     * @return array<string, string>|null
+     */
+    private static function splitByDecoding(string $data, string $handler): ?array
+    {
+        $decoded = self::decodeSession($data, $handler);
+        if ($decoded === null) {
+            return null;
+        }
+        $out = [];
+        foreach ($decoded as $k => $v) {
+            $out[(string) $k] = self::encodeValue($v);
+        }
+        return $out;
+    }
+
     private static bool $sawRef = false;
+
+    /**
+     * Whether the sessiond C extension (clients/php/ext) does
+     * splitSession()'s scan (the same, in C). Set at the first call.
+     *
+     * @internal tests switch it off to compare both
+     */
+    public static ?bool $native = null;
 
     /**
      * Rewrites a `php`/`php_binary` session string as one serialize()d array.
@@ -317,7 +342,7 @@ final class Codec
                 }
                 $l = (int) $m[1];
                 $start = $p + strlen($m[0]);
-                if (substr($s, $start + $l, 2) !== '";') {
+                if ($l > strlen($s) - $start || substr($s, $start + $l, 2) !== '";') {
                     return false;
                 }
                 $out .= substr($s, $p, $start + $l + 2 - $p);
@@ -331,7 +356,10 @@ final class Codec
                 $q = $p + strlen($m[0]);
                 $count = (int) $m[1];
                 for ($i = 0; $i < $count; $i++) {
-                    if (($s[$q] ?? '') === '\\') {
+                    if ($q >= strlen($s)) {
+                        return false; // past the end: cannot end in '";'
+                    }
+                    if ($s[$q] === '\\') {
                         $q += 3;
                     } else {
                         $q++;
@@ -356,7 +384,7 @@ final class Codec
                 }
                 $cl = (int) $m[1];
                 $start = $p + strlen($m[0]);
-                if (!preg_match('/\G":([0-9]+):\{/', $s, $m2, 0, $start + $cl)) {
+                if ($cl > strlen($s) - $start || !preg_match('/\G":([0-9]+):\{/', $s, $m2, 0, $start + $cl)) {
                     return false;
                 }
                 $head = substr($s, $p, $start + $cl - $p) . $m2[0];
@@ -369,12 +397,12 @@ final class Codec
                 }
                 $cl = (int) $m[1];
                 $start = $p + strlen($m[0]);
-                if (!preg_match('/\G":([0-9]+):\{/', $s, $m2, 0, $start + $cl)) {
+                if ($cl > strlen($s) - $start || !preg_match('/\G":([0-9]+):\{/', $s, $m2, 0, $start + $cl)) {
                     return false;
                 }
                 $dl = (int) $m2[1];
                 $dstart = $start + $cl + strlen($m2[0]);
-                if (($s[$dstart + $dl] ?? '') !== '}') {
+                if ($dl >= strlen($s) - $dstart || $s[$dstart + $dl] !== '}') {
                     return false;
                 }
                 $out .= substr($s, $p, $dstart + $dl + 1 - $p);

@@ -65,6 +65,16 @@ final class Connection
     /** When the socket last connected or answered (microtime). */
     private float $lastIo = 0.0;
 
+    /**
+     * Whether the sessiond C extension (clients/php/ext) is loaded: then
+     * replies are parsed and requests encoded in C, with the same results
+     * (the PHP code below stays the fallback, and takes over whenever the C
+     * parser declines a reply). Set at the first construction.
+     *
+     * @internal tests switch it off to compare both
+     */
+    public static ?bool $native = null;
+
     /** Commands that change nothing: sent again after a lost reply. */
     private const READS = ['SESSION.READ', 'SESSION.EXISTS', 'SESSION.TTL', 'LOCK.INFO', 'PING'];
 
@@ -91,11 +101,18 @@ final class Connection
         private ?string $user = null,
         private array $tls = [],
     ) {
-        $this->nodes = array_values(array_filter(array_map('trim', explode(',', $address)), static fn ($a) => $a !== ''));
+        if (!str_contains($address, ',')) {
+            // one node (the common case), without the arrays and closure below
+            $a = trim($address);
+            $this->nodes = $a === '' ? [] : [$a];
+        } else {
+            $this->nodes = array_values(array_filter(array_map('trim', explode(',', $address)), static fn ($a) => $a !== ''));
+        }
         if ($this->nodes === []) {
             throw new \InvalidArgumentException('sessiond: no server address');
         }
         $this->address = $this->nodes[0];
+        self::$native ??= \function_exists('sessiond_resp_parse');
     }
 
     /**
@@ -159,7 +176,9 @@ final class Connection
             if ($part === '') {
                 continue;
             }
-            $part = preg_replace('#^(tcp|redis|sessiond|tls|rediss)://#i', '', $part);
+            if (str_contains($part, '://')) {
+                $part = preg_replace('#^(tcp|redis|sessiond|tls|rediss)://#i', '', $part);
+            }
             $p = parse_url('tcp://' . $part);
             if ($p === false || !isset($p['host'])) {
                 throw new \InvalidArgumentException('sessiond: cannot parse server URI');
@@ -515,15 +534,9 @@ final class Connection
      */
     private function exchange(array $commands, float $extraWait, bool $firstErrorEnds = false): array
     {
-        $out = '';
         $prefix = $this->prefix;
-        foreach ($prefix === [] ? $commands : [...$prefix, ...$commands] as $args) {
-            $out .= '*' . count($args) . "\r\n";
-            foreach ($args as $a) {
-                $a = (string) $a;
-                $out .= '$' . strlen($a) . "\r\n" . $a . "\r\n";
-            }
-        }
+        $all = $prefix === [] ? $commands : [...$prefix, ...$commands];
+        $out = (self::$native ? \sessiond_resp_encode($all) : null) ?? self::encode($all);
         $this->sent = false;
         $this->writeAll($out);
         // Every reply within the timeout, the last one (a lock wait) within
@@ -583,6 +596,25 @@ final class Connection
                 throw new ConnectionException("sessiond: connection setup failed on {$this->address}: " . $r->getMessage());
             }
         }
+    }
+
+    /**
+     * Commands as RESP arrays of bulk strings (what sessiond_resp_encode()
+     * does in C).
+     *
+     * @param list<list<string|int|float>> $commands
+     */
+    private static function encode(array $commands): string
+    {
+        $out = '';
+        foreach ($commands as $args) {
+            $out .= '*' . count($args) . "\r\n";
+            foreach ($args as $a) {
+                $a = (string) $a;
+                $out .= '$' . strlen($a) . "\r\n" . $a . "\r\n";
+            }
+        }
+        return $out;
     }
 
     private function writeAll(string $data): void
@@ -659,6 +691,24 @@ final class Connection
 
     private function readReply(float $deadline): mixed
     {
+        if (self::$native) {
+            // Parsed in C once it is all read. $pos does not move when C
+            // leaves it: false, not all here yet (read more, up to 1 MiB:
+            // past that the PHP parser below reads a big reply on, or
+            // refuses a too long line); null, for the PHP parser to judge
+            // (its protocol errors).
+            while (true) {
+                $pos = $this->pos;
+                $r = \sessiond_resp_parse($this->buf, $this->pos);
+                if ($this->pos !== $pos) {
+                    return $r;
+                }
+                if ($r !== false || strlen($this->buf) - $pos > 1 << 20) {
+                    break;
+                }
+                $this->fill($deadline);
+            }
+        }
         // The common case inline (the whole reply is in the buffer): a
         // reply of 40 elements is 40 calls of this, not 200 of helpers.
         $p = strpos($this->buf, "\r\n", $this->pos);

@@ -66,6 +66,13 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
     ];
 
     private static ?self $instance = null;
+    /**
+     * Whether the sessiond C extension (clients/php/ext) does absorbRead()'s
+     * loop (the same, in C). Set at the first construction.
+     *
+     * @internal tests switch it off to compare both
+     */
+    public static ?bool $native = null;
     private static ?string $modeOverride = null;
 
     /** @var array<string, mixed> */
@@ -124,6 +131,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
      */
     public function __construct(string $uri, array $options = [])
     {
+        self::$native ??= \function_exists('sessiond_absorb_fields');
         $u = Connection::parseUri($uri);
         self::checkOptionNames(array_keys($u['query']), 'in the URI query string');
         self::checkOptionNames(array_keys($options), 'passed to ' . static::class);
@@ -144,8 +152,13 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             throw new \InvalidArgumentException("sessiond: unknown conflict_policy '{$opt['conflict_policy']}' (theirs or mine)");
         }
         foreach (['split_keys', 'lww_keys'] as $k) {
-            if (!is_array($opt[$k]) || array_filter($opt[$k], static fn ($x) => !is_string($x) || $x === '') !== []) {
+            if (!is_array($opt[$k])) {
                 throw new \InvalidArgumentException("sessiond: $k must be a list of key names");
+            }
+            foreach ($opt[$k] as $x) {
+                if (!is_string($x) || $x === '') {
+                    throw new \InvalidArgumentException("sessiond: $k must be a list of key names");
+                }
             }
         }
         if ($opt['on_conflict'] !== null && !is_callable($opt['on_conflict'])) {
@@ -195,6 +208,17 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
      */
     private static function checkOptionNames(array $names, string $where): void
     {
+        // the common case (every name known) without building arrays
+        $known = true;
+        foreach ($names as $n) {
+            if (!array_key_exists((string) $n, self::DEFAULTS)) {
+                $known = false;
+                break;
+            }
+        }
+        if ($known) {
+            return;
+        }
         $unknown = array_values(array_diff(array_map('strval', $names), array_keys(self::DEFAULTS)));
         if ($unknown !== []) {
             throw new \InvalidArgumentException(sprintf(
@@ -1029,6 +1053,12 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
         if ($this->serverId !== $id) {
             $this->followRegenerate($this->serverId);
         }
+        // the same loop in C when the extension is loaded (null: it leaves
+        // this reply to the loop below)
+        $data = self::$native ? \sessiond_absorb_fields($fields, $this->opt['split_keys'], $this->readSet) : null;
+        if ($data !== null) {
+            return $data;
+        }
         $data = [];
         for ($i = 0, $n = count($fields); $i + 3 <= $n; $i += 3) {
             $key = (string) $fields[$i];
@@ -1039,7 +1069,7 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             }
             $value = Codec::decodeValue($raw);
             $this->readSet[$key] = [$ver, Codec::encodeValue($value)];
-            $nested = $this->nestedPath($key);
+            $nested = str_contains($key, '.') ? $this->nestedPath($key) : null;
             if ($nested !== null) {
                 $data[$nested[0]][$nested[1]] = $value;
             } else {
@@ -1107,7 +1137,8 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
             return $fields;
         }
         foreach ($fields as $k => $enc) {
-            if ($this->nestedPath((string) $k) !== null) {
+            // an element name has a '.': most keys are ruled out without a call
+            if (str_contains((string) $k, '.') && $this->nestedPath((string) $k) !== null) {
                 unset($fields[$k]);
                 $this->warn(sprintf('sessiond: top-level key %s is reserved (it names an element of a split key, see the split_keys option); not written', json_encode((string) $k, JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE)));
             }

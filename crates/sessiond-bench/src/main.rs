@@ -159,6 +159,20 @@ struct RunArgs {
     /// profile (see docs/benchmarks.md).
     #[arg(long)]
     php_ini: Vec<String>,
+    /// The handler's optional C extension (`clients/php/ext/sessiond`), for
+    /// the "(ext + persistent + preload)" rows [default:
+    /// target/php-ext/sessiond.so in the repository the PHP client is in,
+    /// where `clients/php/ext/build.sh` puts it; the rows are left out when
+    /// it is missing].
+    #[arg(long)]
+    php_ext: Option<PathBuf>,
+    /// Measure every PHP row this many times, the rows taking turns (each
+    /// row's first round, then each row's second, …), and report each row's
+    /// median round (the range goes to the notes). On a shared machine
+    /// whose load changes during the run, rows measured minutes apart are
+    /// hardly comparable; interleaved rounds see the same load.
+    #[arg(long, default_value_t = 1)]
+    php_rounds: usize,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "sessiond-bench.json")]
     json: PathBuf,
@@ -555,9 +569,24 @@ fn run(mut a: RunArgs) -> Result<()> {
                     },
                 ];
                 // sessiond in each mode; then the same with a persistent
-                // socket per worker and the classes preloaded into opcache.
+                // socket per worker and the classes preloaded into opcache;
+                // then that with the handler's C extension loaded (the same
+                // PHP code, its hot parts done in C).
                 let preload = client_dir.join("preload.php");
-                for tuned in [false, true] {
+                let ext = a
+                    .php_ext
+                    .clone()
+                    .unwrap_or_else(|| client_dir.join("../../target/php-ext/sessiond.so"));
+                let mut tunings = vec![(false, false), (true, false)];
+                if ext.is_file() {
+                    tunings.push((true, true));
+                } else {
+                    rep.notes.push(format!(
+                        "PHP benchmark: no sessiond extension at {} (clients/php/ext/build.sh builds it); its rows are left out",
+                        ext.display()
+                    ));
+                }
+                for (tuned, with_ext) in tunings {
                     for mode in ["session", "readonly", "none"] {
                         let mut uri = format!("tcp://{}?lock_mode={mode}", sd.addr);
                         let mut ini = vec![];
@@ -569,11 +598,17 @@ fn run(mut a: RunArgs) -> Result<()> {
                                 ini.push("opcache.preload_user=root".into());
                             }
                         }
+                        if with_ext {
+                            let abs = ext.canonicalize().unwrap_or_else(|_| ext.clone());
+                            ini.push(format!("extension={}", abs.display()));
+                        }
                         handlers.push(php::Handler {
-                            name: if tuned {
-                                format!("sessiond {mode} (persistent + preload)")
-                            } else {
-                                format!("sessiond {mode}")
+                            name: match (tuned, with_ext) {
+                                (true, true) => {
+                                    format!("sessiond {mode} (ext + persistent + preload)")
+                                }
+                                (true, false) => format!("sessiond {mode} (persistent + preload)"),
+                                _ => format!("sessiond {mode}"),
                             },
                             server: sd.name.clone(),
                             ini,
@@ -607,8 +642,24 @@ fn run(mut a: RunArgs) -> Result<()> {
                         php_client_dir: &client_dir,
                         front,
                     };
-                    for h in &handlers {
-                        rep.php.push(php::run(h, &o)?);
+                    let mut rounds: Vec<Vec<report::PhpRow>> = vec![Vec::new(); handlers.len()];
+                    for _ in 0..a.php_rounds.max(1) {
+                        for (i, h) in handlers.iter().enumerate() {
+                            rounds[i].push(php::run(h, &o)?);
+                        }
+                    }
+                    for mut rs in rounds {
+                        rs.sort_by(|x, y| x.rps.total_cmp(&y.rps));
+                        let median = rs.remove(rs.len() / 2);
+                        if a.php_rounds > 1 {
+                            let lo = rs.first().map_or(median.rps, |r| r.rps.min(median.rps));
+                            let hi = rs.last().map_or(median.rps, |r| r.rps.max(median.rps));
+                            rep.notes.push(format!(
+                                "PHP {} / {}: {} rounds, {lo:.0}–{hi:.0} req/s (the median round, {:.0}, is in the table)",
+                                median.front, median.handler, a.php_rounds, median.rps
+                            ));
+                        }
+                        rep.php.push(median);
                     }
                 }
             }

@@ -226,18 +226,22 @@ fn start_front(
                 bail!("php-fpm or nginx not installed");
             };
             let d = dir.display();
-            let mut conf = format!(
+            let conf = format!(
                 "[global]\nerror_log = {d}/fpm.log\ndaemonize = no\n[www]\nlisten = {d}/fpm.sock\nlisten.mode = 0666\npm = static\npm.max_children = {}\nclear_env = no\ncatch_workers_output = yes\n",
                 o.workers
             );
-            for (k, v) in ini {
-                conf.push_str(&format!("php_admin_value[{k}] = {v}\n"));
-            }
             std::fs::write(dir.join("fpm.conf"), conf)?;
             let mut cmd = Command::new(&fpm);
             // SAFETY: getuid has no preconditions.
             if unsafe { libc::getuid() } == 0 {
                 cmd.arg("-R");
+            }
+            // The settings as php.ini would give them, on the master's
+            // command line: a pool's php_admin_value reaches only the
+            // children, after opcache has done its preloading in the master
+            // (so opcache.preload there was silently ignored).
+            for (k, v) in ini {
+                cmd.arg("-d").arg(format!("{k}={v}"));
             }
             cmd.arg("-y")
                 .arg(dir.join("fpm.conf"))
