@@ -93,6 +93,11 @@ pub struct Cluster {
     // A stopping leader hands leadership over: it takes no new entries
     // meanwhile, so that its successor's log can be complete.
     handing_off: std::sync::atomic::AtomicBool,
+    // When this node last became leader (seen in its metrics), and the
+    // leader lease openraft keeps (the longest election timeout): a leader
+    // votes for a successor only once that long after its election.
+    leader_since: parking_lot::Mutex<Option<tokio::time::Instant>>,
+    lease: Duration,
 }
 
 /// How long a proposal may take before the client gets an error.
@@ -198,6 +203,8 @@ impl Cluster {
             read_waiters: parking_lot::Mutex::new(Vec::new()),
             read_wanted: tokio::sync::Notify::new(),
             handing_off: std::sync::atomic::AtomicBool::new(false),
+            leader_since: parking_lot::Mutex::new(None),
+            lease: Duration::from_millis(2 * config.election_timeout_ms),
         });
         let listener = tokio::net::TcpListener::bind(&config.raft_addr)
             .await
@@ -209,6 +216,7 @@ impl Cluster {
             shutdown.clone(),
         ));
         tokio::spawn(confirm_reads(cluster.clone(), shutdown.clone()));
+        tokio::spawn(note_leadership(cluster.clone(), shutdown.clone()));
         tokio::spawn(watch_nodes(
             cluster.clone(),
             config.node_down_after,
@@ -399,6 +407,12 @@ impl Cluster {
         // No new entries from now on: the successor's log must hold every
         // one this leader has, or this leader refuses it its vote.
         self.handing_off.store(true, Ordering::Release);
+        // A leader elected less than its lease ago refuses every vote:
+        // wait that out first (only right after an election).
+        let since = *self.leader_since.lock();
+        if let Some(since) = since {
+            tokio::time::sleep_until(since + self.lease + Duration::from_millis(20)).await;
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(1_500);
         let mut attempts = 0;
         while tokio::time::Instant::now() < deadline && attempts < 3 {
@@ -641,6 +655,27 @@ async fn confirm_reads(cluster: Arc<Cluster>, shutdown: tokio_util::sync::Cancel
 /// through the log (their waiters get them). Its clients cannot notice in
 /// time, but cannot do harm either: their fencing tokens are no longer
 /// current. A node that comes back closes its old connections itself.
+/// Records when this node becomes leader (see `Cluster::leader_since`).
+async fn note_leadership(cluster: Arc<Cluster>, shutdown: tokio_util::sync::CancellationToken) {
+    let mut metrics = cluster.raft.metrics();
+    let mut leading = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        let now_leading = metrics.borrow_and_update().current_leader == Some(cluster.node_id);
+        if now_leading && !leading {
+            *cluster.leader_since.lock() = Some(tokio::time::Instant::now());
+        }
+        leading = now_leading;
+    }
+}
+
 async fn watch_nodes(
     cluster: Arc<Cluster>,
     down_after: Duration,
