@@ -352,7 +352,11 @@ fn failover(cmd: &SessiondCmd, kills: usize, graceful: bool) -> Result<Failover>
         value = acknowledged_increment(&nodes, &format!("fo-{k}"))?;
         let took = t0.elapsed();
         if graceful {
-            dead.stop();
+            let exited = dead.stop();
+            eprintln!(
+                "  (the stopped leader exited {:.0} ms after its SIGTERM)",
+                (took + exited).as_secs_f64() * 1000.0
+            );
         }
         acked += 1;
         samples.push(took.as_secs_f64() * 1000.0);
