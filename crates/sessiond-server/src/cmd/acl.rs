@@ -6,7 +6,6 @@
 //! compile until it has a class. docs/protocol.md lists the same table; a
 //! test checks the two agree.
 
-use sessiond_core::SessionId;
 use sessiond_core::engine::Command as EngineCommand;
 
 use super::Command;
@@ -103,29 +102,6 @@ pub fn label(cmd: &Command) -> String {
     }
 }
 
-/// The sessions `cmd` names.
-fn sessions(cmd: &EngineCommand) -> Vec<&SessionId> {
-    match cmd {
-        EngineCommand::New { id, .. }
-        | EngineCommand::Read { id, .. }
-        | EngineCommand::Commit { id, .. }
-        | EngineCommand::Destroy { id }
-        | EngineCommand::Exists { id }
-        | EngineCommand::Touch { id, .. }
-        | EngineCommand::Ttl { id }
-        | EngineCommand::Incr { id, .. }
-        | EngineCommand::Cas { id, .. }
-        | EngineCommand::Release { id, .. }
-        | EngineCommand::Renew { id, .. }
-        | EngineCommand::Break { id, .. }
-        | EngineCommand::LockInfo { id: Some(id) } => vec![id],
-        EngineCommand::Regenerate { id, new_id, .. } => vec![id, new_id],
-        EngineCommand::Acquire(a) | EngineCommand::Once { args: a, .. } => vec![&a.id],
-        EngineCommand::LockInfo { id: None } => vec![],
-        EngineCommand::Idempotent { cmd, .. } => sessions(cmd),
-    }
-}
-
 /// Whether `cmd` shows data of every session (so of every tenant): refused
 /// to a user confined to a prefix.
 fn spans_all_sessions(cmd: &Command) -> bool {
@@ -162,7 +138,7 @@ pub fn authorize(user: &User, cmd: &Command) -> Result<(), AclError> {
         });
     }
     if let Command::Engine(c) = cmd {
-        for id in sessions(c) {
+        for id in c.session_ids().into_iter().flatten() {
             if !user.may_touch(id.as_str()) {
                 return Err(AclError::Session {
                     user: user.name.clone(),
