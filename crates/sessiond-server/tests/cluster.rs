@@ -728,9 +728,12 @@ async fn reads_on_the_leader_need_no_log_entry_and_still_slide_every_node() {
         assert!(format!("{read:?}").contains('v'), "{read:?}");
     }
     let after = applied(&cluster_info(addr).await.unwrap());
-    // At most a few entries (the bulk records of their slides, a tick).
+    // Far fewer entries than reads: only the bulk records of their slides
+    // (every 500 ms) and ticks, however long the reads took (a loaded CI
+    // machine once needed 21 entries' worth of time); through the log
+    // each read would be an entry.
     assert!(
-        after - before < 20,
+        after - before < 50,
         "100 reads made {} log entries",
         after - before
     );
