@@ -16,10 +16,15 @@
 # and records the servers it starts in a pid file that the EXIT trap below
 # walks.
 #
-# The suite runs twice: with the handler's optional C extension
+# The suite runs in three passes: with the handler's optional C extension
 # (clients/php/ext, built by ext/build.sh into target/php-ext/; needs
 # phpize from php-dev) loaded in every PHP process, and without it, since
-# the handler must behave the same either way. The extension is loaded
+# the handler must behave the same either way; and "native": the extension
+# loaded and SESSIOND_PHP_NATIVE=1, which makes the test apps
+# (tests/app/_init.php) install the extension's C save handler
+# (session.save_handler=sessiond) instead of the PHP class, running the
+# tests that drive the handler through those apps (phpunit.xml.dist's
+# `native` suite). The extension is loaded
 # through PHP_INI_SCAN_DIR (the system's ini directory plus one holding
 # `extension=…/sessiond.so`) rather than `-d extension=…` on one command
 # line: the suite starts PHP in many ways (php -S servers, php-fpm, CLI
@@ -30,7 +35,8 @@
 # SESSIOND_TEST_KEEP=1 (keep logs and data in the temp dir it prints),
 # SESSIOND_TEST_WEB_SERVERS (size of the php -S pool, default 12),
 # SESSIOND_PHP_EXT=off (run only without the extension, e.g. where php-dev
-# cannot be installed), SESSIOND_PHP_EXT=only (only with it).
+# cannot be installed), SESSIOND_PHP_EXT=only (only the two passes with it),
+# SESSIOND_PHP_EXT=native (only the native pass).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -78,13 +84,17 @@ fi
 
 ext_mode="${SESSIOND_PHP_EXT:-both}"
 case "$ext_mode" in
-    both|only|off) ;;
-    *) echo "run-tests.sh: SESSIOND_PHP_EXT must be both, only or off" >&2; exit 2 ;;
+    both|only|off|native) ;;
+    *) echo "run-tests.sh: SESSIOND_PHP_EXT must be both, only, native or off" >&2; exit 2 ;;
 esac
 so=""
 if [[ "$ext_mode" != off ]]; then
     command -v phpize >/dev/null || { echo "run-tests.sh: phpize not found: apt-get install php-dev (or SESSIOND_PHP_EXT=off to test without the C extension)" >&2; exit 2; }
     so="$(bash "$here/ext/build.sh")"
+    # the native pass needs the extension's save handler: no such handler is
+    # an error, never a pass skipped in silence
+    php -d "extension=$so" -r 'exit(function_exists("sessiond_native_info") && @ini_set("session.save_handler", "sessiond") !== false ? 0 : 1);' \
+        || { echo "run-tests.sh: $so has no native save handler (no sessiond_native_info(), or session.save_handler=sessiond refused)" >&2; exit 2; }
 fi
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/sessiond-php-tests.XXXXXX")"
@@ -125,11 +135,17 @@ trap 'exit 143' TERM
 
 cd "$here"
 # One pass of the suite. $1: the sessiond.so to load in every PHP process,
-# or '' for none; the rest: phpunit's arguments.
+# or '' for none; $2: 1 for the native pass; the rest: phpunit's arguments.
 run_suite() {
-    local ext="$1"
-    shift
-    local envs=(SESSIOND_TEST_EXT="$ext")
+    local ext="$1" native="$2"
+    shift 2
+    # SESSIOND_PHP_NATIVE reaches every PHP process the suite starts (php -S
+    # and php-fpm get phpunit's environment, see tests/Support/Env.php)
+    local envs=(SESSIOND_TEST_EXT="$ext" SESSIOND_PHP_NATIVE="$native")
+    local suite=()
+    if [[ "$native" == 1 ]]; then
+        suite=(--testsuite native)
+    fi
     if [[ -n "$ext" ]]; then
         mkdir -p "$tmp/ini"
         echo "extension=$ext" > "$tmp/ini/99-sessiond-tests.ini"
@@ -138,18 +154,23 @@ run_suite() {
     fi
     : > "$SESSIOND_TEST_PIDFILE"
     # setsid: phpunit leads its own process group, which cleanup() can stop whole
-    env "${envs[@]}" setsid "$phpunit" --configuration "$here/phpunit.xml.dist" "$@" &
+    env "${envs[@]}" setsid "$phpunit" --configuration "$here/phpunit.xml.dist" ${suite[@]+"${suite[@]}"} "$@" &
     phpunit_pid=$!
     wait "$phpunit_pid"
     phpunit_pid=""
 }
 
-if [[ -n "$so" ]]; then
+if [[ -n "$so" && "$ext_mode" != native ]]; then
     echo "run-tests.sh: with the C extension ($so)" >&2
-    run_suite "$so" "$@"
+    run_suite "$so" 0 "$@"
 fi
-if [[ "$ext_mode" != only ]]; then
+if [[ -n "$so" ]]; then
+    echo "run-tests.sh: native: the extension's C save handler (session.save_handler=sessiond)" >&2
+    rm -rf "$tmp/suite"
+    run_suite "$so" 1 "$@"
+fi
+if [[ "$ext_mode" == both || "$ext_mode" == off ]]; then
     echo "run-tests.sh: without the C extension" >&2
     rm -rf "$tmp/suite"
-    run_suite "" "$@"
+    run_suite "" 0 "$@"
 fi

@@ -70,7 +70,7 @@ final class FpmTest extends TestCase
 
     /**
      * FPM children keep persistent sockets across requests; a request that
-     * dies holding the session lock and a key lock does not pass them on.
+     * dies holding the session lock does not pass it on.
      */
     public function testPersistentConnectionsNeverCarryALock(): void
     {
@@ -85,13 +85,27 @@ final class FpmTest extends TestCase
         }
         $this->assertTrue($reused, 'some request reused a persistent socket of an earlier one');
         $this->assertSame('8', $this->serverFields($id)['n'][1], 'readonly requests did not write');
-        // die with the session lock (session mode) and with a key lock (none mode)
+        // die with the session lock (session mode)
         $r = $this->fpm->get('/hold.php' . self::q(['persistent' => 1, 'mode' => 'session', 'throw' => 1]), $id);
         $this->assertSame(500, $r['status']);
+        $this->assertSame([], $this->redis->command(['LOCK.INFO', $id]), 'no lock left behind');
+        $this->assertEveryChildTakesTheLock($id);
+    }
+
+    /** The same with a key lock (none mode) the request never released. */
+    public function testPersistentConnectionsNeverCarryAKeyLock(): void
+    {
+        $this->skipUnderNative('key locks are the per-key API of the PHP class');
+        $id = $this->newSession();
         $r = $this->fpm->get('/api.php' . self::q(['persistent' => 1, 'mode' => 'none', 'op' => 'lock_forget', 'key' => 'k', 'throw' => 1]), $id);
         $this->assertSame(500, $r['status']);
         $this->assertSame([], $this->redis->command(['LOCK.INFO', $id]), 'no lock left behind');
-        // every child (4) takes the session lock once more
+        $this->assertEveryChildTakesTheLock($id);
+    }
+
+    /** Every child (4) takes the session lock of $id once more. */
+    private function assertEveryChildTakesTheLock(string $id): void
+    {
         $rs = [];
         for ($i = 0; $i < 8; $i++) {
             $rs[] = $this->json($this->fpm->get('/hold.php' . self::q(['persistent' => 1, 'mode' => 'session', 'wait' => 30000]), $id));

@@ -132,13 +132,13 @@ final class Env
      * Http client sends each request to an idle server, so requests the test
      * has in flight at once really run at once, each in its own process.
      */
-    public static function startWebServer(): int
+    public static function startWebServer(array $ini = []): int
     {
         // php -S cannot pick its own port and say which: take a free one, and
         // try again with another if someone grabbed it in between.
         for ($attempt = 1; ; $attempt++) {
             try {
-                return self::startWebServerOn(self::freePort());
+                return self::startWebServerOn(self::freePort(), $ini);
             } catch (\RuntimeException $e) {
                 if ($attempt >= 5) {
                     throw $e;
@@ -147,7 +147,8 @@ final class Env
         }
     }
 
-    private static function startWebServerOn(int $port): int
+    /** @param list<string> $ini extra `-d` settings (key=value) */
+    private static function startWebServerOn(int $port, array $ini = []): int
     {
         $docroot = dirname(__DIR__) . '/app';
         $env = [
@@ -156,8 +157,12 @@ final class Env
             'SESSIOND_TEST_SERVER_TOKEN' => $token = bin2hex(random_bytes(8)),
         ];
         $log = self::$tmp . "/php-server-$port.log";
-        $p = self::spawn([PHP_BINARY, '-d', 'display_errors=0', '-d', 'log_errors=1', '-d', 'error_log=' . self::$tmp . '/php-errors.log',
-            '-S', "127.0.0.1:$port", '-t', $docroot], $log, $env);
+        $d = [];
+        foreach ($ini as $setting) {
+            array_push($d, '-d', $setting);
+        }
+        $p = self::spawn(array_merge([PHP_BINARY, '-d', 'display_errors=0', '-d', 'log_errors=1', '-d', 'error_log=' . self::$tmp . '/php-errors.log'],
+            $d, ['-S', "127.0.0.1:$port", '-t', $docroot]), $log, $env);
         $deadline = microtime(true) + 30;
         while (microtime(true) < $deadline && proc_get_status($p)['running']) {
             // ready when *this* process answers: a bare connect could reach
@@ -171,6 +176,15 @@ final class Env
         }
         self::stop($p);
         throw new \RuntimeException("php -S did not start on port $port; see $log");
+    }
+
+    /** Stops a web server started by startWebServer() outside the pool. */
+    public static function stopWebServer(int $port): void
+    {
+        if (isset(self::$web[$port])) {
+            self::stop(self::$web[$port]);
+            unset(self::$web[$port]);
+        }
     }
 
     /**

@@ -50,6 +50,27 @@ abstract class TestCase extends \PHPUnit\Framework\TestCase
         $this->redis->close();
     }
 
+    /**
+     * run-tests.sh's native pass (SESSIOND_PHP_NATIVE=1): the test apps
+     * install the extension's C save handler instead of the PHP class (see
+     * tests/app/_init.php).
+     */
+    public static function nativePass(): bool
+    {
+        return getenv('SESSIOND_PHP_NATIVE') === '1';
+    }
+
+    /**
+     * Skips a test of a class that runs in the native pass when it needs the
+     * PHP class itself (its per-key API, its bootstrap, ...): $why in one line.
+     */
+    protected function skipUnderNative(string $why): void
+    {
+        if (self::nativePass()) {
+            $this->markTestSkipped("native save handler pass: $why");
+        }
+    }
+
     /** Creates a session through the app and returns its id. */
     protected function newSession(array $init = []): string
     {

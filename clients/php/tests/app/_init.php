@@ -52,9 +52,65 @@ $options['on_conflict'] = static function (array $keys, array $details, string $
     $GLOBALS['__conflicts'][] = $keys;
     return null;
 };
-$handler = Sessiond\SessionHandler::register(getenv('SESSIOND_URI') ?: 'tcp://127.0.0.1:6380', $options);
-if (isset($_GET['setmode'])) {
-    Sessiond\SessionHandler::setMode((string) $_GET['setmode']);
+// ?native=1|0 chooses for one request (NativeHandlerTest's interop tests)
+if (isset($_GET['native']) ? (bool) $_GET['native'] : getenv('SESSIOND_PHP_NATIVE') === '1') {
+    // run-tests.sh's native pass: the same options, given to the C save
+    // handler of the extension (session.save_handler=sessiond) as the save
+    // path's query string instead of to the PHP class.
+    $handler = sessiond_test_native_handler(getenv('SESSIOND_URI') ?: 'tcp://127.0.0.1:6380', $options);
+    if (isset($_GET['setmode'])) {
+        sessiond_set_mode((string) $_GET['setmode']);
+    }
+} else {
+    $handler = Sessiond\SessionHandler::register(getenv('SESSIOND_URI') ?: 'tcp://127.0.0.1:6380', $options);
+    if (isset($_GET['setmode'])) {
+        Sessiond\SessionHandler::setMode((string) $_GET['setmode']);
+    }
 }
 
 require __DIR__ . '/_signals.php';
+
+/**
+ * Installs the extension's native save handler with $options (the PHP
+ * class's option names; on_conflict goes to sessiond_set_conflict_handler())
+ * and returns a stand-in for the class's handler object with what the test
+ * apps use of it: connection()->wasReused(). Anything else of the class
+ * (the per-key API, ...) is an error that says so: those apps are not in
+ * the native pass.
+ */
+function sessiond_test_native_handler(string $uri, array $options): object
+{
+    if (!function_exists('sessiond_native_info')) {
+        throw new LogicException('SESSIOND_PHP_NATIVE=1 but the sessiond extension (with its native save handler) is not loaded');
+    }
+    $onConflict = $options['on_conflict'] ?? null;
+    unset($options['on_conflict']);
+    $query = [];
+    foreach ($options as $k => $v) {
+        $query[$k] = is_bool($v) ? ($v ? '1' : '0') : (is_array($v) ? implode(',', $v) : (string) $v);
+    }
+    // The class sets session.use_strict_mode=1 itself (its strict option);
+    // the native handler cannot, so the ini does (as clients/php/README.md says).
+    if (!array_key_exists('strict', $options) || $options['strict']) {
+        ini_set('session.use_strict_mode', '1');
+    }
+    ini_set('session.save_handler', 'sessiond');
+    ini_set('session.save_path', $uri . '?' . http_build_query($query));
+    sessiond_set_conflict_handler($onConflict);
+    return new class {
+        public function connection(): object
+        {
+            return new class {
+                public function wasReused(): bool
+                {
+                    return (bool) (sessiond_native_info()['reused'] ?? false);
+                }
+            };
+        }
+
+        public function __call(string $name, array $args): never
+        {
+            throw new LogicException("the native save handler has no $name(): this app needs the PHP class (not in the native pass)");
+        }
+    };
+}

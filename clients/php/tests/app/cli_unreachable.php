@@ -8,7 +8,15 @@ set_error_handler(static function (int $no, string $str) use (&$errors): bool {
     return true;
 });
 ini_set('session.use_cookies', '0');
-Sessiond\SessionHandler::register($argv[1], ['connect_timeout' => 1, 'timeout' => 1, 'lock_mode' => $argv[2] ?? 'session']);
+$opts = ['connect_timeout' => 1, 'timeout' => 1, 'lock_mode' => $argv[2] ?? 'session'];
+if (getenv('SESSIOND_PHP_NATIVE') === '1') {
+    // run-tests.sh's native pass: the extension's save handler, same options
+    ini_set('session.use_strict_mode', '1');
+    ini_set('session.save_handler', 'sessiond');
+    ini_set('session.save_path', $argv[1] . '?' . http_build_query($opts));
+} else {
+    Sessiond\SessionHandler::register($argv[1], $opts);
+}
 if (isset($argv[3])) {
     session_id($argv[3]);
 }

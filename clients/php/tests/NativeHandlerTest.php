@@ -1,0 +1,325 @@
+<?php
+
+declare(strict_types=1);
+
+namespace Sessiond\Tests;
+
+use Sessiond\Tests\Support\Env;
+use Sessiond\Tests\Support\TestCase;
+
+/**
+ * The extension's native save handler (session.save_handler=sessiond, C
+ * code in clients/php/ext/sessiond) next to the PHP class: the same data
+ * layout on the server (a session written by one is read by the other), the
+ * configuration by ini alone, clear errors for a bad configuration, and
+ * persistent sockets that never carry a lock from a request that ended
+ * abnormally into the next one.
+ *
+ * Runs in every pass of run-tests.sh that loads the extension (the test
+ * apps take ?native=1|0 to choose the handler per request); skipped without
+ * the extension. The rest of its behaviour is tested by the suite's native
+ * pass, which runs the handler tests (LockModesTest, PhpFeaturesTest,
+ * RegenerateTest, SerializeHandlerTest, FpmTest) with the native handler.
+ */
+final class NativeHandlerTest extends TestCase
+{
+    protected function setUp(): void
+    {
+        if (!extension_loaded('sessiond')) {
+            $this->markTestSkipped('the sessiond extension is not loaded (run-tests.sh loads it in its first two passes)');
+        }
+        // loaded without its save handler: a broken build, never a skip
+        $this->assertTrue(function_exists('sessiond_native_info'), 'the sessiond extension has no native save handler (sessiond_native_info)');
+        parent::setUp();
+    }
+
+    // ------------------------------------------------------------------
+    // (a) interop: the same layout, read and written by either
+    // ------------------------------------------------------------------
+
+    /** @return array<string, array{0:string,1:int,2:int,3:string}> ser, writer, reader (1: native), mode of the update */
+    public static function interopCases(): array
+    {
+        $out = [];
+        foreach (['php', 'php_serialize', 'php_binary'] as $ser) {
+            foreach ([[0, 1], [1, 0]] as [$w, $r]) {
+                foreach (['session', 'none'] as $mode) {
+                    $name = sprintf('%s, %s -> %s, update in %s mode', $ser, $w ? 'native' : 'class', $r ? 'native' : 'class', $mode);
+                    $out[$name] = [$ser, $w, $r, $mode];
+                }
+            }
+        }
+        return $out;
+    }
+
+    /**
+     * One handler writes rich values, split keys (`_sf2_attributes`
+     * elements) and an lww key; the other reads exactly that, changes split
+     * elements and top-level keys; the first reads the change.
+     *
+     * @dataProvider interopCases
+     */
+    public function testASessionWrittenByOneIsReadAndChangedByTheOther(string $ser, int $writer, int $reader, string $mode): void
+    {
+        $id = $this->newSession();
+        $w = $this->interop($id, ['op' => 'write', 'native' => $writer, 'ser' => $ser, 'tag' => 'w']);
+        $this->assertSame($writer === 1, $w['native'], 'the handler asked for wrote');
+        $this->assertTrue($w['wrote']);
+        $r = $this->interop($id, ['op' => 'read', 'native' => $reader, 'ser' => $ser, 'mode' => 'readonly']);
+        $this->assertSame($reader === 1, $r['native']);
+        $this->assertSame($w['dump'], $r['seen'], 'the other handler reads what was written');
+        $this->assertCount(13, $r['seen']);
+
+        $f = $this->serverFields($id);
+        $this->assertSame(serialize('alice-w'), $f['_sf2_attributes.user'][1] ?? null, 'a split key is stored one field per element');
+        $this->assertSame('5', $f['_sf2_attributes.n'][1] ?? null, 'ints are plain decimal, in split keys too');
+        $this->assertArrayNotHasKey('_sf2_attributes', $f, 'no whole-array field for a split key');
+        $this->assertSame('42', $f['int'][1]);
+
+        $u = $this->interop($id, ['op' => 'update', 'native' => $reader, 'ser' => $ser, 'mode' => $mode, 'tag' => 'r']);
+        $this->assertSame($w['dump'], $u['seen']);
+        $this->assertTrue($u['wrote']);
+        $back = $this->interop($id, ['op' => 'read', 'native' => $writer, 'ser' => $ser, 'mode' => 'readonly']);
+        $this->assertSame($u['dump'], $back['seen'], 'the first handler reads the other\'s changes');
+        $this->assertSame('bob-r', unserialize(base64_decode($back['seen']['_sf2_attributes']))['user']);
+
+        $f2 = $this->serverFields($id);
+        $this->assertSame(serialize('bob-r'), $f2['_sf2_attributes.user'][1] ?? null);
+        $this->assertSame(serialize(['new' => true]), $f2['_sf2_attributes.added'][1] ?? null);
+        $this->assertArrayNotHasKey('_sf2_attributes.gone', $f2, 'a removed element is removed from the server');
+        $this->assertArrayNotHasKey('neg', $f2);
+        $this->assertSame('43', $f2['int'][1]);
+        foreach (['str', 'obj', 'bin', '_sf2_attributes.cart', '_sf2_attributes.n'] as $k) {
+            $this->assertSame($f[$k][0], $f2[$k][0], "untouched field $k keeps its version (only changes are sent)");
+        }
+        $this->assertNull($this->lockInfo($id), 'no lock left behind');
+    }
+
+    /** @return array<string, array{0:string}> */
+    public static function serializeHandlers(): array
+    {
+        return ['php' => ['php'], 'php_serialize' => ['php_serialize'], 'php_binary' => ['php_binary']];
+    }
+
+    /**
+     * The same data written by each gives the same fields on the server
+     * (names and values; versions are the server's).
+     *
+     * @dataProvider serializeHandlers
+     */
+    public function testBothWriteTheSameFields(string $ser): void
+    {
+        $fields = [];
+        foreach ([0, 1] as $native) {
+            $id = $this->newSession();
+            $this->interop($id, ['op' => 'write', 'native' => $native, 'ser' => $ser, 'tag' => 'same']);
+            $fields[$native] = array_map(static fn (array $f) => $f[1], $this->serverFields($id));
+            ksort($fields[$native]);
+        }
+        $this->assertSame($fields[0], $fields[1]);
+    }
+
+    // ------------------------------------------------------------------
+    // (b) the one-line configuration
+    // ------------------------------------------------------------------
+
+    /**
+     * php -S with the handler given by ini alone (no code but
+     * session_start()): two concurrent requests of one session both
+     * increment its counter, the second queued by the server behind the
+     * first.
+     */
+    public function testIniAloneTwoConcurrentRequestsLoseNothing(): void
+    {
+        $ini = [
+            'session.save_handler=sessiond',
+            // quoted: the ini parser cuts an unquoted value at its '='
+            'session.save_path="' . Env::$uri . '?lock_mode=session"',
+            'session.use_strict_mode=1',
+        ];
+        $ports = [Env::startWebServer($ini), Env::startWebServer($ini)];
+        try {
+            $http = new \Sessiond\Tests\Support\Http('127.0.0.1', $ports);
+            $first = $http->get('/oneline.php', null, $ports[0]);
+            $j = $this->json($first);
+            $this->assertTrue($j['ok'], $first['body']);
+            $this->assertSame('sessiond', $j['handler']);
+            $this->assertNull($j['error'], 'no warning');
+            $id = $first['cookie'];
+            $this->assertMatchesRegularExpression('/^[0-9a-f]{40}$/', (string) $id, 'the id comes from the server (strict mode)');
+            $this->assertSame(1, $j['n']);
+
+            $ga = $this->signal('A');
+            $gb = $this->signal('B');
+            $a = $http->start('/oneline.php' . self::q(['ready' => $ga, 'gate' => $ga]), $id, 'PHPSESSID', $ports[0]);
+            $this->awaitReady($ga);
+            $this->awaitHolder($id);
+            $b = $http->start('/oneline.php' . self::q(['ready' => $gb]), $id, 'PHPSESSID', $ports[1]);
+            $this->awaitWaiters($id, 1);
+            $this->assertFalse($this->isReady($gb), 'B got past session_start() while A held the lock');
+            $this->openGate($ga);
+            $ra = $this->json($http->finish($a));
+            $rb = $this->json($http->finish($b));
+            foreach ([$ra, $rb] as $r) {
+                $this->assertTrue($r['ok'], json_encode($r));
+                $this->assertTrue($r['wrote'], json_encode($r));
+                $this->assertNull($r['error'], json_encode($r));
+                $this->assertSame($id, $r['id']);
+            }
+            $this->assertSame(2, $ra['n']);
+            $this->assertSame(3, $rb['n'], 'B read A\'s write');
+            $this->assertSame('3', $this->serverFields($id)['n'][1], 'no increment lost');
+            $this->assertNull($this->lockInfo($id), 'no lock left behind');
+
+            // strict mode from the ini: an id the server does not know is replaced
+            $r = $http->get('/oneline.php', 'attackerchosenid' . bin2hex(random_bytes(8)), $ports[1]);
+            $this->assertTrue($this->json($r)['ok']);
+            $this->assertMatchesRegularExpression('/^[0-9a-f]{40}$/', (string) $r['cookie']);
+        } finally {
+            \Sessiond\Tests\Support\Http::drain();
+            foreach ($ports as $p) {
+                Env::stopWebServer($p);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // (c) a bad configuration: a clear warning, session_start() false
+    // ------------------------------------------------------------------
+
+    /**
+     * save_path (with {URI} for the test server's URI, {DEAD} for a free
+     * port nobody listens on) and what the warning must name.
+     *
+     * @return array<string, array{0:string, 1:list<string>}>
+     */
+    public static function badConfigurations(): array
+    {
+        return [
+            'unknown option' => ['{URI}?lock_mod=none', ['lock_mod']],
+            'unknown option among known ones' => ['{URI}?lock_mode=none&wait=5', ['wait']],
+            'tls:// URI' => ['tls://127.0.0.1:6390', ['tls']],
+            'tls option' => ['{URI}?tls[cafile]=/etc/ssl/ca.crt', ['tls']],
+            'unreachable server' => ['tcp://127.0.0.1:{DEAD}?connect_timeout=1', ['127.0.0.1:{DEAD}']],
+            'unknown lock_mode' => ['{URI}?lock_mode=bogus', ['lock_mode', 'bogus']],
+        ];
+    }
+
+    /**
+     * @dataProvider badConfigurations
+     * @param list<string> $named
+     */
+    public function testABadConfigurationFailsSessionStartWithAClearWarning(string $savePath, array $named): void
+    {
+        $dead = (string) Env::freePort();
+        $savePath = str_replace(['{URI}', '{DEAD}'], [Env::$uri, $dead], $savePath);
+        foreach ([null, 'abcdef0123456789abcdef0123456789abcdef01'] as $id) {
+            $j = $this->nativeCli($savePath, $id);
+            $this->assertSame('sessiond', $j['handler']);
+            $this->assertFalse($j['ok'], "session_start() returns false with save_path $savePath");
+            $this->assertSame([], $j['session'] ?? [], '$_SESSION stays empty');
+            $this->assertContains(E_WARNING, array_column($j['errors'], 0), 'a warning');
+            // the handler's own warning: PHP's "Failed to initialize storage
+            // module: sessiond (path: …)" quotes the save path, so it names
+            // everything and explains nothing
+            $own = array_filter(array_column($j['errors'], 1),
+                static fn (string $m) => !preg_match('/Failed to (initialize storage module|read session data)|session startup failed/', $m));
+            $this->assertNotSame([], $own, 'a warning of the handler itself, besides PHP\'s: ' . json_encode($j['errors']));
+            $msgs = implode("\n", $own);
+            foreach ($named as $n) {
+                $this->assertStringContainsStringIgnoringCase(str_replace('{DEAD}', $dead, $n), $msgs, "the warning names what is wrong ($savePath)");
+            }
+        }
+        if ($named !== ['127.0.0.1:{DEAD}']) {
+            // nothing was created on the server either
+            $this->assertSame(0, $this->redis->command(['SESSION.EXISTS', 'abcdef0123456789abcdef0123456789abcdef01']));
+        }
+    }
+
+    /** A good save path through the same CLI works (the cases above fail for their reason only). */
+    public function testTheSameCliWithAGoodSavePathStarts(): void
+    {
+        $j = $this->nativeCli(Env::$uri . '?lock_mode=none&lock_wait_ms=5&connect_timeout=1');
+        $this->assertTrue($j['ok'], json_encode($j));
+        $this->assertSame([], $j['errors']);
+    }
+
+    // ------------------------------------------------------------------
+    // (d) persistent sockets never carry a lock into the next request
+    // ------------------------------------------------------------------
+
+    /** @return array<string, array{0:array<string,int>}> */
+    public static function abnormalEnds(): array
+    {
+        return [
+            'exit()' => [['exit' => 1]],
+            'uncaught exception' => [['throw' => 1]],
+            'fatal error (memory exhausted)' => [['fatal' => 1]],
+        ];
+    }
+
+    /**
+     * The native pass runs LockModesTest's exit/exception/fatal and SIGKILL
+     * tests with persistent sockets too, but there the next request runs in
+     * another process. Here it runs in the same php -S process, on the
+     * socket the failed request left: the lock is gone before it comes (no
+     * idle worker holds it), the session was written, and the socket is
+     * reused.
+     *
+     * @dataProvider abnormalEnds
+     */
+    public function testAbnormalEndOnAPersistentSocketLeavesNoLockForTheNextRequest(array $how): void
+    {
+        $id = $this->newSession(['n' => 1]);
+        $port = Env::$httpPorts[0];
+        $base = ['native' => 1, 'persistent' => 1, 'mode' => 'session', 'wait' => 30000];
+        // the worker's persistent socket exists, and has served a request
+        $warm = $this->json($this->http->get('/hold.php' . self::q($base + ['incr' => 'n']), $id, $port));
+        $this->assertTrue($warm['ok'], json_encode($warm));
+        $a = $this->http->get('/hold.php' . self::q($base + $how + ['set' => ['x' => 'fromA']]), $id, $port);
+        if (!isset($how['exit'])) {
+            $this->assertSame(500, $a['status'], $a['body']);
+        }
+        $this->waitUntil(fn () => $this->lockInfo($id) === null, 'the lock of the request that ended abnormally to be released');
+        $this->assertSame([], $this->redis->command(['LOCK.INFO', $id]), 'no lock of any kind left');
+        $b = $this->json($this->http->get('/hold.php' . self::q($base + ['incr' => 'n']), $id, $port));
+        $this->assertTrue($b['ok'], json_encode($b));
+        $this->assertSame([], $b['errors']);
+        $this->assertTrue($b['reused'], 'the next request in the same process reused the persistent socket');
+        $this->assertSame('fromA', $b['seen']['x'] ?? null, 'the session was written at the abnormal end');
+        $this->assertSame(2, $b['seen']['n']);
+        $this->assertSame('3', $this->serverFields($id)['n'][1]);
+        $this->assertNull($this->lockInfo($id));
+    }
+
+    // ------------------------------------------------------------------
+
+    /** @return array<string, mixed> the reply of tests/app/interop.php */
+    private function interop(string $id, array $params): array
+    {
+        $r = $this->http->get('/interop.php' . self::q($params), $id);
+        $j = $this->json($r);
+        $this->assertTrue($j['ok'], $r['body']);
+        $this->assertSame([], $j['errors'], json_encode($params));
+        $this->assertSame($id, $j['id'], 'the same session');
+        return $j;
+    }
+
+    /** @return array{ok:bool, errors:list<array{0:int,1:string}>, session:mixed, handler:string} */
+    private function nativeCli(string $savePath, ?string $id = null): array
+    {
+        $cmd = [PHP_BINARY, '-d', 'display_errors=stderr', '-d', 'session.save_handler=sessiond',
+            '-d', 'session.save_path="' . $savePath . '"', '-d', 'session.use_strict_mode=1',
+            __DIR__ . '/app/cli_native_start.php'];
+        if ($id !== null) {
+            $cmd[] = $id;
+        }
+        $p = proc_open($cmd, [0 => ['file', '/dev/null', 'r'], 1 => ['pipe', 'w'], 2 => ['pipe', 'w']], $pipes);
+        $out = stream_get_contents($pipes[1]);
+        $err = stream_get_contents($pipes[2]);
+        proc_close($p);
+        $j = json_decode((string) $out, true);
+        $this->assertIsArray($j, "cli_native_start.php: $out $err");
+        return $j;
+    }
+}
