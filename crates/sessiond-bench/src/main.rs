@@ -160,7 +160,7 @@ struct RunArgs {
     #[arg(long)]
     php_ini: Vec<String>,
     /// The handler's optional C extension (`clients/php/ext/sessiond`), for
-    /// the "(ext + persistent + preload)" rows [default:
+    /// the "(ext + persistent + preload)" and "(native)" rows [default:
     /// target/php-ext/sessiond.so in the repository the PHP client is in,
     /// where `clients/php/ext/build.sh` puts it; the rows are left out when
     /// it is missing].
@@ -571,7 +571,8 @@ fn run(mut a: RunArgs) -> Result<()> {
                 // sessiond in each mode; then the same with a persistent
                 // socket per worker and the classes preloaded into opcache;
                 // then that with the handler's C extension loaded (the same
-                // PHP code, its hot parts done in C).
+                // PHP code, its hot parts done in C); then the extension's
+                // native save handler (no PHP class at all).
                 let preload = client_dir.join("preload.php");
                 let ext = a
                     .php_ext
@@ -583,6 +584,13 @@ fn run(mut a: RunArgs) -> Result<()> {
                 } else {
                     rep.notes.push(format!(
                         "PHP benchmark: no sessiond extension at {} (clients/php/ext/build.sh builds it); its rows are left out",
+                        ext.display()
+                    ));
+                }
+                let native = tunings.contains(&(true, true)) && php::has_native_handler(&ext);
+                if tunings.contains(&(true, true)) && !native {
+                    rep.notes.push(format!(
+                        "PHP benchmark: {} has no native save handler (sessiond_native_info() missing); the \"(native)\" rows are left out",
                         ext.display()
                     ));
                 }
@@ -613,6 +621,25 @@ fn run(mut a: RunArgs) -> Result<()> {
                             server: sd.name.clone(),
                             ini,
                             env: vec![("BENCH_SESSIOND_URI".into(), uri)],
+                        });
+                    }
+                }
+                if native {
+                    let abs = ext.canonicalize().unwrap_or_else(|_| ext.clone());
+                    for mode in ["session", "readonly", "none"] {
+                        handlers.push(php::Handler {
+                            name: format!("sessiond {mode} (native)"),
+                            server: sd.name.clone(),
+                            ini: vec![
+                                format!("extension={}", abs.display()),
+                                "session.save_handler=sessiond".into(),
+                                // quoted: the ini parser cuts an unquoted value at its '='
+                                format!(
+                                    "session.save_path=\"tcp://{}?lock_mode={mode}&persistent=1\"",
+                                    sd.addr
+                                ),
+                            ],
+                            env: vec![("BENCH_HANDLER".into(), "native".into())],
                         });
                     }
                 }

@@ -19,7 +19,10 @@ use crate::servers::{TempDir, free_port};
 
 const PAGE: &str = r#"<?php
 // The session page: read the session, change one key, write it back.
-if (getenv('BENCH_HANDLER') === 'sessiond') {
+// sessiond: the PHP class; native: the extension's save handler, set up by
+// the ini alone (session.save_handler=sessiond), no class loaded.
+$bench_handler = getenv('BENCH_HANDLER');
+if ($bench_handler === 'sessiond') {
     require getenv('BENCH_SESSIOND_PHP') . '/src/autoload.php';
     Sessiond\SessionHandler::register(getenv('BENCH_SESSIOND_URI'));
     if (!isset($_COOKIE['PHPSESSID'])) {
@@ -27,6 +30,8 @@ if (getenv('BENCH_HANDLER') === 'sessiond') {
         // mode measured (readonly never writes)
         Sessiond\SessionHandler::setMode('session');
     }
+} elseif ($bench_handler === 'native' && !isset($_COOKIE['PHPSESSID'])) {
+    sessiond_set_mode('session'); // as above
 }
 session_start();
 if (!isset($_SESSION['k0'])) {
@@ -77,7 +82,26 @@ pub fn fpm_programs() -> Option<(PathBuf, PathBuf)> {
     Some((fpm, find(&["nginx"])?))
 }
 
+/// Whether the extension at `ext` has the native save handler
+/// (`session.save_handler=sessiond`).
+pub fn has_native_handler(ext: &Path) -> bool {
+    Command::new("php")
+        .arg("-d")
+        .arg(format!("extension={}", ext.display()))
+        .args([
+            "-r",
+            "exit(function_exists('sessiond_native_info') && @ini_set('session.save_handler', 'sessiond') !== false ? 0 : 1);",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// How PHP keeps sessions in one run.
+/// `env` may set `BENCH_HANDLER` (what the page sets up); by default it is
+/// `sessiond` (the PHP class) for rows named `sessiond…`, nothing otherwise.
 pub struct Handler {
     pub name: String,
     pub server: String,
@@ -295,20 +319,20 @@ pub fn run(h: &Handler, o: &Opts) -> Result<PhpRow> {
             ini.push((k.to_owned(), v.to_owned()));
         }
     }
-    let mut env: Vec<(String, String)> = vec![
-        (
+    let mut env: Vec<(String, String)> = vec![(
+        "BENCH_SESSIOND_PHP".into(),
+        o.php_client_dir.display().to_string(),
+    )];
+    if !h.env.iter().any(|(k, _)| k == "BENCH_HANDLER") {
+        env.push((
             "BENCH_HANDLER".into(),
             if h.name.starts_with("sessiond") {
                 "sessiond".into()
             } else {
                 String::new()
             },
-        ),
-        (
-            "BENCH_SESSIOND_PHP".into(),
-            o.php_client_dir.display().to_string(),
-        ),
-    ];
+        ));
+    }
     env.extend(h.env.iter().cloned());
     let _servers = start_front(o, dir.path(), addr, &ini, &env)?;
     let log = || {
