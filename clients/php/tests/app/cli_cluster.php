@@ -14,19 +14,31 @@ set_error_handler(static function (int $no, string $str) use (&$errors): bool {
 });
 ini_set('session.use_cookies', '0');
 ini_set('session.use_strict_mode', '0');
-$h = Sessiond\SessionHandler::register($uri, [
+$opts = [
     'connect_timeout' => 1,
     'timeout' => 5,
     'lock_wait_ms' => 15000,
     'strict' => false,
-]);
+];
+if (getenv('SESSIOND_PHP_NATIVE') === '1') {
+    // run-tests.sh's native pass: the extension's save handler, same options
+    ini_set('session.save_handler', 'sessiond');
+    ini_set('session.save_path', $uri . '?' . http_build_query($opts));
+    $token = static function (string $id): ?int {
+        $info = sessiond_native_info();
+        return $info['locked_id'] === $id ? $info['token'] : null;
+    };
+} else {
+    $h = Sessiond\SessionHandler::register($uri, $opts);
+    $token = static fn (string $id): ?int => $h->sessionToken($id);
+}
 for ($i = 0; $i < (int) $count; $i++) {
     $errors = [];
     session_id($id);
     $started = session_start();
     $rec = ['i' => $i, 'started' => $started, 'token' => null, 'before' => null, 'written' => null];
     if ($started) {
-        $rec['token'] = $h->sessionToken($id);
+        $rec['token'] = $token($id);
         $rec['before'] = (int) ($_SESSION['n'] ?? 0);
         $_SESSION['n'] = $rec['before'] + 1;
         $rec['written'] = session_write_close();
