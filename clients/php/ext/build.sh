@@ -35,7 +35,7 @@ build="$out/build"
 rm -rf "$build"
 mkdir -p "$build"
 # phpize works in the directory it runs in: build from a copy
-cp "$src"/config.m4 "$src"/*.c "$build"/
+cp "$src"/config.m4 "$src"/*.c "$src"/*.h "$build"/
 # quiet unless it fails (autoconf's warnings about phpize's own macros are
 # not ours to fix)
 if ! (

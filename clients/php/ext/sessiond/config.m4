@@ -5,5 +5,5 @@ PHP_ARG_ENABLE([sessiond],
   [yes])
 
 if test "$PHP_SESSIOND" != "no"; then
-  PHP_NEW_EXTENSION(sessiond, sessiond.c, $ext_shared,, -DZEND_ENABLE_STATIC_TSRMLS_CACHE=1)
+  PHP_NEW_EXTENSION(sessiond, sessiond.c handler.c, $ext_shared,, -DZEND_ENABLE_STATIC_TSRMLS_CACHE=1)
 fi

@@ -33,7 +33,7 @@
 #include "zend_smart_str.h"
 #include "zend_exceptions.h"
 
-#define PHP_SESSIOND_VERSION "0.1.0"
+#include "sessiond_shared.h"
 
 /* Nesting deeper than this is left to the PHP parser (which recurses
  * without a limit); sessiond's replies nest two levels. */
@@ -48,7 +48,6 @@
 /* INCOMPLETE: the reply is not all in the buffer yet (the caller reads
  * more and asks again); DECLINED: something the PHP parser must judge (a
  * protocol error, an integer of more than 18 digits, deep nesting). */
-typedef enum { PARSED = 1, DECLINED = 0, THREW = -1, INCOMPLETE = 2 } parse_rc;
 
 /* Connection::intOf(): /^-?[0-9]+$/ (anything else is its protocol error).
  * Values of more than 18 digits are declined (PHP's saturating (int) cast
@@ -114,7 +113,7 @@ static parse_rc server_exception(zval *rv, const char *s, size_t n)
 
 /* One reply of buf[*pos..len). On PARSED, *pos is past it and rv holds it;
  * otherwise rv is undefined and *pos unchanged. */
-static parse_rc resp_parse(const char *buf, size_t len, size_t *pos, zval *rv, int depth)
+parse_rc sd_resp_parse(const char *buf, size_t len, size_t *pos, zval *rv, int depth)
 {
 	size_t p = *pos;
 	const char *line = buf + p;
@@ -220,7 +219,7 @@ static parse_rc resp_parse(const char *buf, size_t len, size_t *pos, zval *rv, i
 		zend_hash_real_init_packed(Z_ARRVAL_P(rv));
 		for (zend_long i = 0; i < n; i++) {
 			zval el;
-			if ((rc = resp_parse(buf, len, &p, &el, depth + 1)) != PARSED) {
+			if ((rc = sd_resp_parse(buf, len, &p, &el, depth + 1)) != PARSED) {
 				zval_ptr_dtor(rv);
 				return rc;
 			}
@@ -240,7 +239,7 @@ static parse_rc resp_parse(const char *buf, size_t len, size_t *pos, zval *rv, i
 		/* a negative count reads no pair, as the PHP loop does */
 		for (zend_long i = 0; i < n; i++) {
 			zval k, v;
-			if ((rc = resp_parse(buf, len, &p, &k, depth + 1)) != PARSED) {
+			if ((rc = sd_resp_parse(buf, len, &p, &k, depth + 1)) != PARSED) {
 				zval_ptr_dtor(rv);
 				return rc;
 			}
@@ -257,7 +256,7 @@ static parse_rc resp_parse(const char *buf, size_t len, size_t *pos, zval *rv, i
 				key = zend_long_to_str(i);
 			}
 			zval_ptr_dtor(&k);
-			if ((rc = resp_parse(buf, len, &p, &v, depth + 1)) != PARSED) {
+			if ((rc = sd_resp_parse(buf, len, &p, &v, depth + 1)) != PARSED) {
 				zend_string_release(key);
 				zval_ptr_dtor(rv);
 				return rc;
@@ -268,7 +267,7 @@ static parse_rc resp_parse(const char *buf, size_t len, size_t *pos, zval *rv, i
 		if (type == '|') {
 			/* an attribute: skipped, the value that follows is the reply */
 			zval_ptr_dtor(rv);
-			if ((rc = resp_parse(buf, len, &p, rv, depth + 1)) != PARSED) {
+			if ((rc = sd_resp_parse(buf, len, &p, rv, depth + 1)) != PARSED) {
 				return rc;
 			}
 		}
@@ -326,7 +325,7 @@ PHP_FUNCTION(sessiond_resp_parse)
 	}
 	size_t pos = (size_t)off;
 	zval rv;
-	parse_rc rc = resp_parse(ZSTR_VAL(buf), ZSTR_LEN(buf), &pos, &rv, 0);
+	parse_rc rc = sd_resp_parse(ZSTR_VAL(buf), ZSTR_LEN(buf), &pos, &rv, 0);
 	if (rc == THREW) {
 		RETURN_THROWS();
 	}
@@ -639,43 +638,23 @@ ZEND_END_ARG_INFO()
  * (the PHP wrapper checks both): the per-key encodings, null when $data
  * cannot be decoded, false when a value refers to another (r:N; / R:N;),
  * for which the PHP code takes its unserialize() path. */
-PHP_FUNCTION(sessiond_split_session)
+int sd_split_session(zend_string *data, int mode, HashTable *out)
 {
-	zend_string *data, *handler;
-
-	ZEND_PARSE_PARAMETERS_START(2, 2)
-		Z_PARAM_STR(data)
-		Z_PARAM_STR(handler)
-	ZEND_PARSE_PARAMETERS_END();
-
 	scan_ctx c = {ZSTR_VAL(data), ZSTR_LEN(data), false};
 	const char *s = c.s;
 	size_t len = c.len, p = 0, v;
-	int mode;
-	if (zend_string_equals_literal(handler, "php")) {
-		mode = 0;
-	} else if (zend_string_equals_literal(handler, "php_binary")) {
-		mode = 1;
-	} else if (zend_string_equals_literal(handler, "php_serialize")) {
-		mode = 2;
-	} else {
-		zend_argument_value_error(2, "must be php, php_serialize or php_binary");
-		RETURN_THROWS();
-	}
 
-	array_init(return_value);
-	HashTable *out = Z_ARRVAL_P(return_value);
 	if (len == 0) {
-		return;
+		return SPLIT_OK;
 	}
 	if (mode == 2) {
 		if (len < 2 || s[0] != 'a' || !scan_head(&c, &p, ":{", 2, &v)) {
-			goto fail;
+			return SPLIT_FAILED;
 		}
 		for (size_t i = 0; i < v; i++) {
 			size_t k0 = p;
 			if (!scan(&c, &p, 0)) {
-				goto fail;
+				return SPLIT_FAILED;
 			}
 			const char *kraw = s + k0;
 			size_t kl = p - k0, ks;
@@ -688,18 +667,18 @@ PHP_FUNCTION(sessiond_split_session)
 				ks = (size_t)(colon - kraw) + 2;
 				kl = kl - ks - 2;
 			} else {
-				goto fail;
+				return SPLIT_FAILED;
 			}
 			size_t v0 = p;
 			if (!scan(&c, &p, 0)) {
-				goto fail;
+				return SPLIT_FAILED;
 			}
 			if (!c.saw_ref) {
 				add_slice(out, kraw + ks, kl, s + v0, p - v0);
 			}
 		}
 		if (p != len - 1 || s[p] != '}') {
-			goto fail;
+			return SPLIT_FAILED;
 		}
 	} else {
 		while (p < len) {
@@ -708,7 +687,7 @@ PHP_FUNCTION(sessiond_split_session)
 			if (mode == 0) {
 				const char *bar = memchr(s + p, '|', len - p);
 				if (bar == NULL) {
-					goto fail;
+					return SPLIT_FAILED;
 				}
 				key = s + p;
 				kl = (size_t)(bar - key);
@@ -716,27 +695,60 @@ PHP_FUNCTION(sessiond_split_session)
 			} else {
 				kl = (unsigned char)s[p];
 				if (kl > 127 || p + 1 + kl > len) {
-					goto fail;
+					return SPLIT_FAILED;
 				}
 				key = s + p + 1;
 				p += 1 + kl;
 			}
 			size_t v0 = p;
 			if (!scan(&c, &p, 0)) {
-				goto fail;
+				return SPLIT_FAILED;
 			}
 			if (!c.saw_ref) {
 				add_slice(out, key, kl, s + v0, p - v0);
 			}
 		}
 	}
-	if (c.saw_ref) {
-		zval_ptr_dtor(return_value);
+	return c.saw_ref ? SPLIT_REFS : SPLIT_OK;
+}
+
+int sd_serialize_mode(const char *handler)
+{
+	if (strcmp(handler, "php") == 0) {
+		return 0;
+	}
+	if (strcmp(handler, "php_binary") == 0) {
+		return 1;
+	}
+	if (strcmp(handler, "php_serialize") == 0) {
+		return 2;
+	}
+	return -1;
+}
+
+PHP_FUNCTION(sessiond_split_session)
+{
+	zend_string *data, *handler;
+
+	ZEND_PARSE_PARAMETERS_START(2, 2)
+		Z_PARAM_STR(data)
+		Z_PARAM_STR(handler)
+	ZEND_PARSE_PARAMETERS_END();
+
+	int mode = sd_serialize_mode(ZSTR_VAL(handler));
+	if (mode < 0 || strlen(ZSTR_VAL(handler)) != ZSTR_LEN(handler)) {
+		zend_argument_value_error(2, "must be php, php_serialize or php_binary");
+		RETURN_THROWS();
+	}
+	array_init(return_value);
+	int rc = sd_split_session(data, mode, Z_ARRVAL_P(return_value));
+	if (rc == SPLIT_OK) {
+		return;
+	}
+	zval_ptr_dtor(return_value);
+	if (rc == SPLIT_REFS) {
 		RETURN_FALSE;
 	}
-	return;
-fail:
-	zval_ptr_dtor(return_value);
 	RETURN_NULL();
 }
 
@@ -761,7 +773,7 @@ static void silent_unserialize(zval *rv, zend_string *raw)
 }
 
 /* Codec::decodeValue() of a non-null string. false on an exception. */
-static bool decode_value(zval *rv, zend_string *raw)
+bool sd_decode_value(zval *rv, zend_string *raw)
 {
 	const char *s = ZSTR_VAL(raw);
 	size_t n = ZSTR_LEN(raw);
@@ -838,7 +850,7 @@ static bool decode_value(zval *rv, zend_string *raw)
 }
 
 /* Codec::encodeValue(). NULL on an exception. */
-static zend_string *encode_value(zval *v)
+zend_string *sd_encode_value(zval *v)
 {
 	if (Z_TYPE_P(v) == IS_LONG) {
 		return zend_long_to_str(Z_LVAL_P(v));
@@ -887,32 +899,23 @@ ZEND_END_ARG_INFO()
  * side effect, when the fields are not a list of (string, int,
  * ?string) triples, a split key is not a non-empty string, or a split key
  * is both a field and the prefix of one (the PHP loop decides those). */
-PHP_FUNCTION(sessiond_absorb_fields)
+int sd_absorb_fields(HashTable *fields, HashTable *split, HashTable *readset, zval *return_value)
 {
-	HashTable *fields, *split;
-	zval *rs_ref;
-
-	ZEND_PARSE_PARAMETERS_START(3, 3)
-		Z_PARAM_ARRAY_HT(fields)
-		Z_PARAM_ARRAY_HT(split)
-		Z_PARAM_ZVAL(rs_ref)
-	ZEND_PARSE_PARAMETERS_END();
-
 	zval *k;
 	ZEND_HASH_FOREACH_VAL(split, k) {
 		if (Z_TYPE_P(k) != IS_STRING || Z_STRLEN_P(k) == 0) {
-			RETURN_NULL();
+			return ABSORB_DECLINED;
 		}
 	} ZEND_HASH_FOREACH_END();
 	if (!zend_array_is_list(fields) || !HT_IS_PACKED(fields) || !HT_IS_WITHOUT_HOLES(fields)) {
-		RETURN_NULL();
+		return ABSORB_DECLINED;
 	}
 	uint32_t n = zend_hash_num_elements(fields);
 	zval *f = fields->arPacked;
 	for (uint32_t i = 0; i + 3 <= n; i += 3) {
 		if (Z_TYPE(f[i]) != IS_STRING || Z_TYPE(f[i + 1]) != IS_LONG
 				|| (Z_TYPE(f[i + 2]) != IS_STRING && Z_TYPE(f[i + 2]) != IS_NULL)) {
-			RETURN_NULL();
+			return ABSORB_DECLINED;
 		}
 	}
 	/* a split key that is also a field itself, with elements: the PHP
@@ -930,16 +933,9 @@ PHP_FUNCTION(sessiond_absorb_fields)
 			}
 		}
 		if (whole && parts) {
-			RETURN_NULL();
+			return ABSORB_DECLINED;
 		}
 	} ZEND_HASH_FOREACH_END();
-
-	zval *rs = Z_REFVAL_P(rs_ref);
-	if (Z_TYPE_P(rs) != IS_ARRAY) {
-		RETURN_NULL();
-	}
-	SEPARATE_ARRAY(rs);
-	HashTable *readset = Z_ARRVAL_P(rs);
 
 	array_init(return_value);
 	HashTable *data = Z_ARRVAL_P(return_value);
@@ -950,17 +946,19 @@ PHP_FUNCTION(sessiond_absorb_fields)
 			continue;
 		}
 		zval value, entry, zcanon;
-		if (!decode_value(&value, Z_STR(f[i + 2]))) {
+		if (!sd_decode_value(&value, Z_STR(f[i + 2]))) {
 			/* a __wakeup() threw: it goes to the caller, with the read set
 			 * filled up to here as the PHP loop leaves it */
 			zval_ptr_dtor(return_value);
-			RETURN_NULL();
+			ZVAL_UNDEF(return_value);
+			return ABSORB_THREW;
 		}
-		zend_string *canon = encode_value(&value);
+		zend_string *canon = sd_encode_value(&value);
 		if (canon == NULL) {
 			zval_ptr_dtor(&value);
 			zval_ptr_dtor(return_value);
-			RETURN_NULL();
+			ZVAL_UNDEF(return_value);
+			return ABSORB_THREW;
 		}
 		array_init_size(&entry, 2);
 		add_next_index_long(&entry, ver);
@@ -986,6 +984,28 @@ PHP_FUNCTION(sessiond_absorb_fields)
 			zend_symtable_update(data, key, &value);
 		}
 	}
+	return ABSORB_OK;
+}
+
+PHP_FUNCTION(sessiond_absorb_fields)
+{
+	HashTable *fields, *split;
+	zval *rs_ref;
+
+	ZEND_PARSE_PARAMETERS_START(3, 3)
+		Z_PARAM_ARRAY_HT(fields)
+		Z_PARAM_ARRAY_HT(split)
+		Z_PARAM_ZVAL(rs_ref)
+	ZEND_PARSE_PARAMETERS_END();
+
+	zval *rs = Z_REFVAL_P(rs_ref);
+	if (Z_TYPE_P(rs) != IS_ARRAY) {
+		RETURN_NULL();
+	}
+	SEPARATE_ARRAY(rs);
+	if (sd_absorb_fields(fields, split, Z_ARRVAL_P(rs), return_value) != ABSORB_OK) {
+		RETURN_NULL();
+	}
 }
 
 static const zend_function_entry sessiond_functions[] = {
@@ -996,25 +1016,67 @@ static const zend_function_entry sessiond_functions[] = {
 	ZEND_FE_END
 };
 
+PHP_MINIT_FUNCTION(sessiond)
+{
+	if (zend_register_functions(NULL, sd_handler_functions, NULL, type) != SUCCESS) {
+		return FAILURE;
+	}
+	return sd_handler_minit();
+}
+
+PHP_MSHUTDOWN_FUNCTION(sessiond)
+{
+	sd_handler_mshutdown();
+	return SUCCESS;
+}
+
+PHP_RINIT_FUNCTION(sessiond)
+{
+	sd_handler_rinit();
+	return SUCCESS;
+}
+
+/* after every module's RSHUTDOWN, the session module's (which writes and
+ * closes the session) included */
+static ZEND_MODULE_POST_ZEND_DEACTIVATE_D(sessiond)
+{
+	sd_handler_post_deactivate();
+	return SUCCESS;
+}
+
 PHP_MINFO_FUNCTION(sessiond)
 {
 	php_info_print_table_start();
 	php_info_print_table_header(2, "sessiond session handler helpers", "enabled");
+#ifndef ZTS
+	php_info_print_table_row(2, "Native save handler", "sessiond (session.save_handler = sessiond)");
+#else
+	php_info_print_table_row(2, "Native save handler", "not available in a thread-safe (ZTS) PHP");
+#endif
 	php_info_print_table_row(2, "Version", PHP_SESSIOND_VERSION);
 	php_info_print_table_end();
 }
 
+static const zend_module_dep sessiond_deps[] = {
+	ZEND_MOD_REQUIRED("session")
+	ZEND_MOD_END
+};
+
 zend_module_entry sessiond_module_entry = {
-	STANDARD_MODULE_HEADER,
+	STANDARD_MODULE_HEADER_EX,
+	NULL,
+	sessiond_deps,
 	"sessiond",
 	sessiond_functions,
-	NULL,
-	NULL,
-	NULL,
+	PHP_MINIT(sessiond),
+	PHP_MSHUTDOWN(sessiond),
+	PHP_RINIT(sessiond),
 	NULL,
 	PHP_MINFO(sessiond),
 	PHP_SESSIOND_VERSION,
-	STANDARD_MODULE_PROPERTIES
+	NO_MODULE_GLOBALS,
+	ZEND_MODULE_POST_ZEND_DEACTIVATE_N(sessiond),
+	STANDARD_MODULE_PROPERTIES_EX
 };
 
 #ifdef COMPILE_DL_SESSIOND
