@@ -156,21 +156,31 @@ run_suite() {
     # setsid: phpunit leads its own process group, which cleanup() can stop whole
     env "${envs[@]}" setsid "$phpunit" --configuration "$here/phpunit.xml.dist" ${suite[@]+"${suite[@]}"} "$@" &
     phpunit_pid=$!
-    wait "$phpunit_pid"
+    local st=0
+    wait "$phpunit_pid" || st=$?
     phpunit_pid=""
+    return "$st"
 }
+
+# Every pass runs even when an earlier one failed; the script fails if any did.
+failed=()
 
 if [[ -n "$so" && "$ext_mode" != native ]]; then
     echo "run-tests.sh: with the C extension ($so)" >&2
-    run_suite "$so" 0 "$@"
+    run_suite "$so" 0 "$@" || failed+=("with the extension")
 fi
 if [[ -n "$so" ]]; then
     echo "run-tests.sh: native: the extension's C save handler (session.save_handler=sessiond)" >&2
     rm -rf "$tmp/suite"
-    run_suite "$so" 1 "$@"
+    run_suite "$so" 1 "$@" || failed+=("native")
 fi
 if [[ "$ext_mode" == both || "$ext_mode" == off ]]; then
     echo "run-tests.sh: without the C extension" >&2
     rm -rf "$tmp/suite"
-    run_suite "" 0 "$@"
+    run_suite "" 0 "$@" || failed+=("without the extension")
+fi
+if (( ${#failed[@]} )); then
+    printf -v list '%s, ' "${failed[@]}"
+    echo "run-tests.sh: FAILED: ${list%, }" >&2
+    exit 1
 fi
