@@ -293,6 +293,80 @@ final class NativeHandlerTest extends TestCase
     }
 
     // ------------------------------------------------------------------
+    // the extension's functions
+    // ------------------------------------------------------------------
+
+    public function testNativeInfoAndSetMode(): void
+    {
+        $j = $this->nativeCli(Env::$uri . '?lock_mode=session', null, 'cli_native_api.php');
+        $this->assertSame([], $j['errors']);
+        $before = $j['info_before'];
+        ksort($before);
+        $this->assertSame(['locked_id' => null, 'mode' => 'session', 'reused' => false, 'token' => null], $before, 'before session_start()');
+        $this->assertStringStartsWith('ValueError', (string) $j['bad_mode'], 'an unknown mode');
+        $this->assertSame('readonly', $j['mode_set'], 'sessiond_set_mode() before session_start()');
+        $this->assertSame('session', $j['mode_reset'], 'null: back to the lock_mode option');
+        $this->assertTrue($j['started']);
+        $this->assertIsInt($j['info_active']['token'], 'the session lock is held: its fencing token');
+        $this->assertGreaterThan(0, $j['info_active']['token']);
+        $this->assertSame($j['id'], $j['info_active']['locked_id']);
+        $this->assertSame('session', $j['info_active']['mode']);
+        $this->assertNotNull($j['set_mode_active'], 'sessiond_set_mode() while a session is active throws');
+        $this->assertStringNotContainsString('ValueError', (string) $j['set_mode_active'], 'not for its argument');
+        $this->assertTrue($j['wrote']);
+        $this->assertNull($j['info_after']['token'], 'released at session_write_close()');
+        $this->assertNull($j['info_after']['locked_id']);
+        $this->assertSame('1', $this->serverFields($j['id'])['v'][1]);
+    }
+
+    /**
+     * sessiond_set_conflict_handler() is called like the class's
+     * on_conflict option (same keys, details and id), and its answer
+     * chooses the policy for that conflict.
+     */
+    public function testConflictHandlerIsCalledLikeOnConflict(): void
+    {
+        $seen = [];
+        foreach ([0, 1] as $native) {
+            foreach (['' => 'B', 'mine' => 'A', 'theirs' => 'B'] as $choose => $kept) {
+                $id = $this->newSession(['x' => 'orig', 'y' => 'orig']);
+                $ga = $this->signal('A');
+                $aParams = ['native' => $native, 'mode' => 'none', 'set' => ['x' => 'A', 'y' => 'A'], 'ready' => $ga, 'gate' => $ga];
+                if ($choose !== '') {
+                    $aParams['choose'] = $choose;
+                }
+                $a = $this->http->start('/hold.php' . self::q($aParams), $id);
+                $this->awaitReady($ga);
+                $rb = $this->json($this->http->get('/hold.php' . self::q(['native' => $native, 'mode' => 'none', 'set' => ['x' => 'B']]), $id));
+                $this->assertSame([], $rb['errors']);
+                $this->openGate($ga);
+                $ra = $this->json($this->http->finish($a));
+                $what = ($native ? 'native' : 'class') . ', callback answers ' . ($choose ?: 'null');
+                $this->assertSame([['x']], $ra['conflicts'], $what);
+                $args = $ra['conflict_args'][0];
+                $this->assertSame($id, $args['id'], $what);
+                $this->assertSame(['x'], $args['keys'], $what);
+                $d = $args['details']['x'] ?? [];
+                $this->assertSame('A', $d['mine'] ?? null, $what);
+                $this->assertSame('B', $d['theirs'] ?? null, $what);
+                $this->assertFalse($d['mine_deleted'] ?? null, $what);
+                $this->assertFalse($d['theirs_deleted'] ?? null, $what);
+                $this->assertIsInt($d['base_version'] ?? null, $what);
+                $this->assertGreaterThan($d['base_version'], $d['their_version'] ?? null, $what);
+                $this->assertStringContainsString($kept === 'A' ? 'conflict_policy=mine' : 'conflict_policy=theirs', implode("\n", $ra['errors']), $what);
+                $f = $this->serverFields($id);
+                $this->assertSame(serialize($kept), $f['x'][1], $what);
+                $this->assertSame(serialize('A'), $f['y'][1], "$what: the other key is saved");
+                // versions are the server's (global): compare what they say
+                $d['their_version'] -= $d['base_version'];
+                unset($d['base_version']);
+                $seen[$native][$choose] = $d;
+            }
+        }
+        $this->assertSame($seen[0], $seen[1], 'the same details from the class and from the native handler');
+    }
+
+    // ------------------------------------------------------------------
 
     /** @return array<string, mixed> the reply of tests/app/interop.php */
     private function interop(string $id, array $params): array
@@ -305,12 +379,12 @@ final class NativeHandlerTest extends TestCase
         return $j;
     }
 
-    /** @return array{ok:bool, errors:list<array{0:int,1:string}>, session:mixed, handler:string} */
-    private function nativeCli(string $savePath, ?string $id = null): array
+    /** @return array<string, mixed> what the CLI script (default cli_native_start.php) printed */
+    private function nativeCli(string $savePath, ?string $id = null, string $script = 'cli_native_start.php'): array
     {
         $cmd = [PHP_BINARY, '-d', 'display_errors=stderr', '-d', 'session.save_handler=sessiond',
             '-d', 'session.save_path="' . $savePath . '"', '-d', 'session.use_strict_mode=1',
-            __DIR__ . '/app/cli_native_start.php'];
+            __DIR__ . '/app/' . $script];
         if ($id !== null) {
             $cmd[] = $id;
         }

@@ -48,9 +48,11 @@ if (isset($strictOverride)) {
     $options['strict'] = $strictOverride;
     ini_set('session.use_strict_mode', $strictOverride ? '1' : '0');
 }
+// ?choose=mine|theirs: what the callback answers (default: null, the policy)
 $options['on_conflict'] = static function (array $keys, array $details, string $id): ?string {
     $GLOBALS['__conflicts'][] = $keys;
-    return null;
+    $GLOBALS['__conflict_args'][] = ['keys' => $keys, 'details' => $details, 'id' => $id];
+    return isset($_GET['choose']) ? (string) $_GET['choose'] : null;
 };
 // ?native=1|0 chooses for one request (NativeHandlerTest's interop tests)
 if (isset($_GET['native']) ? (bool) $_GET['native'] : getenv('SESSIOND_PHP_NATIVE') === '1') {

@@ -10,6 +10,7 @@ function out(array $data): void
     header('Content-Type: application/json');
     $data['errors'] = $GLOBALS['__errors'];
     $data['conflicts'] = $GLOBALS['__conflicts'] ?? [];
+    $data['conflict_args'] = $GLOBALS['__conflict_args'] ?? [];
     $data['hung'] = $GLOBALS['__hung'] ?? [];
     echo json_encode($data, JSON_PARTIAL_OUTPUT_ON_ERROR);
 }
