@@ -292,6 +292,76 @@ final class NativeHandlerTest extends TestCase
         $this->assertNull($this->lockInfo($id));
     }
 
+    /**
+     * lease_ms reaches the server: a session lock held past its lease is
+     * gone (LOCK.INFO), and the late write falls back to a conditional
+     * commit and says so, as with the class.
+     */
+    public function testLeaseMsBoundsTheSessionLock(): void
+    {
+        foreach ([0, 1] as $native) {
+            $what = $native ? 'native' : 'class';
+            $id = $this->newSession(['x' => 'orig']);
+            $ga = $this->signal('A');
+            $a = $this->http->start('/hold.php' . self::q(['native' => $native, 'mode' => 'session', 'lease' => 300, 'set' => ['x' => 'A'], 'ready' => $ga, 'gate' => $ga]), $id);
+            $this->awaitReady($ga);
+            $this->awaitHolder($id);
+            $this->waitUntil(fn () => $this->lockInfo($id) === null, "$what: the lock to end with its 300 ms lease");
+            $this->openGate($ga);
+            $ra = $this->json($this->http->finish($a));
+            $this->assertTrue($ra['ok'], $what);
+            $this->assertStringContainsString('lock on session', implode("\n", $ra['errors']), "$what: says the lock was lost");
+            $this->assertSame(serialize('A'), $this->serverFields($id)['x'][1], "$what: nobody else changed x: saved");
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // passwords and users in the save path
+    // ------------------------------------------------------------------
+
+    /**
+     * A server of its own with a `default` password and a user: the
+     * password (and user) from the URI's userinfo or from the options log
+     * in; a wrong or missing one is a warning naming the server's refusal.
+     */
+    public function testPasswordAndUserInTheSavePath(): void
+    {
+        $d = Env::$tmp . '/auth-' . bin2hex(random_bytes(4));
+        @mkdir($d, 0700, true);
+        file_put_contents("$d/users.toml", "[[user]]\nname = \"php\"\npassword = \"#" . hash('sha256', 'app-secret') . "\"\nclass = \"readwrite\"\n");
+        $log = "$d/sessiond.log";
+        $proc = Env::spawn([Env::sessiondBinary(), 'serve', '--port', '0', '--bind', '127.0.0.1', '--data-dir', "$d/data",
+            '--metrics-addr', 'off', '--requirepass', 's3cret', '--users-file', "$d/users.toml"], $log, ['NO_COLOR' => '1']);
+        try {
+            $port = $this->waitUntil(static fn () => preg_match('/resp=[^\s:]+:(\d+)/', (string) @file_get_contents($log), $m) ? (int) $m[1] : null,
+                "the server with passwords ready (see $log)");
+            foreach ([
+                "tcp://:s3cret@127.0.0.1:$port",
+                "tcp://127.0.0.1:$port?password=s3cret",
+                "tcp://php:app-secret@127.0.0.1:$port",
+                "tcp://127.0.0.1:$port?user=php&password=app-secret",
+                "tcp://:app-secret@127.0.0.1:$port?user=php",
+            ] as $uri) {
+                foreach (['session', 'none'] as $mode) {
+                    $j = $this->nativeCli($uri . (str_contains($uri, '?') ? '&' : '?') . "lock_mode=$mode&connect_timeout=1");
+                    $this->assertTrue($j['ok'], "$uri, $mode: " . json_encode($j));
+                    $this->assertSame([], $j['errors'], "$uri, $mode");
+                }
+            }
+            foreach (["tcp://php:wrong@127.0.0.1:$port" => 'WRONGPASS', "tcp://127.0.0.1:$port" => 'NOAUTH'] as $uri => $refusal) {
+                $j = $this->nativeCli("$uri?connect_timeout=1");
+                $this->assertFalse($j['ok'], $uri);
+                $this->assertStringContainsString($refusal, implode("\n", array_column($j['errors'], 1)), $uri);
+                // (PHP's own "Failed to read session data: sessiond (path: …)"
+                // quotes the save path, password included: not the handler's doing)
+                $own = array_filter(array_column($j['errors'], 1), static fn (string $m) => !str_contains($m, '(path: '));
+                $this->assertStringNotContainsString('wrong', implode("\n", $own), 'no password in the handler\'s warnings');
+            }
+        } finally {
+            Env::stop($proc);
+        }
+    }
+
     // ------------------------------------------------------------------
     // the extension's functions
     // ------------------------------------------------------------------
