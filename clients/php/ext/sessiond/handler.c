@@ -2573,8 +2573,14 @@ PS_CREATE_SID_FUNC(sessiond)
 PS_VALIDATE_SID_FUNC(sessiond)
 {
 	set_str(&S.validated_id, key);
-	if (is_created(key) || !valid_id(key) || !S.configured) {
-		/* created by this request: "does not collide" */
+	if (!valid_id(key) || !S.configured) {
+		return FAILURE;
+	}
+	if (is_created(key) && called_from("session_regenerate_id")) {
+		/* session_regenerate_id() asks whether the id create_sid() just
+		 * made collides: created by this request, it does not. (Anywhere
+		 * else, a second session_start() of this request for one, the id
+		 * is validated like any other: it exists.) */
 		return FAILURE;
 	}
 	clear_prefetched();
