@@ -682,8 +682,12 @@ class SessionHandler implements \SessionHandlerInterface, \SessionIdInterface, \
     public function validateId(string $id): bool
     {
         $this->validatedId = $id;
-        if (isset($this->createdIds[$id])) {
-            return false; // created by this request: "does not collide"
+        if (isset($this->createdIds[$id]) && self::calledFrom('session_regenerate_id')) {
+            // session_regenerate_id() asks whether the id it just got from
+            // create_sid() collides: created by this request, it does not.
+            // (Anywhere else, such as a second session_start() of this
+            // request, the id is validated like any other: it exists.)
+            return false;
         }
         if (!preg_match(self::ID_PATTERN, $id)) {
             return false;

@@ -26,6 +26,22 @@ final class PhpFeaturesTest extends TestCase
         $this->assertSame(1, $this->redis->command(['SESSION.EXISTS', $r['cookie']]));
     }
 
+    public function testASessionStartedTwiceInOneRequestKeepsItsIdAndData(): void
+    {
+        foreach (['session', 'none'] as $mode) {
+            foreach ([null, $this->newSession(['old' => 1])] as $existing) {
+                $what = $mode . ($existing === null ? ', new session' : ', existing session');
+                $r = $this->http->get('/reopen.php' . self::q(['mode' => $mode]), $existing)['json'];
+                $this->assertTrue($r['ok'], "$what: " . json_encode($r));
+                $this->assertSame($r['first'], $r['second'], "$what: the second session_start() kept the id");
+                $this->assertSame(1, $r['seen']['before'] ?? null, "$what: and saw what the first wrote");
+                $fields = $this->serverFields($r['first']);
+                $this->assertArrayHasKey('before', $fields, $what);
+                $this->assertArrayHasKey('after', $fields, $what);
+            }
+        }
+    }
+
     public function testIdsOutsideTheServerAlphabetAreReplaced(): void
     {
         $r = $this->http->get('/hold.php', str_repeat('x', 200));

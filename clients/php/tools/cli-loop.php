@@ -12,16 +12,23 @@ declare(strict_types=1);
  *
  *   php [-d extension=target/php-ext/sessiond.so] clients/php/tools/cli-loop.php 'tcp://127.0.0.1:6380?persistent=1' [cycles]
  *   php clients/php/tools/cli-loop.php --phpredis tcp://127.0.0.1:6379 [cycles] [--no-locking]
+ *   php -d extension=target/php-ext/sessiond.so clients/php/tools/cli-loop.php --native 'tcp://127.0.0.1:6380?persistent=1' [cycles]
+ *
+ * --native: the extension's save handler (session.save_handler = sessiond).
  */
 
 require dirname(__DIR__) . '/src/autoload.php';
 
 $args = array_slice($argv, 1);
 $redis = false;
+$native = false;
 $locking = !in_array('--no-locking', $args, true);
 $args = array_values(array_diff($args, ['--no-locking']));
 if (($args[0] ?? '') === '--phpredis') {
     $redis = true;
+    array_shift($args);
+} elseif (($args[0] ?? '') === '--native') {
+    $native = true;
     array_shift($args);
 }
 $uri = $args[0] ?? 'tcp://127.0.0.1:6380';
@@ -35,11 +42,14 @@ if ($redis) {
     ini_set('session.save_handler', 'redis');
     ini_set('session.save_path', $uri);
     ini_set('redis.session.locking_enabled', $locking ? '1' : '0');
+} elseif ($native) {
+    ini_set('session.save_handler', 'sessiond');
+    ini_set('session.save_path', $uri);
 }
 
-$cycle = function (?string $id) use ($redis, $uri): string {
+$cycle = function (?string $id) use ($redis, $native, $uri): string {
     $h = null;
-    if (!$redis) {
+    if (!$redis && !$native) {
         $h = Sessiond\SessionHandler::register($uri);
     }
     if ($id !== null) {
@@ -73,7 +83,7 @@ $r1 = getrusage();
 $us = static fn (array $r, string $k): float => $r["ru_$k.tv_sec"] * 1e6 + $r["ru_$k.tv_usec"];
 printf(
     "%s: %d cycles, µs per cycle: wall %.1f, user %.1f, system %.1f (extension %s)\n",
-    $redis ? 'phpredis' . ($locking ? ' (locking on)' : ' (no locking)') : 'sessiond',
+    $redis ? 'phpredis' . ($locking ? ' (locking on)' : ' (no locking)') : ($native ? 'sessiond (native save handler)' : 'sessiond'),
     $cycles,
     $wall,
     ($us($r1, 'utime') - $us($r0, 'utime')) / $cycles,

@@ -2573,8 +2573,14 @@ PS_CREATE_SID_FUNC(sessiond)
 PS_VALIDATE_SID_FUNC(sessiond)
 {
 	set_str(&S.validated_id, key);
-	if (is_created(key) || !valid_id(key) || !S.configured) {
-		/* created by this request: "does not collide" */
+	if (!valid_id(key) || !S.configured) {
+		return FAILURE;
+	}
+	if (is_created(key) && called_from("session_regenerate_id")) {
+		/* session_regenerate_id() asks whether the id create_sid() just
+		 * made collides: created by this request, it does not. (Anywhere
+		 * else, a second session_start() of this request for one, the id
+		 * is validated like any other: it exists.) */
 		return FAILURE;
 	}
 	clear_prefetched();
@@ -2766,11 +2772,34 @@ void sd_handler_rinit(void)
 	S.session_name = NULL;
 }
 
-/* After every module's RSHUTDOWN (the session module writes and closes the
- * session in its own): whatever this request still holds goes. A
- * per-request socket is closed (the server releases its locks); a
- * persistent one that still holds a lock gets RESET now, and RESET again
- * at its first use in the next request. */
+/* This module's RSHUTDOWN runs before the session module's (it depends on
+ * it), while objects are still alive: a session still open is written and
+ * closed here, as session_set_save_handler()'s shutdown function does for
+ * a handler class, so that the conflict handler and the values' __sleep()
+ * run in a working engine; then the request's PHP values go. */
+void sd_handler_rshutdown(void)
+{
+	if (S.active && S.configured) {
+		zval fn, ret;
+		ZVAL_STRING(&fn, "session_write_close");
+		zend_try {
+			call_user_function(NULL, NULL, &fn, &ret, 0, NULL);
+			zval_ptr_dtor(&ret);
+		} zend_end_try();
+		zval_ptr_dtor(&fn);
+		if (EG(exception)) {
+			zend_clear_exception();
+		}
+	}
+	bool holding = S.has_token;
+	request_state_free();
+	S.has_token = holding;
+}
+
+/* After every module's RSHUTDOWN: whatever this request still holds goes.
+ * A per-request socket is closed (the server releases its locks); a
+ * persistent one that still holds a lock gets RESET now (and RESET again
+ * at its first use in the next request). */
 void sd_handler_post_deactivate(void)
 {
 	if (S.fd >= 0) {
@@ -2788,7 +2817,6 @@ void sd_handler_post_deactivate(void)
 		}
 	}
 	S.has_token = false;
-	request_state_free();
 	S.in_request = false;
 }
 
@@ -2910,6 +2938,7 @@ zend_result sd_handler_minit(void)
 	return SUCCESS;
 }
 void sd_handler_rinit(void) {}
+void sd_handler_rshutdown(void) {}
 void sd_handler_post_deactivate(void) {}
 void sd_handler_mshutdown(void) {}
 

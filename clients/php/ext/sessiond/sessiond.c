@@ -1036,6 +1036,12 @@ PHP_RINIT_FUNCTION(sessiond)
 	return SUCCESS;
 }
 
+PHP_RSHUTDOWN_FUNCTION(sessiond)
+{
+	sd_handler_rshutdown();
+	return SUCCESS;
+}
+
 /* after every module's RSHUTDOWN, the session module's (which writes and
  * closes the session) included */
 static ZEND_MODULE_POST_ZEND_DEACTIVATE_D(sessiond)
@@ -1071,7 +1077,7 @@ zend_module_entry sessiond_module_entry = {
 	PHP_MINIT(sessiond),
 	PHP_MSHUTDOWN(sessiond),
 	PHP_RINIT(sessiond),
-	NULL,
+	PHP_RSHUTDOWN(sessiond),
 	PHP_MINFO(sessiond),
 	PHP_SESSIOND_VERSION,
 	NO_MODULE_GLOBALS,

@@ -39,6 +39,7 @@ int sd_absorb_fields(HashTable *fields, HashTable *split, HashTable *readset, zv
 extern const zend_function_entry sd_handler_functions[];
 zend_result sd_handler_minit(void);
 void sd_handler_rinit(void);
+void sd_handler_rshutdown(void);
 void sd_handler_post_deactivate(void);
 void sd_handler_mshutdown(void);
 
