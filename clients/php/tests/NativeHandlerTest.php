@@ -95,28 +95,97 @@ final class NativeHandlerTest extends TestCase
         $this->assertNull($this->lockInfo($id), 'no lock left behind');
     }
 
-    /** @return array<string, array{0:string}> */
-    public static function serializeHandlers(): array
+    /** @return array<string, array{0:string, 1:array<string,string>}> serialize handler, split_keys/lww_keys options */
+    public static function layouts(): array
     {
-        return ['php' => ['php'], 'php_serialize' => ['php_serialize'], 'php_binary' => ['php_binary']];
+        $out = [];
+        foreach (['php', 'php_serialize', 'php_binary'] as $ser) {
+            $out["$ser, default split_keys"] = [$ser, []];
+        }
+        $out['php, split_keys=list'] = ['php', ['split' => 'list']];
+        $out['php, no split_keys, no lww_keys'] = ['php', ['split' => '', 'lww' => '']];
+        return $out;
     }
 
     /**
      * The same data written by each gives the same fields on the server
-     * (names and values; versions are the server's).
+     * (names and values; versions are the server's), also with split_keys
+     * given in the options.
      *
-     * @dataProvider serializeHandlers
+     * @dataProvider layouts
      */
-    public function testBothWriteTheSameFields(string $ser): void
+    public function testBothWriteTheSameFields(string $ser, array $opts): void
     {
         $fields = [];
         foreach ([0, 1] as $native) {
             $id = $this->newSession();
-            $this->interop($id, ['op' => 'write', 'native' => $native, 'ser' => $ser, 'tag' => 'same']);
+            $this->interop($id, ['op' => 'write', 'native' => $native, 'ser' => $ser, 'tag' => 'same'] + $opts);
             $fields[$native] = array_map(static fn (array $f) => $f[1], $this->serverFields($id));
             ksort($fields[$native]);
+            $what = $native ? 'native' : 'class';
+            $split = ($opts['split'] ?? null) === null ? ['_sf2_attributes'] : array_filter(explode(',', $opts['split']));
+            foreach (['_sf2_attributes' => '_sf2_attributes.user', 'list' => 'list.0'] as $key => $element) {
+                if (in_array($key, $split, true)) {
+                    $this->assertArrayHasKey($element, $fields[$native], "$what: $key is split");
+                    $this->assertArrayNotHasKey($key, $fields[$native], $what);
+                } else {
+                    $this->assertArrayHasKey($key, $fields[$native], "$what: $key is one field");
+                    $this->assertArrayNotHasKey($element, $fields[$native], $what);
+                }
+            }
         }
         $this->assertSame($fields[0], $fields[1]);
+    }
+
+    /**
+     * ttl, name, lww_keys and follow_regenerate reach the handler (the
+     * others are used by the suite's native pass), for the class and the
+     * native handler alike.
+     */
+    public function testOptionsReachTheHandler(): void
+    {
+        foreach ([0, 1] as $native) {
+            $what = $native ? 'native' : 'class';
+            // ttl: the idle TTL instead of gc_maxlifetime (1440 s)
+            $id = $this->newSession();
+            $j = $this->json($this->http->get('/hold.php' . self::q(['native' => $native, 'ttl' => 77, 'set' => ['x' => 1]]), $id));
+            $this->assertSame([], $j['errors'], $what);
+            $ttl = $this->redis->command(['SESSION.TTL', $id]);
+            $this->assertGreaterThan(0, $ttl, $what);
+            $this->assertLessThanOrEqual(77000, $ttl, "$what: ttl=77");
+
+            // name: CLIENT SETNAME, shown by LOCK.INFO as the holder's name
+            $ga = $this->signal('A');
+            $a = $this->http->start('/hold.php' . self::q(['native' => $native, 'name' => "web-$what", 'ready' => $ga, 'gate' => $ga]), $id);
+            $this->awaitReady($ga);
+            $this->awaitHolder($id);
+            $names = array_map(static fn ($l) => $l[5], $this->redis->command(['LOCK.INFO', $id]) ?? []);
+            $this->openGate($ga);
+            $this->json($this->http->finish($a));
+            $this->assertSame(["web-$what"], $names, "$what: name");
+
+            // lww_keys: a concurrent change of such a key is no conflict; the last writer wins
+            $id = $this->newSession(['x' => 'orig']);
+            $ga = $this->signal('A');
+            $a = $this->http->start('/hold.php' . self::q(['native' => $native, 'mode' => 'none', 'lww' => 'x', 'set' => ['x' => 'A'], 'ready' => $ga, 'gate' => $ga]), $id);
+            $this->awaitReady($ga);
+            $this->json($this->http->get('/hold.php' . self::q(['native' => $native, 'mode' => 'none', 'set' => ['x' => 'B']]), $id));
+            $this->openGate($ga);
+            $ra = $this->json($this->http->finish($a));
+            $this->assertSame([], $ra['conflicts'], "$what: lww_keys=x");
+            $this->assertSame([], $ra['errors'], $what);
+            $this->assertSame(serialize('A'), $this->serverFields($id)['x'][1], "$what: the last writer wins");
+
+            // follow_regenerate=0: a request with the old (alias) id is not sent the new one
+            $id = $this->newSession(['user' => 'alice']);
+            $rg = $this->json($this->http->get('/regen.php' . self::q(['native' => $native, 'mode' => 'session']), $id));
+            $this->assertTrue($rg['ok'], $what);
+            foreach ([0 => null, 1 => $rg['new']] as $follow => $cookie) {
+                $r = $this->http->get('/hold.php' . self::q(['native' => $native, 'follow' => $follow]), $id);
+                $this->assertSame('alice', $this->json($r)['seen']['user'] ?? null, "$what: the old id reads the session");
+                $this->assertSame($cookie, $r['cookie'], "$what: follow_regenerate=$follow");
+            }
+        }
     }
 
     // ------------------------------------------------------------------

@@ -44,6 +44,21 @@ if (isset($_GET['lease'])) {
 if (isset($_GET['grace'])) {
     $options['regenerate_grace'] = (int) $_GET['grace'];
 }
+// NativeHandlerTest: the other options, to see that each reaches the handler
+foreach (['split' => 'split_keys', 'lww' => 'lww_keys'] as $param => $option) {
+    if (isset($_GET[$param])) {
+        $options[$option] = $_GET[$param] === '' ? [] : explode(',', (string) $_GET[$param]);
+    }
+}
+if (isset($_GET['ttl'])) {
+    $options['ttl'] = (int) $_GET['ttl'];
+}
+if (isset($_GET['follow'])) {
+    $options['follow_regenerate'] = (bool) $_GET['follow'];
+}
+if (isset($_GET['name'])) {
+    $options['name'] = (string) $_GET['name'];
+}
 if (isset($strictOverride)) {
     $options['strict'] = $strictOverride;
     ini_set('session.use_strict_mode', $strictOverride ? '1' : '0');
