@@ -22,7 +22,10 @@ $opts = [
 ];
 if (getenv('SESSIOND_PHP_NATIVE') === '1') {
     // run-tests.sh's native pass: the extension's save handler, same options
-    ini_set('session.save_handler', 'sessiond');
+    if (ini_set('session.save_handler', 'sessiond') === false) {
+        fwrite(STDERR, "SESSIOND_PHP_NATIVE=1 but the sessiond extension's save handler is not there\n");
+        exit(1);
+    }
     ini_set('session.save_path', $uri . '?' . http_build_query($opts));
     $token = static function (string $id): ?int {
         $info = sessiond_native_info();

@@ -12,7 +12,10 @@ $opts = ['connect_timeout' => 1, 'timeout' => 1, 'lock_mode' => $argv[2] ?? 'ses
 if (getenv('SESSIOND_PHP_NATIVE') === '1') {
     // run-tests.sh's native pass: the extension's save handler, same options
     ini_set('session.use_strict_mode', '1');
-    ini_set('session.save_handler', 'sessiond');
+    if (ini_set('session.save_handler', 'sessiond') === false) {
+        fwrite(STDERR, "SESSIOND_PHP_NATIVE=1 but the sessiond extension's save handler is not there\n");
+        exit(1);
+    }
     ini_set('session.save_path', $argv[1] . '?' . http_build_query($opts));
 } else {
     Sessiond\SessionHandler::register($argv[1], $opts);
