@@ -298,7 +298,9 @@ static bool set_option(sd_config *c, const char *k, char *v, const char **why)
 				return true;
 			}
 		}
-		*why = "unknown lock_mode (session, readonly or none)";
+		static char msg[200];
+		snprintf(msg, sizeof(msg), "unknown lock_mode '%.100s' (session, readonly or none)", v);
+		*why = msg;
 		return false;
 	} else if (strcmp(k, "conflict_policy") == 0) {
 		if (strcmp(v, "mine") != 0 && strcmp(v, "theirs") != 0) {
@@ -466,6 +468,14 @@ static bool config_parse(sd_config *c, const char *path, char **msg)
  * The connection (Connection.php)
  * --------------------------------------------------------------------- */
 
+/* a node as the class names it: tcp://host:port or unix:///path */
+static const char *node_addr(void)
+{
+	static char a[300];
+	snprintf(a, sizeof(a), "%s%s", S.cfg.node_unix[S.current] ? "unix://" : "tcp://", S.cfg.node[S.current]);
+	return a;
+}
+
 static void conn_close(void)
 {
 	if (S.fd >= 0) {
@@ -612,7 +622,7 @@ static bool write_all(const char *data, size_t n, double deadline)
 		}
 		snprintf(S.err, sizeof(S.err), "sessiond: %s (%s)",
 			(w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) ? "write timed out" : "connection closed while writing",
-			S.cfg.node[S.current]);
+			node_addr());
 		return false;
 	}
 	return true;
@@ -641,7 +651,7 @@ static bool fill(double deadline)
 			return true;
 		}
 		if (r == 0) {
-			snprintf(S.err, sizeof(S.err), "sessiond: connection closed by %s", S.cfg.node[S.current]);
+			snprintf(S.err, sizeof(S.err), "sessiond: connection to %s closed by the server", node_addr());
 			return false;
 		}
 		if (errno == EINTR) {
@@ -651,12 +661,72 @@ static bool fill(double deadline)
 			if (wait_fd(POLLIN, deadline)) {
 				continue;
 			}
-			snprintf(S.err, sizeof(S.err), "sessiond: read timed out (%s)", S.cfg.node[S.current]);
+			snprintf(S.err, sizeof(S.err), "sessiond: no reply from %s within the timeout", node_addr());
 			return false;
 		}
-		snprintf(S.err, sizeof(S.err), "sessiond: read failed from %s: %s", S.cfg.node[S.current], strerror(errno));
+		snprintf(S.err, sizeof(S.err), "sessiond: read failed from %s: %s", node_addr(), strerror(errno));
 		return false;
 	}
+}
+
+static bool resp_int_ok(const char *s, size_t n)
+{
+	size_t i = (n > 0 && s[0] == '-') ? 1 : 0;
+	if (i == n) {
+		return false;
+	}
+	for (; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9') {
+			return false;
+		}
+	}
+	return true;
+}
+
+/* What is wrong with the reply at buf[pos..len) that the parser declined,
+ * in the class's words (Connection::readReply()). */
+static void diagnose_reply(size_t pos)
+{
+	const char *b = S.buf;
+	size_t p = pos;
+	for (int guard = 0; p < S.len && guard < 100000; guard++) {
+		const char *e = zend_memnstr(b + p, "\r\n", 2, b + S.len);
+		if (e == NULL) {
+			break;
+		}
+		size_t l = (size_t)(e - (b + p));
+		if (l == 0) {
+			snprintf(S.err, sizeof(S.err), "sessiond: protocol error: empty reply line");
+			return;
+		}
+		char t = b[p];
+		const char *rest = b + p + 1;
+		size_t rl = l - 1;
+		if (strchr(":$*%~=>|!", t)) {
+			if (!resp_int_ok(rest, rl)) {
+				zval z;
+				smart_str js = {0};
+				ZVAL_STRINGL(&z, rest, rl);
+				php_json_encode(&js, &z, 0);
+				smart_str_0(&js);
+				snprintf(S.err, sizeof(S.err), "sessiond: protocol error: bad integer %.200s", js.s ? ZSTR_VAL(js.s) : "");
+				smart_str_free(&js);
+				zval_ptr_dtor(&z);
+				return;
+			}
+		} else if (!strchr("+-_#,(", t)) {
+			snprintf(S.err, sizeof(S.err), "sessiond: protocol error: unexpected reply type \"%c\"", t);
+			return;
+		}
+		p += l + 2;
+		if (t == '$' || t == '=' || t == '!') {
+			zend_long n = ZEND_STRTOL(rest, NULL, 10);
+			if (n > 0) {
+				p += (size_t)n + 2;
+			}
+		}
+	}
+	snprintf(S.err, sizeof(S.err), "sessiond: protocol error: unexpected reply from %s", node_addr());
 }
 
 /* One reply. Error replies (`-…` and `!…`) come back in r->err. */
@@ -711,7 +781,7 @@ static bool read_reply(sd_reply *r, double deadline)
 			return false;
 		}
 	}
-	snprintf(S.err, sizeof(S.err), "sessiond: protocol error: unexpected reply from %s", S.cfg.node[S.current]);
+	diagnose_reply(S.pos);
 	return false;
 }
 
@@ -828,7 +898,7 @@ static bool conn_setup(double deadline)
 			break;
 		}
 		if (r.err) {
-			snprintf(S.err, sizeof(S.err), "sessiond: connection setup failed on %s: %s", S.cfg.node[S.current], ZSTR_VAL(r.err));
+			snprintf(S.err, sizeof(S.err), "sessiond: connection setup failed on %s: %s", node_addr(), ZSTR_VAL(r.err));
 			ok = false;
 		}
 		reply_free(&r);
@@ -957,7 +1027,7 @@ static bool exchange(const char *req, size_t reqlen, int ncmds, double extra_wai
 			sd_reply junk;
 			if (stale >= 16 || !read_reply(&junk, deadline)) {
 				if (stale >= 16) {
-					snprintf(S.err, sizeof(S.err), "sessiond: protocol error: no RESET reply from %s", S.cfg.node[S.current]);
+					snprintf(S.err, sizeof(S.err), "sessiond: protocol error: no RESET reply from %s", node_addr());
 				}
 				conn_close();
 				return false;
@@ -972,7 +1042,7 @@ static bool exchange(const char *req, size_t reqlen, int ncmds, double extra_wai
 				return false;
 			}
 			if (a.err) {
-				snprintf(S.err, sizeof(S.err), "sessiond: connection setup failed on %s: %s", S.cfg.node[S.current], ZSTR_VAL(a.err));
+				snprintf(S.err, sizeof(S.err), "sessiond: connection setup failed on %s: %s", node_addr(), ZSTR_VAL(a.err));
 				reply_free(&a);
 				conn_close();
 				return false;
