@@ -60,6 +60,17 @@
 
 static const char *const mode_names[] = {"session", "readonly", "none"};
 
+/* MODE_* of a lock mode name, -1 when unknown */
+static int mode_of(const char *name, size_t len)
+{
+	for (int m = 0; m < 3; m++) {
+		if (strlen(mode_names[m]) == len && memcmp(mode_names[m], name, len) == 0) {
+			return m;
+		}
+	}
+	return -1;
+}
+
 /* ------------------------------------------------------------------------
  * Options (the class's DEFAULTS, from the save_path query string)
  * --------------------------------------------------------------------- */
@@ -292,11 +303,10 @@ static bool set_option(sd_config *c, const char *k, char *v, const char **why)
 		set_str(&c->name, NULL);
 		c->name = zend_string_init(v, strlen(v), 0);
 	} else if (strcmp(k, "lock_mode") == 0) {
-		for (int m = 0; m < 3; m++) {
-			if (strcmp(v, mode_names[m]) == 0) {
-				c->lock_mode = m;
-				return true;
-			}
+		int m = mode_of(v, strlen(v));
+		if (m >= 0) {
+			c->lock_mode = m;
+			return true;
 		}
 		static char msg[200];
 		snprintf(msg, sizeof(msg), "unknown lock_mode '%.100s' (session, readonly or none)", v);
@@ -1333,22 +1343,6 @@ static void follow_regenerate(zend_string *new_id)
 	zval_ptr_dtor(&args[0]);
 	zval_ptr_dtor(&args[1]);
 	zval_ptr_dtor(&args[2]);
-}
-
-static zend_string *nested_outer(zend_string *field)
-{
-	zval *k;
-	ZEND_HASH_FOREACH_VAL(Z_ARRVAL(S.cfg.split_keys), k) {
-		if (Z_TYPE_P(k) != IS_STRING) {
-			continue;
-		}
-		zend_string *ks = Z_STR_P(k);
-		if (ZSTR_LEN(field) > ZSTR_LEN(ks) && ZSTR_VAL(field)[ZSTR_LEN(ks)] == '.'
-				&& memcmp(ZSTR_VAL(field), ZSTR_VAL(ks), ZSTR_LEN(ks)) == 0) {
-			return ks;
-		}
-	} ZEND_HASH_FOREACH_END();
-	return NULL;
 }
 
 /* Codec::encodeSession() */
@@ -2439,7 +2433,7 @@ PS_WRITE_FUNC(sessiond)
 		zval reserved;
 		array_init(&reserved);
 		ZEND_HASH_FOREACH_STR_KEY(ht, k) {
-			if (k && memchr(ZSTR_VAL(k), '.', ZSTR_LEN(k)) && nested_outer(k)) {
+			if (k && memchr(ZSTR_VAL(k), '.', ZSTR_LEN(k)) && sd_nested_of(Z_ARRVAL(S.cfg.split_keys), k)) {
 				add_next_index_str(&reserved, zend_string_copy(k));
 			}
 		} ZEND_HASH_FOREACH_END();
@@ -2932,11 +2926,7 @@ PHP_FUNCTION(sessiond_set_mode)
 	ZEND_PARSE_PARAMETERS_END();
 	int m = -1;
 	if (mode) {
-		for (int i = 0; i < 3; i++) {
-			if (zend_string_equals_cstr(mode, mode_names[i], strlen(mode_names[i]))) {
-				m = i;
-			}
-		}
+		m = mode_of(ZSTR_VAL(mode), ZSTR_LEN(mode));
 		if (m < 0) {
 			zend_argument_value_error(1, "must be \"session\", \"readonly\" or \"none\"");
 			RETURN_THROWS();

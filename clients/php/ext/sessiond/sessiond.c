@@ -871,7 +871,7 @@ zend_string *sd_encode_value(zval *v)
 }
 
 /* The split key $field is an element of ("<key>.<element>"), or NULL. */
-static zend_string *nested_of(HashTable *split, zend_string *field)
+zend_string *sd_nested_of(HashTable *split, zend_string *field)
 {
 	zval *k;
 	ZEND_HASH_FOREACH_VAL(split, k) {
@@ -928,7 +928,7 @@ int sd_absorb_fields(HashTable *fields, HashTable *split, HashTable *readset, zv
 			}
 			if (zend_string_equals(Z_STR(f[i]), Z_STR_P(k))) {
 				whole = true;
-			} else if (nested_of(split, Z_STR(f[i])) == Z_STR_P(k)) {
+			} else if (sd_nested_of(split, Z_STR(f[i])) == Z_STR_P(k)) {
 				parts = true;
 			}
 		}
@@ -966,7 +966,7 @@ int sd_absorb_fields(HashTable *fields, HashTable *split, HashTable *readset, zv
 		zend_hash_next_index_insert_new(Z_ARRVAL(entry), &zcanon);
 		zend_symtable_update(readset, key, &entry);
 
-		zend_string *outer = nested_of(split, key);
+		zend_string *outer = sd_nested_of(split, key);
 		if (outer != NULL) {
 			zend_string *inner = zend_string_init(ZSTR_VAL(key) + ZSTR_LEN(outer) + 1, ZSTR_LEN(key) - ZSTR_LEN(outer) - 1, 0);
 			zval *slot = zend_symtable_find(data, outer);

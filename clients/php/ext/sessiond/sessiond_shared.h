@@ -30,6 +30,10 @@ int sd_serialize_mode(const char *handler);
 bool sd_decode_value(zval *rv, zend_string *raw);
 zend_string *sd_encode_value(zval *v);
 
+/* The split key (a list of strings) $field is an element of
+ * ("<key>.<element>"), or NULL. */
+zend_string *sd_nested_of(HashTable *split, zend_string *field);
+
 /* The loop of SessionHandler::absorbRead(): data (an array on
  * ABSORB_OK) and readset (key => [version, canonical encoding]). */
 enum { ABSORB_OK = 1, ABSORB_DECLINED = 0, ABSORB_THREW = -1 };
