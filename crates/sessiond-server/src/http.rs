@@ -46,7 +46,6 @@ pub fn state_gauges(shared: &Shared) -> StateGauges {
     gauges.storage_recoveries = health.recoveries();
     gauges.storage_refused_writes = health.refused_writes();
     gauges.storage_undone_batches = health.undone_batches();
-    gauges.storage_writer_hurries = health.writer().hurries();
     (gauges.storage_queued_batches, gauges.storage_queued_changes) = health.queued();
     gauges.rss_bytes = crate::process::rss_bytes();
     gauges.cluster = shared

@@ -340,11 +340,6 @@ impl Metrics {
             ConstCounter::new(g.storage_undone_batches),
         );
         r.register(
-            "storage_writer_hurries",
-            "Times the writer, which runs in the background scheduling class under everysec and no, fell half a second behind and was moved to the normal class",
-            ConstCounter::new(g.storage_writer_hurries),
-        );
-        r.register(
             "storage_queued_batches",
             "Batches of changes not yet on disk",
             gauge(g.storage_queued_batches),
@@ -481,8 +476,6 @@ pub struct StateGauges {
     pub storage_refused_writes: u64,
     /// Batches undone after storage failures (`always`).
     pub storage_undone_batches: u64,
-    /// Times the background writer was hurried (see `persist::WriterPriority`).
-    pub storage_writer_hurries: u64,
     /// Batches of changes not yet on disk.
     pub storage_queued_batches: u64,
     /// Changes not yet on disk.

@@ -70,7 +70,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -240,7 +240,6 @@ pub struct StorageHealth {
     undone_batches: AtomicU64,
     queued_batches: AtomicU64,
     queued_mutations: AtomicU64,
-    writer: WriterPriority,
 }
 
 impl StorageHealth {
@@ -255,11 +254,6 @@ impl StorageHealth {
     /// Failed storage attempts (writes, syncs, reopens) since start.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
-    }
-
-    /// Where the writer thread runs.
-    pub fn writer(&self) -> &WriterPriority {
-        &self.writer
     }
 
     /// Times storage came back after failing.
@@ -390,9 +384,6 @@ pub struct WriterOptions {
     /// Sync at least this often when applied changes are not synced
     /// (`always` syncs every transaction whatever this says).
     pub sync_every: Duration,
-    /// Whether the writer runs in the background (see [`WriterPriority`]):
-    /// by default when no reply waits for it (`everysec`, `no`).
-    pub background: bool,
     /// How long changes gather before they are applied when no reply waits.
     pub gather: Duration,
     /// First retry delay after a failure.
@@ -418,14 +409,11 @@ impl WriterOptions {
             // When no reply waits for the disk, changes gather this long
             // before they are applied: one storage transaction then carries
             // the changes of many requests instead of each paying for its
-            // own B-tree copy on write (250 ms instead of 50 cut the
-            // writer's CPU enough for it to keep up in the background on
-            // the PHP benchmark's 2 busy cores). Inside the one second
+            // own B-tree copy on write. Well inside the one second
             // `everysec` may lose anyway.
-            background: policy != Durability::Always,
             gather: match policy {
                 Durability::Always => Duration::ZERO,
-                Durability::Everysec | Durability::No => Duration::from_millis(250),
+                Durability::Everysec | Durability::No => Duration::from_millis(50),
             },
             retry_min: RETRY_MIN,
             retry_max: RETRY_MAX,
@@ -466,97 +454,6 @@ pub struct Persistence {
     // says later).
     undone_epoch: u64,
     discarded: Arc<parking_lot::Mutex<Vec<(Seq, Seq)>>>,
-}
-
-/// Where the writer thread runs. Under `everysec` and `no` no reply waits
-/// for it, so it runs in the background (`SCHED_IDLE`): each of its
-/// transactions takes a few ms of CPU, and in the normal class that took a
-/// CPU from the connections for as long: on 2 busy cores the PHP page's
-/// p99 was 3.5 ms against 1.9 ms with memory storage (docs/benchmarks.md,
-/// "Fifth round"). In the background every thread that wakes up takes the
-/// CPU from it at once, and it works when a CPU has nothing else to do.
-/// So that a busy machine cannot starve it, it is moved to the normal
-/// class when it falls half the lag limit behind (before replies to writes
-/// have to wait for it: the backpressure) or the byte bound is reached,
-/// and at shutdown; it returns to the background once it has caught up.
-/// (Hurried only at the limit itself, it made the server-only benchmark's
-/// writes wait 100-160 ms at p99.9 with 64 connections.)
-/// Under `always` every write waits for it: normal class. Where the
-/// process may not move a thread back (an unprivileged user without
-/// `RLIMIT_NICE`), it stays in the normal class.
-#[derive(Debug, Default)]
-pub struct WriterPriority {
-    enabled: bool,
-    // The writer's kernel thread id; 0 until it started.
-    tid: AtomicI32,
-    // Whether it is in the normal class because it fell behind.
-    hurried: parking_lot::Mutex<bool>,
-    hurries: AtomicU64,
-}
-
-impl WriterPriority {
-    fn new(background: bool) -> Self {
-        Self {
-            enabled: background && crate::process::background_threads_allowed(),
-            tid: AtomicI32::new(0),
-            hurried: parking_lot::Mutex::new(false),
-            hurries: AtomicU64::new(0),
-        }
-    }
-
-    /// On the writer's thread, as it starts.
-    fn start(&self) {
-        let tid = crate::process::current_thread_id();
-        self.tid.store(tid, Ordering::Release);
-        if self.enabled
-            && let Err(e) = crate::process::set_thread_background(tid, true)
-        {
-            tracing::debug!(error = %e, "the writer stays in the normal scheduling class");
-        }
-    }
-
-    /// The writer is behind, or must finish: into the normal class.
-    fn hurry(&self) {
-        let tid = self.tid.load(Ordering::Acquire);
-        if !self.enabled || tid == 0 {
-            return;
-        }
-        let mut hurried = self.hurried.lock();
-        if !*hurried && crate::process::set_thread_background(tid, false).is_ok() {
-            *hurried = true;
-            self.hurries.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("the writer is behind: normal scheduling class until it caught up");
-        }
-    }
-
-    /// On the writer's thread, when everything queued is applied: back
-    /// into the background if it was hurried.
-    fn caught_up(&self) {
-        if !self.enabled {
-            return;
-        }
-        let mut hurried = self.hurried.lock();
-        if *hurried
-            && crate::process::set_thread_background(self.tid.load(Ordering::Acquire), true).is_ok()
-        {
-            *hurried = false;
-        }
-    }
-
-    /// Whether the writer runs in the background now (`None`: not known,
-    /// or not started).
-    pub fn in_background(&self) -> Option<bool> {
-        match self.tid.load(Ordering::Acquire) {
-            0 => None,
-            tid => crate::process::thread_in_background(tid),
-        }
-    }
-
-    /// Times the writer was moved to the normal class because it fell
-    /// behind.
-    pub fn hurries(&self) -> u64 {
-        self.hurries.load(Ordering::Relaxed)
-    }
 }
 
 /// What a reply waits for before it is sent.
@@ -637,16 +534,11 @@ impl Persistence {
     ) -> Self {
         let (tx, rx) = mpsc::channel();
         let (progress_tx, progress) = watch::channel(Progress::default());
-        let health = Arc::new(StorageHealth {
-            // Under `always` every write waits for the writer.
-            writer: WriterPriority::new(options.background && policy != Durability::Always),
-            ..StorageHealth::default()
-        });
+        let health = Arc::new(StorageHealth::default());
         let writer_health = health.clone();
         let writer = std::thread::Builder::new()
             .name("sessiond-writer".into())
             .spawn(move || {
-                writer_health.writer.start();
                 Writer::new(storage, rx, progress_tx, writer_health, policy, options).run()
             })
             .ok();
@@ -743,38 +635,20 @@ impl Persistence {
             });
         }
         if let Some(wait) = self.pending_bytes_wait() {
-            self.health.writer.hurry();
             return Some(wait);
         }
-        let (behind, lag) = self.lag()?;
-        (lag > self.max_lag).then(|| DiskWait {
+        let applied = self.progress.borrow().applied;
+        while self.lag_marks.front().is_some_and(|(s, _)| *s <= applied) {
+            self.lag_marks.pop_front();
+        }
+        let (behind, since) = *self.lag_marks.front()?;
+        (since.elapsed() > self.max_lag).then(|| DiskWait {
             seq: behind,
             durable: false,
             progress: self.progress.clone(),
             discarded: self.discarded.clone(),
             undoes: self.policy == Durability::Always,
         })
-    }
-
-    /// The oldest batch submitted and not known to be applied, and how
-    /// long ago it was submitted. Past half the lag limit the writer is
-    /// hurried (see [`WriterPriority`]).
-    fn lag(&mut self) -> Option<(Seq, Duration)> {
-        let applied = self.progress.borrow().applied;
-        while self.lag_marks.front().is_some_and(|(s, _)| *s <= applied) {
-            self.lag_marks.pop_front();
-        }
-        let (behind, since) = *self.lag_marks.front()?;
-        let lag = since.elapsed();
-        if lag > self.max_lag / 2 {
-            self.health.writer.hurry();
-        }
-        Some((behind, lag))
-    }
-
-    /// Where the writer thread runs (see [`WriterPriority`]).
-    pub fn writer_priority(&self) -> &WriterPriority {
-        &self.health.writer
     }
 
     /// With a byte bound: when more than it is submitted and not yet on
@@ -810,10 +684,8 @@ impl Persistence {
 
     /// A wait until the batches up to `seq` are applied to storage (not
     /// necessarily synced); `None` when there is nothing to wait for.
-    pub fn applied_waiter(&mut self, seq: Option<Seq>) -> Option<DiskWait> {
+    pub fn applied_waiter(&self, seq: Option<Seq>) -> Option<DiskWait> {
         let seq = seq?;
-        // Whoever waits for the writer wants it not starved.
-        self.lag();
         (self.progress.borrow().applied < seq).then(|| DiskWait {
             seq,
             durable: false,
@@ -963,9 +835,6 @@ impl Writer {
 
     fn run(mut self) -> FlushReport {
         loop {
-            if self.applied_n == self.queue.len() && !self.shutting_down {
-                self.health.writer.caught_up();
-            }
             // Wait for work, the next periodic sync, or the next retry.
             let wait = if let Some(retry) = &self.retry {
                 Some(retry.next.saturating_duration_since(Instant::now()))
@@ -1042,11 +911,7 @@ impl Writer {
                 });
                 self.publish_queue();
             }
-            Msg::Shutdown => {
-                self.shutting_down = true;
-                // Finishing is what the server waits for now.
-                self.health.writer.hurry();
-            }
+            Msg::Shutdown => self.shutting_down = true,
         }
     }
 
@@ -1313,7 +1178,7 @@ pub fn info_text(
     let fault = health.fault();
     let (queued_batches, queued_mutations) = health.queued();
     format!(
-        "storage:{storage}\r\ndurability:{policy}\r\nstorage_transactions:{}\r\nstorage_syncs:{}\r\nstorage_failed:{}\r\nstorage_failed_since:{}\r\nstorage_failed_kind:{}\r\nstorage_failed_cause:{}\r\nstorage_failures:{}\r\nstorage_recoveries:{}\r\nstorage_refused_writes:{}\r\nstorage_undone_batches:{}\r\nstorage_queued_batches:{queued_batches}\r\nstorage_queued_changes:{queued_mutations}\r\nstorage_writer_background:{}\r\nstorage_writer_hurries:{}\r\n",
+        "storage:{storage}\r\ndurability:{policy}\r\nstorage_transactions:{}\r\nstorage_syncs:{}\r\nstorage_failed:{}\r\nstorage_failed_since:{}\r\nstorage_failed_kind:{}\r\nstorage_failed_cause:{}\r\nstorage_failures:{}\r\nstorage_recoveries:{}\r\nstorage_refused_writes:{}\r\nstorage_undone_batches:{}\r\nstorage_queued_batches:{queued_batches}\r\nstorage_queued_changes:{queued_mutations}\r\n",
         progress.transactions,
         progress.syncs,
         u8::from(fault.is_some()),
@@ -1326,8 +1191,6 @@ pub fn info_text(
         health.recoveries(),
         health.refused_writes(),
         health.undone_batches(),
-        u8::from(health.writer.in_background() == Some(true)),
-        health.writer.hurries(),
         storage = storage.to_lowercase(),
         policy = format!("{policy:?}").to_lowercase(),
     )
@@ -1443,59 +1306,6 @@ mod tests {
         fn set_fence_epoch(&mut self, epoch: u64) -> Result<(), crate::storage::StorageError> {
             self.inner.set_fence_epoch(epoch)
         }
-    }
-
-    /// Waits (bounded) until the writer's class is `background`.
-    fn writer_class_becomes(p: &Persistence, background: bool) -> bool {
-        for _ in 0..400 {
-            if p.writer_priority().in_background() == Some(background) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        false
-    }
-
-    #[tokio::test]
-    async fn under_everysec_the_writer_runs_in_the_background_until_it_falls_behind() {
-        if !crate::process::background_threads_allowed() {
-            return; // an unprivileged user without RLIMIT_NICE: never moved
-        }
-        let (storage, open, entered) = GatedStorage::new(MemoryStorage::default());
-        let options = WriterOptions {
-            max_lag: Duration::from_secs(1),
-            gather: Duration::ZERO,
-            ..WriterOptions::for_policy(Durability::Everysec)
-        };
-        let mut p =
-            Persistence::start_with_options(Box::new(storage), Durability::Everysec, options);
-        assert!(writer_class_becomes(&p, true), "started in the background");
-        let seq = p.submit(put(1), 1);
-        // The writer holds batch 1 at the gate: behind, within the limit.
-        entered.recv().unwrap();
-        assert!(p.waiter(seq).is_none());
-        assert_eq!(p.writer_priority().in_background(), Some(true));
-        assert_eq!(p.writer_priority().hurries(), 0);
-        // Past half the limit: hurried; the reply does not wait yet.
-        std::thread::sleep(Duration::from_millis(600));
-        assert!(p.waiter(seq).is_none());
-        assert_eq!(p.writer_priority().in_background(), Some(false));
-        assert_eq!(p.writer_priority().hurries(), 1);
-        // Caught up: back in the background.
-        open.send(()).unwrap();
-        assert!(writer_class_becomes(&p, true), "back in the background");
-        assert_eq!(p.progress().applied, 1);
-        drop(open);
-        p.shutdown();
-    }
-
-    #[tokio::test]
-    async fn under_always_the_writer_stays_in_the_normal_class() {
-        let mut p = Persistence::start(Box::new(MemoryStorage::default()), Durability::Always);
-        let seq = p.submit(put(1), 1);
-        p.waiter(seq).expect("always waits").wait().await.unwrap();
-        assert_eq!(p.writer_priority().in_background(), Some(false));
-        p.shutdown();
     }
 
     #[tokio::test]

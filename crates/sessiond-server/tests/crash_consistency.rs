@@ -151,10 +151,6 @@ async fn boot(
             _ => Duration::from_millis(3),
         },
         gather: Duration::ZERO,
-        // The boot that counts the disk operations and the boots that crash
-        // must batch alike: a writer in the background batches by the
-        // machine's load.
-        background: false,
         retry_min: Duration::from_millis(1),
         retry_max: Duration::from_millis(2),
         ..WriterOptions::for_policy(policy)
