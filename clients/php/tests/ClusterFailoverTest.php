@@ -77,7 +77,9 @@ final class ClusterFailoverTest extends TestCase
 
     private function leader(): int
     {
-        return $this->waitUntil(function () {
+        $seen = [];
+        $deadline = microtime(true) + self::HANG_GUARD;
+        while (microtime(true) < $deadline) {
             foreach ($this->ports as $i => $port) {
                 if (!is_resource($this->nodes[$i] ?? null)) {
                     continue;
@@ -89,11 +91,26 @@ final class ClusterFailoverTest extends TestCase
                     if (str_contains($info, 'role:leader')) {
                         return $i;
                     }
-                } catch (\Throwable) {
+                    $seen[$i] = preg_replace('/\r?\n/', ' ', $info);
+                } catch (\Throwable $e) {
+                    $seen[$i] = get_class($e) . ': ' . $e->getMessage();
                 }
             }
-            return null;
-        }, 'a leader');
+            usleep(10000);
+        }
+        // What each node last said and logged: no leader is a failure worth
+        // a diagnosis, not just a timeout.
+        $report = '';
+        foreach ($this->ports as $i => $port) {
+            $alive = is_resource($this->nodes[$i] ?? null) && proc_get_status($this->nodes[$i])['running'];
+            $report .= "\nnode $i (resp port $port, " . ($alive ? 'running' : 'not running') . '): ' . ($seen[$i] ?? 'never asked');
+            $log = @file("{$this->dir}/n$i.log", FILE_IGNORE_NEW_LINES) ?: [];
+            $lines = array_values(array_filter($log, static fn ($l) => preg_match('/become leader|quit leader|new candidate|WARN|ERROR|sessiond ready|node started/', $l) === 1));
+            foreach (array_merge(array_slice($lines, 0, 8), ['...'], array_slice($lines, -8)) as $l) {
+                $report .= "\n    " . substr($l, 0, 300);
+            }
+        }
+        $this->fail('hang guard: waited ' . self::HANG_GUARD . " s for a leader$report");
     }
 
     private function killNode(int $i): void
