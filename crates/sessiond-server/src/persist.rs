@@ -87,9 +87,6 @@ pub type Seq = u64;
 
 enum Msg {
     Batch(Seq, Vec<Mutation>, u64),
-    // Someone waits for the writer to apply (a timekeeper pacing a mass
-    // expiry, a reply held back by the lag or byte limit): stop gathering.
-    Hurry,
     // The server undid what the writer dropped at failure `epoch` (under
     // `always`); batches after this message are kept again.
     Undone(u64),
@@ -118,12 +115,6 @@ const MAX_TRANSACTION_MUTATIONS: usize = 50_000;
 /// durable and leaves the queue, so a disk with a little space left drains
 /// part of the queue, and a transaction needs little free space to commit.
 pub const RECOVERY_TRANSACTION_BYTES: usize = 1 << 20;
-
-/// A gather ends early once the changes it took hold this many bytes
-/// ([`mutation_bytes`]): a write burst is applied in pieces of about this
-/// size, so a full disk is noticed after a few megabytes, not after the
-/// whole gather, and no single transaction takes long.
-pub const GATHER_MAX_BYTES: usize = 2 << 20;
 
 // How often the submit side notes (seq, time) to measure the writer's lag.
 const LAG_MARK_EVERY: Duration = Duration::from_millis(50);
@@ -415,19 +406,14 @@ impl WriterOptions {
                 Durability::Everysec => Duration::from_secs(1),
                 Durability::No => Duration::from_secs(30),
             },
-            // When no one waits for the writer, changes gather this long
-            // (or up to GATHER_MAX_BYTES) before they are applied: one
-            // storage transaction then carries the changes of many
-            // requests, and a B-tree page that many of them touch is copied
-            // once instead of once per transaction (redb copies each page a
-            // transaction changes). Half a second: a third of the writer's
-            // CPU of the 50 ms used before on a store of 20,000 sessions
-            // (docs/benchmarks.md, "Sixth round"), and within the one
-            // second `everysec` may lose anyway (an applied, unsynced
-            // transaction is not kept by a crash either).
+            // When no reply waits for the disk, changes gather this long
+            // before they are applied: one storage transaction then carries
+            // the changes of many requests instead of each paying for its
+            // own B-tree copy on write. Well inside the one second
+            // `everysec` may lose anyway.
             gather: match policy {
                 Durability::Always => Duration::ZERO,
-                Durability::Everysec | Durability::No => Duration::from_millis(500),
+                Durability::Everysec | Durability::No => Duration::from_millis(50),
             },
             retry_min: RETRY_MIN,
             retry_max: RETRY_MAX,
@@ -649,7 +635,6 @@ impl Persistence {
             });
         }
         if let Some(wait) = self.pending_bytes_wait() {
-            self.hurry();
             return Some(wait);
         }
         let applied = self.progress.borrow().applied;
@@ -657,24 +642,13 @@ impl Persistence {
             self.lag_marks.pop_front();
         }
         let (behind, since) = *self.lag_marks.front()?;
-        let wait = (since.elapsed() > self.max_lag).then(|| DiskWait {
+        (since.elapsed() > self.max_lag).then(|| DiskWait {
             seq: behind,
             durable: false,
             progress: self.progress.clone(),
             discarded: self.discarded.clone(),
             undoes: self.policy == Durability::Always,
-        });
-        if wait.is_some() {
-            self.hurry();
-        }
-        wait
-    }
-
-    /// Tells the writer someone waits for it: it applies what it gathered
-    /// now instead of at the end of its gather.
-    fn hurry(&self) {
-        // A send fails only when the writer is gone; the wait reports it.
-        let _ = self.tx.send(Msg::Hurry);
+        })
     }
 
     /// With a byte bound: when more than it is submitted and not yet on
@@ -712,11 +686,7 @@ impl Persistence {
     /// necessarily synced); `None` when there is nothing to wait for.
     pub fn applied_waiter(&self, seq: Option<Seq>) -> Option<DiskWait> {
         let seq = seq?;
-        if self.progress.borrow().applied >= seq {
-            return None;
-        }
-        self.hurry();
-        Some(DiskWait {
+        (self.progress.borrow().applied < seq).then(|| DiskWait {
             seq,
             durable: false,
             progress: self.progress.clone(),
@@ -824,10 +794,6 @@ struct Writer {
     // Bytes of keys and values in the first `applied_n`.
     unsynced_bytes: usize,
     queued_mutations: usize,
-    // Bytes of the batches taken since the last apply, and whether someone
-    // asked for an apply meanwhile: both end a gather.
-    gathered_bytes: usize,
-    hurried: bool,
     last_apply: Instant,
     last_sync: Instant,
     shutting_down: bool,
@@ -858,8 +824,6 @@ impl Writer {
             applied_n: 0,
             unsynced_bytes: 0,
             queued_mutations: 0,
-            gathered_bytes: 0,
-            hurried: false,
             last_apply: Instant::now(),
             last_sync: Instant::now(),
             shutting_down: false,
@@ -891,11 +855,15 @@ impl Writer {
                 },
                 None => Some(self.rx.recv().unwrap_or(Msg::Shutdown)),
             };
+            if first.is_some() && self.retry.is_none() && !self.shutting_down {
+                std::thread::sleep(
+                    self.options
+                        .gather
+                        .saturating_sub(self.last_apply.elapsed()),
+                );
+            }
             if let Some(m) = first {
                 self.take(m);
-                if self.retry.is_none() {
-                    self.gather();
-                }
             }
             while let Ok(m) = self.rx.try_recv() {
                 self.take(m);
@@ -925,28 +893,8 @@ impl Writer {
         }
     }
 
-    /// Takes more changes before they are applied: until the gather time
-    /// since the last apply is over, [`GATHER_MAX_BYTES`] are taken,
-    /// someone waits for the writer, or it must stop.
-    fn gather(&mut self) {
-        let until = self.last_apply + self.options.gather;
-        while !self.hurried && !self.shutting_down && self.gathered_bytes < GATHER_MAX_BYTES {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match self.rx.recv_timeout(left) {
-                Ok(m) => self.take(m),
-                Err(mpsc::RecvTimeoutError::Timeout) => break,
-                Err(mpsc::RecvTimeoutError::Disconnected) => self.take(Msg::Shutdown),
-            }
-        }
-        self.hurried = false;
-    }
-
     fn take(&mut self, msg: Msg) {
         match msg {
-            Msg::Hurry => self.hurried = true,
             // Made on top of changes being undone: undone with them.
             Msg::Batch(..) if self.discarding.is_some() => {}
             Msg::Undone(epoch) => {
@@ -956,7 +904,6 @@ impl Writer {
             }
             Msg::Batch(seq, mutations, floor) => {
                 self.queued_mutations += mutations.len();
-                self.gathered_bytes += mutations.iter().map(mutation_bytes).sum::<usize>();
                 self.queue.push_back(Queued {
                     seq,
                     mutations,
@@ -1025,7 +972,6 @@ impl Writer {
     fn apply_range(&mut self, start: usize, end: usize, sync: bool) -> Result<(), StorageError> {
         let floor = self.queue.range(..end).map(|q| q.floor).max().unwrap_or(0);
         self.last_apply = Instant::now();
-        self.gathered_bytes = 0;
         let result = if end == start + 1 {
             self.storage
                 .apply(&self.queue[start].mutations, floor, sync)
@@ -1637,113 +1583,6 @@ mod tests {
         }
         eventually("an early sync", || p.progress().syncs >= 1).await;
         assert!(p.health().queued().0 < (RETAIN_SYNC_BYTES >> 20) as u64);
-        assert!(p.shutdown().flushed());
-    }
-
-    /// `everysec` settings with a gather and a sync interval far longer
-    /// than any of these tests waits.
-    fn long_gather(max_lag: Duration) -> WriterOptions {
-        WriterOptions {
-            gather: Duration::from_secs(600),
-            sync_every: Duration::from_secs(600),
-            max_lag,
-            ..WriterOptions::for_policy(Durability::Everysec)
-        }
-    }
-
-    #[tokio::test]
-    async fn changes_gather_until_someone_waits_for_the_writer_to_apply_them() {
-        let storage = MemoryStorage::default();
-        let mut p = Persistence::start_with_options(
-            Box::new(storage.clone()),
-            Durability::Everysec,
-            long_gather(MAX_LAG),
-        );
-        let seq = p.submit(put(1), 1);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(
-            p.progress().applied,
-            0,
-            "a small change waits for the gather"
-        );
-        // The timekeeper pacing a mass expiry waits like this: the writer
-        // is told, and applies now rather than in ten minutes.
-        let wait = p.applied_waiter(seq).expect("not applied yet");
-        tokio::time::timeout(Duration::from_secs(20), wait.wait())
-            .await
-            .expect("the writer was told someone waits")
-            .unwrap();
-        assert_eq!(p.progress().applied, 1);
-        assert!(p.shutdown().flushed());
-        assert_eq!(stored_fields(&storage), 1);
-    }
-
-    #[tokio::test]
-    async fn a_reply_held_back_by_the_lag_limit_ends_the_gather() {
-        // A zero limit: any backlog at all holds replies back.
-        let mut p = Persistence::start_with_options(
-            Box::new(MemoryStorage::default()),
-            Durability::Everysec,
-            long_gather(Duration::ZERO),
-        );
-        let seq = p.submit(put(1), 1);
-        std::thread::sleep(Duration::from_millis(5));
-        let wait = p
-            .waiter(seq)
-            .expect("behind the (zero) limit: the reply waits");
-        tokio::time::timeout(Duration::from_secs(20), wait.wait())
-            .await
-            .expect("the writer was told a reply waits")
-            .unwrap();
-        assert_eq!(p.progress().applied, 1);
-        assert!(p.shutdown().flushed());
-    }
-
-    #[tokio::test]
-    async fn a_gather_ends_once_it_holds_its_byte_limit() {
-        // Nobody waits, the gather has ten minutes to go: only the bytes
-        // taken can make the writer apply (so a write burst reaches the
-        // disk, and a full disk is noticed, a few megabytes at a time).
-        let storage = MemoryStorage::default();
-        let mut p = Persistence::start_with_options(
-            Box::new(storage.clone()),
-            Durability::Everysec,
-            long_gather(MAX_LAG),
-        );
-        let id = SessionId::parse(b"s").unwrap();
-        let value = Bytes::from(vec![b'x'; GATHER_MAX_BYTES / 4]);
-        for i in 1..=3 {
-            p.submit(
-                vec![Mutation::PutField {
-                    id: id.clone(),
-                    key: Bytes::from(format!("k{i}")),
-                    field: Field {
-                        value: value.clone(),
-                        version: i,
-                    },
-                }],
-                i,
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(
-            p.progress().applied,
-            0,
-            "three quarters of the limit: still gathering"
-        );
-        p.submit(put(4), 4);
-        p.submit(
-            vec![Mutation::PutField {
-                id,
-                key: Bytes::from("k5"),
-                field: Field { value, version: 5 },
-            }],
-            5,
-        );
-        eventually("the gather to end at its byte limit", || {
-            p.progress().applied == 5
-        })
-        .await;
         assert!(p.shutdown().flushed());
     }
 
