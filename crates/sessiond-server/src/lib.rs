@@ -47,6 +47,7 @@ pub mod notify;
 pub mod persist;
 pub mod process;
 pub mod protocol;
+pub mod record;
 pub mod reload;
 pub mod server;
 pub mod slowlog;

@@ -888,7 +888,7 @@ impl Writer {
                 if self.retry.is_some() {
                     return self.shutdown_retries();
                 }
-                return self.report();
+                return self.finish();
             }
         }
     }
@@ -1153,6 +1153,19 @@ impl Writer {
                 break;
             }
             delay = (delay * 2).min(self.options.retry_max);
+        }
+        if self.retry.is_none() {
+            return self.finish();
+        }
+        self.report()
+    }
+
+    /// Shutdown with everything durable: lets storage settle
+    /// ([`Storage::close`]), then the report. A failure to settle loses
+    /// nothing (it is logged).
+    fn finish(mut self) -> FlushReport {
+        if let Err(e) = self.storage.close() {
+            tracing::warn!(error = %e, "storage: closing after the last sync failed (nothing is lost: the data is on disk; the next start finishes it)");
         }
         self.report()
     }

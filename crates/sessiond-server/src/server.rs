@@ -12,10 +12,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, StorageKind};
+use crate::config::{Config, Durability, StorageKind};
 use crate::persist::Persistence;
 use crate::state::Shared;
-use crate::storage::{MemoryStorage, RedbStorage, Storage};
+use crate::storage::{LoggedStorage, MemoryStorage, Storage};
 
 /// Sessions removed per turn of the expiry loop: the state lock is released
 /// between turns, so a mass expiry never stalls requests for long.
@@ -43,23 +43,13 @@ impl Server {
         // A cluster node keeps its data in the Raft log and snapshots
         // (`Cluster::start`), not in the single-server store.
         let storage: Box<dyn Storage> = match config.storage {
-            _ if import_single_server_data(&config)? => {
-                let path = config.data_dir.join("sessions.redb");
-                Box::new(
-                    RedbStorage::open_with_cache(&path, config.storage_cache_bytes)
-                        .with_context(|| format!("opening {}", path.display()))?,
-                )
-            }
+            _ if import_single_server_data(&config)? => open_single_server_storage(&config)?,
             _ if config.cluster.is_some() => Box::new(MemoryStorage::default()),
             StorageKind::Redb => {
                 std::fs::create_dir_all(&config.data_dir).with_context(|| {
                     format!("creating data directory {}", config.data_dir.display())
                 })?;
-                let path = config.data_dir.join("sessions.redb");
-                Box::new(
-                    RedbStorage::open_with_cache(&path, config.storage_cache_bytes)
-                        .with_context(|| format!("opening {}", path.display()))?,
-                )
+                open_single_server_storage(&config)?
             }
             StorageKind::Memory => Box::new(MemoryStorage::default()),
         };
@@ -179,6 +169,11 @@ impl Server {
                 let to = shared.config.data_dir.join("sessions.redb.imported");
                 std::fs::rename(&from, &to)
                     .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+                // Its change log was absorbed when it was opened (empty now).
+                let log = LoggedStorage::log_path(&from);
+                if std::fs::metadata(&log).is_ok_and(|m| m.len() == 0) {
+                    let _ = std::fs::remove_file(&log);
+                }
                 tracing::info!(
                     sessions = shared.read(|engine, _| engine.store().len()),
                     "a single server's sessions are now this cluster's (sessions.redb renamed sessions.redb.imported)"
@@ -502,6 +497,27 @@ async fn cluster_timekeeper(shared: Arc<Shared>, shutdown: CancellationToken) {
 /// # Errors
 /// Such a directory given to a node that is not alone in its initial
 /// cluster.
+/// The single server's storage: redb with its change log in front
+/// (`storage::logged`) under `everysec` and `no`. Under `always` each write
+/// waits for its own sync anyway, and on a full disk the writes that undo a
+/// failed one must still go through, which redb's free pages allow and an
+/// append to the log may not: there the log is only absorbed at open (a
+/// data directory last run under another policy) and redb takes the writes.
+fn open_single_server_storage(config: &Config) -> anyhow::Result<Box<dyn Storage>> {
+    let path = config.data_dir.join("sessions.redb");
+    let logged = LoggedStorage::open(&path, config.storage_cache_bytes)
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok(if config.durability == Durability::Always {
+        Box::new(
+            logged
+                .into_redb()
+                .with_context(|| format!("opening {}", path.display()))?,
+        )
+    } else {
+        Box::new(logged)
+    })
+}
+
 fn import_single_server_data(config: &Config) -> anyhow::Result<bool> {
     let Some(cluster) = &config.cluster else {
         return Ok(false);

@@ -8,7 +8,7 @@ use crate::session::{Field, SessionMeta};
 use crate::{Millis, SessionId};
 
 /// A change the storage must make, in the order the store made it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mutation {
     /// Write the session's metadata (creates it on disk if new).
     PutMeta {

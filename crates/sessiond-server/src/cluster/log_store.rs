@@ -73,6 +73,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{NodeId, TypeConfig};
 use crate::config::Durability;
+#[cfg(test)]
+use crate::record::HEADER;
+use crate::record::{decode_record, encode_record};
 
 /// The log's directory under the data directory.
 const LOG_DIR: &str = "raft-log";
@@ -87,8 +90,6 @@ const META_TMP: &str = "meta.tmp";
 /// enough that rotation is rare, small enough that a purge frees space
 /// soon after a snapshot.
 const SEGMENT_BYTES: u64 = 32 << 20;
-/// `[u32 len][u32 crc32]`.
-const HEADER: usize = 8;
 
 /// Called once the entries of an append are as durable as the policy
 /// promises (or with the error that keeps them from being).
@@ -245,33 +246,6 @@ fn parse_segment_name(name: &str) -> Option<u64> {
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
-}
-
-/// Appends one record holding `payload`'s postcard encoding to `buf`.
-fn encode_record<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> io::Result<()> {
-    let payload = postcard::to_stdvec(value).map_err(io::Error::other)?;
-    let len = u32::try_from(payload.len()).map_err(io::Error::other)?;
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    buf.extend_from_slice(&payload);
-    Ok(())
-}
-
-/// The record at the start of `buf` and its length, or why there is none.
-fn decode_record<T: serde::de::DeserializeOwned>(buf: &[u8]) -> Result<(T, usize), &'static str> {
-    let (Some(len), Some(crc)) = (buf.get(0..4), buf.get(4..HEADER)) else {
-        return Err("torn record header");
-    };
-    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    let crc = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    let Some(payload) = buf.get(HEADER..HEADER.saturating_add(len)) else {
-        return Err("torn record");
-    };
-    if crc32fast::hash(payload) != crc {
-        return Err("checksum mismatch");
-    }
-    let value = postcard::from_bytes(payload).map_err(|_| "undecodable record")?;
-    Ok((value, HEADER + len))
 }
 
 /// Replaces `dir/meta` atomically and durably.

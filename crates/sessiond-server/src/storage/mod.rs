@@ -6,11 +6,13 @@
 //! batches. One conformance suite (`tests` below) runs against every
 //! implementation.
 
+mod logged;
 mod memory;
 mod redb_store;
 
 use std::collections::HashMap;
 
+pub use logged::{AbsorbPolicy, LoggedStorage};
 pub use memory::MemoryStorage;
 pub use redb_store::RedbStorage;
 use sessiond_core::{Alias, Mutation, Session, SessionId};
@@ -114,6 +116,17 @@ pub trait Storage: Send + 'static {
     /// # Errors
     /// When storage is still unusable (the next retry calls this again).
     fn recover(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    /// Called once at shutdown, after everything was applied and synced:
+    /// puts storage in its settled form ([`LoggedStorage`] absorbs its
+    /// log). The data is durable before this; a failure here loses
+    /// nothing. The default does nothing.
+    ///
+    /// # Errors
+    /// Engine failures.
+    fn close(&mut self) -> Result<(), StorageError> {
         Ok(())
     }
 }
@@ -258,6 +271,13 @@ mod conformance {
         assert!(matches!(e, StorageError::Engine(_)), "{e:?}");
         let source = std::error::Error::source(&e).expect("a source");
         assert!(source.downcast_ref::<redb::Error>().is_some(), "{source:?}");
+    }
+
+    #[test]
+    fn logged_storage_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        suite(|| Box::new(LoggedStorage::open(&path, redb_store::DEFAULT_CACHE_BYTES).unwrap()));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! - `sessions`: id → (version, created, last_access, ttl_ms, lifetime_deadline or 0)
 //! - `fields`: (id, key) → (version, value)
 //! - `aliases`: old id → (new id, until)
-//! - `meta`: name → u64 (`format`, `version_floor`, `fence_epoch`)
+//! - `meta`: name → u64 (`format`, `version_floor`, `fence_epoch`,
+//!   `log_seq`: the last record of the change log absorbed, see
+//!   [`super::LoggedStorage`])
 //!
 //! `format` is the layout's version ([`FORMAT`]): a file without it was
 //! written before the key existed, in format 1, and gets it on open; a file
@@ -32,6 +34,9 @@ type FieldRow<'a> = (u64, &'a [u8]);
 const FIELDS: TableDefinition<FieldKey, FieldRow> = TableDefinition::new("fields");
 const ALIASES: TableDefinition<&str, (&str, u64)> = TableDefinition::new("aliases");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// `meta` key: the last change-log record absorbed into this file.
+const LOG_SEQ: &str = "log_seq";
 
 /// The layout this build reads and writes.
 pub const FORMAT: u64 = 1;
@@ -334,16 +339,38 @@ fn load_run(
     Ok(sessions)
 }
 
-impl Storage for RedbStorage {
-    fn load(&mut self) -> Result<Loaded, StorageError> {
-        self.load_with(load_threads)
+impl RedbStorage {
+    /// The last change-log record whose changes are in this file (see
+    /// [`super::LoggedStorage`]); 0 when none.
+    ///
+    /// # Errors
+    /// Engine failures.
+    pub fn log_seq(&self) -> Result<u64, StorageError> {
+        let txn = self.db()?.begin_read().map_err(engine)?;
+        let meta = txn.open_table(META).map_err(engine)?;
+        Ok(meta.get(LOG_SEQ).map_err(engine)?.map_or(0, |v| v.value()))
     }
 
-    fn apply(
+    /// [`Storage::apply`], synced, recording in the same transaction that
+    /// the change log's records up to `log_seq` are in the file.
+    ///
+    /// # Errors
+    /// As [`Storage::apply`].
+    pub fn apply_logged(
+        &mut self,
+        batch: &[Mutation],
+        version_floor: u64,
+        log_seq: u64,
+    ) -> Result<(), StorageError> {
+        self.apply_marked(batch, version_floor, true, Some(log_seq))
+    }
+
+    fn apply_marked(
         &mut self,
         batch: &[Mutation],
         version_floor: u64,
         sync: bool,
+        log_seq: Option<u64>,
     ) -> Result<(), StorageError> {
         let mut txn = self.db()?.begin_write().map_err(engine)?;
         txn.set_durability(if sync {
@@ -409,8 +436,26 @@ impl Storage for RedbStorage {
                 meta.insert("version_floor", version_floor)
                     .map_err(engine)?;
             }
+            if let Some(seq) = log_seq {
+                meta.insert(LOG_SEQ, seq).map_err(engine)?;
+            }
         }
         txn.commit().map_err(engine)
+    }
+}
+
+impl Storage for RedbStorage {
+    fn load(&mut self) -> Result<Loaded, StorageError> {
+        self.load_with(load_threads)
+    }
+
+    fn apply(
+        &mut self,
+        batch: &[Mutation],
+        version_floor: u64,
+        sync: bool,
+    ) -> Result<(), StorageError> {
+        self.apply_marked(batch, version_floor, sync, None)
     }
 
     fn set_fence_epoch(&mut self, epoch: u64) -> Result<(), StorageError> {
