@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Durability, StorageKind};
 use crate::persist::Persistence;
 use crate::state::Shared;
-use crate::storage::{LoggedStorage, MemoryStorage, Storage};
+use crate::storage::{AbsorbPolicy, LoggedStorage, MemoryStorage, Storage};
 
 /// Sessions removed per turn of the expiry loop: the state lock is released
 /// between turns, so a mass expiry never stalls requests for long.
@@ -505,7 +505,16 @@ async fn cluster_timekeeper(shared: Arc<Shared>, shutdown: CancellationToken) {
 /// data directory last run under another policy) and redb takes the writes.
 fn open_single_server_storage(config: &Config) -> anyhow::Result<Box<dyn Storage>> {
     let path = config.data_dir.join("sessions.redb");
-    let logged = LoggedStorage::open(&path, config.storage_cache_bytes)
+    // With `--max-memory`, an absorption reads back at most what the
+    // memory budget keeps for changes waiting for the disk.
+    let defaults = AbsorbPolicy::default();
+    let policy = AbsorbPolicy {
+        log_bytes: config
+            .max_pending_bytes()
+            .map_or(defaults.log_bytes, |b| defaults.log_bytes.min(b as u64)),
+        ..defaults
+    };
+    let logged = LoggedStorage::open(&path, config.storage_cache_bytes, policy)
         .with_context(|| format!("opening {}", path.display()))?;
     Ok(if config.durability == Durability::Always {
         Box::new(

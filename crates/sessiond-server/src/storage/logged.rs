@@ -10,35 +10,44 @@
 //! and writes it at the end of `sessions.log` with one `pwrite`, and a sync
 //! is one `fdatasync` of that file. The changes are also kept in memory,
 //! coalesced by row (the last write to a session's metadata, a field or an
-//! alias wins), and *absorbed* into redb from time to time in one synced
-//! transaction, sorted by key, so a row written a hundred times between two
-//! absorptions costs one B-tree write, and neighbouring rows share pages.
-//! After an absorption the log is emptied.
+//! alias wins), and *absorbed* into redb later, sorted by key, so a row
+//! written a hundred times in the meantime costs one B-tree write, and
+//! neighbouring rows share pages.
 //!
 //! When: once the log holds [`AbsorbPolicy::log_bytes`], the coalesced rows
-//! number [`AbsorbPolicy::rows`] (which bounds an absorption's transaction,
-//! so the writer is not away long), the oldest is [`AbsorbPolicy::after`]
-//! old, and when the server stops ([`Storage::close`]). The check runs at the
-//! start of `apply`: an absorption that fails (a full disk) fails that call,
-//! before anything of its batch is written, so the persistence pipeline's
-//! rules hold unchanged (the batch was not applied; under `always` it is
-//! undone; writes are refused until storage recovers).
+//! number [`AbsorbPolicy::rows`], or the oldest is [`AbsorbPolicy::after`]
+//! old, the log is *rotated*: synced, renamed `sessions.log.absorbing`, its
+//! rows set aside, and a new `sessions.log` started. Then each `apply`
+//! writes [`AbsorbPolicy::chunk_rows`] of the set-aside rows to redb
+//! (unsynced transactions) before its own record, so an absorption is
+//! spread over many applies and never holds back the batches behind it;
+//! once all are in, one synced commit records the last record's number and
+//! the old file is removed. Opening, loading and a clean stop
+//! ([`Storage::close`]) absorb everything at once. The work on redb comes
+//! first in `apply`: if it fails (a full disk), that call fails before
+//! anything of its batch is written, so the persistence pipeline's rules
+//! hold unchanged (the batch was not applied; writes are refused until
+//! storage recovers).
 //!
 //! Crash safety. Records are numbered (`seq`, increasing for the life of the
-//! data directory), and the absorbing transaction records in redb the last
-//! number it holds (`log_seq`). Opening reads the log from the start and
-//! stops at the first record that is torn, fails its checksum, or does not
-//! come after the one before; records at or below `log_seq` are already in
-//! redb and skipped. The file is cut after the last good record and whatever
-//! it holds is absorbed before the first load. So a crash between the
-//! absorbing commit and the truncation, or a truncation lost in a power
-//! failure (old records behind new ones), replays nothing twice, and a torn
-//! last write loses only that write, which was never synced.
+//! data directory), and the absorbing commit records in redb the last
+//! number it holds (`log_seq`). Opening reads `sessions.log.absorbing` (if
+//! there) and `sessions.log`, stops at the first record that is torn, fails
+//! its checksum, or does not come after the one before; records at or below
+//! `log_seq` are already in redb and skipped. `sessions.log` is cut after
+//! the last good record and everything is absorbed before the first load.
+//! So a crash in the middle of an absorption (its chunks are unsynced and
+//! may be rolled back; the file is still there), a removal or an emptying
+//! lost in a power failure (old records behind new ones), or a torn last
+//! write replays nothing twice and loses nothing that was synced.
 //!
 //! After a failure ([`Storage::recover`]) the file is cut back to the end of
 //! the last synced record and the coalesced rows are rebuilt from the file:
 //! only what was synced is known to be kept, and the pipeline applies
-//! everything after it again.
+//! everything after it again. Those applies (synced, until the first
+//! unsynced one) absorb the logs and go to redb directly: after a full disk,
+//! writing the queue to the log and then again to redb would need twice
+//! the space freed.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -57,23 +66,27 @@ use crate::record::{decode_record, encode_record};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AbsorbPolicy {
     /// Once the log file is this long. Bounds the extra disk space the log
-    /// takes (the same changes are later written to redb) and what a start
-    /// after a crash reads.
+    /// takes (the same changes are later written to redb; two logs at most),
+    /// what a start after a crash reads, and the memory an absorption
+    /// takes (the rotated log's rows, coalesced, read back from the file;
+    /// with `--max-memory` the server sets it to what the memory budget
+    /// keeps for changes waiting for the disk).
     pub log_bytes: u64,
-    /// Once this many rows (session metadata, fields, aliases) wait. Bounds
-    /// one absorbing transaction: about 16k rows sorted by key take the
-    /// writer a few tens of milliseconds.
-    pub rows: usize,
     /// Once the oldest waiting change is this old.
     pub after: Duration,
+    /// Rows written to redb per apply while a log is absorbed: a few
+    /// milliseconds of the writer's time, so an absorption never holds
+    /// back the batches behind it (at 20 applies a second under load,
+    /// 20k rows a second).
+    pub chunk_rows: usize,
 }
 
 impl Default for AbsorbPolicy {
     fn default() -> Self {
         Self {
-            log_bytes: 8 << 20,
-            rows: 16_384,
-            after: Duration::from_secs(10),
+            log_bytes: 4 << 20,
+            after: Duration::from_secs(30),
+            chunk_rows: 1024,
         }
     }
 }
@@ -193,10 +206,24 @@ impl Pending {
     }
 }
 
+/// The log file being absorbed, and how far.
+struct Absorbing {
+    /// Its rows, sorted.
+    rows: Vec<Mutation>,
+    /// The first row not yet in redb.
+    next: usize,
+    floor: u64,
+    /// Its last record.
+    last_seq: u64,
+}
+
 /// redb with the change log in front of it.
 pub struct LoggedStorage {
     inner: RedbStorage,
+    /// `sessions.log`: appended to.
     path: PathBuf,
+    /// `sessions.log.absorbing`: the previous log, being absorbed.
+    absorbing_path: PathBuf,
     file: File,
     /// Where the next record goes: the end of the last one written.
     len: u64,
@@ -204,8 +231,14 @@ pub struct LoggedStorage {
     synced: u64,
     /// The last record's number.
     seq: u64,
-    pending: Pending,
+    /// When the first change in `sessions.log` was written.
+    since: Option<Instant>,
+    /// The rows of `sessions.log.absorbing`, going to redb a chunk per apply.
+    absorbing: Option<Absorbing>,
     policy: AbsorbPolicy,
+    /// After a failure, until the first unsynced apply: writes go to redb
+    /// directly (see [`Storage::recover`] below).
+    direct: bool,
     buf: Vec<u8>,
 }
 
@@ -217,13 +250,18 @@ impl LoggedStorage {
     }
 
     /// Opens (or creates) the redb file `redb_path` with a page cache of
-    /// `cache_bytes` and its log; what the log holds is absorbed now.
+    /// `cache_bytes` and its log, absorbed as `policy` says; what the log
+    /// holds is absorbed now.
     ///
     /// # Errors
     /// Engine failures; a log that cannot be read, cut or absorbed.
-    pub fn open(redb_path: &Path, cache_bytes: usize) -> Result<Self, StorageError> {
+    pub fn open(
+        redb_path: &Path,
+        cache_bytes: usize,
+        policy: AbsorbPolicy,
+    ) -> Result<Self, StorageError> {
         let inner = RedbStorage::open_with_cache(redb_path, cache_bytes)?;
-        Self::with_policy(inner, &Self::log_path(redb_path), AbsorbPolicy::default())
+        Self::with_policy(inner, &Self::log_path(redb_path), policy)
     }
 
     /// `inner` with the log at `log`, absorbed as `policy` says (tests use
@@ -237,58 +275,42 @@ impl LoggedStorage {
         policy: AbsorbPolicy,
     ) -> Result<Self, StorageError> {
         let file = open_log(log)?;
+        let mut absorbing_path = log.as_os_str().to_owned();
+        absorbing_path.push(".absorbing");
         let mut storage = Self {
             inner,
             path: log.to_owned(),
+            absorbing_path: PathBuf::from(absorbing_path),
             file,
             len: 0,
             synced: 0,
             seq: 0,
-            pending: Pending::default(),
+            since: None,
+            absorbing: None,
             policy,
+            direct: false,
             buf: Vec::new(),
         };
         storage.reload(None)?;
-        if !storage.pending.rows.is_empty() || storage.len > 0 {
-            storage.absorb()?;
-        }
+        storage.absorb_all()?;
         Ok(storage)
     }
 
-    /// Reads the log (its first `keep` bytes, or all of it): rebuilds the
-    /// waiting rows from the records not yet in redb and cuts the file
-    /// after the last good record.
+    /// Reads the logs (`sessions.log.absorbing`, then the first `keep`
+    /// bytes of `sessions.log`, or all of it) and cuts `sessions.log` after
+    /// its last good record.
     fn reload(&mut self, keep: Option<u64>) -> Result<(), StorageError> {
         let absorbed = self.inner.log_seq()?;
+        let mut last = 0u64;
+        self.load_absorbing(absorbed, &mut last)?;
         let mut bytes = std::fs::read(&self.path)?;
         let on_disk = bytes.len() as u64;
         if let Some(keep) = keep {
             bytes.truncate(usize::try_from(keep).unwrap_or(usize::MAX));
         }
-        let mut pending = Pending::default();
-        let (mut off, mut last, mut cut_because) = (0usize, 0u64, None);
-        while off < bytes.len() {
-            match decode_record::<RecordIn>(&bytes[off..]) {
-                Ok((record, size)) => {
-                    if record.seq <= last {
-                        // Older than the one before: left behind by a
-                        // truncation that did not reach the disk.
-                        cut_because = Some("a record older than the one before it");
-                        break;
-                    }
-                    last = record.seq;
-                    if record.seq > absorbed {
-                        pending.add(&record.mutations, record.floor);
-                    }
-                    off += size;
-                }
-                Err(why) => {
-                    cut_because = Some(why);
-                    break;
-                }
-            }
-        }
-        let end = off as u64;
+        let mut waiting = Pending::default();
+        let (end, cut_because) = replay(&bytes, absorbed, &mut last, &mut waiting);
+        let end = end as u64;
         if end < on_disk {
             if keep.is_none() {
                 tracing::warn!(
@@ -305,48 +327,162 @@ impl LoggedStorage {
         self.len = end;
         self.synced = end;
         self.seq = absorbed.max(last);
-        self.pending = pending;
+        self.since = (!waiting.rows.is_empty()).then(Instant::now);
         Ok(())
     }
 
-    fn absorb_due(&self) -> bool {
-        self.pending.rows.len() >= self.policy.rows
-            || self.len >= self.policy.log_bytes
-            || self
-                .pending
-                .since
-                .is_some_and(|t| t.elapsed() >= self.policy.after)
+    /// Reads `sessions.log.absorbing` (if there) into [`Self::absorbing`]:
+    /// its records after `absorbed`, coalesced and sorted.
+    fn load_absorbing(&mut self, absorbed: u64, last: &mut u64) -> Result<(), StorageError> {
+        self.absorbing = None;
+        let bytes = match std::fs::read(&self.absorbing_path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut rows = Pending::default();
+        let (end, _) = replay(&bytes, absorbed, last, &mut rows);
+        if end < bytes.len() {
+            // It was synced before it got this name: a bad record is
+            // damage, not a torn write. What follows is lost.
+            tracing::warn!(
+                log = %self.absorbing_path.display(),
+                at = end,
+                "change log: a bad record in the log being absorbed; the records after it are lost"
+            );
+        }
+        if *last <= absorbed {
+            // Absorbed already; only its removal was lost.
+            std::fs::remove_file(&self.absorbing_path)?;
+        } else {
+            self.absorbing = Some(Absorbing {
+                rows: rows.mutations(),
+                next: 0,
+                floor: rows.floor,
+                last_seq: *last,
+            });
+        }
+        Ok(())
     }
 
-    /// Writes the waiting rows to redb in one synced transaction that also
-    /// records the last record's number, then empties the log.
-    fn absorb(&mut self) -> Result<(), StorageError> {
-        let batch = self.pending.mutations();
-        self.inner
-            .apply_logged(&batch, self.pending.floor, self.seq)?;
-        self.pending = Pending::default();
-        // Not synced: should the old records come back after a power
-        // failure, their numbers say they are in redb already.
-        self.file.set_len(0)?;
+    fn rotation_due(&self) -> bool {
+        self.len >= self.policy.log_bytes
+            || self.since.is_some_and(|t| t.elapsed() >= self.policy.after)
+    }
+
+    /// Starts absorbing `sessions.log`: synced, renamed
+    /// `sessions.log.absorbing` and read back (its rows coalesced, in
+    /// memory until absorbed), and a new empty log.
+    fn rotate(&mut self) -> Result<(), StorageError> {
+        if self.absorbing.is_some() {
+            // The new log filled before the old one was absorbed.
+            self.finish_absorbing()?;
+        }
+        if self.len == 0 {
+            return Ok(());
+        }
+        self.file.sync_data()?;
+        std::fs::rename(&self.path, &self.absorbing_path)?;
+        // Creating the new file syncs the directory, the rename with it.
+        self.file = open_log(&self.path)?;
         self.len = 0;
         self.synced = 0;
+        self.since = None;
+        let absorbed = self.inner.log_seq()?;
+        let mut last = 0;
+        self.load_absorbing(absorbed, &mut last)
+    }
+
+    /// Writes up to `max_rows` rows of the log being absorbed to redb
+    /// (unsynced); once all are in, one synced commit records its last
+    /// record's number, and the file goes.
+    fn absorb_some(&mut self, max_rows: usize) -> Result<(), StorageError> {
+        let Some(a) = &mut self.absorbing else {
+            return Ok(());
+        };
+        let end = a.rows.len().min(a.next.saturating_add(max_rows));
+        if a.next < end {
+            self.inner.apply(&a.rows[a.next..end], a.floor, false)?;
+            a.next = end;
+        }
+        if a.next == a.rows.len() {
+            let started = Instant::now();
+            self.inner.apply_logged(&[], a.floor, a.last_seq)?;
+            tracing::debug!(
+                rows = a.rows.len(),
+                sync_us = started.elapsed().as_micros() as u64,
+                "change log absorbed into redb"
+            );
+            self.absorbing = None;
+            // Not synced: should it come back after a power failure, its
+            // records' numbers say they are in redb already.
+            match std::fs::remove_file(&self.absorbing_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(())
     }
 
-    /// The redb file alone, the log absorbed (it is, after an open): for
-    /// a server that writes redb directly (`--durability always`).
+    fn finish_absorbing(&mut self) -> Result<(), StorageError> {
+        self.absorb_some(usize::MAX)
+    }
+
+    /// Absorbs both logs now; `sessions.log` is left empty.
+    fn absorb_all(&mut self) -> Result<(), StorageError> {
+        self.finish_absorbing()?;
+        if self.len > 0 {
+            self.rotate()?;
+            self.finish_absorbing()?;
+        }
+        Ok(())
+    }
+
+    /// The redb file alone, the logs absorbed (they are, after an open):
+    /// for a server that writes redb directly (`--durability always`).
     ///
     /// # Errors
     /// An absorption that fails.
     pub fn into_redb(mut self) -> Result<RedbStorage, StorageError> {
-        self.close()?;
+        self.absorb_all()?;
         Ok(self.inner)
     }
 
-    /// How many rows wait to be absorbed (tests, INFO).
-    pub fn waiting_rows(&self) -> usize {
-        self.pending.rows.len()
+    /// How many rows of the log being absorbed are not in redb yet.
+    pub fn absorbing_rows(&self) -> usize {
+        self.absorbing.as_ref().map_or(0, |a| a.rows.len() - a.next)
     }
+}
+
+/// Replays the records of `bytes` after `absorbed` into `into`, each
+/// numbered after `last` (updated); returns where the good records end
+/// and why they end there if before the end.
+fn replay(
+    bytes: &[u8],
+    absorbed: u64,
+    last: &mut u64,
+    into: &mut Pending,
+) -> (usize, Option<&'static str>) {
+    let mut off = 0usize;
+    while off < bytes.len() {
+        match decode_record::<RecordIn>(&bytes[off..]) {
+            Ok((record, size)) => {
+                if record.seq <= *last {
+                    // Older than the one before: left behind by an emptying
+                    // that did not reach the disk.
+                    return (off, Some("a record older than the one before it"));
+                }
+                *last = record.seq;
+                if record.seq > absorbed {
+                    into.add(&record.mutations, record.floor);
+                }
+                off += size;
+            }
+            Err(why) => return (off, Some(why)),
+        }
+    }
+    (off, None)
 }
 
 fn open_log(path: &Path) -> Result<File, StorageError> {
@@ -365,9 +501,7 @@ fn open_log(path: &Path) -> Result<File, StorageError> {
 
 impl Storage for LoggedStorage {
     fn load(&mut self) -> Result<Loaded, StorageError> {
-        if !self.pending.rows.is_empty() {
-            self.absorb()?;
-        }
+        self.absorb_all()?;
         self.inner.load()
     }
 
@@ -377,9 +511,20 @@ impl Storage for LoggedStorage {
         version_floor: u64,
         sync: bool,
     ) -> Result<(), StorageError> {
-        if self.absorb_due() {
-            self.absorb()?;
+        if self.direct {
+            if sync {
+                self.absorb_all()?;
+                return self.inner.apply(batch, version_floor, true);
+            }
+            // Recovered: back to the log.
+            self.direct = false;
         }
+        // Redb's share first: a failure (a full disk) fails this call
+        // before any of its batch is written.
+        if self.rotation_due() {
+            self.rotate()?;
+        }
+        self.absorb_some(self.policy.chunk_rows)?;
         // Written even when empty: the pipeline's empty synced apply is its
         // proof that storage takes writes again.
         self.buf.clear();
@@ -392,7 +537,9 @@ impl Storage for LoggedStorage {
         self.file.write_all_at(&self.buf, self.len)?;
         self.len += self.buf.len() as u64;
         self.seq += 1;
-        self.pending.add(batch, version_floor);
+        if self.since.is_none() && !batch.is_empty() {
+            self.since = Some(Instant::now());
+        }
         if sync {
             self.file.sync_data()?;
             self.synced = self.len;
@@ -404,19 +551,24 @@ impl Storage for LoggedStorage {
         self.inner.set_fence_epoch(epoch)
     }
 
+    /// Cuts the log back to its last synced record and rebuilds the
+    /// waiting rows from the files. Then, until the first unsynced apply
+    /// (the pipeline's recovery applies everything synced), the logs are
+    /// absorbed and the writes go to redb directly: on a disk that was full,
+    /// the same changes in the log and then in redb would need twice the
+    /// space freed, and the recovery would fill it again.
     fn recover(&mut self) -> Result<(), StorageError> {
         self.inner.recover()?;
         // After a failed write or sync the descriptor's state is unknown
         // (and Linux may have dropped the pages a failed fsync covered).
         self.file = open_log(&self.path)?;
-        self.reload(Some(self.synced))
+        self.reload(Some(self.synced))?;
+        self.direct = true;
+        Ok(())
     }
 
     fn close(&mut self) -> Result<(), StorageError> {
-        if !self.pending.rows.is_empty() || self.len > 0 {
-            self.absorb()?;
-        }
-        Ok(())
+        self.absorb_all()
     }
 }
 
@@ -492,8 +644,8 @@ mod tests {
     fn never() -> AbsorbPolicy {
         AbsorbPolicy {
             log_bytes: u64::MAX,
-            rows: usize::MAX,
             after: Duration::from_secs(3600),
+            chunk_rows: usize::MAX,
         }
     }
 
@@ -503,7 +655,6 @@ mod tests {
         let mut st = d.open(never());
         st.apply(&put("a", "k", "1", 1), 1, true).unwrap();
         st.apply(&put("a", "k", "2", 2), 2, false).unwrap();
-        assert_eq!(st.waiting_rows(), 2, "meta and one field, coalesced");
         assert!(std::fs::metadata(d.log()).unwrap().len() > 0);
         drop(st);
         // redb alone does not have it yet.
@@ -513,7 +664,7 @@ mod tests {
         // Opening absorbs the log (the unsynced record was written too:
         // a process crash keeps it).
         let mut st = d.open(never());
-        assert_eq!(st.waiting_rows(), 0);
+        assert_eq!(st.absorbing_rows(), 0);
         assert_eq!(std::fs::metadata(d.log()).unwrap().len(), 0);
         let loaded = st.load().unwrap();
         assert_eq!(value_of(&loaded, "a", "k").unwrap().as_ref(), b"2");
@@ -621,44 +772,109 @@ mod tests {
         let d = Dir::new();
         let mut st = d.open(never());
         st.apply(&put("a", "k", "1", 1), 1, true).unwrap();
+        let synced = std::fs::metadata(d.log()).unwrap().len();
         st.apply(&put("b", "k", "2", 2), 2, false).unwrap();
         st.recover().unwrap();
-        assert_eq!(st.waiting_rows(), 2, "only a's rows wait");
-        // The pipeline applies b again after a recovery.
+        assert_eq!(std::fs::metadata(d.log()).unwrap().len(), synced, "b cut");
+        // The pipeline applies b again after a recovery, synced: the log
+        // is absorbed and b goes to redb directly.
         st.apply(&put("b", "k", "2", 2), 2, true).unwrap();
+        assert_eq!(std::fs::metadata(d.log()).unwrap().len(), 0);
+        // The first unsynced apply goes to the log again.
+        st.apply(&put("c", "k", "3", 3), 3, false).unwrap();
+        assert!(std::fs::metadata(d.log()).unwrap().len() > 0);
         drop(st);
+        let mut raw = RedbStorage::open(&d.redb()).unwrap();
+        let loaded = raw.load().unwrap();
+        assert!(value_of(&loaded, "a", "k").is_some(), "a is in redb itself");
+        assert!(value_of(&loaded, "b", "k").is_some(), "b is in redb itself");
+        assert!(
+            value_of(&loaded, "c", "k").is_none(),
+            "c is only in the log"
+        );
+        drop(raw);
         let mut st = d.open(never());
         let loaded = st.load().unwrap();
-        assert!(value_of(&loaded, "a", "k").is_some());
-        assert!(value_of(&loaded, "b", "k").is_some());
+        assert!(value_of(&loaded, "c", "k").is_some());
     }
 
     #[test]
     fn absorbs_when_a_limit_is_reached() {
         let d = Dir::new();
-        let mut st = d.open(AbsorbPolicy { rows: 4, ..never() });
-        st.apply(&put("a", "k", "1", 1), 1, false).unwrap();
-        st.apply(&put("a", "k", "2", 2), 2, false).unwrap();
-        assert_eq!(st.waiting_rows(), 2, "the same two rows");
-        st.apply(&put("b", "k", "3", 3), 3, false).unwrap();
-        assert_eq!(st.waiting_rows(), 4);
-        // The next apply absorbs first.
-        st.apply(&put("c", "k", "4", 4), 4, false).unwrap();
-        assert_eq!(st.waiting_rows(), 2);
-        assert_eq!(st.inner.log_seq().unwrap(), 3);
-        drop(st);
-        let mut st2 = d.open(AbsorbPolicy {
+        // Every apply finds the log over its size: it rotates and absorbs.
+        let mut st = d.open(AbsorbPolicy {
             log_bytes: 1,
             ..never()
         });
-        st2.apply(&put("d", "k", "5", 5), 5, false).unwrap();
-        st2.apply(&put("e", "k", "6", 6), 6, false).unwrap();
-        let raw_seq = st2.inner.log_seq().unwrap();
-        assert!(raw_seq >= 5, "{raw_seq}");
-        let loaded = st2.load().unwrap();
-        for s in ["a", "b", "c", "d", "e"] {
+        st.apply(&put("a", "k", "1", 1), 1, false).unwrap();
+        assert_eq!(st.inner.log_seq().unwrap(), 0);
+        st.apply(&put("a", "k", "2", 2), 2, false).unwrap();
+        assert_eq!(st.inner.log_seq().unwrap(), 1);
+        st.apply(&put("b", "k", "3", 3), 3, false).unwrap();
+        assert_eq!(st.inner.log_seq().unwrap(), 2);
+        drop(st);
+        // By age: once the first change waits longer than `after`.
+        let mut st = d.open(AbsorbPolicy {
+            after: Duration::ZERO,
+            ..never()
+        });
+        let opened = st.inner.log_seq().unwrap();
+        assert_eq!(opened, 3, "the open absorbed b");
+        st.apply(&[], 3, false).unwrap();
+        st.apply(&[], 3, false).unwrap();
+        assert_eq!(
+            st.inner.log_seq().unwrap(),
+            3,
+            "empty records start no clock"
+        );
+        st.apply(&put("c", "k", "4", 4), 4, false).unwrap();
+        st.apply(&[], 4, false).unwrap();
+        assert!(st.inner.log_seq().unwrap() >= 6);
+        let loaded = st.load().unwrap();
+        for s in ["a", "b", "c"] {
             assert!(loaded.session(&id(s)).is_some(), "{s}");
         }
+        assert_eq!(value_of(&loaded, "a", "k").unwrap().as_ref(), b"2");
+    }
+
+    #[test]
+    fn a_crash_while_a_log_is_absorbed_loses_nothing() {
+        let d = Dir::new();
+        let policy = AbsorbPolicy {
+            log_bytes: 1,
+            chunk_rows: 1,
+            ..never()
+        };
+        let mut st = d.open(policy);
+        st.apply(&put("a", "k", "1", 1), 1, false).unwrap();
+        // Rotates (a's two rows read back), writes one of them, logs b.
+        st.apply(&put("b", "k", "2", 2), 2, false).unwrap();
+        let absorbing = {
+            let mut p = d.log().into_os_string();
+            p.push(".absorbing");
+            PathBuf::from(p)
+        };
+        assert!(absorbing.exists());
+        assert_eq!(st.absorbing_rows(), 1, "one of a's two rows left");
+        drop(st);
+        let mut st = d.open(never());
+        assert!(!absorbing.exists());
+        let loaded = st.load().unwrap();
+        assert_eq!(value_of(&loaded, "a", "k").unwrap().as_ref(), b"1");
+        assert_eq!(value_of(&loaded, "b", "k").unwrap().as_ref(), b"2");
+        drop(st);
+        // Chunk by chunk, then a clean stop finishes it.
+        let mut st = d.open(policy);
+        st.apply(&put("c", "k", "3", 3), 3, false).unwrap();
+        st.apply(&put("c", "k", "4", 4), 4, false).unwrap(); // rotates
+        assert!(absorbing.exists());
+        st.close().unwrap();
+        assert!(!absorbing.exists());
+        assert_eq!(std::fs::metadata(d.log()).unwrap().len(), 0);
+        drop(st);
+        let mut raw = RedbStorage::open(&d.redb()).unwrap();
+        let loaded = raw.load().unwrap();
+        assert_eq!(value_of(&loaded, "c", "k").unwrap().as_ref(), b"4");
     }
 
     #[derive(Debug, Clone)]
@@ -721,11 +937,12 @@ mod tests {
         fn matches_the_reference_storage(
             batches in proptest::collection::vec(
                 (proptest::collection::vec(op(), 0..6), any::<bool>()), 1..25),
-            rows in 1usize..8,
+            log_bytes in 1u64..400,
+            chunk_rows in 1usize..4,
             close in any::<bool>(),
         ) {
             let d = Dir::new();
-            let mut st = d.open(AbsorbPolicy { rows, ..never() });
+            let mut st = d.open(AbsorbPolicy { log_bytes, chunk_rows, ..never() });
             let mut reference = MemoryStorage::default();
             for (i, (ops, sync)) in batches.iter().enumerate() {
                 let version = i as u64 + 1;

@@ -277,7 +277,16 @@ mod conformance {
     fn logged_storage_conforms() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
-        suite(|| Box::new(LoggedStorage::open(&path, redb_store::DEFAULT_CACHE_BYTES).unwrap()));
+        suite(|| {
+            Box::new(
+                LoggedStorage::open(
+                    &path,
+                    redb_store::DEFAULT_CACHE_BYTES,
+                    AbsorbPolicy::default(),
+                )
+                .unwrap(),
+            )
+        });
     }
 
     #[test]
