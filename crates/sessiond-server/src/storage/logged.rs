@@ -8,17 +8,16 @@
 //! appends to a file instead. So does this: [`Storage::apply`] encodes the
 //! batch as one record (`record::encode_record`: length, CRC32, postcard)
 //! and writes it at the end of `sessions.log` with one `pwrite`, and a sync
-//! is one `fdatasync` of that file. The changes are also kept in memory,
-//! coalesced by row (the last write to a session's metadata, a field or an
-//! alias wins), and *absorbed* into redb later, sorted by key, so a row
-//! written a hundred times in the meantime costs one B-tree write, and
-//! neighbouring rows share pages.
+//! is one `fdatasync` of that file. The log is *absorbed* into redb later:
+//! its changes coalesced by row (the last write to a session's metadata, a
+//! field or an alias wins), sorted by key, so a row written a hundred times
+//! in one log costs one B-tree write, and neighbouring rows share pages.
 //!
-//! When: once the log holds [`AbsorbPolicy::log_bytes`], the coalesced rows
-//! number [`AbsorbPolicy::rows`], or the oldest is [`AbsorbPolicy::after`]
-//! old, the log is *rotated*: synced, renamed `sessions.log.absorbing`, its
-//! rows set aside, and a new `sessions.log` started. Then each `apply`
-//! writes [`AbsorbPolicy::chunk_rows`] of the set-aside rows to redb
+//! When: once the log holds [`AbsorbPolicy::log_bytes`] or its first change
+//! is [`AbsorbPolicy::after`] old, the log is *rotated*: synced, renamed `sessions.log.absorbing`, read
+//! back and coalesced (the only copy of its rows in memory, so memory is
+//! bounded by the log's size), and a new `sessions.log` started. Then each `apply`
+//! writes [`AbsorbPolicy::chunk_rows`] of those rows to redb
 //! (unsynced transactions) before its own record, so an absorption is
 //! spread over many applies and never holds back the batches behind it;
 //! once all are in, one synced commit records the last record's number and
@@ -42,9 +41,8 @@
 //! write replays nothing twice and loses nothing that was synced.
 //!
 //! After a failure ([`Storage::recover`]) the file is cut back to the end of
-//! the last synced record and the coalesced rows are rebuilt from the file:
-//! only what was synced is known to be kept, and the pipeline applies
-//! everything after it again. Those applies (synced, until the first
+//! the last synced record: only what was synced is known to be kept, and
+//! the pipeline applies everything after it again. Those applies (synced, until the first
 //! unsynced one) absorb the logs and go to redb directly: after a full disk,
 //! writing the queue to the log and then again to redb would need twice
 //! the space freed.
@@ -123,20 +121,16 @@ enum Put {
     Alias(SessionId, Millis),
 }
 
-/// The changes written to the log and not yet to redb, coalesced by row.
+/// A log's changes, coalesced by row.
 #[derive(Debug, Default)]
 struct Pending {
     rows: HashMap<Row, Option<Put>>,
     floor: u64,
-    since: Option<Instant>,
 }
 
 impl Pending {
     fn add(&mut self, batch: &[Mutation], floor: u64) {
         self.floor = self.floor.max(floor);
-        if self.since.is_none() && !batch.is_empty() {
-            self.since = Some(Instant::now());
-        }
         for m in batch {
             match m {
                 Mutation::PutMeta { id, meta } => {
