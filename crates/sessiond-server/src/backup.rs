@@ -12,7 +12,7 @@ use sessiond_client::{Client, ConnectOptions, Value};
 use sessiond_core::engine::EngineImage;
 use sessiond_core::store::Mutation;
 
-use crate::storage::{RedbStorage, Storage, StorageError};
+use crate::storage::{LoggedStorage, RedbStorage, Storage, StorageError};
 
 /// Mutations per storage transaction when restoring.
 const RESTORE_BATCH: usize = 10_000;
@@ -112,6 +112,8 @@ pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<usize> {
             path.display()
         );
     }
+    crate::storage::refuse_orphan_log(&LoggedStorage::log_path(&path), &path)
+        .context("restore into an empty data directory")?;
     let mut storage =
         RedbStorage::open(&path).with_context(|| format!("creating {}", path.display()))?;
     Ok(restore_into(&image, &mut storage)?)

@@ -254,8 +254,16 @@ impl LoggedStorage {
         cache_bytes: usize,
         policy: AbsorbPolicy,
     ) -> Result<Self, StorageError> {
+        let log = Self::log_path(redb_path);
+        if !redb_path.exists() {
+            // Records are only ever written after the redb file exists: a
+            // log without it is what is left of a directory someone
+            // emptied by hand, and replaying it on a new file would bring
+            // back sessions from before.
+            refuse_orphan_log(&log, redb_path)?;
+        }
         let inner = RedbStorage::open_with_cache(redb_path, cache_bytes)?;
-        Self::with_policy(inner, &Self::log_path(redb_path), policy)
+        Self::with_policy(inner, &log, policy)
     }
 
     /// `inner` with the log at `log`, absorbed as `policy` says (tests use
@@ -479,6 +487,24 @@ fn replay(
     (off, None)
 }
 
+/// An error when `log` (or the log being absorbed beside it) holds
+/// records while `redb_path` does not exist.
+pub fn refuse_orphan_log(log: &Path, redb_path: &Path) -> Result<(), StorageError> {
+    let mut absorbing = log.as_os_str().to_owned();
+    absorbing.push(".absorbing");
+    for file in [log.to_owned(), PathBuf::from(absorbing)] {
+        if std::fs::metadata(&file).is_ok_and(|m| m.len() > 0) {
+            return Err(StorageError::Corrupt(format!(
+                "{} holds changes but {} does not exist: move {} away (or put the data file back) before starting",
+                file.display(),
+                redb_path.display(),
+                file.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn open_log(path: &Path) -> Result<File, StorageError> {
     let existed = path.exists();
     let file = OpenOptions::new()
@@ -663,6 +689,23 @@ mod tests {
         let loaded = st.load().unwrap();
         assert_eq!(value_of(&loaded, "a", "k").unwrap().as_ref(), b"2");
         assert_eq!(loaded.version_floor, 2);
+    }
+
+    #[test]
+    fn a_log_without_its_data_file_is_refused() {
+        let d = Dir::new();
+        let mut st = d.open(never());
+        st.apply(&put("a", "k", "1", 1), 1, true).unwrap();
+        drop(st);
+        std::fs::remove_file(d.redb()).unwrap();
+        let Err(e) = LoggedStorage::open(&d.redb(), 1 << 20, never()) else {
+            panic!("opened a log without its data file");
+        };
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        assert!(!d.redb().exists(), "no new data file was made");
+        // An empty log is no obstacle.
+        std::fs::write(d.log(), b"").unwrap();
+        LoggedStorage::open(&d.redb(), 1 << 20, never()).unwrap();
     }
 
     #[test]

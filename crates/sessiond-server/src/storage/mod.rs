@@ -12,7 +12,7 @@ mod redb_store;
 
 use std::collections::HashMap;
 
-pub use logged::{AbsorbPolicy, LoggedStorage};
+pub use logged::{AbsorbPolicy, LoggedStorage, refuse_orphan_log};
 pub use memory::MemoryStorage;
 pub use redb_store::RedbStorage;
 use sessiond_core::{Alias, Mutation, Session, SessionId};
