@@ -501,30 +501,27 @@ async fn cluster_timekeeper(shared: Arc<Shared>, shutdown: CancellationToken) {
 /// (`storage::logged`) under `everysec` and `no`. Under `always` each write
 /// waits for its own sync anyway, and on a full disk the writes that undo a
 /// failed one must still go through, which redb's free pages allow and an
-/// append to the log may not: there the log is only absorbed at open (a
-/// data directory last run under another policy) and redb takes the writes.
+/// append to the log may not. With `--max-memory`, the log took the
+/// memory-limit test over its margin (RSS 123–126 % of the limit under
+/// `allkeys-lru`, against 120 %; 103–113 % without the log; the cause is
+/// not pinned down: the absorption's allocations on the writer thread, or
+/// redb's dirty pages between its synced commits). In both cases the log is only absorbed at open (a data directory last run
+/// otherwise) and redb takes the writes.
 fn open_single_server_storage(config: &Config) -> anyhow::Result<Box<dyn Storage>> {
     let path = config.data_dir.join("sessions.redb");
-    // With `--max-memory`, an absorption reads back at most what the
-    // memory budget keeps for changes waiting for the disk.
-    let defaults = AbsorbPolicy::default();
-    let policy = AbsorbPolicy {
-        log_bytes: config
-            .max_pending_bytes()
-            .map_or(defaults.log_bytes, |b| defaults.log_bytes.min(b as u64)),
-        ..defaults
-    };
-    let logged = LoggedStorage::open(&path, config.storage_cache_bytes, policy)
+    let logged = LoggedStorage::open(&path, config.storage_cache_bytes, AbsorbPolicy::default())
         .with_context(|| format!("opening {}", path.display()))?;
-    Ok(if config.durability == Durability::Always {
-        Box::new(
-            logged
-                .into_redb()
-                .with_context(|| format!("opening {}", path.display()))?,
-        )
-    } else {
-        Box::new(logged)
-    })
+    Ok(
+        if config.durability == Durability::Always || config.max_memory > 0 {
+            Box::new(
+                logged
+                    .into_redb()
+                    .with_context(|| format!("opening {}", path.display()))?,
+            )
+        } else {
+            Box::new(logged)
+        },
+    )
 }
 
 fn import_single_server_data(config: &Config) -> anyhow::Result<bool> {

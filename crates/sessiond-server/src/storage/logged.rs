@@ -66,9 +66,7 @@ pub struct AbsorbPolicy {
     /// Once the log file is this long. Bounds the extra disk space the log
     /// takes (the same changes are later written to redb; two logs at most),
     /// what a start after a crash reads, and the memory an absorption
-    /// takes (the rotated log's rows, coalesced, read back from the file;
-    /// with `--max-memory` the server sets it to what the memory budget
-    /// keeps for changes waiting for the disk).
+    /// takes (the rotated log's rows, coalesced, read back from the file).
     pub log_bytes: u64,
     /// Once the oldest waiting change is this old.
     pub after: Duration,
