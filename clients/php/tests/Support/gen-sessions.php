@@ -108,5 +108,9 @@ foreach (['php', 'php_serialize', 'php_binary'] as $handler) {
     $_SESSION = [];
     session_abort();
 }
+// session_start() left a file per session in $dir (session_abort() keeps it).
+foreach (glob($dir . '/sess_*') ?: [] as $file) {
+    @unlink($file);
+}
 @rmdir($dir);
 echo json_encode($out);
