@@ -173,6 +173,11 @@ struct RunArgs {
     /// hardly comparable; interleaved rounds see the same load.
     #[arg(long, default_value_t = 1)]
     php_rounds: usize,
+    /// Worker threads of the sessiond behind the PHP rows (its
+    /// `--threads`; 0: one per CPU core). It shares the machine with nginx,
+    /// php-fpm and this load generator, as Redis does with its one thread.
+    #[arg(long, default_value_t = 1)]
+    php_sessiond_threads: usize,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "sessiond-bench.json")]
     json: PathBuf,
@@ -193,10 +198,13 @@ fn main() -> Result<()> {
 }
 
 fn serve_embedded(args: sessiond_server::config::ServeArgs) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async { sessiond_server::server::serve_until_signal(args.resolve()?).await })
+    let config = args.resolve()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if config.threads > 0 {
+        rt.worker_threads(config.threads);
+    }
+    let rt = rt.enable_all().build()?;
+    rt.block_on(sessiond_server::server::serve_until_signal(config))
 }
 
 fn sh(cmd: &str, args: &[&str]) -> String {
@@ -535,7 +543,16 @@ fn run(mut a: RunArgs) -> Result<()> {
                 .notes
                 .push("PHP benchmark skipped: clients/php not found (use --php-client-dir)".into()),
             Some(client_dir) => {
-                let sd = Server::sessiond(&ctx.sessiond, "sessiond-everysec", "everysec")?;
+                let sd = Server::sessiond_with(
+                    &ctx.sessiond,
+                    "sessiond-everysec",
+                    "everysec",
+                    &["--threads".into(), a.php_sessiond_threads.to_string()],
+                )?;
+                rep.notes.push(format!(
+                    "PHP rows: sessiond runs with `--threads {}` (0: one per core; `--php-sessiond-threads`), Redis with its one thread.",
+                    a.php_sessiond_threads
+                ));
                 let rd = Server::redis(&a.redis_bin, "redis-everysec", Some("everysec"))?;
                 let mut handlers = vec![
                     php::Handler {

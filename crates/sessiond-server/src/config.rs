@@ -56,6 +56,8 @@ pub mod defaults {
     pub const TCP_KEEPALIVE_SECS: u64 = 30;
     /// `--shutdown-timeout`, in seconds.
     pub const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+    /// `--threads`: one per CPU core.
+    pub const THREADS: usize = 0;
     /// `--slowlog-log-slower-than`, in microseconds (Redis's default).
     pub const SLOWLOG_LOG_SLOWER_THAN: i64 = 10_000;
     /// `--slowlog-max-len` (Redis's default).
@@ -112,6 +114,7 @@ pub fn shown_defaults() -> Vec<(&'static str, String)> {
         ("lock_max_hold", d::LOCK_MAX_HOLD_SECS.to_string()),
         ("tcp_keepalive", d::TCP_KEEPALIVE_SECS.to_string()),
         ("shutdown_timeout", d::SHUTDOWN_TIMEOUT_SECS.to_string()),
+        ("threads", d::THREADS.to_string()),
         ("node_down_after", d::NODE_DOWN_AFTER_SECS.to_string()),
         ("raft_snapshot_logs", d::RAFT_SNAPSHOT_LOGS.to_string()),
         ("raft_heartbeat", d::RAFT_HEARTBEAT_MS.to_string()),
@@ -237,6 +240,9 @@ pub const RESERVED_CONNECTIONS: u64 = 128;
 /// What one idle connection costs: two 16 KiB buffers and its task.
 pub const CONNECTION_BYTES: u64 = 40 << 10;
 
+/// The most `--threads` accepted (more is a typo, not a machine).
+pub const MAX_THREADS: usize = 1024;
+
 /// A `1/FRAGMENTATION_DIVISOR` share of what `--max-memory` leaves after
 /// the reserves is held back for the allocator's fragmentation.
 pub const FRAGMENTATION_DIVISOR: u64 = 5;
@@ -359,6 +365,11 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight commands, in seconds.
     #[arg(long, env = "SESSIOND_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<u64>,
+    /// Threads that serve clients (the async runtime's workers); 0: one
+    /// per CPU core. On a machine shared with PHP and a web server, 1
+    /// costs less CPU per request.
+    #[arg(long, env = "SESSIOND_THREADS")]
+    pub threads: Option<usize>,
     /// This node's id in a cluster (1–65535). With --raft-addr (and
     /// --initial-cluster to form a new cluster; without it the node waits
     /// to be added with CLUSTER.ADDLEARNER); without them sessiond runs as
@@ -544,6 +555,8 @@ pub struct Config {
     pub tcp_keepalive: Duration,
     /// Shutdown drain deadline.
     pub shutdown_timeout: Duration,
+    /// Worker threads of the runtime (0: one per CPU core).
+    pub threads: usize,
     /// Cluster membership, when this node is part of a cluster.
     pub cluster: Option<ClusterConfig>,
     /// SLOWLOG threshold in µs; negative: off.
@@ -745,6 +758,14 @@ impl ServeArgs {
                 s.shutdown_timeout
                     .unwrap_or(defaults::SHUTDOWN_TIMEOUT_SECS),
             ),
+            threads: match s.threads.unwrap_or(defaults::THREADS) {
+                n @ 0..=MAX_THREADS => n,
+                n => {
+                    return Err(ConfigError::Invalid(format!(
+                        "--threads {n}: at most {MAX_THREADS}"
+                    )));
+                }
+            },
             cluster: cluster_config(s.node_id, s.raft_addr, s.initial_cluster)?.map(|c| {
                 let heartbeat_ms = s
                     .raft_heartbeat
@@ -821,6 +842,7 @@ impl ServeArgs {
             lock_max_hold: self.lock_max_hold.or(file.lock_max_hold),
             tcp_keepalive: self.tcp_keepalive.or(file.tcp_keepalive),
             shutdown_timeout: self.shutdown_timeout.or(file.shutdown_timeout),
+            threads: self.threads.or(file.threads),
             node_id: self.node_id.or(file.node_id),
             raft_addr: self.raft_addr.or(file.raft_addr),
             initial_cluster: self.initial_cluster.or(file.initial_cluster),
@@ -1075,6 +1097,7 @@ impl Config {
             format!("lock_max_hold = {}", secs(self.lock_max_hold)),
             format!("tcp_keepalive = {}", secs(self.tcp_keepalive)),
             format!("shutdown_timeout = {}", secs(self.shutdown_timeout)),
+            format!("threads = {}", self.threads),
             format!("slowlog_log_slower_than = {}", self.slowlog_log_slower_than),
             format!("slowlog_max_len = {}", self.slowlog_max_len),
             format!("log_level = {:?}", self.log_level),
@@ -1215,6 +1238,7 @@ mod tests {
             cfg.shutdown_timeout,
             Duration::from_secs(defaults::SHUTDOWN_TIMEOUT_SECS)
         );
+        assert_eq!(cfg.threads, defaults::THREADS);
         // The core's own defaults are the same constants.
         let core = sessiond_core::StoreConfig::default();
         assert_eq!(cfg.default_ttl.as_millis(), u128::from(core.default_ttl_ms));

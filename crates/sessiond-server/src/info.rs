@@ -36,11 +36,13 @@ pub fn render(shared: &Shared, section: Option<&str>) -> String {
     section_text(
         "Server",
         format!(
-            "sessiond_version:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n",
+            "sessiond_version:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\nworker_threads:{}\r\n",
             env!("CARGO_PKG_VERSION"),
             std::process::id(),
             shared.config.listen.port(),
-            shared.started.elapsed().as_secs()
+            shared.started.elapsed().as_secs(),
+            // The runtime serving this command (`--threads`).
+            tokio::runtime::Handle::current().metrics().num_workers()
         ),
     );
     section_text(

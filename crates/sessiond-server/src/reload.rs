@@ -123,6 +123,7 @@ fn settings(c: &Config) -> Vec<(&'static str, bool, String)> {
         ("lock_max_hold", true, secs(c.lock_max_hold)),
         ("tcp_keepalive", false, secs(c.tcp_keepalive)),
         ("shutdown_timeout", false, secs(c.shutdown_timeout)),
+        ("threads", false, c.threads.to_string()),
         (
             "node_id",
             false,

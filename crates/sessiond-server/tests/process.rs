@@ -154,6 +154,54 @@ async fn lock_metrics_are_exported() {
     }
 }
 
+/// With one worker thread (`--threads 1`), a client waiting for a lock
+/// holds no thread: other clients are served meanwhile, and the waiter is
+/// handed the lock when it is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_thread_serves_everyone_while_a_client_waits_for_a_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = ServerProcess::start(dir.path(), &["--threads", "1"]);
+    let opts = |wait_ms| LockOptions {
+        wait: std::time::Duration::from_millis(wait_ms),
+        create: true,
+        ..Default::default()
+    };
+    let mut a = Client::connect(p.addr).await.unwrap();
+    let info = a.info(Some("server")).await.unwrap();
+    assert!(info.contains("worker_threads:1\r\n"), "{info}");
+    let g = a.lock("t", &opts(0)).await.unwrap();
+    let mut b = Client::connect(p.addr).await.unwrap();
+    let waiting = tokio::spawn(async move { b.lock("t", &opts(30_000)).await });
+    while a.lock_info(Some("t")).await.unwrap()[0].waiters.is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut c = Client::connect(p.addr).await.unwrap();
+    for i in 0..50 {
+        let id = format!("other{i}");
+        c.commit(&id, &Commit::new().create().set("n", i.to_string()))
+            .await
+            .unwrap();
+        let s = c.read(&id, &ReadOptions::default()).await.unwrap().unwrap();
+        assert_eq!(s.get(b"n").unwrap().as_ref(), i.to_string().as_bytes());
+    }
+    assert!(
+        !waiting.is_finished(),
+        "the waiter got the lock while a held it"
+    );
+    a.commit("t", &Commit::new().fence(g.token).set("k", "a").unlock())
+        .await
+        .unwrap();
+    let g2 = waiting.await.unwrap().unwrap();
+    assert!(g2.token > g.token);
+    assert_eq!(
+        g2.data
+            .as_ref()
+            .and_then(|d| d.get(b"k"))
+            .map(|v| v.as_ref()),
+        Some(&b"a"[..])
+    );
+}
+
 fn scrape(addr: std::net::SocketAddr) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();

@@ -135,3 +135,52 @@ async fn environment_overrides_the_file_and_flags_override_the_environment() {
     assert!(p.terminate().success());
     drop(held);
 }
+
+async fn worker_threads(p: &ServerProcess) -> usize {
+    let mut c = Client::connect(p.addr).await.unwrap();
+    let info = c.info(Some("server")).await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("worker_threads:"))
+        .unwrap_or_else(|| panic!("no worker_threads in {info}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `--threads` sizes the runtime before it starts, from wherever settings
+/// come from (a flag before or after `serve`, a variable, the file); an
+/// absurd count is refused with the reason.
+#[tokio::test]
+async fn threads_set_the_runtime_workers_from_every_source() {
+    let base = ["--port", "0", "--storage", "memory"];
+    let p = started(&[&base[..], &["--threads", "1"]].concat(), &[]);
+    assert_eq!(worker_threads(&p).await, 1);
+    assert!(p.terminate().success());
+
+    let p = ServerProcess::try_start_split(&["--threads", "2"], &base, &[])
+        .unwrap_or_else(|(s, e)| panic!("did not start: {s:?}\n{e}"));
+    assert_eq!(worker_threads(&p).await, 2);
+    assert!(p.terminate().success());
+
+    let p = started(&base, &[("SESSIOND_THREADS", "3")]);
+    assert_eq!(worker_threads(&p).await, 3);
+    assert!(p.terminate().success());
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sessiond.toml");
+    std::fs::write(&file, "threads = 1\n").unwrap();
+    let p = started(
+        &[&base[..], &["--config", file.to_str().unwrap()]].concat(),
+        &[],
+    );
+    assert_eq!(worker_threads(&p).await, 1);
+    assert!(p.terminate().success());
+
+    let Err((status, stderr)) =
+        ServerProcess::try_start(&[&base[..], &["--threads", "5000"]].concat(), &[])
+    else {
+        panic!("started with 5000 threads");
+    };
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("--threads 5000: at most 1024"), "{stderr}");
+}

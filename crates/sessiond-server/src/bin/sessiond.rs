@@ -152,19 +152,22 @@ fn main() -> anyhow::Result<()> {
             .map_err(|e| e.to_string())?;
         log_filter.reload(filter).map_err(|e| e.to_string())
     });
+    // The settings a server will run with, for what must be decided before
+    // the runtime starts (a bad setting is reported by `serve` itself).
+    let serving = match &cli.command {
+        Some(Cmd::Serve(args)) => args.clone().merge(cli.serve.clone()).resolve().ok(),
+        None => cli.serve.clone().resolve().ok(),
+        Some(_) => None,
+    };
     // Under a memory limit, before any thread of the runtime starts.
-    if let Some(Cmd::Serve(args)) = &cli.command
-        && args
-            .clone()
-            .merge(cli.serve.clone())
-            .resolve()
-            .is_ok_and(|c| c.max_memory > 0)
-    {
+    if serving.as_ref().is_some_and(|c| c.max_memory > 0) {
         sessiond_server::process::limit_malloc_arenas();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = serving.as_ref().map(|c| c.threads).filter(|&n| n > 0) {
+        runtime.worker_threads(threads);
+    }
+    let runtime = runtime.enable_all().build()?;
     match cli.command {
         Some(Cmd::Locks { session, conn }) => runtime.block_on(
             sessiond_server::inspect::print_locks(&conn.addr, session.as_deref(), conn.options()),
