@@ -308,8 +308,10 @@ impl LoggedStorage {
         if let Some(keep) = keep {
             bytes.truncate(usize::try_from(keep).unwrap_or(usize::MAX));
         }
-        let mut waiting = Pending::default();
-        let (end, cut_because) = replay(&bytes, absorbed, &mut last, &mut waiting);
+        // Only whether it holds a change is needed of the active log (its
+        // rows are read back when it is rotated).
+        let mut newer = false;
+        let (end, cut_because) = replay(&bytes, absorbed, &mut last, &mut |_, _| newer = true);
         let end = end as u64;
         if end < on_disk {
             if keep.is_none() {
@@ -327,7 +329,7 @@ impl LoggedStorage {
         self.len = end;
         self.synced = end;
         self.seq = absorbed.max(last);
-        self.since = (!waiting.rows.is_empty()).then(Instant::now);
+        self.since = newer.then(Instant::now);
         Ok(())
     }
 
@@ -341,7 +343,9 @@ impl LoggedStorage {
             Err(e) => return Err(e.into()),
         };
         let mut rows = Pending::default();
-        let (end, _) = replay(&bytes, absorbed, last, &mut rows);
+        let (end, _) = replay(&bytes, absorbed, last, &mut |mutations, floor| {
+            rows.add(mutations, floor);
+        });
         if end < bytes.len() {
             // It was synced before it got this name: a bad record is
             // damage, not a torn write. What follows is lost.
@@ -455,14 +459,14 @@ impl LoggedStorage {
     }
 }
 
-/// Replays the records of `bytes` after `absorbed` into `into`, each
-/// numbered after `last` (updated); returns where the good records end
-/// and why they end there if before the end.
+/// Hands each record of `bytes` after `absorbed` to `newer` (its mutations
+/// and version floor), each numbered after `last` (updated); returns where
+/// the good records end and why they end there if before the end.
 fn replay(
     bytes: &[u8],
     absorbed: u64,
     last: &mut u64,
-    into: &mut Pending,
+    newer: &mut dyn FnMut(&[Mutation], u64),
 ) -> (usize, Option<&'static str>) {
     let mut off = 0usize;
     while off < bytes.len() {
@@ -475,7 +479,7 @@ fn replay(
                 }
                 *last = record.seq;
                 if record.seq > absorbed {
-                    into.add(&record.mutations, record.floor);
+                    newer(&record.mutations, record.floor);
                 }
                 off += size;
             }
@@ -594,21 +598,8 @@ impl Storage for LoggedStorage {
 mod tests {
     use super::*;
     use crate::storage::MemoryStorage;
+    use crate::storage::conformance::{id, meta};
     use proptest::prelude::*;
-
-    fn id(s: &str) -> SessionId {
-        SessionId::parse(s.as_bytes()).unwrap()
-    }
-
-    fn meta(version: u64) -> SessionMeta {
-        SessionMeta {
-            version,
-            created: 1,
-            last_access: 2,
-            ttl_ms: 1000,
-            lifetime_deadline: None,
-        }
-    }
 
     fn put(s: &str, key: &str, value: &str, version: u64) -> Vec<Mutation> {
         vec![

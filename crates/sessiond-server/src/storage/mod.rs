@@ -139,11 +139,12 @@ mod conformance {
     use bytes::Bytes;
     use sessiond_core::{Field, SessionMeta};
 
-    fn id(s: &str) -> SessionId {
+    /// Shared with the other storage tests.
+    pub(super) fn id(s: &str) -> SessionId {
         SessionId::parse(s.as_bytes()).unwrap()
     }
 
-    fn meta(version: u64) -> SessionMeta {
+    pub(super) fn meta(version: u64) -> SessionMeta {
         SessionMeta {
             version,
             created: 10,
