@@ -79,7 +79,7 @@ use sessiond_core::Mutation;
 use tokio::sync::watch;
 
 use crate::config::Durability;
-use crate::storage::{Storage, StorageError};
+use crate::storage::{ChangeLogState, Storage, StorageError};
 
 /// A position in the stream of batches; waiting for it means waiting for
 /// every batch up to it.
@@ -240,6 +240,7 @@ pub struct StorageHealth {
     undone_batches: AtomicU64,
     queued_batches: AtomicU64,
     queued_mutations: AtomicU64,
+    change_log: parking_lot::Mutex<Option<ChangeLogState>>,
 }
 
 impl StorageHealth {
@@ -834,6 +835,7 @@ impl Writer {
     }
 
     fn run(mut self) -> FlushReport {
+        self.publish_change_log();
         loop {
             // Wait for work, the next periodic sync, or the next retry.
             let wait = if let Some(retry) = &self.retry {
@@ -884,6 +886,7 @@ impl Writer {
             let sync_due =
                 self.shutting_down || self.last_sync.elapsed() >= self.options.sync_every;
             self.write(sync_due);
+            self.publish_change_log();
             if self.shutting_down {
                 if self.retry.is_some() {
                     return self.shutdown_retries();
@@ -913,6 +916,10 @@ impl Writer {
             }
             Msg::Shutdown => self.shutting_down = true,
         }
+    }
+
+    fn publish_change_log(&self) {
+        *self.health.change_log.lock() = self.storage.change_log();
     }
 
     fn publish_queue(&self) {
@@ -1190,8 +1197,18 @@ pub fn info_text(
 ) -> String {
     let fault = health.fault();
     let (queued_batches, queued_mutations) = health.queued();
+    let log = *health.change_log.lock();
+    let log_text = log.map_or_else(
+        || "change_log:0\r\n".to_owned(),
+        |l| {
+            format!(
+                "change_log:1\r\nchange_log_bytes:{}\r\nchange_log_absorbing_rows:{}\r\nchange_log_absorbed:{}\r\n",
+                l.bytes, l.absorbing_rows, l.absorbed_logs
+            )
+        },
+    );
     format!(
-        "storage:{storage}\r\ndurability:{policy}\r\nstorage_transactions:{}\r\nstorage_syncs:{}\r\nstorage_failed:{}\r\nstorage_failed_since:{}\r\nstorage_failed_kind:{}\r\nstorage_failed_cause:{}\r\nstorage_failures:{}\r\nstorage_recoveries:{}\r\nstorage_refused_writes:{}\r\nstorage_undone_batches:{}\r\nstorage_queued_batches:{queued_batches}\r\nstorage_queued_changes:{queued_mutations}\r\n",
+        "storage:{storage}\r\ndurability:{policy}\r\nstorage_transactions:{}\r\nstorage_syncs:{}\r\nstorage_failed:{}\r\nstorage_failed_since:{}\r\nstorage_failed_kind:{}\r\nstorage_failed_cause:{}\r\nstorage_failures:{}\r\nstorage_recoveries:{}\r\nstorage_refused_writes:{}\r\nstorage_undone_batches:{}\r\nstorage_queued_batches:{queued_batches}\r\nstorage_queued_changes:{queued_mutations}\r\n{log_text}",
         progress.transactions,
         progress.syncs,
         u8::from(fault.is_some()),

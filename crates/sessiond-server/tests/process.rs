@@ -202,6 +202,74 @@ async fn one_thread_serves_everyone_while_a_client_waits_for_a_lock() {
     );
 }
 
+async fn persistence_field(c: &mut Client, name: &str) -> Option<u64> {
+    let info = c.info(Some("persistence")).await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+/// INFO shows the change log: its size grows with writes, a log over its
+/// size limit is absorbed into redb; `always` writes redb directly and
+/// says so.
+#[tokio::test]
+async fn info_shows_the_change_log_fill_and_absorb() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = ServerProcess::start(dir.path(), &["--durability", "everysec"]);
+    let mut c = Client::connect(p.addr).await.unwrap();
+    assert_eq!(persistence_field(&mut c, "change_log").await, Some(1));
+    assert_eq!(
+        persistence_field(&mut c, "change_log_absorbed").await,
+        Some(0)
+    );
+    // 600 KB values: the 4 MiB log rotates after about seven commits; each
+    // later write absorbs part of it. Bounded: 200 commits, about 120 MB.
+    let big = "x".repeat(600 * 1024);
+    let mut grew = false;
+    let mut absorbed = false;
+    for i in 0..200 {
+        c.commit(
+            &format!("big{}", i % 10),
+            &Commit::new().create().set("v", big.clone()),
+        )
+        .await
+        .unwrap();
+        // The writer gathers for up to 50 ms before it writes.
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        grew |= persistence_field(&mut c, "change_log_bytes").await.unwrap() > 0;
+        if persistence_field(&mut c, "change_log_absorbed")
+            .await
+            .unwrap()
+            >= 1
+        {
+            absorbed = true;
+            break;
+        }
+    }
+    assert!(grew, "the log never held a change");
+    assert!(absorbed, "no log was absorbed after 120 MB of writes");
+    drop(c);
+    assert!(p.terminate().success());
+
+    // A clean stop absorbed everything; `always` has no log.
+    assert_eq!(
+        std::fs::metadata(dir.path().join("sessions.log"))
+            .map(|m| m.len())
+            .unwrap_or(0),
+        0
+    );
+    let p = ServerProcess::start(dir.path(), &["--durability", "always"]);
+    let mut c = Client::connect(p.addr).await.unwrap();
+    assert_eq!(persistence_field(&mut c, "change_log").await, Some(0));
+    assert_eq!(persistence_field(&mut c, "change_log_bytes").await, None);
+    let s = c
+        .read("big3", &ReadOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.get(b"v").unwrap().len(), big.len());
+}
+
 fn scrape(addr: std::net::SocketAddr) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();

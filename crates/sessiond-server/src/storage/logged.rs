@@ -57,7 +57,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sessiond_core::{Field, Millis, Mutation, SessionId, SessionMeta};
 
-use super::{Loaded, RedbStorage, Storage, StorageError};
+use super::{ChangeLogState, Loaded, RedbStorage, Storage, StorageError};
 use crate::record::{decode_record, encode_record};
 
 /// When the log is absorbed into redb.
@@ -232,6 +232,8 @@ pub struct LoggedStorage {
     /// directly (see [`Storage::recover`] below).
     direct: bool,
     buf: Vec<u8>,
+    /// Logs absorbed since this was opened (at the open included).
+    absorbed_logs: u64,
 }
 
 impl LoggedStorage {
@@ -290,6 +292,7 @@ impl LoggedStorage {
             policy,
             direct: false,
             buf: Vec::new(),
+            absorbed_logs: 0,
         };
         storage.reload(None)?;
         storage.absorb_all()?;
@@ -418,6 +421,7 @@ impl LoggedStorage {
                 "change log absorbed into redb"
             );
             self.absorbing = None;
+            self.absorbed_logs += 1;
             // Not synced: should it come back after a power failure, its
             // records' numbers say they are in redb already.
             match std::fs::remove_file(&self.absorbing_path) {
@@ -587,6 +591,14 @@ impl Storage for LoggedStorage {
         self.reload(Some(self.synced))?;
         self.direct = true;
         Ok(())
+    }
+
+    fn change_log(&self) -> Option<ChangeLogState> {
+        Some(ChangeLogState {
+            bytes: self.len,
+            absorbing_rows: self.absorbing_rows() as u64,
+            absorbed_logs: self.absorbed_logs,
+        })
     }
 
     fn close(&mut self) -> Result<(), StorageError> {

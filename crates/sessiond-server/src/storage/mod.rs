@@ -129,6 +129,24 @@ pub trait Storage: Send + 'static {
     fn close(&mut self) -> Result<(), StorageError> {
         Ok(())
     }
+
+    /// Where a change log in front of the data file stands (`INFO
+    /// persistence`); `None` for storage without one (the default).
+    fn change_log(&self) -> Option<ChangeLogState> {
+        None
+    }
+}
+
+/// A change log's state, as [`Storage::change_log`] reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangeLogState {
+    /// Bytes in the log being appended to.
+    pub bytes: u64,
+    /// Rows of the previous log not yet written into the data file.
+    pub absorbing_rows: u64,
+    /// Logs absorbed into the data file since the storage was opened
+    /// (what the open found included).
+    pub absorbed_logs: u64,
 }
 
 #[cfg(test)]
