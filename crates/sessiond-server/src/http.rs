@@ -47,6 +47,11 @@ pub fn state_gauges(shared: &Shared) -> StateGauges {
     gauges.storage_refused_writes = health.refused_writes();
     gauges.storage_undone_batches = health.undone_batches();
     (gauges.storage_queued_batches, gauges.storage_queued_changes) = health.queued();
+    if let Some(log) = health.change_log() {
+        gauges.change_log_bytes = log.bytes;
+        gauges.change_log_absorbing_rows = log.absorbing_rows;
+        gauges.change_log_absorbed = log.absorbed_logs;
+    }
     gauges.rss_bytes = crate::process::rss_bytes();
     gauges.cluster = shared
         .replication()

@@ -42,7 +42,7 @@ pub fn render(shared: &Shared, section: Option<&str>) -> String {
             shared.config.listen.port(),
             shared.started.elapsed().as_secs(),
             // The runtime serving this command (`--threads`).
-            tokio::runtime::Handle::current().metrics().num_workers()
+            tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_workers())
         ),
     );
     section_text(

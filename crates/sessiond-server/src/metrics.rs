@@ -350,6 +350,21 @@ impl Metrics {
             gauge(g.storage_queued_changes),
         );
         r.register(
+            "storage_change_log_bytes",
+            "Bytes in the change log sessions.log (0 when writes go to the data file directly)",
+            gauge(g.change_log_bytes),
+        );
+        r.register(
+            "storage_change_log_absorbing_rows",
+            "Rows of the change log being absorbed not yet written into the data file",
+            gauge(g.change_log_absorbing_rows),
+        );
+        r.register(
+            "storage_change_log_absorbed",
+            "Change logs absorbed into the data file since start",
+            ConstCounter::new(g.change_log_absorbed),
+        );
+        r.register(
             "memory_used_bytes",
             "Memory the sessions take as accounted, plus what --max-memory holds back for the rest of the process",
             gauge(g.memory_used),
@@ -480,6 +495,12 @@ pub struct StateGauges {
     pub storage_queued_batches: u64,
     /// Changes not yet on disk.
     pub storage_queued_changes: u64,
+    /// Bytes in the change log (0 without one).
+    pub change_log_bytes: u64,
+    /// Rows of the log being absorbed not yet in the data file.
+    pub change_log_absorbing_rows: u64,
+    /// Logs absorbed into the data file since start.
+    pub change_log_absorbed: u64,
     /// Resident memory in bytes.
     pub rss_bytes: u64,
     /// On a cluster node: its Raft state.

@@ -244,6 +244,12 @@ pub struct StorageHealth {
 }
 
 impl StorageHealth {
+    /// The change log's state, when storage has one (as the writer last
+    /// saw it).
+    pub fn change_log(&self) -> Option<ChangeLogState> {
+        *self.change_log.lock()
+    }
+
     /// The fault, while storage is failing.
     pub fn fault(&self) -> Option<StorageFault> {
         if !self.failing.load(Ordering::Acquire) {
@@ -1197,8 +1203,7 @@ pub fn info_text(
 ) -> String {
     let fault = health.fault();
     let (queued_batches, queued_mutations) = health.queued();
-    let log = *health.change_log.lock();
-    let log_text = log.map_or_else(
+    let log_text = health.change_log().map_or_else(
         || "change_log:0\r\n".to_owned(),
         |l| {
             format!(

@@ -209,13 +209,16 @@ async fn persistence_field(c: &mut Client, name: &str) -> Option<u64> {
         .map(|v| v.trim().parse().unwrap())
 }
 
-/// INFO shows the change log: its size grows with writes, a log over its
-/// size limit is absorbed into redb; `always` writes redb directly and
-/// says so.
+/// INFO and the metrics show the change log: its size grows with writes, a
+/// log over its size limit is absorbed into redb; `always` writes redb
+/// directly and says so.
 #[tokio::test]
 async fn info_shows_the_change_log_fill_and_absorb() {
     let dir = tempfile::tempdir().unwrap();
-    let p = ServerProcess::start(dir.path(), &["--durability", "everysec"]);
+    let p = ServerProcess::start(
+        dir.path(),
+        &["--durability", "everysec", "--metrics-addr", "127.0.0.1:0"],
+    );
     let mut c = Client::connect(p.addr).await.unwrap();
     assert_eq!(persistence_field(&mut c, "change_log").await, Some(1));
     assert_eq!(
@@ -248,6 +251,13 @@ async fn info_shows_the_change_log_fill_and_absorb() {
     }
     assert!(grew, "the log never held a change");
     assert!(absorbed, "no log was absorbed after 120 MB of writes");
+    let text = scrape(p.metrics.expect("metrics address"));
+    let absorbed_metric = sample(&text, "sessiond_storage_change_log_absorbed_total");
+    assert!(absorbed_metric >= Some(1.0), "{text}");
+    assert!(
+        sample(&text, "sessiond_storage_change_log_bytes").is_some(),
+        "{text}"
+    );
     drop(c);
     assert!(p.terminate().success());
 
