@@ -542,6 +542,9 @@ impl Persistence {
         let (tx, rx) = mpsc::channel();
         let (progress_tx, progress) = watch::channel(Progress::default());
         let health = Arc::new(StorageHealth::default());
+        // Before the writer runs: INFO may be asked as soon as the server
+        // listens.
+        *health.change_log.lock() = storage.change_log();
         let writer_health = health.clone();
         let writer = std::thread::Builder::new()
             .name("sessiond-writer".into())
@@ -841,7 +844,6 @@ impl Writer {
     }
 
     fn run(mut self) -> FlushReport {
-        self.publish_change_log();
         loop {
             // Wait for work, the next periodic sync, or the next retry.
             let wait = if let Some(retry) = &self.retry {

@@ -108,11 +108,6 @@ async fn a_restarted_server_never_issues_a_lower_fencing_token() {
 async fn lock_metrics_are_exported() {
     let dir = tempfile::tempdir().unwrap();
     let p = ServerProcess::start(dir.path(), &["--metrics-addr", "127.0.0.1:0"]);
-    let opts = |wait_ms| LockOptions {
-        wait: std::time::Duration::from_millis(wait_ms),
-        create: true,
-        ..Default::default()
-    };
     let mut a = Client::connect(p.addr).await.unwrap();
     let mut b = Client::connect(p.addr).await.unwrap();
     let g = a.lock("m", &opts(0)).await.unwrap();
@@ -161,11 +156,6 @@ async fn lock_metrics_are_exported() {
 async fn one_thread_serves_everyone_while_a_client_waits_for_a_lock() {
     let dir = tempfile::tempdir().unwrap();
     let p = ServerProcess::start(dir.path(), &["--threads", "1"]);
-    let opts = |wait_ms| LockOptions {
-        wait: std::time::Duration::from_millis(wait_ms),
-        create: true,
-        ..Default::default()
-    };
     let mut a = Client::connect(p.addr).await.unwrap();
     let info = a.info(Some("server")).await.unwrap();
     assert!(info.contains("worker_threads:1\r\n"), "{info}");
@@ -278,6 +268,15 @@ async fn info_shows_the_change_log_fill_and_absorb() {
         .unwrap()
         .unwrap();
     assert_eq!(s.get(b"v").unwrap().len(), big.len());
+}
+
+/// A session lock that creates the session and waits up to `wait_ms`.
+fn opts(wait_ms: u64) -> LockOptions {
+    LockOptions {
+        wait: std::time::Duration::from_millis(wait_ms),
+        create: true,
+        ..Default::default()
+    }
 }
 
 fn scrape(addr: std::net::SocketAddr) -> String {

@@ -610,7 +610,7 @@ impl Storage for LoggedStorage {
 mod tests {
     use super::*;
     use crate::storage::MemoryStorage;
-    use crate::storage::conformance::{id, meta};
+    use crate::storage::conformance::{id, meta, put_field};
     use proptest::prelude::*;
 
     fn put(s: &str, key: &str, value: &str, version: u64) -> Vec<Mutation> {
@@ -619,14 +619,7 @@ mod tests {
                 id: id(s),
                 meta: meta(version),
             },
-            Mutation::PutField {
-                id: id(s),
-                key: Bytes::from(key.to_owned()),
-                field: Field {
-                    value: Bytes::from(value.to_owned()),
-                    version,
-                },
-            },
+            put_field(s, key, value, version),
         ]
     }
 

@@ -172,7 +172,7 @@ mod conformance {
         }
     }
 
-    fn put_field(s: &str, key: &str, value: &str, version: u64) -> Mutation {
+    pub(super) fn put_field(s: &str, key: &str, value: &str, version: u64) -> Mutation {
         Mutation::PutField {
             id: id(s),
             key: Bytes::from(key.to_owned()),
